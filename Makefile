@@ -1,0 +1,66 @@
+# skewless developer entry points. `make help` lists them.
+# Everything runs from a project-local virtualenv (.venv) created by `make setup`.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+GOBIN := $(CURDIR)/.tools/bin
+REPO ?= examples/rides
+PROTOS := $(wildcard protos/skewless/v1/*.proto)
+PYGEN := clients/python
+
+.PHONY: help setup system-deps tools gen check-gen lint typecheck run serve apply example-data test test-fast bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
+	touch $@
+
+system-deps: ## Install redis-server when missing (Debian/Ubuntu, needs root)
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server not found: install it (apt-get install redis-server) or set online_store.redis_url" >&2; exit 1; fi; }
+
+tools: ## Install grpcurl into .tools/bin (Go module proxy)
+	@test -x $(GOBIN)/grpcurl || GOBIN=$(GOBIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+
+setup: system-deps $(VENV)/.installed tools ## Install everything: redis-server, the Python env, grpcurl
+
+gen: $(VENV)/.installed ## Regenerate the stubs from protos/
+	$(PY) -m grpc_tools.protoc -I protos \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --python_out=$(PYGEN) --grpc_python_out=$(PYGEN) \
+	  --mypy_out=$(PYGEN) --mypy_grpc_out=$(PYGEN) \
+	  $(PROTOS)
+
+check-gen: gen ## Fail when the committed generated code differs from protos/
+	@git diff --exit-code -- $(PYGEN)/skewless/v1 && test -z "$$(git status --porcelain -- $(PYGEN)/skewless/v1)" \
+	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
+
+lint: $(VENV)/.installed ## buf lint, ruff, mypy
+	cd protos && ../$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server offline clients/python/skewless/client
+
+example-data: $(VENV)/.installed ## Generate the example repository's Parquet files
+	$(PY) $(REPO)/generate_data.py
+
+apply: example-data ## Apply the example repository
+	$(BIN)/skewless apply $(REPO)
+
+run: setup apply ## The main job: apply the example and serve it on the embedded Redis
+	$(BIN)/skewless serve $(REPO)
+
+test: setup ## Run the whole test suite (starts its own Redis and servers)
+	$(BIN)/pytest -q
+
+bench: setup ## Run the benchmarks (not part of `make test`)
+	$(PY) bench/run.py
+
+clean: ## Remove the virtualenv, tools and example data
+	rm -rf $(VENV) .tools $(REPO)/data $(REPO)/.skewless

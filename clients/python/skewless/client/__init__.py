@@ -1,0 +1,1 @@
+"""skewless Python client: online lookups and historical retrieval over gRPC."""

@@ -1,0 +1,1 @@
+"""The offline engine: definitions, transformations, point-in-time joins, offline storage."""

@@ -1,0 +1,1 @@
+"""The skewless server: gRPC services, configuration and the command line."""

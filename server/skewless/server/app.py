@@ -1,0 +1,164 @@
+"""The gRPC server: every v1 service, health, reflection, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from skewless.offline.config import RepoConfig
+from skewless.offline.registry_store import RegistryStore
+from skewless.server.context import ServerContext
+from skewless.server.registry_holder import RegistryHolder
+from skewless.server.services.historical import HistoricalServicer
+from skewless.server.services.materialization import MaterializationServicer
+from skewless.server.services.online import OnlineServicer
+from skewless.server.services.registry import RegistryServicer
+from skewless.v1 import (
+    historical_service_pb2,
+    historical_service_pb2_grpc,
+    materialization_service_pb2,
+    materialization_service_pb2_grpc,
+    online_service_pb2,
+    online_service_pb2_grpc,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+)
+
+__all__ = ["SERVICE_NAMES", "SkewlessServer", "create_server", "open_redis"]
+
+_log = logging.getLogger(__name__)
+
+#: Full names of the skewless services, taken from the descriptors.
+SERVICE_NAMES: tuple[str, ...] = (
+    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    online_service_pb2.DESCRIPTOR.services_by_name["OnlineService"].full_name,
+    historical_service_pb2.DESCRIPTOR.services_by_name["HistoricalService"].full_name,
+    materialization_service_pb2.DESCRIPTOR.services_by_name["MaterializationService"].full_name,
+)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+#: Largest message the server accepts (pushes and Arrow uploads).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def open_redis(config: RepoConfig) -> aioredis.Redis:
+    """Opens the asyncio Redis client the servicers share (no I/O until first use)."""
+    if config.redis_url is None:
+        raise ValueError("config.redis_url must be set before the server is created")
+    if config.redis_cluster:
+        return aioredis.RedisCluster.from_url(config.redis_url, socket_timeout=2.0)  # type: ignore[return-value]
+    return aioredis.Redis.from_url(
+        config.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
+    )
+
+
+@dataclass
+class SkewlessServer:
+    """A created server: `start`, then `wait_for_termination` or `stop`.
+
+    Attributes:
+        server: The underlying `grpc.aio.Server`.
+        ctx: The state shared by the servicers.
+        health: The standard health servicer.
+
+    """
+
+    server: grpc.aio.Server
+    ctx: ServerContext
+    health: health.aio.HealthServicer
+    health_interval: float = 0.5
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Loads the registry, starts serving and the background watchers."""
+        with contextlib.suppress(Exception):
+            self.ctx.registry.reload()
+        await self.server.start()
+        await self._check_health()
+        self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
+        self._tasks.append(asyncio.create_task(self._watch_health()))
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _check_health(self) -> None:
+        try:
+            ok = bool(await asyncio.wait_for(self.ctx.redis.ping(), timeout=1.0))
+        except Exception:
+            ok = False
+        await self._set_health(_SERVING if ok else _NOT_SERVING)
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            await self._check_health()
+
+    async def wait_for_termination(self) -> None:
+        """Blocks until the server stops."""
+        await self.server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stops gracefully: health NOT_SERVING, in-flight calls get `grace` seconds."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.ctx.redis.aclose()
+
+
+def create_server(config: RepoConfig) -> tuple[SkewlessServer, int]:
+    """Builds a server for a repository; call `await server.start()` to serve.
+
+    Args:
+        config: The repository configuration. `redis_url` must be set (the CLI starts an
+            embedded Redis first when it is not). `server_port` 0 binds a free port.
+
+    Returns:
+        The server and the port it is bound to.
+
+    """
+    holder = RegistryHolder(RegistryStore(config.registry_path))
+    ctx = ServerContext(config=config, registry=holder, redis=open_redis(config))
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(ctx), server)
+    online_service_pb2_grpc.add_OnlineServiceServicer_to_server(OnlineServicer(ctx), server)
+    historical_service_pb2_grpc.add_HistoricalServiceServicer_to_server(
+        HistoricalServicer(ctx), server
+    )
+    materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server(
+        MaterializationServicer(ctx), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.server_host}:{config.server_port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.server_host}:{config.server_port}")
+    return SkewlessServer(server=server, ctx=ctx, health=health_servicer), port

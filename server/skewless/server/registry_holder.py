@@ -1,0 +1,91 @@
+"""The registry a running server serves, reloaded when `skewless apply` writes a new one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from skewless.offline.errors import FailedPreconditionError
+from skewless.offline.registry_store import RegistryStore
+from skewless.v1 import registry_pb2
+
+__all__ = ["RegistryHolder"]
+
+_log = logging.getLogger(__name__)
+
+Listener = Callable[[registry_pb2.Registry], None]
+
+
+class RegistryHolder:
+    """Holds the current registry and tells listeners when a new version is loaded.
+
+    Listeners (for example the online servicer compiling its lookup plan) run
+    synchronously on each load, before the new version becomes visible to `current`,
+    so a request never sees a registry whose plan is not compiled.
+    """
+
+    def __init__(self, store: RegistryStore) -> None:
+        """Creates a holder over a registry file; call `reload` to read it."""
+        self.store = store
+        self._registry: registry_pb2.Registry | None = None
+        self._stat: tuple[int, int] | None = None
+        self._listeners: list[Listener] = []
+
+    @property
+    def current(self) -> registry_pb2.Registry:
+        """The registry being served.
+
+        Raises:
+            FailedPreconditionError: Nothing was applied yet.
+
+        """
+        if self._registry is None:
+            raise FailedPreconditionError(
+                f"no registry at {self.store.path}: run `skewless apply` on the feature repository",
+                reason="REGISTRY_NOT_APPLIED",
+                metadata={"path": str(self.store.path)},
+            )
+        return self._registry
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a registry has been loaded."""
+        return self._registry is not None
+
+    def subscribe(self, listener: Listener) -> None:
+        """Calls `listener` with every registry loaded from now on (and the current one)."""
+        self._listeners.append(listener)
+        if self._registry is not None:
+            listener(self._registry)
+
+    def reload(self) -> bool:
+        """Loads the registry file if it changed since the last load.
+
+        Returns:
+            True when a new version was loaded.
+
+        """
+        stat = self.store.stat_key()
+        if stat == self._stat:
+            return False
+        registry = self.store.load()
+        self._stat = stat
+        if registry is None or (
+            self._registry is not None and registry.digest == self._registry.digest
+        ):
+            return False
+        for listener in self._listeners:
+            listener(registry)
+        self._registry = registry
+        _log.info("serving registry version %d (%s)", registry.version, registry.digest[:12])
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Polls the registry file forever, reloading on change; cancel to stop."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reload()
+            except Exception:  # a bad file must not stop serving the good version
+                _log.exception("registry reload failed; still serving the previous version")

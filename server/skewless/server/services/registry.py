@@ -1,0 +1,166 @@
+"""`skewless.v1.RegistryService`: discovery of registered definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from skewless.offline.errors import InvalidArgumentError, NotFoundError
+from skewless.server.context import ServerContext
+from skewless.server.errors import grpc_errors
+from skewless.server.pagination import paginate
+from skewless.v1 import registry_pb2, registry_service_pb2_grpc
+from skewless.v1 import registry_service_pb2 as pb
+
+__all__ = ["RegistryServicer"]
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext
+
+
+def _find(items: Iterable[T], name: str, kind: str) -> T:
+    if not name:
+        raise InvalidArgumentError(f"name is required: the {kind}'s name", field="name")
+    for item in items:
+        if item.name == name:  # type: ignore[attr-defined]
+            return item
+    raise NotFoundError(
+        f"no {kind} named {name!r} in the registry; see the List RPCs for what exists",
+        reason=f"{kind.upper().replace(' ', '_')}_NOT_FOUND",
+        metadata={kind.replace(" ", "_"): name},
+    )
+
+
+def _haystack(*parts: Any) -> str:
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        else:  # a tags map
+            out.extend(f"{k} {v}" for k, v in part.items())
+    return " ".join(out).lower()
+
+
+class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
+    """Answers Get, List and Search over the registry being served."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        """Binds the servicer to the server's shared state."""
+        self.ctx = ctx
+
+    @property
+    def _reg(self) -> registry_pb2.Registry:
+        return self.ctx.registry.current
+
+    @grpc_errors
+    async def GetRegistryInfo(
+        self, request: pb.GetRegistryInfoRequest, context: Ctx
+    ) -> pb.GetRegistryInfoResponse:
+        """Returns the version being served."""
+        reg = self._reg
+        return pb.GetRegistryInfoResponse(
+            project=reg.project, version=reg.version, update_time=reg.update_time, digest=reg.digest
+        )
+
+    @grpc_errors
+    async def GetEntity(self, request: pb.GetEntityRequest, context: Ctx) -> pb.GetEntityResponse:
+        """Returns one entity."""
+        return pb.GetEntityResponse(entity=_find(self._reg.entities, request.name, "entity"))
+
+    @grpc_errors
+    async def ListEntities(
+        self, request: pb.ListEntitiesRequest, context: Ctx
+    ) -> pb.ListEntitiesResponse:
+        """Lists entities."""
+        page, token = paginate(
+            self._reg.entities, request.page_size, request.page_token, "entities"
+        )
+        return pb.ListEntitiesResponse(entities=page, next_page_token=token)
+
+    @grpc_errors
+    async def GetDataSource(
+        self, request: pb.GetDataSourceRequest, context: Ctx
+    ) -> pb.GetDataSourceResponse:
+        """Returns one data source."""
+        return pb.GetDataSourceResponse(
+            data_source=_find(self._reg.data_sources, request.name, "data source")
+        )
+
+    @grpc_errors
+    async def ListDataSources(
+        self, request: pb.ListDataSourcesRequest, context: Ctx
+    ) -> pb.ListDataSourcesResponse:
+        """Lists data sources."""
+        page, token = paginate(
+            self._reg.data_sources, request.page_size, request.page_token, "sources"
+        )
+        return pb.ListDataSourcesResponse(data_sources=page, next_page_token=token)
+
+    @grpc_errors
+    async def GetFeatureView(
+        self, request: pb.GetFeatureViewRequest, context: Ctx
+    ) -> pb.GetFeatureViewResponse:
+        """Returns one feature view."""
+        return pb.GetFeatureViewResponse(
+            feature_view=_find(self._reg.feature_views, request.name, "feature view")
+        )
+
+    @grpc_errors
+    async def ListFeatureViews(
+        self, request: pb.ListFeatureViewsRequest, context: Ctx
+    ) -> pb.ListFeatureViewsResponse:
+        """Lists feature views."""
+        page, token = paginate(
+            self._reg.feature_views, request.page_size, request.page_token, "views"
+        )
+        return pb.ListFeatureViewsResponse(feature_views=page, next_page_token=token)
+
+    @grpc_errors
+    async def GetFeatureService(
+        self, request: pb.GetFeatureServiceRequest, context: Ctx
+    ) -> pb.GetFeatureServiceResponse:
+        """Returns one feature service."""
+        return pb.GetFeatureServiceResponse(
+            feature_service=_find(self._reg.feature_services, request.name, "feature service")
+        )
+
+    @grpc_errors
+    async def ListFeatureServices(
+        self, request: pb.ListFeatureServicesRequest, context: Ctx
+    ) -> pb.ListFeatureServicesResponse:
+        """Lists feature services."""
+        page, token = paginate(
+            self._reg.feature_services, request.page_size, request.page_token, "services"
+        )
+        return pb.ListFeatureServicesResponse(feature_services=page, next_page_token=token)
+
+    @grpc_errors
+    async def SearchFeatures(
+        self, request: pb.SearchFeaturesRequest, context: Ctx
+    ) -> pb.SearchFeaturesResponse:
+        """Finds features by words in their names, descriptions, owners and tags."""
+        words = request.query.lower().split()
+        if not words:
+            raise InvalidArgumentError(
+                "query is required: one or more words to look for", field="query"
+            )
+        matches: list[pb.FeatureMatch] = []
+        for view in self._reg.feature_views:
+            view_text = _haystack(view.name, view.description, view.owner, view.tags)
+            for feature in view.features:
+                text = view_text + " " + _haystack(feature.name, feature.description, feature.tags)
+                if all(word in text for word in words):
+                    matches.append(
+                        pb.FeatureMatch(
+                            feature_view=view.name,
+                            feature=feature,
+                            reference=f"{view.name}:{feature.name}",
+                            entities=view.entities,
+                            owner=view.owner,
+                        )
+                    )
+        matches.sort(key=lambda m: m.reference)
+        page, token = paginate(matches, request.page_size, request.page_token, " ".join(words))
+        return pb.SearchFeaturesResponse(matches=page, next_page_token=token)
