@@ -41,10 +41,15 @@ check-gen: gen ## Fail when the committed generated code differs from protos/
 	@git diff --exit-code -- $(PYGEN)/skewless/v1 && test -z "$$(git status --porcelain -- $(PYGEN)/skewless/v1)" \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
 
-lint: $(VENV)/.installed ## buf lint, ruff, mypy
+lint: $(VENV)/.installed ## buf lint, buf breaking (against the previous commit), ruff
 	cd protos && ../$(BIN)/buf lint
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then \
+	  echo "buf breaking against HEAD~1"; cd protos && ../$(BIN)/buf breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
+	else echo "buf breaking: no previous commit with protos/, skipped"; fi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed ## mypy --strict on our Python code
 	$(BIN)/mypy server offline clients/python/skewless/client
 
 example-data: $(VENV)/.installed ## Generate the example repository's Parquet files

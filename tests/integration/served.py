@@ -1,0 +1,89 @@
+"""Starts `skewless serve` as a real subprocess for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SERVING = re.compile(r"serving project .* on [\d.]+:(\d+)")
+
+
+@dataclass
+class ServedProcess:
+    """A running `skewless serve` process and what it printed."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def write_repo(root: Path, project: str = "tests", redis_url: str | None = None) -> Path:
+    """Writes a minimal feature repository (config only) and returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    url = "null" if redis_url is None else redis_url
+    (root / "skewless.yaml").write_text(
+        f"project: {project}\ndata_dir: .skewless\nonline_store: {{redis_url: {url}}}\n"
+    )
+    return root
+
+
+@contextmanager
+def serve(repo: Path, *extra: str, timeout: float = 30.0) -> Iterator[ServedProcess]:
+    """Runs `skewless serve REPO --port 0` until the block ends, then SIGTERMs it."""
+    cmd = [sys.executable, "-m", "skewless.server.cli", "serve", str(repo), "--port", "0"]
+    cmd += ["--metrics-port", "0", *extra]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    served = ServedProcess(proc=proc, port=0)
+    found = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            served.lines.append(line)
+            match = _SERVING.search(line)
+            if match and not found.is_set():
+                served.port = int(match.group(1))
+                found.set()
+        found.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not found.wait(0.1):
+        if time.monotonic() > deadline:
+            break
+    try:
+        if served.port == 0:
+            raise AssertionError(f"server did not start:\n{served.output()}")
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(5)
