@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -17,7 +17,7 @@ from skewless.v1 import registry_service_pb2 as pb
 __all__ = ["RegistryServicer"]
 
 T = TypeVar("T")
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 def _find(items: Iterable[T], name: str, kind: str) -> T:

@@ -1,0 +1,669 @@
+"""Every check a feature repository must pass before it is applied.
+
+`validate_definitions` looks at all definitions together and returns every problem it
+finds (it never stops at the first): names that are not safe identifiers, duplicates,
+unknown references and types, bad TTLs or schedules, source paths matching no file,
+SQL that DuckDB cannot bind, and view outputs that lack a column or produce another
+type than declared. SQL is only bound (`DESCRIBE SELECT ...`), never run; identifiers
+that go into SQL are validated first and double-quoted.
+
+Each problem names the file, the object and what is wrong; `raise_for_problems` turns
+them into one `DefinitionProblemsError` listing all of them.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from skewless.offline.definitions import (
+    DataSource,
+    Entity,
+    FeatureService,
+    FeatureView,
+    FileSource,
+    JoinKey,
+    PushSource,
+    RepoDefinitions,
+    SqlSource,
+    file_format_of,
+    parse_duration,
+    resolve_value_type,
+)
+from skewless.offline.errors import DefinitionError
+from skewless.offline.types import KEY_TYPES, duckdb_type, value_type_name
+from skewless.v1 import registry_pb2, types_pb2
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "RESERVED_COLUMNS",
+    "DefinitionProblem",
+    "DefinitionProblemsError",
+    "is_identifier",
+    "quote_identifier",
+    "raise_for_problems",
+    "resolve_source_files",
+    "validate_definitions",
+]
+
+#: Longest accepted name of any object, feature, join key or column.
+MAX_NAME_LENGTH = 63
+#: Column names the offline store uses itself; no feature or join key may take them.
+RESERVED_COLUMNS = frozenset({"event_timestamp", "created_timestamp"})
+#: The relation a view's `sql` reads; no source may take this name.
+SOURCE_RELATION = "source"
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_TIMESTAMP_TYPES = frozenset(
+    {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+)
+_PYTHON_ORIGIN = "<python>"
+_VT = types_pb2.ValueType
+
+
+@dataclass(frozen=True)
+class DefinitionProblem:
+    """One thing wrong with the definitions.
+
+    Attributes:
+        file: The definition file, relative to the repository (`<python>` for API objects).
+        obj: The object, e.g. `feature view 'driver_stats'`; empty for file-level problems.
+        message: What is wrong and how to fix it.
+
+    """
+
+    file: str
+    obj: str
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.file, self.obj, self.message) if part)
+
+
+class DefinitionProblemsError(DefinitionError):
+    """The definitions have problems; `problems` lists every one of them."""
+
+    def __init__(self, message: str, problems: Sequence[DefinitionProblem]) -> None:
+        files = sorted({p.file for p in problems if p.file})
+        super().__init__(
+            message,
+            metadata={"problem_count": str(len(problems)), "files": ", ".join(files)},
+        )
+        self.problems = tuple(problems)
+
+
+def is_identifier(name: str) -> bool:
+    """Whether a name is safe everywhere: `^[a-z_][a-z0-9_]*$`, at most 63 characters."""
+    return len(name) <= MAX_NAME_LENGTH and bool(_IDENTIFIER.match(name))
+
+
+def quote_identifier(name: str) -> str:
+    """Double-quotes a validated identifier for SQL.
+
+    Raises:
+        ValueError: The name is not an identifier (and so was never validated).
+
+    """
+    if not is_identifier(name):
+        raise ValueError(f"refusing to put {name!r} into SQL: not a validated identifier")
+    return f'"{name}"'
+
+
+def resolve_source_files(root: Path, path: str) -> list[Path]:
+    """Returns the files a file source's path or glob matches, sorted.
+
+    Args:
+        root: The repository root that relative paths start from.
+        path: The source's `path` (a file or a glob; `**` matches any depth).
+
+    """
+    full = Path(path) if Path(path).is_absolute() else root / path
+    return sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+
+
+def raise_for_problems(problems: Iterable[DefinitionProblem], *, repo: str = "") -> None:
+    """Raises one error listing every problem (duplicates dropped), if there is any.
+
+    Args:
+        problems: The problems found, in any order; they are grouped by file.
+        repo: The repository, named in the message.
+
+    Raises:
+        DefinitionProblemsError: There is at least one problem.
+
+    """
+    unique = sorted(dict.fromkeys(problems), key=lambda p: p.file)
+    if not unique:
+        return
+    where = f" of {repo}" if repo else ""
+    count = f"{len(unique)} problem{'s' if len(unique) > 1 else ''}"
+    lines = "\n".join(f"  - {p}" for p in unique)
+    raise DefinitionProblemsError(
+        f"{count} in the feature definitions{where}; nothing was applied:\n{lines}", unique
+    )
+
+
+def validate_definitions(
+    definitions: RepoDefinitions, *, root: Path | None = None
+) -> list[DefinitionProblem]:
+    """Checks a repository's definitions as a whole.
+
+    Args:
+        definitions: Everything the repository defines.
+        root: The repository root; file paths and SQL are checked against the data
+            only when it is given.
+
+    Returns:
+        Every problem found; empty when the definitions are valid.
+
+    """
+    return _Validator(definitions, root).run()
+
+
+def _origin(obj: Entity | DataSource | FeatureView | FeatureService) -> str:
+    return obj.origin or _PYTHON_ORIGIN
+
+
+def _known(names: Iterable[str]) -> str:
+    listed = sorted(set(names))
+    return ", ".join(listed) if listed else "none defined"
+
+
+def _duck_message(exc: Exception) -> str:
+    lines: list[str] = []
+    for line in str(exc).splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines)
+
+
+class _Validator:
+    """One validation run; `run` returns the problems."""
+
+    def __init__(self, definitions: RepoDefinitions, root: Path | None) -> None:
+        self.defs = definitions
+        self.root = root
+        self.problems: list[DefinitionProblem] = []
+        self.entities: dict[str, Entity] = {}
+        self.sources: dict[str, DataSource] = {}
+        self.views: dict[str, FeatureView] = {}
+        self.services: dict[str, FeatureService] = {}
+        self.valid_sources: set[str] = set()
+        self.invalid_entities: set[str] = set()
+        self.source_files: dict[str, list[Path]] = {}
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def run(self) -> list[DefinitionProblem]:
+        entities: list[Entity] = list(self.defs.entities)
+        sources: list[DataSource] = list(self.defs.sources)
+        for view in self.defs.feature_views:
+            for entity in view.entities:
+                if isinstance(entity, Entity):
+                    _add_referenced(entities, entity)
+            if not isinstance(view.source, str):
+                _add_referenced(sources, view.source)
+        for entity in entities:
+            self._entity(entity)
+        for source in sources:
+            self._source(source)
+        for view in self.defs.feature_views:
+            self._view(view)
+        for service in self.defs.feature_services:
+            self._service(service)
+        if self._con is not None:
+            self._con.close()
+        return self.problems
+
+    # -- helpers -----------------------------------------------------------------
+
+    def add(self, origin: str, obj: str, message: str) -> None:
+        self.problems.append(DefinitionProblem(origin, obj, message))
+
+    def check_name(self, origin: str, obj: str, name: str, what: str = "name") -> bool:
+        if not name:
+            self.add(origin, obj, f"missing required field {what!r}")
+            return False
+        if not is_identifier(name):
+            self.add(
+                origin,
+                obj,
+                f"{what} {name!r} is not a safe identifier: use lower-case letters, digits "
+                f"and _, starting with a letter or _, at most {MAX_NAME_LENGTH} characters",
+            )
+            return False
+        return True
+
+    def check_column(self, origin: str, obj: str, name: str, what: str) -> bool:
+        if not self.check_name(origin, obj, name, what):
+            return False
+        if name in RESERVED_COLUMNS:
+            self.add(
+                origin,
+                obj,
+                f"{what} {name!r} is reserved by the offline store "
+                f"({', '.join(sorted(RESERVED_COLUMNS))}); rename it",
+            )
+            return False
+        return True
+
+    def register(self, table: dict[str, Any], obj: Any, kind: str, label: str) -> None:
+        other = table.get(obj.name)
+        if other is None:
+            table[obj.name] = obj
+            return
+        self.add(
+            _origin(obj),
+            label,
+            f"duplicate {kind} name {obj.name!r} (also defined in {_origin(other)}); "
+            "names must be unique in the project",
+        )
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            config: dict[str, str | bool | int | float | list[str]] = {"threads": 1}
+            if self.root is not None:
+                config["file_search_path"] = str(self.root)
+            self._con = duckdb.connect(":memory:", config=config)
+        return self._con
+
+    # -- entities ------------------------------------------------------------------
+
+    def _entity(self, entity: Entity) -> None:
+        before = len(self.problems)
+        self._check_entity(entity)
+        if len(self.problems) > before:
+            self.invalid_entities.add(entity.name)
+
+    def _check_entity(self, entity: Entity) -> None:
+        origin, obj = _origin(entity), f"entity {entity.name!r}"
+        if self.check_name(origin, obj, entity.name):
+            self.register(self.entities, entity, "entity", obj)
+        if entity.value_type is not None:
+            try:
+                resolve_value_type(entity.value_type)
+            except ValueError as exc:
+                self.add(origin, obj, f"value_type: {exc}")
+        if not entity.join_keys:
+            self.add(origin, obj, "missing required field 'join_keys'")
+        seen: set[str] = set()
+        for key in entity.typed_join_keys():
+            if not self.check_column(origin, obj, key.name, "join key"):
+                continue
+            if key.name in seen:
+                self.add(origin, obj, f"join key {key.name!r} is listed twice")
+            seen.add(key.name)
+            self._key_type(origin, obj, key, entity)
+
+    def _key_type(self, origin: str, obj: str, key: JoinKey, entity: Entity) -> None:
+        if key.value_type is None:
+            self.add(
+                origin,
+                obj,
+                f"join key {key.name!r} has no type: set the entity's value_type or write "
+                "the key as {name, value_type}",
+            )
+            return
+        try:
+            vt = resolve_value_type(key.value_type)
+        except ValueError as exc:
+            if key.value_type != entity.value_type:  # the entity's own type is reported once
+                self.add(origin, obj, f"join key {key.name!r}: {exc}")
+            return
+        if vt not in KEY_TYPES:
+            allowed = ", ".join(sorted(value_type_name(t) for t in KEY_TYPES))
+            self.add(
+                origin,
+                obj,
+                f"join key {key.name!r} has type {value_type_name(vt)}, which cannot be a "
+                f"key; use one of {allowed}",
+            )
+
+    # -- sources -------------------------------------------------------------------
+
+    def _source(self, source: DataSource) -> None:
+        origin, obj = _origin(source), f"source {source.name!r}"
+        ok = self.check_name(origin, obj, source.name)
+        if ok and source.name == SOURCE_RELATION:
+            self.add(
+                origin, obj, "the name 'source' is reserved for the relation a view's sql reads"
+            )
+            ok = False
+        if ok:
+            self.register(self.sources, source, "source", obj)
+        ok = self.check_name(origin, obj, source.timestamp_field, "timestamp_field") and ok
+        if source.created_timestamp_field:
+            ok = (
+                self.check_name(
+                    origin, obj, source.created_timestamp_field, "created_timestamp_field"
+                )
+                and ok
+            )
+            if source.created_timestamp_field == source.timestamp_field:
+                self.add(origin, obj, "created_timestamp_field must differ from timestamp_field")
+                ok = False
+        if isinstance(source, FileSource):
+            ok = self._file_source(origin, obj, source) and ok
+        elif isinstance(source, SqlSource):
+            ok = self._sql_source(origin, obj, source) and ok
+        if ok and self.sources.get(source.name) is source:
+            self.valid_sources.add(source.name)
+
+    def _file_source(self, origin: str, obj: str, source: FileSource) -> bool:
+        if not source.path:
+            self.add(origin, obj, "missing required field 'path'")
+            return False
+        if file_format_of(source.path, source.format) is None:
+            if source.format:
+                self.add(origin, obj, f"unknown format {source.format!r}; use parquet or csv")
+            else:
+                self.add(
+                    origin,
+                    obj,
+                    f"cannot tell the format of {source.path!r}: use a .parquet or .csv "
+                    "path, or set format: parquet|csv",
+                )
+            return False
+        if self.root is None:
+            return True
+        files = resolve_source_files(self.root, source.path)
+        if not files:
+            looked = (
+                Path(source.path) if Path(source.path).is_absolute() else self.root / source.path
+            )
+            self.add(
+                origin,
+                obj,
+                f"path {source.path!r} matches no file (looked for {looked}); "
+                "generate the data or fix the path",
+            )
+            return False
+        self.source_files[source.name] = files
+        return True
+
+    def _relation(self, source: FileSource) -> duckdb.DuckDBPyRelation:
+        files = [str(p) for p in self.source_files[source.name]]
+        if file_format_of(source.path, source.format) == registry_pb2.FILE_FORMAT_CSV:
+            return self.con.read_csv(files, header=True)  # type: ignore[arg-type]
+        return self.con.read_parquet(files)
+
+    def _single_select(self, origin: str, obj: str, query: str, what: str) -> bool:
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            self.add(origin, obj, f"{what} is not valid SQL: {_duck_message(exc)}")
+            return False
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            self.add(origin, obj, f"{what} must be exactly one SELECT statement")
+            return False
+        return True
+
+    def _sql_source(self, origin: str, obj: str, source: SqlSource) -> bool:
+        if not source.query:
+            self.add(origin, obj, "missing required field 'sql'")
+            return False
+        if not self._single_select(origin, obj, source.query, "sql"):
+            return False
+        if self.root is None:
+            return True
+        self._register_file_sources()
+        try:
+            self.con.execute(f"DESCRIBE {source.query}").fetchall()
+        except duckdb.Error as exc:
+            self.add(
+                origin,
+                obj,
+                f"DuckDB cannot bind the sql: {_duck_message(exc)} (file sources are "
+                "readable by name)",
+            )
+            return False
+        return True
+
+    def _register_file_sources(self) -> None:
+        for name, source in self.sources.items():
+            if isinstance(source, FileSource) and name in self.source_files:
+                try:
+                    self._relation(source).create_view(name, replace=True)
+                except duckdb.Error:
+                    continue  # reported when a view reads it
+
+    # -- feature views -------------------------------------------------------------
+
+    def _view(self, view: FeatureView) -> None:
+        origin, obj = _origin(view), f"feature view {view.name!r}"
+        if self.check_name(origin, obj, view.name):
+            self.register(self.views, view, "feature view", obj)
+        keys = self._view_keys(origin, obj, view)
+        source = self._view_source(origin, obj, view)
+        reserved: dict[str, str] = {}
+        if source is not None:
+            reserved = {source.timestamp_field: "the source's timestamp_field"}
+            if source.created_timestamp_field:
+                reserved[source.created_timestamp_field] = "the source's created_timestamp_field"
+        if not view.features:
+            self.add(origin, obj, "missing required field 'features'")
+        seen: set[str] = set()
+        features_ok = True
+        for feature in view.features:
+            if not self.check_column(origin, obj, feature.name, "feature"):
+                features_ok = False
+                continue
+            if feature.name in seen:
+                self.add(origin, obj, f"feature {feature.name!r} is listed twice")
+            seen.add(feature.name)
+            if keys is not None and feature.name in keys:
+                self.add(origin, obj, f"feature {feature.name!r} has the name of a join key")
+            if feature.name in reserved:
+                self.add(
+                    origin,
+                    obj,
+                    f"feature {feature.name!r} has the name of {reserved[feature.name]}",
+                )
+            try:
+                resolve_value_type(feature.value_type)
+            except ValueError as exc:
+                self.add(origin, obj, f"feature {feature.name!r}: {exc}")
+                features_ok = False
+        for what, value in (("ttl", view.ttl), ("schedule", view.schedule)):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                self.add(origin, obj, f"{what}: {exc}")
+        if isinstance(source, PushSource) and view.sql:
+            self.add(
+                origin,
+                obj,
+                "a view over a push source cannot have sql: pushed rows already have the "
+                "view's columns",
+            )
+        elif (
+            source is not None
+            and keys is not None
+            and features_ok
+            and self.root is not None
+            and source.name in self.valid_sources
+            and not isinstance(source, PushSource)
+        ):
+            self._view_sql(origin, obj, view, source, keys)
+
+    def _view_keys(self, origin: str, obj: str, view: FeatureView) -> dict[str, JoinKey] | None:
+        if not view.entities:
+            self.add(origin, obj, "missing required field 'entities'")
+            return None
+        keys: dict[str, JoinKey] = {}
+        complete = True
+        for name in view.entity_names:
+            entity = self.entities.get(name)
+            if entity is None:
+                self.add(origin, obj, f"unknown entity {name!r}; known: {_known(self.entities)}")
+                complete = False
+                continue
+            if name in self.invalid_entities:
+                complete = False  # already reported; its keys cannot be checked
+            for key in entity.typed_join_keys():
+                if key.name in keys:
+                    self.add(
+                        origin,
+                        obj,
+                        f"join key {key.name!r} comes from two of its entities; "
+                        "a view's entities must have distinct join keys",
+                    )
+                    complete = False
+                keys[key.name] = key
+        if len(set(view.entity_names)) != len(view.entity_names):
+            self.add(origin, obj, "an entity is listed twice in 'entities'")
+            complete = False
+        return keys if complete else None
+
+    def _view_source(self, origin: str, obj: str, view: FeatureView) -> DataSource | None:
+        name = view.source_name
+        if not name:
+            self.add(origin, obj, "missing required field 'source'")
+            return None
+        source = self.sources.get(name)
+        if source is None:
+            self.add(origin, obj, f"unknown source {name!r}; known: {_known(self.sources)}")
+        return source
+
+    def _view_sql(
+        self,
+        origin: str,
+        obj: str,
+        view: FeatureView,
+        source: DataSource,
+        keys: dict[str, JoinKey],
+    ) -> None:
+        query = view.sql or f"SELECT * FROM {SOURCE_RELATION}"
+        if view.sql and not self._single_select(origin, obj, view.sql, "sql"):
+            return
+        try:
+            if isinstance(source, FileSource):
+                relation = self._relation(source)
+            else:
+                assert isinstance(source, SqlSource)
+                self._register_file_sources()
+                relation = self.con.sql(source.query)
+            relation.create_view(SOURCE_RELATION, replace=True)
+        except duckdb.Error as exc:
+            self.add(
+                origin, obj, f"DuckDB cannot read source {source.name!r}: {_duck_message(exc)}"
+            )
+            return
+        try:
+            rows = self.con.execute(f"DESCRIBE {query}").fetchall()
+        except duckdb.Error as exc:
+            self.add(
+                origin,
+                obj,
+                f"DuckDB cannot bind the sql against source {source.name!r}: {_duck_message(exc)}",
+            )
+            return
+        columns = {str(row[0]): str(row[1]) for row in rows}
+        output = "the sql output" if view.sql else f"source {source.name!r}"
+        listed = ", ".join(columns)
+        for field_name, column in (
+            ("timestamp_field", source.timestamp_field),
+            ("created_timestamp_field", source.created_timestamp_field),
+        ):
+            if not column:
+                continue
+            if column not in columns:
+                self.add(
+                    origin,
+                    obj,
+                    f"{output} has no column {column!r} (the source's {field_name}); "
+                    f"columns: {listed}",
+                )
+            elif columns[column] not in _TIMESTAMP_TYPES:
+                self.add(
+                    origin,
+                    obj,
+                    f"column {column!r} of {output} is {columns[column]}, not a TIMESTAMP; "
+                    f"cast it in sql: CAST({quote_identifier(column)} AS TIMESTAMPTZ)",
+                )
+        expected = [("join key", k.name, k.value_type) for k in keys.values()]
+        expected += [("feature", f.name, f.value_type) for f in view.features]
+        for what, name, spec in expected:
+            vt = resolve_value_type(spec) if spec is not None else 0
+            if name not in columns:
+                self.add(
+                    origin, obj, f"{output} has no column for {what} {name!r}; columns: {listed}"
+                )
+            elif vt and not _type_matches(vt, columns[name]):
+                want = duckdb_type(vt)
+                self.add(
+                    origin,
+                    obj,
+                    f"{what} {name!r} is declared {value_type_name(vt)} (DuckDB {want}) but "
+                    f"{output} has it as {columns[name]}; change the declared type or cast "
+                    f"it in sql: CAST({quote_identifier(name)} AS {want}) AS "
+                    f"{quote_identifier(name)}",
+                )
+
+    # -- feature services ----------------------------------------------------------
+
+    def _service(self, service: FeatureService) -> None:
+        origin, obj = _origin(service), f"feature service {service.name!r}"
+        if self.check_name(origin, obj, service.name):
+            self.register(self.services, service, "feature service", obj)
+        if not service.features:
+            self.add(origin, obj, "missing required field 'features'")
+        whole: set[str] = set()
+        picked: set[tuple[str, str]] = set()
+        for view_name, feature in service.refs():
+            item = view_name if feature is None else f"{view_name}:{feature}"
+            if not view_name or feature == "":
+                self.add(origin, obj, f"bad item {item!r}: write 'view' or 'view:feature'")
+                continue
+            view = self.views.get(view_name)
+            if view is None:
+                self.add(
+                    origin, obj, f"unknown feature view {view_name!r}; known: {_known(self.views)}"
+                )
+                continue
+            if feature is None:
+                if view_name in whole or any(v == view_name for v, _ in picked):
+                    self.add(origin, obj, f"feature view {view_name!r} is listed more than once")
+                whole.add(view_name)
+                continue
+            names = [f.name for f in view.features]
+            if feature not in names:
+                self.add(
+                    origin,
+                    obj,
+                    f"feature view {view_name!r} has no feature {feature!r}; its features: "
+                    f"{', '.join(names)}",
+                )
+            elif (view_name, feature) in picked:
+                self.add(origin, obj, f"{item!r} is listed twice")
+            elif view_name in whole:
+                self.add(
+                    origin,
+                    obj,
+                    f"{item!r} is already included by {view_name!r} (all of its features)",
+                )
+            picked.add((view_name, feature))
+
+
+def _add_referenced(listed: list[Any], obj: Any) -> None:
+    """Adds an object a view references directly unless it, or its equal, is listed."""
+    if not any(other is obj or other == obj for other in listed):
+        listed.append(obj)
+
+
+def _type_matches(value_type: int, duck: str) -> bool:
+    if duck == duckdb_type(value_type):
+        return True
+    if value_type == _VT.VALUE_TYPE_TIMESTAMP:
+        return duck in _TIMESTAMP_TYPES
+    if value_type == _VT.VALUE_TYPE_TIMESTAMP_LIST:
+        return duck.endswith("[]") and duck[:-2] in _TIMESTAMP_TYPES
+    return False
