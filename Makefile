@@ -9,28 +9,31 @@ GOBIN := $(CURDIR)/.tools/bin
 REPO ?= examples/rides
 PROTOS := $(wildcard protos/skewless/v1/*.proto)
 PYGEN := clients/python
+GENERATED := $(PYGEN)/skewless/v1 clients/go/gen
 
-.PHONY: help setup system-deps tools gen check-gen lint typecheck run serve apply example-data test test-fast bench clean
+include clients/clients.mk
+
+.PHONY: help setup system-deps tools gen check-gen lint typecheck run apply materialize example-data test bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
-system-deps: ## Install redis-server when missing (Debian/Ubuntu, needs root)
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server not found: install it (apt-get install redis-server) or set online_store.redis_url" >&2; exit 1; fi; }
+system-deps: ## Install redis-server and the gRPC Java generator when missing (Debian, needs root)
+	@{ command -v redis-server >/dev/null && test -x /usr/bin/grpc_java_plugin; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server protobuf-compiler-grpc-java-plugin >/dev/null; \
+	  else echo "install redis-server and protobuf-compiler-grpc-java-plugin (apt-get), or set online_store.redis_url" >&2; exit 1; fi; }
 
 tools: ## Install grpcurl into .tools/bin (Go module proxy)
 	@test -x $(GOBIN)/grpcurl || GOBIN=$(GOBIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
-setup: system-deps $(VENV)/.installed tools ## Install everything: redis-server, the Python env, grpcurl
+setup: system-deps $(VENV)/.installed tools tools-go ## Install everything: redis-server, the Python env, grpcurl
 
-gen: $(VENV)/.installed ## Regenerate the stubs from protos/
+gen: $(VENV)/.installed gen-go ## Regenerate the Python and Go stubs from protos/ (Java generates at build)
 	$(PY) -m grpc_tools.protoc -I protos \
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 	  --python_out=$(PYGEN) --grpc_python_out=$(PYGEN) \
@@ -38,7 +41,7 @@ gen: $(VENV)/.installed ## Regenerate the stubs from protos/
 	  $(PROTOS)
 
 check-gen: gen ## Fail when the committed generated code differs from protos/
-	@git diff --exit-code -- $(PYGEN)/skewless/v1 && test -z "$$(git status --porcelain -- $(PYGEN)/skewless/v1)" \
+	@git diff --exit-code -- $(GENERATED) && test -z "$$(git status --porcelain -- $(GENERATED))" \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
 
 lint: $(VENV)/.installed ## buf lint, buf breaking (against the previous commit), ruff
@@ -58,7 +61,10 @@ example-data: $(VENV)/.installed ## Generate the example repository's Parquet fi
 apply: example-data ## Apply the example repository
 	$(BIN)/skewless apply $(REPO)
 
-run: setup apply ## The main job: apply the example and serve it on the embedded Redis
+materialize: apply ## Materialize the example from its watermark to now (both stores)
+	$(BIN)/skewless materialize-incremental --repo $(REPO)
+
+run: setup materialize ## The main job: apply and materialize the example, serve it on the embedded Redis
 	$(BIN)/skewless serve $(REPO)
 
 test: setup ## Run the whole test suite (starts its own Redis and servers)

@@ -128,6 +128,6 @@ def test_embedded_redis_starts_and_stops_with_the_server(tmp_path: Path) -> None
         assert redis.Redis.from_url(url).ping()
         assert (repo / ".skewless" / "redis").is_dir()
     assert served.proc.returncode == 0
-    assert "stopped embedded redis-server" in served.output()
+    assert "stopping embedded redis-server" in served.output()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()

@@ -18,7 +18,7 @@ from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
 from skewless.server.services.historical import HistoricalServicer
 from skewless.server.services.materialization import MaterializationServicer
-from skewless.server.services.online import OnlineServicer
+from skewless.server.services.online import OnlineServicer, add_online_servicer
 from skewless.server.services.registry import RegistryServicer
 from skewless.v1 import (
     historical_service_pb2,
@@ -26,7 +26,6 @@ from skewless.v1 import (
     materialization_service_pb2,
     materialization_service_pb2_grpc,
     online_service_pb2,
-    online_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
@@ -69,13 +68,16 @@ class SkewlessServer:
         server: The underlying `grpc.aio.Server`.
         ctx: The state shared by the servicers.
         health: The standard health servicer.
+        online: The online servicer (its Redis sockets are closed on stop).
 
     """
 
     server: grpc.aio.Server
     ctx: ServerContext
     health: health.aio.HealthServicer
+    online: OnlineServicer
     health_interval: float = 0.5
+    run_schedules: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -86,6 +88,12 @@ class SkewlessServer:
         await self._check_health()
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
         self._tasks.append(asyncio.create_task(self._watch_health()))
+        if self.run_schedules:
+            from skewless.offline.schedule import run_scheduler
+
+            self._tasks.append(
+                asyncio.create_task(run_scheduler(self.ctx.config, self.ctx.registry))
+            )
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -117,15 +125,18 @@ class SkewlessServer:
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.online.reader.close()
         await self.ctx.redis.aclose()
 
 
-def create_server(config: RepoConfig) -> tuple[SkewlessServer, int]:
+def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[SkewlessServer, int]:
     """Builds a server for a repository; call `await server.start()` to serve.
 
     Args:
         config: The repository configuration. `redis_url` must be set (the CLI starts an
             embedded Redis first when it is not). `server_port` 0 binds a free port.
+        run_schedules: Materialize views that have a `schedule` from this process (with
+            several workers, only one of them does).
 
     Returns:
         The server and the port it is bound to.
@@ -141,7 +152,8 @@ def create_server(config: RepoConfig) -> tuple[SkewlessServer, int]:
         ]
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(ctx), server)
-    online_service_pb2_grpc.add_OnlineServiceServicer_to_server(OnlineServicer(ctx), server)
+    online = OnlineServicer(ctx)
+    add_online_servicer(online, server)  # GetOnlineFeatures sends pre-serialized bytes
     historical_service_pb2_grpc.add_HistoricalServiceServicer_to_server(
         HistoricalServicer(ctx), server
     )
@@ -161,4 +173,13 @@ def create_server(config: RepoConfig) -> tuple[SkewlessServer, int]:
     port = server.add_insecure_port(f"{config.server_host}:{config.server_port}")
     if port == 0:
         raise OSError(f"could not bind {config.server_host}:{config.server_port}")
-    return SkewlessServer(server=server, ctx=ctx, health=health_servicer), port
+    return (
+        SkewlessServer(
+            server=server,
+            ctx=ctx,
+            health=health_servicer,
+            online=online,
+            run_schedules=run_schedules,
+        ),
+        port,
+    )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from skewless.offline.config import RepoConfig, load_repo_config
 from skewless.offline.errors import SkewlessError
+from skewless.server.materialize_cli import add_commands as add_materialize_commands
 from skewless.v1 import registry_pb2
 
 __all__ = ["main"]
@@ -69,20 +70,37 @@ async def _serve(config: RepoConfig, grace: float) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from skewless.server.embedded_redis import EmbeddedRedis
+    from skewless.server.embedded_redis import free_port, online_store_config
+    from skewless.server.metrics import start_metrics_server
+    from skewless.server.workers import default_workers, serve_workers
 
-    config = _config(args)
-    embedded: EmbeddedRedis | None = None
-    if config.redis_url is None:
-        embedded = EmbeddedRedis(config.data_dir / "redis", port=config.redis_port).start()
-        print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
-        config = dataclasses.replace(config, redis_url=embedded.url)
-    try:
-        asyncio.run(_serve(config, args.grace))
-    finally:
+    workers = args.workers if args.workers > 0 else default_workers()
+    with online_store_config(_config(args)) as (config, embedded):
         if embedded is not None:
-            embedded.stop()
-            print("stopped embedded redis-server")
+            print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
+        try:
+            if workers > 1:
+                if config.server_port == 0:
+                    config = dataclasses.replace(config, server_port=free_port(config.server_host))
+                print(
+                    f"skewless serving project {config.project!r} on "
+                    f"{config.server_host}:{config.server_port} with {workers} workers "
+                    f"(online store {config.redis_url})",
+                    flush=True,
+                )
+                return serve_workers(config, workers, grace=args.grace)
+            if config.metrics_port:
+                try:
+                    start_metrics_server(config.metrics_port, host=config.server_host)
+                except OSError as exc:
+                    raise SkewlessError(
+                        f"cannot serve metrics on port {config.metrics_port} ({exc.strerror}): "
+                        "set server.metrics_port in skewless.yaml or pass --metrics-port 0"
+                    ) from exc
+            asyncio.run(_serve(config, args.grace))
+        finally:
+            if embedded is not None:
+                print("stopping embedded redis-server")
     return 0
 
 
@@ -152,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="use this Redis instead of the configured/embedded one")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 = off)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on stop")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); 0 = one per core (default 1)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("list", help="list registered objects")
@@ -163,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("words", nargs="+")
     p.add_argument("--repo", default=".", help="feature repository (default: .)")
     p.set_defaults(func=_cmd_search)
+
+    add_materialize_commands(sub)
     return parser
 
 

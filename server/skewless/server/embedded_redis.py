@@ -12,14 +12,18 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import redis
 
+from skewless.offline.config import RepoConfig
 from skewless.offline.errors import StoreUnavailableError
 
-__all__ = ["EmbeddedRedis", "find_redis_server", "free_port"]
+__all__ = ["EmbeddedRedis", "find_redis_server", "free_port", "online_store_config"]
 
 _BINARY_ENV = "SKEWLESS_REDIS_SERVER"
 
@@ -83,6 +87,11 @@ class EmbeddedRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def url_file(self) -> Path:
+        """File holding the URL while the server runs, so other commands find it."""
+        return self.data_dir / "redis.url"
+
+    @property
     def url(self) -> str:
         """The `redis://` URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
@@ -126,6 +135,7 @@ class EmbeddedRedis:
                     )
                 try:
                     if client.ping():
+                        self.url_file.write_text(self.url + "\n")
                         return self
                 except redis.RedisError:
                     pass
@@ -144,6 +154,7 @@ class EmbeddedRedis:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
+        self.url_file.unlink(missing_ok=True)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
@@ -161,3 +172,38 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _running_url(url_file: Path) -> str | None:
+    try:
+        url = url_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return url if client.ping() else None
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+@contextmanager
+def online_store_config(config: RepoConfig) -> Iterator[tuple[RepoConfig, EmbeddedRedis | None]]:
+    """Yields the config with `redis_url` set, starting the embedded Redis if needed.
+
+    A configured URL is used as is. Otherwise the embedded Redis of the project (data in
+    `<data_dir>/redis`) is used if one is running (for example under `skewless serve`),
+    or started for the duration of the block and stopped after it. Its data persists
+    (append-only file), so values written here are served by the next `skewless serve`.
+    """
+    if config.redis_url:
+        yield config, None
+        return
+    data_dir = config.data_dir / "redis"
+    running = _running_url(data_dir / "redis.url")
+    if running is not None:
+        yield replace(config, redis_url=running), None
+        return
+    with EmbeddedRedis(data_dir, port=config.redis_port) as embedded:
+        yield replace(config, redis_url=embedded.url), embedded

@@ -1,14 +1,62 @@
-"""`skewless.v1.MaterializationService`: materialization jobs."""
+"""`skewless.v1.MaterializationService`: materialization jobs.
+
+`StartMaterialization` validates the request, takes the views' job locks (so a second
+job for a view fails at once with FAILED_PRECONDITION), records the job and runs it in
+a worker thread; the call returns immediately. Job records live under the data dir
+(`skewless.offline.jobs`), so jobs started by the CLI are listed too.
+"""
 
 from __future__ import annotations
 
-import grpc
+import threading
+from datetime import UTC, datetime
 
+import grpc
+from google.protobuf import timestamp_pb2
+
+from skewless.offline.errors import InvalidArgumentError
+from skewless.offline.jobs import JobRecord, JobState, JobStore, run_job
+from skewless.offline.materialize import ViewLocks, materializable_views
+from skewless.offline.transform import plan_view
 from skewless.server.context import ServerContext
+from skewless.server.errors import grpc_errors
+from skewless.server.pagination import paginate
 from skewless.v1 import materialization_service_pb2 as pb
 from skewless.v1 import materialization_service_pb2_grpc
 
-__all__ = ["MaterializationServicer"]
+__all__ = ["MaterializationServicer", "job_to_proto"]
+
+_STATES = {
+    JobState.PENDING: pb.JOB_STATE_PENDING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+}
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
+    """Converts a job record to its wire form."""
+    return pb.MaterializationJob(
+        job_id=record.job_id,
+        feature_views=list(record.feature_views),
+        window_start_time=_timestamp(record.window_start),
+        window_end_time=_timestamp(record.window_end),
+        state=_STATES[record.state],
+        rows_read=record.rows_read,
+        rows_written=record.rows_written,
+        progress=record.progress,
+        error=record.error,
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
 
 
 class MaterializationServicer(materialization_service_pb2_grpc.MaterializationServiceServicer):
@@ -17,24 +65,75 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
     def __init__(self, ctx: ServerContext) -> None:
         """Binds the servicer to the server's shared state."""
         self.ctx = ctx
+        self.jobs = JobStore(ctx.config)
+        self._threads: list[threading.Thread] = []
 
+    @grpc_errors
     async def StartMaterialization(
         self, request: pb.StartMaterializationRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartMaterializationResponse:
-        """Not implemented yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "materialization is not implemented yet")
-        raise AssertionError("unreachable")
+        """Validates the request, locks the views and starts the job in a worker thread."""
+        registry = self.ctx.registry.current
+        if not request.HasField("end_time"):
+            raise InvalidArgumentError("end_time is required", field="end_time")
+        end = request.end_time.ToDatetime(tzinfo=UTC)
+        start: datetime | None = None
+        if not request.incremental:
+            if not request.HasField("start_time"):
+                raise InvalidArgumentError(
+                    "start_time is required unless incremental is set", field="start_time"
+                )
+            start = request.start_time.ToDatetime(tzinfo=UTC)
+            if end < start:
+                raise InvalidArgumentError(
+                    f"end_time {end.isoformat()} is before start_time {start.isoformat()}",
+                    field="end_time",
+                    metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
+                )
+        views = list(dict.fromkeys(request.feature_views)) or materializable_views(registry)
+        for name in views:
+            plan_view(registry, name)  # NOT_FOUND for unknown views, before anything runs
+        locks = ViewLocks(self.ctx.config, views)
+        try:
+            record = self.jobs.create(
+                views,
+                window_start=start,
+                window_end=end,
+                incremental=request.incremental,
+                trigger="api",
+            )
+        except BaseException:
+            locks.release()
+            raise
+        thread = threading.Thread(
+            target=run_job,
+            args=(self.ctx.config, registry, self.jobs, record),
+            kwargs={"locks": locks},
+            name=f"materialize-{record.job_id}",
+            daemon=True,
+        )
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        return pb.StartMaterializationResponse(job=job_to_proto(record))
 
+    @grpc_errors
     async def GetMaterializationJob(
         self, request: pb.GetMaterializationJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMaterializationJobResponse:
-        """Not implemented yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "materialization is not implemented yet")
-        raise AssertionError("unreachable")
+        """Returns one job; NOT_FOUND for an unknown ID."""
+        if not request.job_id:
+            raise InvalidArgumentError("job_id is required", field="job_id")
+        return pb.GetMaterializationJobResponse(job=job_to_proto(self.jobs.get(request.job_id)))
 
+    @grpc_errors
     async def ListMaterializationJobs(
         self, request: pb.ListMaterializationJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMaterializationJobsResponse:
-        """Not implemented yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "materialization is not implemented yet")
-        raise AssertionError("unreachable")
+        """Lists jobs newest first, a page at a time."""
+        records = self.jobs.list(request.feature_view)
+        page, token = paginate(
+            records, request.page_size, request.page_token, scope=request.feature_view
+        )
+        return pb.ListMaterializationJobsResponse(
+            jobs=[job_to_proto(r) for r in page], next_page_token=token
+        )

@@ -1,0 +1,454 @@
+"""`Client`: one reused gRPC channel to a skewless server and a method per RPC."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import pyarrow as pa
+from google.protobuf import timestamp_pb2
+
+from skewless.client.errors import from_rpc_error
+from skewless.client.online import (
+    Entities,
+    OnlineFeatures,
+    build_online_request,
+    entity_columns,
+)
+from skewless.v1 import (
+    historical_service_pb2_grpc,
+    materialization_service_pb2,
+    materialization_service_pb2_grpc,
+    online_service_pb2,
+    online_service_pb2_grpc,
+    registry_pb2,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "RPC_METHODS", "Client"]
+
+#: Default deadline of a call, in seconds.
+DEFAULT_TIMEOUT = 10.0
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_HISTORICAL_MODULE = "skewless.client.historical"
+
+#: The `Client` method that calls each RPC, by full RPC name (`package.Service/Method`).
+RPC_METHODS: dict[str, str] = {
+    "skewless.v1.OnlineService/GetOnlineFeatures": "get_online_features",
+    "skewless.v1.OnlineService/PushFeatures": "push_features",
+    "skewless.v1.HistoricalService/GetHistoricalFeatures": "get_historical_features",
+    "skewless.v1.RegistryService/GetRegistryInfo": "get_registry_info",
+    "skewless.v1.RegistryService/GetEntity": "get_entity",
+    "skewless.v1.RegistryService/ListEntities": "list_entities",
+    "skewless.v1.RegistryService/GetDataSource": "get_data_source",
+    "skewless.v1.RegistryService/ListDataSources": "list_data_sources",
+    "skewless.v1.RegistryService/GetFeatureView": "get_feature_view",
+    "skewless.v1.RegistryService/ListFeatureViews": "list_feature_views",
+    "skewless.v1.RegistryService/GetFeatureService": "get_feature_service",
+    "skewless.v1.RegistryService/ListFeatureServices": "list_feature_services",
+    "skewless.v1.RegistryService/SearchFeatures": "search_features",
+    "skewless.v1.MaterializationService/StartMaterialization": "start_materialization",
+    "skewless.v1.MaterializationService/GetMaterializationJob": "get_materialization_job",
+    "skewless.v1.MaterializationService/ListMaterializationJobs": "list_materialization_jobs",
+}
+
+
+def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:  # naive means UTC
+        value = value.replace(tzinfo=dt.UTC)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+class Client:
+    """A skewless server connection: online lookups, registry, historical retrieval.
+
+    One channel is opened per client and reused by every call; close it with `close`
+    or use the client as a context manager. Every failed call raises a subclass of
+    `skewless.client.errors.SkewlessClientError`.
+
+    Example:
+        >>> with Client("localhost:6566") as client:
+        ...     result = client.get_online_features(
+        ...         {"driver_id": [1001, 1002]}, feature_service="driver_ranking"
+        ...     )
+        ...     table = result.to_arrow()
+
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float | None = DEFAULT_TIMEOUT,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Opens a channel (connects lazily, on the first call).
+
+        Args:
+            target: `host:port` of the server.
+            tls: Use TLS; `root_certificates` (PEM) verifies the server, the system
+                roots when None.
+            root_certificates: PEM-encoded root certificates for TLS.
+            metadata: Headers sent with every call (e.g. `("authorization", "Bearer ...")`).
+            timeout: Default deadline of each call in seconds; None for no deadline.
+            options: Extra gRPC channel options.
+
+        """
+        channel_options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            *options,
+        ]
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, credentials, options=channel_options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=channel_options)
+        self.target = target
+        self.metadata = tuple(metadata)
+        self.timeout = timeout
+        self._online = online_service_pb2_grpc.OnlineServiceStub(self.channel)
+        self._registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
+        self._historical = historical_service_pb2_grpc.HistoricalServiceStub(self.channel)
+        self._materialization = materialization_service_pb2_grpc.MaterializationServiceStub(
+            self.channel
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel; the client cannot be used afterwards."""
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        try:
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # --- online ----------------------------------------------------------------------------
+
+    def get_online_features(
+        self,
+        entities: Entities,
+        *,
+        feature_service: str | None = None,
+        features: Sequence[str] | None = None,
+        full_feature_names: bool = False,
+        timeout: float | None = None,
+    ) -> OnlineFeatures:
+        """Looks up the latest feature values of entities.
+
+        Args:
+            entities: Join key columns (`{"driver_id": [1, 2]}`) or rows
+                (`[{"driver_id": 1}, ...]`); at most 1,000 rows.
+            feature_service: A feature service name; exclusive with `features`.
+            features: `view:feature` / `view` references; exclusive with `feature_service`.
+            full_feature_names: Name results `view__feature`.
+            timeout: This call's deadline in seconds (the client default when None).
+
+        Returns:
+            The values, statuses and event times, convertible to dict, Arrow or rows.
+
+        Raises:
+            ValueError: Neither or both of `feature_service` and `features` were given.
+            TypeError: An entity key value has no key type.
+            SkewlessClientError: The call failed (typed by status code).
+
+        """
+        columns = entity_columns(entities)
+        request = build_online_request(
+            columns,
+            feature_service=feature_service,
+            features=features,
+            full_feature_names=full_feature_names,
+        )
+        response: online_service_pb2.GetOnlineFeaturesResponse = self._call(
+            self._online.GetOnlineFeatures, request, timeout
+        )
+        return OnlineFeatures(response, columns)
+
+    def push_features(
+        self,
+        table: pa.Table,
+        *,
+        push_source: str | None = None,
+        feature_view: str | None = None,
+        destination: online_service_pb2.PushDestination.ValueType = (
+            online_service_pb2.PUSH_DESTINATION_UNSPECIFIED
+        ),
+        timeout: float | None = None,
+    ) -> online_service_pb2.PushFeaturesResponse:
+        """Pushes rows to a push source or a feature view.
+
+        Args:
+            table: The rows: join keys, event timestamp, optional created timestamp, features.
+            push_source: The push source's name; exclusive with `feature_view`.
+            feature_view: A feature view's name; exclusive with `push_source`.
+            destination: A `skewless.v1.PushDestination` (both stores when unset).
+            timeout: This call's deadline in seconds.
+
+        Returns:
+            The number of rows accepted and online values replaced.
+
+        Raises:
+            ValueError: Neither or both of `push_source` and `feature_view` were given.
+            SkewlessClientError: The call failed (typed by status code).
+
+        """
+        if (push_source is None) == (feature_view is None):
+            raise ValueError("pass exactly one of push_source= or feature_view=")
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        request = online_service_pb2.PushFeaturesRequest(
+            arrow_ipc_stream=sink.getvalue().to_pybytes(), destination=destination
+        )
+        if push_source is not None:
+            request.push_source = push_source
+        else:
+            request.feature_view = feature_view or ""
+        response: online_service_pb2.PushFeaturesResponse = self._call(
+            self._online.PushFeatures, request, timeout
+        )
+        return response
+
+    # --- historical ------------------------------------------------------------------------
+
+    def _historical_module(self) -> Any:
+        return importlib.import_module(_HISTORICAL_MODULE)
+
+    def get_historical_features(self, *args: Any, **kwargs: Any) -> pa.Table:
+        """Retrieves point-in-time correct training data as a `pyarrow.Table`.
+
+        Takes the arguments of `skewless.client.historical.get_historical_features`
+        (without its channel) and converts failures to typed errors.
+
+        Raises:
+            SkewlessClientError: The call failed (typed by status code).
+
+        """
+        module = self._historical_module()
+        kwargs.setdefault("metadata", self.metadata)
+        try:
+            table: pa.Table = module.get_historical_features(self.channel, *args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return table
+
+    def iter_historical_batches(self, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        """Streams point-in-time correct training data as Arrow record batches.
+
+        Takes the arguments of `skewless.client.historical.iter_historical_batches`
+        (without its channel) and converts failures to typed errors.
+
+        Raises:
+            SkewlessClientError: The call failed (typed by status code).
+
+        """
+        module = self._historical_module()
+        kwargs.setdefault("metadata", self.metadata)
+        try:
+            yield from module.iter_historical_batches(self.channel, *args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # --- registry --------------------------------------------------------------------------
+
+    def get_registry_info(
+        self, *, timeout: float | None = None
+    ) -> registry_service_pb2.GetRegistryInfoResponse:
+        """Returns the project, version, update time and digest of the served registry."""
+        response: registry_service_pb2.GetRegistryInfoResponse = self._call(
+            self._registry.GetRegistryInfo, registry_service_pb2.GetRegistryInfoRequest(), timeout
+        )
+        return response
+
+    def get_entity(self, name: str, *, timeout: float | None = None) -> registry_pb2.Entity:
+        """Returns one entity by name (raises `NotFoundError` when unknown)."""
+        request = registry_service_pb2.GetEntityRequest(name=name)
+        response: registry_service_pb2.GetEntityResponse = self._call(
+            self._registry.GetEntity, request, timeout
+        )
+        return response.entity
+
+    def get_data_source(
+        self, name: str, *, timeout: float | None = None
+    ) -> registry_pb2.DataSource:
+        """Returns one data source by name."""
+        request = registry_service_pb2.GetDataSourceRequest(name=name)
+        response: registry_service_pb2.GetDataSourceResponse = self._call(
+            self._registry.GetDataSource, request, timeout
+        )
+        return response.data_source
+
+    def get_feature_view(
+        self, name: str, *, timeout: float | None = None
+    ) -> registry_pb2.FeatureView:
+        """Returns one feature view by name."""
+        request = registry_service_pb2.GetFeatureViewRequest(name=name)
+        response: registry_service_pb2.GetFeatureViewResponse = self._call(
+            self._registry.GetFeatureView, request, timeout
+        )
+        return response.feature_view
+
+    def get_feature_service(
+        self, name: str, *, timeout: float | None = None
+    ) -> registry_pb2.FeatureService:
+        """Returns one feature service by name."""
+        request = registry_service_pb2.GetFeatureServiceRequest(name=name)
+        response: registry_service_pb2.GetFeatureServiceResponse = self._call(
+            self._registry.GetFeatureService, request, timeout
+        )
+        return response.feature_service
+
+    def _pages(
+        self,
+        method: Callable[..., Any],
+        make: Callable[[str], Any],
+        items: str,
+        timeout: float | None,
+    ) -> list[Any]:
+        out: list[Any] = []
+        token = ""
+        while True:
+            response = self._call(method, make(token), timeout)
+            out.extend(getattr(response, items))
+            token = response.next_page_token
+            if not token:
+                return out
+
+    def list_entities(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> list[registry_pb2.Entity]:
+        """Returns every entity (all pages)."""
+        return self._pages(
+            self._registry.ListEntities,
+            lambda t: registry_service_pb2.ListEntitiesRequest(page_size=page_size, page_token=t),
+            "entities",
+            timeout,
+        )
+
+    def list_data_sources(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> list[registry_pb2.DataSource]:
+        """Returns every data source (all pages)."""
+        return self._pages(
+            self._registry.ListDataSources,
+            lambda t: registry_service_pb2.ListDataSourcesRequest(
+                page_size=page_size, page_token=t
+            ),
+            "data_sources",
+            timeout,
+        )
+
+    def list_feature_views(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> list[registry_pb2.FeatureView]:
+        """Returns every feature view (all pages)."""
+        return self._pages(
+            self._registry.ListFeatureViews,
+            lambda t: registry_service_pb2.ListFeatureViewsRequest(
+                page_size=page_size, page_token=t
+            ),
+            "feature_views",
+            timeout,
+        )
+
+    def list_feature_services(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> list[registry_pb2.FeatureService]:
+        """Returns every feature service (all pages)."""
+        return self._pages(
+            self._registry.ListFeatureServices,
+            lambda t: registry_service_pb2.ListFeatureServicesRequest(
+                page_size=page_size, page_token=t
+            ),
+            "feature_services",
+            timeout,
+        )
+
+    def search_features(
+        self, query: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> list[registry_service_pb2.FeatureMatch]:
+        """Returns the features whose name, description, tags or owner match `query`."""
+        return self._pages(
+            self._registry.SearchFeatures,
+            lambda t: registry_service_pb2.SearchFeaturesRequest(
+                query=query, page_size=page_size, page_token=t
+            ),
+            "matches",
+            timeout,
+        )
+
+    # --- materialization ---------------------------------------------------------------------
+
+    def start_materialization(
+        self,
+        feature_views: Sequence[str] = (),
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        incremental: bool = False,
+        timeout: float | None = None,
+    ) -> materialization_service_pb2.MaterializationJob:
+        """Starts materializing views (all when empty) over [start_time, end_time)."""
+        request = materialization_service_pb2.StartMaterializationRequest(
+            feature_views=list(feature_views), incremental=incremental
+        )
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        response: materialization_service_pb2.StartMaterializationResponse = self._call(
+            self._materialization.StartMaterialization, request, timeout
+        )
+        return response.job
+
+    def get_materialization_job(
+        self, job_id: str, *, timeout: float | None = None
+    ) -> materialization_service_pb2.MaterializationJob:
+        """Returns one materialization job's state and progress."""
+        request = materialization_service_pb2.GetMaterializationJobRequest(job_id=job_id)
+        response: materialization_service_pb2.GetMaterializationJobResponse = self._call(
+            self._materialization.GetMaterializationJob, request, timeout
+        )
+        return response.job
+
+    def list_materialization_jobs(
+        self, *, feature_view: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> list[materialization_service_pb2.MaterializationJob]:
+        """Returns materialization jobs (all pages), optionally of one view."""
+        return self._pages(
+            self._materialization.ListMaterializationJobs,
+            lambda t: materialization_service_pb2.ListMaterializationJobsRequest(
+                feature_view=feature_view, page_size=page_size, page_token=t
+            ),
+            "jobs",
+            timeout,
+        )

@@ -1,0 +1,331 @@
+"""Materialization job records, persisted under `<data_dir>/jobs/` for the CLI and server.
+
+Each job is one JSON file `<job id>.json`, replaced atomically on every change. Job IDs
+start with their UTC creation time, so that their order is their age. A job left
+PENDING or RUNNING by a process that no longer exists is reported as FAILED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from skewless.offline.config import RepoConfig
+from skewless.offline.errors import NotFoundError, SkewlessError
+from skewless.offline.materialize import (
+    Progress,
+    ProgressCallback,
+    ViewLocks,
+    materialize,
+    materialize_incremental,
+)
+from skewless.v1 import registry_pb2
+
+__all__ = ["JobRecord", "JobState", "JobStore", "ProgressThrottle", "run_job"]
+
+_log = logging.getLogger(__name__)
+
+
+class JobState(enum.StrEnum):
+    """The lifecycle of a job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One materialization job.
+
+    Attributes:
+        job_id: Unique, time-ordered ID.
+        feature_views: The views it materializes.
+        window_start: Start of the window (inclusive); for incremental jobs the earliest
+            watermark, None until known.
+        window_end: End of the window (exclusive).
+        incremental: Whether each view continues from its watermark.
+        state: The current state.
+        rows_read: Rows computed from the sources so far.
+        rows_written: History rows written so far.
+        progress: Completion estimate, 0 to 1.
+        error: For failed jobs, what went wrong.
+        create_time: When the job was created.
+        update_time: When it last changed.
+        pid: The process running it.
+        trigger: Who started it (`cli`, `api`, `schedule`).
+
+    """
+
+    job_id: str
+    feature_views: tuple[str, ...]
+    window_start: datetime | None
+    window_end: datetime
+    incremental: bool
+    state: JobState
+    rows_read: int = 0
+    rows_written: int = 0
+    progress: float = 0.0
+    error: str = ""
+    create_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    update_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    pid: int = dataclasses.field(default_factory=os.getpid)
+    trigger: str = "api"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job succeeded or failed."""
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED)
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the record as JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["feature_views"] = list(self.feature_views)
+        data["state"] = self.state.value
+        for name in ("window_start", "window_end", "create_time", "update_time"):
+            value = getattr(self, name)
+            data[name] = value.isoformat() if value is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        """Parses a record written by `to_json`."""
+        times = {
+            name: datetime.fromisoformat(data[name]) if data.get(name) else None
+            for name in ("window_start", "window_end", "create_time", "update_time")
+        }
+        return cls(
+            **{
+                **data,
+                **times,
+                "feature_views": tuple(data["feature_views"]),
+                "state": JobState(data["state"]),
+            }
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobStore:
+    """The job records of one project."""
+
+    def __init__(self, config: RepoConfig) -> None:
+        """Binds the store to `<data_dir>/jobs`."""
+        self.root = config.data_dir / "jobs"
+        self._lock = threading.Lock()
+
+    def _path(self, job_id: str) -> Path:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise NotFoundError(
+                f"no materialization job {job_id!r}",
+                reason="JOB_NOT_FOUND",
+                metadata={"job_id": job_id},
+            )
+        return self.root / f"{job_id}.json"
+
+    def _save(self, record: JobRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(record.job_id)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+        tmp.write_text(json.dumps(record.to_json()))
+        os.replace(tmp, path)
+
+    def create(
+        self,
+        feature_views: Sequence[str],
+        *,
+        window_start: datetime | None,
+        window_end: datetime,
+        incremental: bool = False,
+        trigger: str = "api",
+    ) -> JobRecord:
+        """Records a new PENDING job and returns it."""
+        now = datetime.now(UTC)
+        record = JobRecord(
+            job_id=f"{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}",
+            feature_views=tuple(feature_views),
+            window_start=window_start,
+            window_end=window_end,
+            incremental=incremental,
+            state=JobState.PENDING,
+            create_time=now,
+            update_time=now,
+            trigger=trigger,
+        )
+        self._save(record)
+        return record
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Applies field changes to a job (and its update time) and returns it."""
+        with self._lock:
+            record = self._read(job_id)
+            record = dataclasses.replace(record, **changes, update_time=datetime.now(UTC))
+            self._save(record)
+            return record
+
+    def _read(self, job_id: str) -> JobRecord:
+        try:
+            data = json.loads(self._path(job_id).read_text())
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"no materialization job {job_id!r}; list jobs to see the known IDs",
+                reason="JOB_NOT_FOUND",
+                metadata={"job_id": job_id},
+            ) from None
+        return JobRecord.from_json(data)
+
+    def _reported(self, record: JobRecord) -> JobRecord:
+        if not record.finished and not _alive(record.pid):
+            return dataclasses.replace(
+                record,
+                state=JobState.FAILED,
+                error=(
+                    f"the process running this job (pid {record.pid}) exited before it "
+                    "finished; re-running the same window is safe"
+                ),
+            )
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        """Returns one job.
+
+        Raises:
+            NotFoundError: Unknown job ID.
+
+        """
+        return self._reported(self._read(job_id))
+
+    def list(self, feature_view: str = "") -> list[JobRecord]:
+        """Returns all jobs (optionally only those including a view), newest first."""
+        if not self.root.is_dir():
+            return []
+        records = []
+        for path in sorted(self.root.glob("*.json"), reverse=True):
+            try:
+                record = JobRecord.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if feature_view and feature_view not in record.feature_views:
+                continue
+            records.append(self._reported(record))
+        return records
+
+
+class ProgressThrottle:
+    """Lets through at most one update per `interval` seconds (the last one always passes)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        """Sets the minimum time between updates."""
+        self.interval = interval
+        self._last = 0.0
+
+    def ready(self) -> bool:
+        """Whether an update may be written now."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+def run_job(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    store: JobStore,
+    record: JobRecord,
+    *,
+    locks: ViewLocks | None = None,
+    progress: ProgressCallback | None = None,
+) -> JobRecord:
+    """Runs a recorded job to its end, keeping its record up to date; never raises.
+
+    Args:
+        config: The repository.
+        registry: The registry holding the job's views.
+        store: Where the record lives.
+        record: The PENDING job (views, window, incremental flag).
+        locks: The views' locks if already held (they are released at the end).
+        progress: Also called with every progress report.
+
+    Returns:
+        The final record (SUCCEEDED or FAILED, with the error).
+
+    """
+    job_id = record.job_id
+    throttle = ProgressThrottle()
+    finished_rows = 0
+    last_view = ""
+    last_rows = 0
+
+    def on_progress(report: Progress) -> None:
+        nonlocal finished_rows, last_view, last_rows
+        if report.view != last_view:
+            finished_rows += last_rows
+            last_view, last_rows = report.view, 0
+        if report.phase in ("compute", "done"):
+            last_rows = report.rows_done
+        if progress is not None:
+            progress(report)
+        if throttle.ready():
+            store.update(job_id, rows_read=finished_rows + last_rows, progress=report.fraction)
+
+    try:
+        store.update(job_id, state=JobState.RUNNING)
+        if record.incremental:
+            result = materialize_incremental(
+                config,
+                registry,
+                record.window_end,
+                record.feature_views,
+                on_progress,
+                locks=locks,
+            )
+        else:
+            assert record.window_start is not None
+            result = materialize(
+                config,
+                registry,
+                record.window_start,
+                record.window_end,
+                record.feature_views,
+                on_progress,
+                locks=locks,
+            )
+        starts = [v.start for v in result.views]
+        return store.update(
+            job_id,
+            state=JobState.SUCCEEDED,
+            rows_read=result.rows_read,
+            rows_written=result.rows_written,
+            progress=1.0,
+            window_start=min(starts) if starts else record.window_start,
+        )
+    except SkewlessError as exc:
+        _log.warning("materialization job %s failed: %s", job_id, exc.message)
+        return store.update(job_id, state=JobState.FAILED, error=exc.message)
+    except Exception as exc:
+        _log.exception("materialization job %s failed", job_id)
+        return store.update(job_id, state=JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if locks is not None:
+            locks.release()

@@ -1,0 +1,528 @@
+"""Materialization: compute feature views over a window and write both stores.
+
+For each view and window [start, end), one job:
+
+1. streams the view's rows out of DuckDB (`skewless.offline.transform`) in batches and
+   stages them as `.tmp` history files (one per UTC day of event time);
+2. reads the latest row per entity key from those staged files and writes it to Redis
+   with the compare-and-set script (`skewless.online.writer`), so the online store
+   receives exactly the rows the history holds;
+3. commits the staged files, atomically replacing the window in the history
+   (`skewless.offline.offline_store.commit_window`);
+4. advances the view's watermark to `end` (when the window starts at or before it).
+
+A crash at any step leaves the previous history (the manifest is unchanged) and at
+worst newer-but-identical online values; re-running the window converges to the state
+of one clean run. Two jobs never materialize the same view at once: each view has a
+lock file under `<data_dir>/materialization/<view>/` held with `flock`, which the
+kernel releases when the holder dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import duckdb
+
+from skewless.offline.config import RepoConfig
+from skewless.offline.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
+from skewless.offline.offline_store import (
+    CREATED_TIMESTAMP,
+    EVENT_TIMESTAMP,
+    HistoryWriter,
+    StagedFile,
+    commit_window,
+)
+from skewless.offline.transform import ViewPlan, open_window, plan_view, quote_identifier
+from skewless.online.writer import OnlineWriter, prepare_rows
+from skewless.v1 import registry_pb2
+
+__all__ = [
+    "EPOCH",
+    "ONLINE_EXPIRY_TAG",
+    "MaterializeResult",
+    "Progress",
+    "ProgressCallback",
+    "ViewLocks",
+    "ViewResult",
+    "materializable_views",
+    "materialize",
+    "materialize_incremental",
+    "online_expiry",
+    "read_watermark",
+    "resolve_redis_url",
+]
+
+#: Where an incremental run starts for a view that was never materialized.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: View tag that, set to "true", makes online keys expire `ttl` after their event time.
+ONLINE_EXPIRY_TAG = "skewless.online_expiry"
+_ONLINE_BATCH_ROWS = 50_000
+#: DuckDB's memory limit per job query; it spills to disk beyond it.
+MEMORY_LIMIT = "1GB"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report.
+
+    Attributes:
+        view: The view being materialized.
+        phase: `compute` (rows to history files), `online` (latest rows to Redis) or `done`.
+        rows_done: Rows handled in this phase so far.
+        rows_total: Rows of the view's window.
+        view_index: Position of the view in the job (0-based).
+        view_count: Number of views in the job.
+
+    """
+
+    view: str
+    phase: str
+    rows_done: int
+    rows_total: int
+    view_index: int
+    view_count: int
+
+    @property
+    def fraction(self) -> float:
+        """Estimated completion of the whole job, 0 to 1."""
+        if self.phase == "done":
+            inner = 1.0
+        else:
+            share = self.rows_done / self.rows_total if self.rows_total else 0.0
+            inner = 0.7 * share if self.phase == "compute" else 0.7 + 0.3 * min(share, 1.0)
+        return min(1.0, (self.view_index + inner) / max(self.view_count, 1))
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    """What one view's materialization did.
+
+    Attributes:
+        view: The view.
+        start: Window start (inclusive).
+        end: Window end (exclusive).
+        rows_read: Rows the view's SQL produced for the window.
+        rows_written: Rows committed to the history (0 for online-only views).
+        online_rows_written: Redis keys replaced (older rows are not).
+
+    """
+
+    view: str
+    start: datetime
+    end: datetime
+    rows_read: int
+    rows_written: int
+    online_rows_written: int
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    """The outcome of a materialization, view by view."""
+
+    views: tuple[ViewResult, ...]
+
+    @property
+    def rows_read(self) -> int:
+        """Total rows computed."""
+        return sum(v.rows_read for v in self.views)
+
+    @property
+    def rows_written(self) -> int:
+        """Total history rows written."""
+        return sum(v.rows_written for v in self.views)
+
+
+def _state_dir(config: RepoConfig, view: str) -> Path:
+    return config.data_dir / "materialization" / view
+
+
+class ViewLocks:
+    """Exclusive per-view job locks (`flock`), released on `release` or process death."""
+
+    def __init__(self, config: RepoConfig, views: Sequence[str]) -> None:
+        """Acquires every view's lock without waiting, in name order.
+
+        Raises:
+            FailedPreconditionError: Another job holds a view's lock (the message names it).
+
+        """
+        self.views = tuple(sorted(set(views)))
+        self._handles: list[IO[str]] = []
+        try:
+            for view in self.views:
+                folder = _state_dir(config, view)
+                folder.mkdir(parents=True, exist_ok=True)
+                handle = (folder / "job.lock").open("a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    raise FailedPreconditionError(
+                        f"a materialization job for feature view {view!r} is already running; "
+                        "wait for it to finish (list jobs to see it)",
+                        reason="MATERIALIZATION_RUNNING",
+                        metadata={"feature_view": view},
+                    ) from None
+                self._handles.append(handle)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Releases every lock held."""
+        for handle in self._handles:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> ViewLocks:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def read_watermark(config: RepoConfig, view: str) -> datetime | None:
+    """Returns the end of the view's last contiguous materialized range, if any."""
+    try:
+        raw = json.loads((_state_dir(config, view) / "watermark.json").read_text())
+    except FileNotFoundError:
+        return None
+    return datetime.fromisoformat(raw["watermark"])
+
+
+def _write_watermark(config: RepoConfig, view: str, value: datetime) -> None:
+    folder = _state_dir(config, view)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "watermark.json.tmp"
+    with tmp.open("w") as handle:
+        json.dump({"watermark": value.isoformat()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / "watermark.json")
+
+
+def resolve_redis_url(config: RepoConfig) -> str:
+    """Returns the Redis URL jobs write to.
+
+    Raises:
+        FailedPreconditionError: No URL is configured and no fixed embedded port is set.
+
+    """
+    if config.redis_url:
+        return config.redis_url
+    if config.redis_port:
+        return f"redis://127.0.0.1:{config.redis_port}/0"
+    raise FailedPreconditionError(
+        "no online store to write: set online_store.redis_url (or a fixed online_store.port "
+        "for the Redis `skewless serve` starts) in skewless.yaml",
+        reason="REDIS_NOT_CONFIGURED",
+    )
+
+
+def materializable_views(registry: registry_pb2.Registry) -> list[str]:
+    """Names of the views that read a batch (file or SQL) source and are stored somewhere."""
+    kinds = {s.name: s.WhichOneof("kind") for s in registry.data_sources}
+    return sorted(
+        v.name
+        for v in registry.feature_views
+        if kinds.get(v.source) in ("file", "sql") and (v.online or v.offline)
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> list[ViewPlan]:
+    names = list(views) if views else materializable_views(registry)
+    plans = [plan_view(registry, name) for name in dict.fromkeys(names)]
+    for plan in plans:
+        if plan.source.WhichOneof("kind") == "push":
+            raise FailedPreconditionError(
+                f"feature view {plan.name!r} reads push source {plan.source.name!r}: its rows "
+                "arrive through PushFeatures and cannot be materialized from a batch source",
+                reason="PUSH_SOURCE_NOT_MATERIALIZABLE",
+                metadata={"feature_view": plan.name, "source": plan.source.name},
+            )
+    return plans
+
+
+def online_expiry(view: registry_pb2.FeatureView) -> timedelta | None:
+    """How long after its event time a view's online key expires (None: never).
+
+    Keys expire only when the view has a TTL and the tag `skewless.online_expiry` is
+    "true"; expired keys read as NOT_FOUND rather than OUTSIDE_MAX_AGE, so the tag
+    trades that status for memory.
+    """
+    if view.tags.get(ONLINE_EXPIRY_TAG, "").lower() == "true" and view.ttl.ToTimedelta():
+        return view.ttl.ToTimedelta()
+    return None
+
+
+def temp_directory(config: RepoConfig) -> str:
+    """Where DuckDB spills when a query exceeds its memory limit."""
+    return str(config.data_dir / "tmp" / "duckdb")
+
+
+def _latest_rows(
+    config: RepoConfig, plan: ViewPlan, staged: list[StagedFile]
+) -> Iterator[duckdb.DuckDBPyRelation]:
+    """Yields one relation: the latest staged row per entity key."""
+    con = duckdb.connect(
+        config={"memory_limit": MEMORY_LIMIT, "temp_directory": temp_directory(config)}
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.read_parquet([str(s.tmp_path) for s in staged]).create_view("staged")
+        keys = ", ".join(quote_identifier(k) for k in plan.key_names)
+        order = f"{EVENT_TIMESTAMP} DESC, {CREATED_TIMESTAMP} DESC NULLS LAST"
+        yield con.sql(
+            f"SELECT * FROM staged QUALIFY row_number() OVER (PARTITION BY {keys} "
+            f"ORDER BY {order}) = 1"
+        )
+    finally:
+        con.close()
+
+
+def _write_online(
+    config: RepoConfig,
+    plan: ViewPlan,
+    staged: list[StagedFile],
+    writer: OnlineWriter,
+    report: Callable[[str, int], None],
+) -> int:
+    expire = online_expiry(plan.view)
+    written = done = 0
+    schema = plan.history_schema
+    for relation in _latest_rows(config, plan, staged):
+        for batch in relation.to_arrow_reader(_ONLINE_BATCH_ROWS):
+            rows = prepare_rows(
+                config.project,
+                plan.name,
+                batch.cast(schema),
+                join_keys=plan.key_names,
+                features=plan.features,
+            )
+            written += writer.write(rows, expire_after=expire)
+            done += batch.num_rows
+            report("online", done)
+    return written
+
+
+def _materialize_online_only(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    plan: ViewPlan,
+    start: datetime,
+    end: datetime,
+    writer: OnlineWriter | None,
+    report: Callable[[str, int, int], None],
+) -> ViewResult:
+    """A view without history: DuckDB keeps the latest row per key; only Redis is written."""
+    if writer is None:
+        raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
+    expire = online_expiry(plan.view)
+    written = done = 0
+    with open_window(config, registry, plan, start, end) as window:
+        total = window.row_count
+        for batch in window.batches(latest_only=True):
+            rows = prepare_rows(
+                config.project,
+                plan.name,
+                batch,
+                join_keys=plan.key_names,
+                features=plan.features,
+            )
+            written += writer.write(rows, expire_after=expire)
+            done += batch.num_rows
+            report("online", done, total)
+    _advance_watermark(config, plan.name, start, end)
+    return ViewResult(
+        view=plan.name,
+        start=start,
+        end=end,
+        rows_read=total,
+        rows_written=0,
+        online_rows_written=written,
+    )
+
+
+def _advance_watermark(config: RepoConfig, view: str, start: datetime, end: datetime) -> None:
+    """Moves the watermark to `end` unless that would skip a gap or move it back."""
+    watermark = read_watermark(config, view)
+    if watermark is None or start <= watermark < end:
+        _write_watermark(config, view, end)
+
+
+def _materialize_view(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    plan: ViewPlan,
+    start: datetime,
+    end: datetime,
+    writer: OnlineWriter | None,
+    report: Callable[[str, int, int], None],
+) -> ViewResult:
+    if not plan.view.offline:
+        return _materialize_online_only(config, registry, plan, start, end, writer, report)
+    rows_read = 0
+    with open_window(config, registry, plan, start, end) as window:
+        total = window.row_count
+        history = HistoryWriter(config, plan.name, plan.history_schema)
+        try:
+            for batch in window.batches():
+                history.write(batch)
+                rows_read += batch.num_rows
+                report("compute", rows_read, total)
+            staged = history.close()
+        except BaseException:
+            history.abort()
+            raise
+    try:
+        online_written = 0
+        if plan.view.online and staged:
+            if writer is None:
+                raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
+            online_written = _write_online(
+                config, plan, staged, writer, lambda phase, n: report(phase, n, rows_read)
+            )
+        if plan.view.offline:
+            commit_window(config, plan.name, start, end, staged)
+    finally:
+        for item in staged:
+            item.tmp_path.unlink(missing_ok=True)
+    _advance_watermark(config, plan.name, start, end)
+    return ViewResult(
+        view=plan.name,
+        start=start,
+        end=end,
+        rows_read=rows_read,
+        rows_written=rows_read if plan.view.offline else 0,
+        online_rows_written=online_written,
+    )
+
+
+def _run(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    windows: list[tuple[ViewPlan, datetime, datetime]],
+    progress: ProgressCallback | None,
+    locks: ViewLocks | None,
+    writer: OnlineWriter | None,
+) -> MaterializeResult:
+    held = locks if locks is not None else ViewLocks(config, [p.name for p, _, _ in windows])
+    own_writer = writer is None and any(p.view.online for p, _, _ in windows)
+    if own_writer:
+        writer = OnlineWriter.from_url(resolve_redis_url(config), cluster=config.redis_cluster)
+    try:
+        results = []
+        for index, (plan, start, end) in enumerate(windows):
+
+            def report(
+                phase: str, done: int, total: int, _i: int = index, _v: str = plan.name
+            ) -> None:
+                if progress is not None:
+                    progress(Progress(_v, phase, done, total, _i, len(windows)))
+
+            if end <= start:
+                result = ViewResult(plan.name, start, end, 0, 0, 0)
+            else:
+                result = _materialize_view(config, registry, plan, start, end, writer, report)
+            results.append(result)
+            report("done", result.rows_read, result.rows_read)
+        return MaterializeResult(views=tuple(results))
+    finally:
+        if own_writer and writer is not None:
+            writer.close()
+        if locks is None:
+            held.release()
+
+
+def materialize(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    start: datetime,
+    end: datetime,
+    views: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    locks: ViewLocks | None = None,
+    writer: OnlineWriter | None = None,
+) -> MaterializeResult:
+    """Materializes views over [start, end) into both stores.
+
+    Args:
+        config: The repository (`redis_url` set, or a fixed embedded Redis port).
+        registry: The registry holding the views.
+        start: Window start, inclusive; naive means UTC.
+        end: Window end, exclusive; naive means UTC.
+        views: View names; None or empty means every materializable view.
+        progress: Called with a `Progress` after each batch.
+        locks: Locks already held for these views (else they are acquired here).
+        writer: An online writer to use (else one is opened from the config).
+
+    Raises:
+        InvalidArgumentError: `end` is before `start`.
+        NotFoundError: An unknown view.
+        DefinitionError: A column is missing or mistyped (nothing is written for that view).
+        FailedPreconditionError: Another job is materializing one of the views.
+
+    """
+    start, end = _utc(start), _utc(end)
+    if end < start:
+        raise InvalidArgumentError(
+            f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})",
+            field="end_time",
+            metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
+        )
+    plans = _select(registry, views)
+    return _run(config, registry, [(p, start, end) for p in plans], progress, locks, writer)
+
+
+def materialize_incremental(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    end: datetime,
+    views: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    locks: ViewLocks | None = None,
+    writer: OnlineWriter | None = None,
+) -> MaterializeResult:
+    """Materializes each view from its watermark (or the epoch) to `end`.
+
+    Arguments and errors are those of `materialize`. A view already at or past `end`
+    is left alone.
+    """
+    end = _utc(end)
+    plans = _select(registry, views)
+    held = locks if locks is not None else ViewLocks(config, [p.name for p in plans])
+    try:
+        windows = [(p, read_watermark(config, p.name) or EPOCH, end) for p in plans]
+        return _run(config, registry, windows, progress, held, writer)
+    finally:
+        if locks is None:
+            held.release()

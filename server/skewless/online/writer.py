@@ -1,0 +1,464 @@
+"""Compare-and-set writes of feature rows into the online store (Redis).
+
+Rows are written by one Lua script, loaded once and called with EVALSHA for many keys
+at a time, many calls per pipeline (one round trip per pipeline). For each key the
+script compares the stored (`_ts`, `_ct`) with the row's and, when the row is not
+older, replaces the whole hash (DEL, then HSET of `_ts`, `_ct` and every feature), so a
+late or replayed row never overwrites a newer one. A missing created time sorts before
+any created time; equal (event, created) times replace (replays are idempotent).
+
+On a single Redis, `OnlineWriter` builds each call's RESP command with Arrow kernels
+(the per-row arguments of a call are one slice of a contiguous buffer, no Python
+object per value) and keeps one pipeline in flight while the next is built. On Redis
+Cluster the keys of one script call must share a hash slot, so rows are grouped by
+slot and sent through redis-py's cluster pipeline. Use `OnlineWriter` from jobs (sync)
+and `AsyncOnlineWriter` from the server (asyncio).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+import redis.asyncio as aioredis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from skewless.offline.errors import StoreUnavailableError
+from skewless.online.codec import encode_column, encode_redis_keys, encode_timestamps, to_micros
+
+__all__ = [
+    "CAS_SCRIPT",
+    "AsyncOnlineWriter",
+    "OnlineRows",
+    "OnlineWriter",
+    "prepare_rows",
+]
+
+#: The compare-and-set script. KEYS: the hashes. ARGV: feature count F, expiry
+#: (milliseconds after the event time, 0 = none), the F feature names, then per key:
+#: event time, created time ('' = none) and the F serialized values.
+CAS_SCRIPT = """
+local nf = tonumber(ARGV[1])
+local expire_ms = tonumber(ARGV[2])
+local base = 3 + nf
+local stride = nf + 2
+local with_ct = {'_ts', false, '_ct', false}
+local no_ct = {'_ts', false}
+for j = 1, nf do
+  with_ct[3 + 2 * j] = ARGV[2 + j]
+  with_ct[4 + 2 * j] = false
+  no_ct[1 + 2 * j] = ARGV[2 + j]
+  no_ct[2 + 2 * j] = false
+end
+local written = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local o = base + (i - 1) * stride
+  local ts = ARGV[o]
+  local ct = ARGV[o + 1]
+  local cur = redis.call('HMGET', key, '_ts', '_ct')
+  local wins = true
+  if cur[1] then
+    local nts = tonumber(ts)
+    local cts = tonumber(cur[1])
+    if nts < cts then
+      wins = false
+    elseif nts == cts then
+      local nct = -math.huge
+      if ct ~= '' then nct = tonumber(ct) end
+      local cct = -math.huge
+      if cur[2] then cct = tonumber(cur[2]) end
+      if nct < cct then wins = false end
+    end
+  end
+  if wins then
+    local args = no_ct
+    local off = 2
+    if ct ~= '' then
+      args = with_ct
+      args[4] = ct
+      off = 4
+    end
+    args[2] = ts
+    for j = 1, nf do
+      args[off + 2 * j] = ARGV[o + 1 + j]
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(args))
+    if expire_ms > 0 then
+      redis.call('PEXPIREAT', key, math.floor(tonumber(ts) / 1000) + expire_ms)
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+
+_KEYS_PER_CALL = 200
+_CALLS_PER_PIPELINE = 50
+
+
+@dataclass(frozen=True)
+class OnlineRows:
+    """Rows of one feature view, encoded for the online store.
+
+    Attributes:
+        keys: The Redis key of each row (`binary`).
+        event_micros: Event time of each row, microseconds since the epoch (`int64`).
+        created_micros: Created time of each row (`int64`, may hold nulls), or None.
+        feature_names: The features, in the order of `values`.
+        values: One `binary` array of serialized `skewless.v1.Value`s per feature.
+
+    """
+
+    keys: pa.Array
+    event_micros: pa.Array
+    created_micros: pa.Array | None
+    feature_names: tuple[str, ...]
+    values: tuple[pa.Array, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def prepare_rows(
+    project: str,
+    view: str,
+    table: pa.Table | pa.RecordBatch,
+    *,
+    join_keys: Sequence[str],
+    features: Sequence[tuple[str, int]],
+    event_column: str = "event_timestamp",
+    created_column: str | None = "created_timestamp",
+) -> OnlineRows:
+    """Encodes history-shaped rows (keys, times, typed features) for `OnlineWriter`.
+
+    Args:
+        project: The project name.
+        view: The feature view name.
+        table: Rows whose columns already have the declared Arrow types.
+        join_keys: The view's join key columns, in order.
+        features: (name, value type) of each feature to write.
+        event_column: The event time column.
+        created_column: The created time column; None or absent when there is none.
+
+    """
+    names = table.schema.names
+    created = None
+    if created_column is not None and created_column in names:
+        created = to_micros(table.column(created_column))
+        if created.null_count == len(created):
+            created = None
+    return OnlineRows(
+        keys=encode_redis_keys(project, view, [table.column(k) for k in join_keys]),
+        event_micros=to_micros(table.column(event_column)),
+        created_micros=created,
+        feature_names=tuple(name for name, _ in features),
+        values=tuple(encode_column(table.column(name), vt) for name, vt in features),
+    )
+
+
+def _calls(
+    rows: OnlineRows, expire_after: timedelta | None, *, cluster: bool
+) -> Iterator[tuple[list[bytes], list[Any]]]:
+    """Yields (keys, argv) of each script call."""
+    n = len(rows)
+    if n == 0:
+        return
+    keys: list[bytes] = rows.keys.to_pylist()
+    ts = encode_timestamps(rows.event_micros).to_pylist()
+    ct = (
+        encode_timestamps(rows.created_micros).to_pylist()
+        if rows.created_micros is not None
+        else itertools.repeat(b"", n)
+    )
+    columns = [v.to_pylist() for v in rows.values]
+    expire_ms = int(expire_after.total_seconds() * 1000) if expire_after else 0
+    head = [len(rows.feature_names), expire_ms, *rows.feature_names]
+    records = list(zip(ts, ct, *columns, strict=False))
+    if cluster:
+        by_slot: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            by_slot[key_slot(key)].append(i)
+        groups: Iterator[list[int]] = (
+            idx[s : s + _KEYS_PER_CALL]
+            for idx in by_slot.values()
+            for s in range(0, len(idx), _KEYS_PER_CALL)
+        )
+        for group in groups:
+            argv = list(head)
+            for i in group:
+                argv.extend(records[i])
+            yield [keys[i] for i in group], argv
+        return
+    for start in range(0, n, _KEYS_PER_CALL):
+        argv = list(head)
+        for record in records[start : start + _KEYS_PER_CALL]:
+            argv.extend(record)
+        yield keys[start : start + _KEYS_PER_CALL], argv
+
+
+_CRLF = pa.scalar(b"\r\n", pa.binary())
+_DOLLAR = pa.scalar(b"$", pa.binary())
+_NOSEP = pa.scalar(b"", pa.binary())
+
+
+def _bulk(values: pa.Array) -> pa.Array:
+    """RESP bulk strings (`$<len>`, CRLF, the bytes, CRLF) of a binary array, row by row."""
+    values = pc.fill_null(values, b"")
+    lengths = pc.cast(pc.cast(pc.binary_length(values), pa.string()), pa.binary())
+    return pc.binary_join_element_wise(_DOLLAR, lengths, _CRLF, values, _CRLF, _NOSEP)
+
+
+def _resp_arg(value: bytes | str | int) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _slice_bytes(column: pa.Array, start: int, stop: int) -> bytes:
+    """The concatenated bytes of rows [start, stop) of a binary array (one copy)."""
+    offsets = column.buffers()[1]
+    data = column.buffers()[2]
+    base = column.offset
+    first = int.from_bytes(
+        offsets[(base + start) * 4 : (base + start + 1) * 4], "little", signed=True
+    )
+    last = int.from_bytes(offsets[(base + stop) * 4 : (base + stop + 1) * 4], "little", signed=True)
+    return bytes(data[first:last].to_pybytes())
+
+
+def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) -> Iterator[bytes]:
+    """Yields each script call as a complete RESP command, built column-wise in Arrow.
+
+    Equivalent to `_calls` for a single Redis: the key arguments and the per-row
+    arguments (event time, created time, values) are encoded as RESP bulk strings by
+    Arrow kernels, and each call is a few slices of their contiguous buffers.
+    """
+    n = len(rows)
+    if n == 0:
+        return
+    keys = _bulk(rows.keys)
+    parts = [_bulk(encode_timestamps(rows.event_micros))]
+    if rows.created_micros is not None:
+        parts.append(_bulk(encode_timestamps(rows.created_micros)))
+    else:
+        parts.append(pa.array([b"$0\r\n\r\n"] * n, pa.binary()))
+    parts.extend(_bulk(v) for v in rows.values)
+    records = pc.binary_join_element_wise(*parts, _NOSEP)
+    if not isinstance(records, pa.Array) or records.null_count:
+        raise ValueError("cannot pack rows")
+    nf = len(rows.feature_names)
+    expire_ms = int(expire_after.total_seconds() * 1000) if expire_after else 0
+    head_args: tuple[int | str, ...] = (nf, expire_ms, *rows.feature_names)
+    head = b"".join(_resp_arg(a) for a in head_args)
+    command = _resp_arg("EVALSHA") + _resp_arg(sha)
+    for start in range(0, n, _KEYS_PER_CALL):
+        stop = min(start + _KEYS_PER_CALL, n)
+        count = stop - start
+        argc = 3 + count + 2 + nf + count * (2 + nf)
+        yield b"".join(
+            (
+                b"*%d\r\n" % argc,
+                command,
+                _resp_arg(count),
+                _slice_bytes(keys, start, stop),
+                head,
+                _slice_bytes(records, start, stop),
+            )
+        )
+
+
+def _unavailable(exc: Exception) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"the online store (Redis) is unavailable: {exc}; the write can be retried safely",
+        reason="REDIS_UNAVAILABLE",
+        metadata={"error": str(exc)},
+    )
+
+
+class OnlineWriter:
+    """Synchronous compare-and-set writer over a `redis.Redis` or `RedisCluster` client."""
+
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+        """Binds the writer to a client; the script is loaded on first use."""
+        self.client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._sha: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False) -> OnlineWriter:
+        """Opens a client for a Redis (or Redis Cluster) URL."""
+        if cluster:
+            return cls(RedisCluster.from_url(url, socket_timeout=30.0))
+        return cls(redis.Redis.from_url(url, socket_timeout=30.0))
+
+    def close(self) -> None:
+        """Closes the client's connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.client.close()
+
+    def _load(self) -> str:
+        if self._sha is None:
+            self._sha = str(self.client.script_load(CAS_SCRIPT))
+        return self._sha
+
+    def _write_packed(self, rows: OnlineRows, expire_after: timedelta | None) -> int | None:
+        """Writes through one connection with pre-packed commands; None if it could not."""
+        sha = self._load()
+        commands = _packed_calls(rows, expire_after, sha)
+        assert isinstance(self.client, redis.Redis)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        written = 0
+        failed = False
+        in_flight = 0  # replies not read yet: one batch is sent before the last is read
+
+        def read(count: int) -> None:
+            nonlocal written, failed
+            for _ in range(count):
+                try:
+                    written += int(conn.read_response())
+                except redis.ResponseError:
+                    failed = True  # e.g. NOSCRIPT after a restart: keep reading replies
+
+        try:
+            while True:
+                batch = list(itertools.islice(commands, _CALLS_PER_PIPELINE))
+                if not batch:
+                    break
+                conn.send_packed_command(batch, check_health=False)  # type: ignore[no-untyped-call]
+                read(in_flight)
+                in_flight = len(batch)
+            read(in_flight)
+            if failed:
+                self._sha = None
+                return None
+            return written
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
+
+    def write(self, rows: OnlineRows, *, expire_after: timedelta | None = None) -> int:
+        """Writes rows under the compare-and-set rule.
+
+        Args:
+            rows: Encoded rows (see `prepare_rows`).
+            expire_after: When set, each written key expires this long after its event time.
+
+        Returns:
+            How many keys were replaced (rows older than the stored ones are not).
+
+        Raises:
+            StoreUnavailableError: Redis cannot be reached.
+
+        """
+        if not self._cluster and len(rows):
+            try:
+                packed = self._write_packed(rows, expire_after)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise _unavailable(exc) from exc
+            if packed is not None:
+                return packed
+            # A reply was an error (the script was flushed): the compare-and-set is
+            # idempotent, so the rows are simply written again the general way.
+        written = 0
+        pending: Future[int] | None = None
+        try:
+            sha = self._load()
+            batch: list[tuple[list[bytes], list[Any]]] = []
+            for call in _calls(rows, expire_after, cluster=self._cluster):
+                batch.append(call)
+                if len(batch) >= _CALLS_PER_PIPELINE:
+                    # One pipeline in flight while the next one is built.
+                    if pending is not None:
+                        written += pending.result()
+                    pending = self._io().submit(self._flush, sha, batch)
+                    batch = []
+            if pending is not None:
+                written += pending.result()
+                pending = None
+            if batch:
+                written += self._flush(sha, batch)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(Exception):
+                    pending.result()
+        return written
+
+    def _io(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
+        return self._pool
+
+    def _flush(self, sha: str, batch: list[tuple[list[bytes], list[Any]]]) -> int:
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, argv in batch:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *argv)
+            try:
+                return sum(int(r) for r in pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._sha = None
+                sha = self._load()
+        raise AssertionError("unreachable")
+
+
+class AsyncOnlineWriter:
+    """The asyncio twin of `OnlineWriter`, over a `redis.asyncio` client."""
+
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
+        """Binds the writer to a client; the script is loaded on first use."""
+        self.client = client
+        self._cluster = isinstance(client, aioredis.RedisCluster)
+        self._sha: str | None = None
+
+    async def _load(self) -> str:
+        if self._sha is None:
+            self._sha = str(await self.client.script_load(CAS_SCRIPT))
+        return self._sha
+
+    async def write(self, rows: OnlineRows, *, expire_after: timedelta | None = None) -> int:
+        """Writes rows under the compare-and-set rule; see `OnlineWriter.write`."""
+        written = 0
+        try:
+            sha = await self._load()
+            calls = list(_calls(rows, expire_after, cluster=self._cluster))
+            for start in range(0, len(calls), _CALLS_PER_PIPELINE):
+                written += await self._flush(sha, calls[start : start + _CALLS_PER_PIPELINE])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+        return written
+
+    async def _flush(self, sha: str, batch: list[tuple[list[bytes], list[Any]]]) -> int:
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, argv in batch:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *argv)
+            try:
+                return sum(int(r) for r in await pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._sha = None
+                sha = await self._load()
+        raise AssertionError("unreachable")
