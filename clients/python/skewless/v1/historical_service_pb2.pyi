@@ -124,7 +124,9 @@ class HistoricalQuery(_message.Message):
     compression: Global___ArrowCompression.ValueType
     """Optional. Compression of the returned record batches."""
     batch_size: _builtins.int
-    """Optional. Rows per returned record batch; 0 means 65,536. At most 1,048,576."""
+    """Optional. Rows per returned record batch, at most 1,048,576. 0 lets the server
+    choose: up to 65,536 rows, fewer so that each response stays under 4 MiB.
+    """
     @_builtins.property
     def features(self) -> _types_pb2.FeatureList:
         """Explicit feature references (`view:feature` or `view`)."""

@@ -1,15 +1,313 @@
-"""`skewless.v1.HistoricalService`: point-in-time-correct training data."""
+"""`skewless.v1.HistoricalService`: point-in-time-correct training data.
+
+One call: the first request carries the `HistoricalQuery`; the features are resolved
+and every requested view is checked for history before any entity row is read. Inline
+entity rows then arrive as `arrow_schema` + `entity_batch` messages (the schema is
+validated as soon as it arrives); `path` and `sql` sources are read by the server with
+DuckDB. The join runs in worker threads; the response stream carries the schema first,
+then one record batch per response, pulled from the join only as fast as gRPC sends
+them (flow control), so the server holds the result a few batches at a time. When the
+client cancels, the DuckDB query is interrupted and its memory released.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
 
+import duckdb
 import grpc
+import pyarrow as pa
 
+from skewless.offline.errors import FailedPreconditionError, InvalidArgumentError
+from skewless.offline.feature_refs import (
+    FeaturePlan,
+    resolve_feature_refs,
+    resolve_feature_service,
+)
+from skewless.offline.offline_store import EVENT_TIMESTAMP, history_files
+from skewless.offline.point_in_time import (
+    DEFAULT_BATCH_ROWS,
+    PointInTimeJoin,
+    ViewHistory,
+    label_time_range,
+    point_in_time_join,
+    validate_entity_schema,
+)
 from skewless.server.context import ServerContext
-from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc
+from skewless.server.errors import grpc_stream_errors
+from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc, registry_pb2
 
-__all__ = ["HistoricalServicer"]
+__all__ = ["JOIN_MEMORY_LIMIT", "MAX_BATCH_ROWS", "SOFT_MESSAGE_BYTES", "HistoricalServicer"]
+
+_log = logging.getLogger(__name__)
+_pb = historical_service_pb2
+
+#: DuckDB memory per retrieval; past it the join spills to `<data_dir>/tmp/duckdb`.
+JOIN_MEMORY_LIMIT = "1GB"
+#: Largest `batch_size` a query may ask for.
+MAX_BATCH_ROWS = 1_048_576
+#: With the default batch size, batches are cut so a response stays under this size
+#: (gRPC clients accept 4 MiB messages by default).
+SOFT_MESSAGE_BYTES = 3 * 1024 * 1024
+
+_COMPRESSION: dict[int, str | None] = {
+    _pb.ARROW_COMPRESSION_UNSPECIFIED: None,
+    _pb.ARROW_COMPRESSION_NONE: None,
+    _pb.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
+    _pb.ARROW_COMPRESSION_ZSTD: "zstd",
+}
+
+T = TypeVar("T")
+
+#: Threads that run the joins (DuckDB parallelizes each query itself).
+_WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="historical")
+
+
+class _Chunks:
+    """A file-like sink that hands back what was written since the last `take`."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+class _BatchEncoder:
+    """Encodes record batches as IPC messages with the query's compression."""
+
+    def __init__(self, schema: pa.Schema, compression: str | None) -> None:
+        self.sink = _Chunks()
+        options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.writer = pa.ipc.new_stream(self.sink, schema, options=options)
+        # The writer emits the schema with its first batch: flush both with an empty
+        # batch, so that every later `encode` returns exactly one record batch message.
+        self.writer.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
+        self.sink.take()
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        self.writer.write_batch(batch)
+        return self.sink.take()
+
+
+def _plan(registry: registry_pb2.Registry, query: _pb.HistoricalQuery) -> FeaturePlan:
+    kind = query.WhichOneof("kind")
+    if kind == "feature_service":
+        return resolve_feature_service(
+            registry, query.feature_service, full_feature_names=query.full_feature_names
+        )
+    if kind == "features":
+        return resolve_feature_refs(
+            registry, list(query.features.features), full_feature_names=query.full_feature_names
+        )
+    raise InvalidArgumentError(
+        "the query names no features; set feature_service or features",
+        field="query.kind",
+        reason="NO_FEATURES",
+    )
+
+
+def _batch_rows(query: _pb.HistoricalQuery) -> int:
+    if query.batch_size < 0 or query.batch_size > MAX_BATCH_ROWS:
+        raise InvalidArgumentError(
+            f"batch_size {query.batch_size} is out of range; use 0 (default "
+            f"{DEFAULT_BATCH_ROWS}) up to {MAX_BATCH_ROWS}",
+            field="query.batch_size",
+            reason="OUT_OF_RANGE",
+            metadata={"batch_size": str(query.batch_size), "max": str(MAX_BATCH_ROWS)},
+        )
+    return query.batch_size or DEFAULT_BATCH_ROWS
+
+
+def _plain_types(table: pa.Table) -> pa.Table:
+    """Decodes dictionary columns: each response carries one self-contained batch."""
+    if not any(pa.types.is_dictionary(f.type) for f in table.schema):
+        return table
+    fields = [
+        pa.field(f.name, f.type.value_type, f.nullable, f.metadata)
+        if pa.types.is_dictionary(f.type)
+        else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _utc_named(table: pa.Table) -> pa.Table:
+    """Names DuckDB's `Etc/UTC` zone `UTC`, as the offline store and the client do."""
+    fields = [
+        pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC"), f.nullable, f.metadata)
+        if pa.types.is_timestamp(f.type) and f.type.tz == "Etc/UTC"
+        else f
+        for f in table.schema
+    ]
+    schema = pa.schema(fields, metadata=table.schema.metadata)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def _read_path(root: Path, path: str) -> pa.Table:
+    """Reads entity rows from a Parquet or CSV file or glob, in file order."""
+    full = Path(path)
+    if not full.is_absolute():
+        full = root / full
+    con = duckdb.connect()
+    try:
+        lower = path.lower()
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            relation = con.read_csv(str(full))
+        else:
+            relation = con.read_parquet(str(full))
+        return _utc_named(relation.to_arrow_table())
+    except duckdb.Error as exc:
+        raise InvalidArgumentError(
+            f"cannot read entity rows from {path!r}: {exc}",
+            field="query.path",
+            reason="UNREADABLE_ENTITY_SOURCE",
+            metadata={"path": path},
+        ) from exc
+    finally:
+        con.close()
+
+
+def _read_sql(root: Path, registry: registry_pb2.Registry, sql: str) -> pa.Table:
+    """Runs one DuckDB SELECT with every registered data source available by name."""
+    con = duckdb.connect()
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise InvalidArgumentError(
+                f"the entity SQL does not parse: {exc}",
+                field="query.sql",
+                reason="INVALID_SQL",
+            ) from exc
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise InvalidArgumentError(
+                "the entity SQL must be exactly one SELECT statement",
+                field="query.sql",
+                reason="INVALID_SQL",
+            )
+        for source in registry.data_sources:
+            kind = source.WhichOneof("kind")
+            if kind == "file":
+                path = Path(source.file.path)
+                full = str(path if path.is_absolute() else root / path)
+                if source.file.format == registry_pb2.FILE_FORMAT_CSV:
+                    con.read_csv(full).create_view(source.name)
+                else:
+                    con.read_parquet(full).create_view(source.name)
+            elif kind == "sql":
+                view = con.sql(source.sql.query)
+                if view is not None:
+                    view.create_view(source.name)
+        relation = con.sql(sql)
+        if relation is None:
+            raise InvalidArgumentError(
+                "the entity SQL returns no rows", field="query.sql", reason="INVALID_SQL"
+            )
+        return _utc_named(relation.to_arrow_table())
+    except duckdb.Error as exc:
+        raise InvalidArgumentError(
+            f"the entity SQL failed: {exc}", field="query.sql", reason="INVALID_SQL"
+        ) from exc
+    finally:
+        con.close()
+
+
+async def _receive_inline(
+    first: _pb.GetHistoricalFeaturesRequest,
+    requests: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
+    plan: FeaturePlan,
+    label_time_column: str,
+) -> pa.Table:
+    schema: pa.Schema | None = None
+    batches: list[pa.RecordBatch] = []
+
+    def take(request: _pb.GetHistoricalFeaturesRequest) -> None:
+        nonlocal schema
+        if request.HasField("arrow_schema"):
+            if schema is not None:
+                raise InvalidArgumentError(
+                    "arrow_schema was sent twice; send it once, with the first entity batch",
+                    field="arrow_schema",
+                    reason="DUPLICATE_SCHEMA",
+                )
+            try:
+                schema = pa.ipc.read_schema(pa.py_buffer(request.arrow_schema.serialized_schema))
+            except (pa.ArrowException, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"arrow_schema is not an Arrow IPC schema: {exc}",
+                    field="arrow_schema",
+                    reason="BAD_ARROW_DATA",
+                ) from exc
+            validate_entity_schema(schema, plan, label_time_column)
+        if request.HasField("entity_batch"):
+            if schema is None:
+                raise InvalidArgumentError(
+                    "an entity_batch came before arrow_schema; send the schema first",
+                    field="arrow_schema",
+                    reason="MISSING_SCHEMA",
+                )
+            message = request.entity_batch
+            try:
+                batch = pa.ipc.read_record_batch(
+                    pa.py_buffer(message.serialized_record_batch), schema
+                )
+            except (pa.ArrowException, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"entity_batch {len(batches)} is not an Arrow IPC record batch of the "
+                    f"sent schema: {exc}",
+                    field="entity_batch",
+                    reason="BAD_ARROW_DATA",
+                    metadata={"batch": str(len(batches))},
+                ) from exc
+            if message.row_count != batch.num_rows:
+                raise InvalidArgumentError(
+                    f"entity_batch {len(batches)} says row_count={message.row_count} but "
+                    f"holds {batch.num_rows} rows",
+                    field="entity_batch.row_count",
+                    reason="BAD_ARROW_DATA",
+                    metadata={"batch": str(len(batches))},
+                )
+            batches.append(batch)
+        if request.HasField("query") and request is not first:
+            raise InvalidArgumentError(
+                "query was sent twice; send it in the first request only",
+                field="query",
+                reason="DUPLICATE_QUERY",
+            )
+
+    take(first)
+    async for request in requests:
+        take(request)
+    if schema is None:
+        raise InvalidArgumentError(
+            "no entity rows arrived: an inline query needs arrow_schema and entity_batch "
+            "messages after the query",
+            field="arrow_schema",
+            reason="MISSING_SCHEMA",
+        )
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
@@ -19,13 +317,155 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
         """Binds the servicer to the server's shared state."""
         self.ctx = ctx
 
+    def _check_history(self, plan: FeaturePlan) -> None:
+        for view in plan.views:
+            if not history_files(self.ctx.config, view.name):
+                raise FailedPreconditionError(
+                    f"feature view {view.name!r} has no offline history yet; run "
+                    f"`skewless materialize` (or push rows) for it first",
+                    reason="NOT_MATERIALIZED",
+                    metadata={"feature_view": view.name},
+                )
+
+    def _histories(self, plan: FeaturePlan, table: pa.Table, label: str) -> list[ViewHistory]:
+        """Lists each view's files that may hold candidates for the entity rows."""
+        span = label_time_range(table, label)
+        histories = []
+        for view in plan.views:
+            if span is None:
+                files: list[Path] = []
+            else:
+                start = span[0] - dt.timedelta(microseconds=view.ttl_micros)
+                end = span[1] + dt.timedelta(microseconds=1)
+                files = history_files(
+                    self.ctx.config, view.name, start=start if view.ttl_micros else None, end=end
+                )
+            histories.append(ViewHistory(view, tuple(files)))
+        return histories
+
+    @grpc_stream_errors
     async def GetHistoricalFeatures(
         self,
-        request_iterator: AsyncIterator[historical_service_pb2.GetHistoricalFeaturesRequest],
+        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[historical_service_pb2.GetHistoricalFeaturesResponse]:
-        """Not implemented yet."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "GetHistoricalFeatures is not implemented yet"
+    ) -> AsyncIterator[_pb.GetHistoricalFeaturesResponse]:
+        """Streams the point-in-time join of the client's entity rows (see the proto)."""
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or not first.HasField("query"):
+            raise InvalidArgumentError(
+                "the first request must carry the query", field="query", reason="MISSING_QUERY"
+            )
+        query = first.query
+        registry = self.ctx.registry.current
+        plan = _plan(registry, query)
+        self._check_history(plan)
+        batch_rows = _batch_rows(query)
+        compression = _COMPRESSION.get(query.compression)
+        label = query.label_time_column or EVENT_TIMESTAMP
+        source = query.WhichOneof("entity_rows")
+        root = self.ctx.config.root
+        if source == "inline":
+            table = await _receive_inline(first, requests, plan, label)
+        elif source == "path":
+            table = await asyncio.to_thread(_read_path, root, query.path)
+        elif source == "sql":
+            table = await asyncio.to_thread(_read_sql, root, registry, query.sql)
+        else:
+            raise InvalidArgumentError(
+                "the query names no entity rows; set inline, path or sql",
+                field="query.entity_rows",
+                reason="NO_ENTITY_ROWS",
+            )
+        table = _plain_types(table)
+        validate_entity_schema(table.schema, plan, label)
+        histories = await asyncio.to_thread(self._histories, plan, table, label)
+        join = await asyncio.to_thread(
+            point_in_time_join,
+            table,
+            plan,
+            histories,
+            label_time_column=label,
+            batch_rows=batch_rows,
+            memory_limit=JOIN_MEMORY_LIMIT,
+            temp_directory=self.ctx.config.data_dir / "tmp" / "duckdb",
         )
-        yield historical_service_pb2.GetHistoricalFeaturesResponse()  # pragma: no cover
+        del table
+        running = _Running(join)
+        # A cancelled call may leave this generator suspended at a `yield` that is never
+        # resumed; the done callback stops DuckDB and frees the join in every case.
+        context.add_done_callback(lambda _: running.release())
+        async for response in _stream(running, compression, split=query.batch_size == 0):
+            yield response
+
+
+class _Running:
+    """A join being streamed: runs its blocking steps in worker threads, releases once."""
+
+    def __init__(self, join: PointInTimeJoin) -> None:
+        self.join = join
+        # The thread's own future: an awaiting task that is cancelled marks its asyncio
+        # wrapper done at once, while the thread may still be inside DuckDB.
+        self.in_flight: Future[Any] | None = None
+        self.released = False
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        future = _WORKERS.submit(fn)
+        self.in_flight = future
+        return asyncio.wrap_future(future)
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        try:
+            return self.join.reader.read_next_batch()
+        except StopIteration:
+            return None
+
+    def release(self) -> None:
+        """Interrupts DuckDB and closes the join (after a worker still inside it returns)."""
+        if self.released:
+            return
+        self.released = True
+        self.join.cancel()
+        pending = self.in_flight
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: _close_quietly(self.join))
+        else:
+            _close_quietly(self.join)
+
+
+async def _stream(
+    running: _Running, compression: str | None, *, split: bool
+) -> AsyncIterator[_pb.GetHistoricalFeaturesResponse]:
+    """Yields the schema, then one response per batch; releases the join on exit."""
+    join = running.join
+    try:
+        encoder = _BatchEncoder(join.schema, compression)
+        yield _pb.GetHistoricalFeaturesResponse(
+            arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes())
+        )
+        while True:
+            batch = await running.run(running.next_batch)
+            if batch is None:
+                break
+            for part in _split(batch) if split else (batch,):
+                data = await running.run(functools.partial(encoder.encode, part))
+                yield _pb.GetHistoricalFeaturesResponse(
+                    arrow_record_batch=_pb.ArrowRecordBatch(
+                        serialized_record_batch=data, row_count=part.num_rows
+                    )
+                )
+    finally:
+        running.release()
+
+
+def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+    size = batch.nbytes
+    if size <= SOFT_MESSAGE_BYTES or batch.num_rows <= 1:
+        return [batch]
+    rows = max(1, batch.num_rows * SOFT_MESSAGE_BYTES // size)
+    return [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
+
+
+def _close_quietly(join: PointInTimeJoin) -> None:
+    with contextlib.suppress(Exception):
+        join.close()

@@ -1,0 +1,332 @@
+"""Historical retrieval: point-in-time-correct training data over `GetHistoricalFeatures`.
+
+`get_historical_features` returns a `pyarrow.Table` (`.to_pandas()` is one call away);
+`iter_historical_batches` yields record batches without building the whole table.
+Entity rows may be a pyarrow Table/RecordBatch/RecordBatchReader, a pandas or polars
+DataFrame (detected by duck typing; neither is a dependency), any object exporting an
+Arrow stream, or a path string that the server reads itself (Parquet or CSV, a glob is
+fine) so that large inputs never cross the wire. Inline rows are uploaded as a stream
+of record batches while the server validates them.
+
+These functions raise `grpc.RpcError` unchanged; `skewless.client.Client` calls them and
+turns failures into the typed exceptions of `skewless.client.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import pyarrow as pa
+
+from skewless.v1 import historical_service_pb2 as pb
+from skewless.v1 import historical_service_pb2_grpc, types_pb2
+
+__all__ = [
+    "DEFAULT_UPLOAD_ROWS",
+    "HistoricalBatches",
+    "get_historical_features",
+    "iter_historical_batches",
+]
+
+#: Rows per uploaded entity batch unless the caller asks otherwise.
+DEFAULT_UPLOAD_ROWS = 65_536
+#: Uploaded batches are cut to stay under this size (the server accepts 64 MiB).
+_UPLOAD_BYTES = 8 * 1024 * 1024
+
+_COMPRESSION = {
+    None: pb.ARROW_COMPRESSION_UNSPECIFIED,
+    "none": pb.ARROW_COMPRESSION_NONE,
+    "lz4": pb.ARROW_COMPRESSION_LZ4_FRAME,
+    "zstd": pb.ARROW_COMPRESSION_ZSTD,
+}
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """The schema with dictionary columns decoded (batches are sent self-contained)."""
+    return pa.schema(
+        [
+            pa.field(f.name, f.type.value_type, f.nullable, f.metadata)
+            if pa.types.is_dictionary(f.type)
+            else f
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
+def _as_reader(entity_rows: Any) -> pa.RecordBatchReader:
+    """Turns supported entity row containers into a record batch reader."""
+    if isinstance(entity_rows, pa.RecordBatchReader):
+        return entity_rows
+    if isinstance(entity_rows, pa.Table):
+        return entity_rows.to_reader()
+    if isinstance(entity_rows, pa.RecordBatch):
+        return pa.RecordBatchReader.from_batches(entity_rows.schema, [entity_rows])
+    module = type(entity_rows).__module__ or ""
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(entity_rows, preserve_index=False).to_reader()
+    if module.startswith("polars") and hasattr(entity_rows, "to_arrow"):
+        return entity_rows.to_arrow().to_reader()
+    if hasattr(entity_rows, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(entity_rows)
+    raise TypeError(
+        "entity_rows must be a pyarrow Table, RecordBatch or RecordBatchReader, a pandas "
+        "or polars DataFrame, an object exporting an Arrow stream, or a path string; got "
+        f"{type(entity_rows).__name__}"
+    )
+
+
+def _row_count(entity_rows: Any) -> int | None:
+    for attr in ("num_rows", "height"):
+        value = getattr(entity_rows, attr, None)
+        if isinstance(value, int):
+            return value
+    if type(entity_rows).__module__.startswith("pandas"):
+        return len(entity_rows)
+    return None
+
+
+def _upload_batches(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    schema = _plain(reader.schema)
+    for batch in reader:
+        if batch.schema != schema:
+            batch = batch.cast(schema)
+        if batch.num_rows == 0:
+            continue
+        rows = batch_rows
+        if batch.nbytes > _UPLOAD_BYTES:
+            rows = max(1, min(rows, batch.num_rows * _UPLOAD_BYTES // batch.nbytes))
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+def _requests(
+    query: pb.HistoricalQuery,
+    reader: pa.RecordBatchReader | None,
+    batch_rows: int,
+    stop: threading.Event,
+) -> Iterator[pb.GetHistoricalFeaturesRequest]:
+    yield pb.GetHistoricalFeaturesRequest(query=query)
+    if reader is None:
+        return
+    schema = pb.ArrowSchema(serialized_schema=_plain(reader.schema).serialize().to_pybytes())
+    sent_schema = False
+    for batch in _upload_batches(reader, batch_rows):
+        if stop.is_set():
+            return
+        request = pb.GetHistoricalFeaturesRequest(
+            entity_batch=pb.ArrowRecordBatch(
+                serialized_record_batch=batch.serialize().to_pybytes(), row_count=batch.num_rows
+            )
+        )
+        if not sent_schema:
+            request.arrow_schema.CopyFrom(schema)
+            sent_schema = True
+        yield request
+    if not sent_schema:
+        yield pb.GetHistoricalFeaturesRequest(arrow_schema=schema)
+
+
+class HistoricalBatches(Iterator[pa.RecordBatch]):
+    """The result stream of one call: iterate for record batches; `schema` comes first.
+
+    Closing it (or leaving a `with` block, or dropping it) cancels the call, which stops
+    the server's query.
+    """
+
+    def __init__(self, responses: Any, stop: threading.Event, progress: Any = None) -> None:
+        self._responses = responses
+        self._stop = stop
+        self._progress = progress
+        self._schema: pa.Schema | None = None
+        self._done = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The result schema (entity row columns, then the features); waits for it."""
+        if self._schema is None:
+            first = next(self._responses, None)
+            if first is None or not first.HasField("arrow_schema"):
+                self.close()
+                raise RuntimeError("the server's first response carried no arrow_schema")
+            self._schema = pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
+        return self._schema
+
+    def __iter__(self) -> HistoricalBatches:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        schema = self.schema
+        if self._done:
+            raise StopIteration
+        try:
+            response = next(self._responses)
+        except StopIteration:
+            self._finish()
+            raise
+        message = response.arrow_record_batch
+        batch = pa.ipc.read_record_batch(pa.py_buffer(message.serialized_record_batch), schema)
+        if self._progress is not None:
+            self._progress.update(batch.num_rows)
+        return batch
+
+    def _finish(self) -> None:
+        self._done = True
+        self._stop.set()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def close(self) -> None:
+        """Cancels the call if it is still running."""
+        if not self._done:
+            self._responses.cancel()
+        self._finish()
+
+    def __enter__(self) -> HistoricalBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._responses.cancel()
+
+
+def _progress_bar(enabled: bool, total: int | None) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is optional; retrieval works without it
+        return None
+    return tqdm(total=total, unit="rows", unit_scale=True, desc="historical features")
+
+
+def iter_historical_batches(
+    channel: grpc.Channel,
+    entity_rows: Any,
+    *,
+    feature_service: str | None = None,
+    features: Sequence[str] | None = None,
+    label_time_column: str = "event_timestamp",
+    full_feature_names: bool = False,
+    progress: bool = False,
+    batch_rows: int = DEFAULT_UPLOAD_ROWS,
+    result_batch_rows: int = 0,
+    compression: str | None = None,
+    sql: str | None = None,
+    timeout: float | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> HistoricalBatches:
+    """Starts a retrieval and returns its result as a stream of record batches.
+
+    Args:
+        channel: A channel to the skewless server.
+        entity_rows: The entity rows (join keys, the label time column, any other
+            columns), or a path/glob of a Parquet or CSV file the server reads. None
+            when `sql` is given.
+        feature_service: The feature service to retrieve; or give `features`.
+        features: Feature references `view:feature` or `view`, in output order.
+        label_time_column: The column with each row's label time (naive = UTC).
+        full_feature_names: Name feature columns `view__feature`.
+        progress: Show a tqdm progress bar (when tqdm is installed).
+        batch_rows: Rows per uploaded entity batch.
+        result_batch_rows: Rows per result batch; 0 lets the server choose.
+        compression: Compression of result batches on the wire: "lz4", "zstd", "none".
+        sql: A DuckDB SELECT over registered data sources producing the entity rows,
+            run by the server (instead of `entity_rows`).
+        timeout: Deadline of the whole call in seconds.
+        metadata: gRPC metadata sent with the call.
+
+    Returns:
+        The result stream; iterate it, read `.schema`, and `close()` it to cancel.
+
+    Raises:
+        ValueError: Neither or both of `feature_service` and `features`, both
+            `entity_rows` and `sql`, or an unknown compression.
+        grpc.RpcError: The call failed.
+
+    """
+    if (feature_service is None) == (features is None):
+        raise ValueError("give exactly one of feature_service or features")
+    if sql is not None and entity_rows is not None:
+        raise ValueError("give entity_rows or sql, not both (pass None as entity_rows)")
+    if compression not in _COMPRESSION:
+        raise ValueError(f"compression must be one of lz4, zstd, none; got {compression!r}")
+    query = pb.HistoricalQuery(
+        label_time_column=label_time_column,
+        full_feature_names=full_feature_names,
+        compression=_COMPRESSION[compression],
+        batch_size=result_batch_rows,
+    )
+    if feature_service is not None:
+        query.feature_service = feature_service
+    else:
+        query.features.CopyFrom(types_pb2.FeatureList(features=list(features or ())))
+    reader: pa.RecordBatchReader | None = None
+    total: int | None = None
+    if sql is not None:
+        query.sql = sql
+    elif isinstance(entity_rows, str | os.PathLike):
+        query.path = os.fspath(entity_rows)
+    else:
+        reader = _as_reader(entity_rows)
+        total = _row_count(entity_rows)
+        query.inline.SetInParent()
+    stop = threading.Event()
+    stub = historical_service_pb2_grpc.HistoricalServiceStub(channel)
+    responses = stub.GetHistoricalFeatures(
+        _requests(query, reader, batch_rows, stop), timeout=timeout, metadata=tuple(metadata)
+    )
+    return HistoricalBatches(responses, stop, _progress_bar(progress, total))
+
+
+def get_historical_features(
+    channel: grpc.Channel,
+    entity_rows: Any,
+    *,
+    feature_service: str | None = None,
+    features: Sequence[str] | None = None,
+    label_time_column: str = "event_timestamp",
+    full_feature_names: bool = False,
+    progress: bool = False,
+    batch_rows: int = DEFAULT_UPLOAD_ROWS,
+    result_batch_rows: int = 0,
+    compression: str | None = None,
+    sql: str | None = None,
+    timeout: float | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> pa.Table:
+    """Retrieves point-in-time-correct features for entity rows as a `pyarrow.Table`.
+
+    One output row per entity row, in input order, with every input column, then the
+    features in request order. Takes the arguments of `iter_historical_batches`.
+
+    Raises:
+        ValueError: Neither or both of `feature_service` and `features`.
+        grpc.RpcError: The call failed.
+
+    """
+    with iter_historical_batches(
+        channel,
+        entity_rows,
+        feature_service=feature_service,
+        features=features,
+        label_time_column=label_time_column,
+        full_feature_names=full_feature_names,
+        progress=progress,
+        batch_rows=batch_rows,
+        result_batch_rows=result_batch_rows,
+        compression=compression,
+        sql=sql,
+        timeout=timeout,
+        metadata=metadata,
+    ) as stream:
+        schema = stream.schema
+        return pa.Table.from_batches(list(stream), schema=schema)

@@ -1,0 +1,528 @@
+"""GetHistoricalFeatures end to end: real server on a free port, real Redis, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import grpc
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from skewless.client import Client
+from skewless.client import errors as client_errors
+from skewless.client.historical import get_historical_features, iter_historical_batches
+from skewless.offline.config import RepoConfig
+from skewless.offline.feature_refs import resolve_feature_service
+from skewless.offline.offline_store import (
+    ORIGIN_PUSH,
+    HistoryWriter,
+    commit_append,
+    history_dir,
+    history_files,
+)
+from skewless.offline.point_in_time import ViewHistory, point_in_time_join
+from skewless.offline.registry_store import RegistryStore
+from skewless.server.app import SkewlessServer, create_server
+from skewless.server.services import historical as historical_service
+from skewless.v1 import registry_pb2, types_pb2
+
+VT = types_pb2.ValueType
+UTC_US = pa.timestamp("us", tz="UTC")
+T0 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+def make_registry() -> registry_pb2.Registry:
+    def entity(name: str, key: str, vt: int) -> registry_pb2.Entity:
+        return registry_pb2.Entity(
+            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=vt)]
+        )
+
+    def feature(name: str, vt: int) -> registry_pb2.Feature:
+        return registry_pb2.Feature(name=name, value_type=vt)
+
+    return registry_pb2.Registry(
+        project="hist",
+        entities=[
+            entity("driver", "driver_id", VT.VALUE_TYPE_INT64),
+            entity("customer", "customer_id", VT.VALUE_TYPE_STRING),
+        ],
+        data_sources=[
+            registry_pb2.DataSource(
+                name="labels",
+                file=registry_pb2.FileSource(
+                    path="labels.parquet", format=registry_pb2.FILE_FORMAT_PARQUET
+                ),
+                timestamp_field="event_timestamp",
+            )
+        ],
+        feature_views=[
+            registry_pb2.FeatureView(
+                name="driver_stats",
+                entities=["driver"],
+                ttl=duration_pb2.Duration(seconds=2 * 3600),
+                features=[
+                    feature("rating", VT.VALUE_TYPE_FLOAT64),
+                    feature("trips", VT.VALUE_TYPE_INT64),
+                ],
+            ),
+            registry_pb2.FeatureView(
+                name="customer_stats",
+                entities=["customer"],
+                features=[
+                    feature("spend", VT.VALUE_TYPE_FLOAT32),
+                    feature("trips", VT.VALUE_TYPE_INT64),
+                ],
+            ),
+            registry_pb2.FeatureView(
+                name="never_materialized",
+                entities=["driver"],
+                features=[feature("x", VT.VALUE_TYPE_INT64)],
+            ),
+        ],
+        feature_services=[
+            registry_pb2.FeatureService(
+                name="model",
+                projections=[
+                    registry_pb2.FeatureProjection(feature_view="driver_stats"),
+                    registry_pb2.FeatureProjection(
+                        feature_view="customer_stats", features=["spend"]
+                    ),
+                ],
+            ),
+            registry_pb2.FeatureService(
+                name="broken",
+                projections=[registry_pb2.FeatureProjection(feature_view="never_materialized")],
+            ),
+        ],
+    )
+
+
+def write_histories(config: RepoConfig) -> None:
+    drivers = 50
+    hours = 24
+    rows = [
+        (d, T0 + h * HOUR, float(d * 100 + h), d * 1000 + h)
+        for d in range(drivers)
+        for h in range(0, hours, 2)
+    ]
+    table = pa.table(
+        {
+            "driver_id": pa.array([r[0] for r in rows], pa.int64()),
+            "event_timestamp": pa.array([r[1] for r in rows], UTC_US),
+            "created_timestamp": pa.array([None] * len(rows), UTC_US),
+            "rating": pa.array([r[2] for r in rows], pa.float64()),
+            "trips": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+    folder = history_dir(config, "driver_stats")
+    folder.mkdir(parents=True)
+    pq.write_table(table.slice(0, 300), folder / "part-0.parquet")
+    pq.write_table(table.slice(300), folder / "part-1.parquet")
+    # customer_stats goes through the real writer: day files and a manifest, so the
+    # server prunes files by the label time range.
+    customers = pa.table(
+        {
+            "customer_id": ["c1", "c2", "c1", "c2", "c1"],
+            "event_timestamp": pa.array(
+                [T0, T0, T0 + 5 * HOUR, T0 - 10 * 24 * HOUR, T0 + 30 * 24 * HOUR], UTC_US
+            ),
+            "created_timestamp": pa.array([None] * 5, UTC_US),
+            "spend": pa.array([1.5, 2.5, 3.5, 0.5, 99.0], pa.float32()),
+            "trips": pa.array([1, 2, 3, 0, 99], pa.int64()),
+        }
+    )
+    writer = HistoryWriter(config, "customer_stats", customers.schema, origin=ORIGIN_PUSH)
+    writer.write(customers)
+    commit_append(config, "customer_stats", writer.close())
+    assert len(history_files(config, "customer_stats")) == 3  # one file per UTC day
+
+
+def entity_rows(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "driver_id": pa.array([(i * 7) % 60 for i in range(n)], pa.int64()),
+            "customer_id": [["c1", "c2", "c3"][i % 3] for i in range(n)],
+            "event_timestamp": pa.array(
+                [T0 + dt.timedelta(minutes=(i * 37) % (30 * 60)) for i in range(n)], UTC_US
+            ),
+            "label": pa.array([i % 2 == 0 for i in range(n)]),
+        }
+    )
+
+
+class ServerThread:
+    """The real server on its own event loop in a background thread."""
+
+    def __init__(self, config: RepoConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: SkewlessServer | None = None
+        self.port = 0
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+
+        async def _start() -> tuple[SkewlessServer, int]:
+            server, port = create_server(self.config)
+            await server.start()
+            return server, port
+
+        self.server, self.port = self.run(_start())
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(0.2))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Served:
+    config: RepoConfig
+    channel: grpc.Channel
+    client: Client
+    port: int
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("historical")
+    config = RepoConfig(
+        root=root,
+        project="hist",
+        data_dir=root / "data",
+        redis_url=redis_server.url,
+        server_port=0,
+        metrics_port=0,
+    )
+    RegistryStore(config.registry_path).save(make_registry())
+    write_histories(config)
+    server = ServerThread(config).start()
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options)
+    client = Client(f"127.0.0.1:{server.port}", timeout=30.0)
+    yield Served(config=config, channel=channel, client=client, port=server.port)
+    client.close()
+    channel.close()
+    server.stop()
+
+
+def expected(config: RepoConfig, rows: pa.Table, *, full: bool = False) -> pa.Table:
+    """The same join run in process (itself checked against the brute-force reference)."""
+    registry = RegistryStore(config.registry_path).load()
+    assert registry is not None
+    plan = resolve_feature_service(registry, "model", full_feature_names=full)
+    join = point_in_time_join(
+        rows,
+        plan,
+        [ViewHistory(v, tuple(history_files(config, v.name))) for v in plan.views],
+    )
+    try:
+        return join.reader.read_all()
+    finally:
+        join.close()
+
+
+def test_inline_rows_round_trip_exactly(served: Served) -> None:
+    rows = entity_rows(2000)
+    table = get_historical_features(
+        served.channel, rows, feature_service="model", full_feature_names=True, batch_rows=300
+    )
+    assert table.num_rows == 2000
+    assert table.schema.names == [
+        "driver_id",
+        "customer_id",
+        "event_timestamp",
+        "label",
+        "driver_stats__rating",
+        "driver_stats__trips",
+        "customer_stats__spend",
+    ]
+    assert table.select(rows.schema.names).equals(rows)
+    assert table.equals(expected(served.config, rows, full=True))
+    first = table.slice(0, 3).to_pylist()
+    # row 0: driver 0 at T0 -> the T0 row; row 1: driver 7 at T0+37m -> T0 row too.
+    assert first[0]["driver_stats__rating"] == 0.0
+    assert first[1]["driver_stats__trips"] == 7000
+    assert first[2]["customer_stats__spend"] is None  # c3 is unknown
+    unknown = table.filter(pa.compute.greater_equal(table["driver_id"], 50))
+    assert unknown.num_rows > 0
+    assert unknown["driver_stats__rating"].null_count == unknown.num_rows
+
+
+def test_client_class_and_feature_lists(served: Served) -> None:
+    rows = entity_rows(50)
+    table = served.client.get_historical_features(
+        rows, features=["customer_stats:spend", "driver_stats:rating"]
+    )
+    assert table.schema.names[-2:] == ["spend", "rating"]
+    reference = expected(served.config, rows)
+    assert table["spend"].equals(reference["spend"])
+    assert table["rating"].equals(reference["rating"])
+
+
+def test_path_sql_and_stream_sources_give_the_same_result(served: Served) -> None:
+    rows = entity_rows(500)
+    pq.write_table(rows, served.config.root / "labels.parquet", row_group_size=64)
+    inline = get_historical_features(served.channel, rows, feature_service="model")
+    by_path = get_historical_features(served.channel, "labels.parquet", feature_service="model")
+    by_sql = get_historical_features(
+        served.channel,
+        None,
+        sql="SELECT * FROM labels",
+        feature_service="model",
+    )
+    streamed = get_historical_features(
+        served.channel, rows.to_reader(max_chunksize=77), feature_service="model", progress=True
+    )
+    assert by_path.equals(inline)
+    assert by_sql.equals(inline)
+    assert streamed.equals(inline)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none", None])
+def test_batches_honour_batch_size_and_compression(served: Served, compression: str | None) -> None:
+    rows = entity_rows(1000)
+    with iter_historical_batches(
+        served.channel,
+        rows,
+        feature_service="model",
+        result_batch_rows=128,
+        compression=compression,
+    ) as stream:
+        batches = list(stream)
+    assert [b.num_rows for b in batches] == [128] * 7 + [104]
+    assert pa.Table.from_batches(batches).equals(expected(served.config, rows))
+
+
+def test_label_times_outside_every_history_file_give_nulls(served: Served) -> None:
+    rows = entity_rows(5)
+    early = rows.set_column(
+        2, "event_timestamp", pa.array([dt.datetime(2020, 1, 1, tzinfo=dt.UTC)] * 5, UTC_US)
+    )
+    table = get_historical_features(served.channel, early, feature_service="model")
+    assert table.num_rows == 5
+    for name in ("rating", "trips", "spend"):
+        assert table[name].null_count == 5
+    late = rows.set_column(2, "event_timestamp", pa.array([T0 + 40 * 24 * HOUR] * 5, UTC_US))
+    table = get_historical_features(served.channel, late, feature_service="model")
+    assert table["spend"].to_pylist() == [99.0, 2.5, None, 99.0, 2.5]  # c1 c2 c3 c1 c2
+    assert table["rating"].null_count == 5  # beyond the 2 h TTL
+
+
+def test_naive_and_zoned_label_times(served: Served) -> None:
+    rows = entity_rows(100)
+    naive = rows.set_column(2, "event_timestamp", rows["event_timestamp"].cast(pa.timestamp("us")))
+    zoned = rows.set_column(
+        2, "event_timestamp", rows["event_timestamp"].cast(pa.timestamp("ns", tz="Asia/Kolkata"))
+    )
+    base = get_historical_features(served.channel, rows, feature_service="model")
+    for variant in (naive, zoned):
+        got = get_historical_features(served.channel, variant, feature_service="model")
+        assert got.select(["rating", "trips", "spend"]).equals(
+            base.select(["rating", "trips", "spend"])
+        )
+        assert got["event_timestamp"].type == variant["event_timestamp"].type
+
+
+def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    fields: list[str] = []
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return exc.code(), exc.details() or "", fields
+
+
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "code", "needle", "field"),
+    [
+        (
+            entity_rows(3).drop_columns(["driver_id"]),
+            {"feature_service": "model"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "driver_id",
+            "entity_rows",
+        ),
+        (
+            entity_rows(3),
+            {"feature_service": "model", "label_time_column": "label_ts"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "label_ts",
+            "label_time_column",
+        ),
+        (
+            entity_rows(3).set_column(0, "driver_id", pa.array(["a", "b", "c"])),
+            {"feature_service": "model"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "driver_id",
+            "entity_rows",
+        ),
+        (
+            entity_rows(3),
+            {"features": ["driver_stats:speed"]},
+            grpc.StatusCode.NOT_FOUND,
+            "speed",
+            None,
+        ),
+        (entity_rows(3), {"feature_service": "nope"}, grpc.StatusCode.NOT_FOUND, "nope", None),
+        (
+            entity_rows(3),
+            {"features": ["driver_stats:trips", "customer_stats:trips"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "full_feature_names",
+            "full_feature_names",
+        ),
+        (
+            entity_rows(3),
+            {"features": ["driver_stats::x"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed",
+            "features",
+        ),
+        (
+            entity_rows(3),
+            {"feature_service": "broken"},
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "never_materialized",
+            None,
+        ),
+        (
+            "missing/*.parquet",
+            {"feature_service": "model"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "missing",
+            "query.path",
+        ),
+        (
+            entity_rows(3),
+            {"feature_service": "model", "result_batch_rows": 10_000_000},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "batch_size",
+            "query.batch_size",
+        ),
+    ],
+)
+def test_errors_are_clear_statuses(
+    served: Served,
+    rows: Any,
+    kwargs: dict[str, Any],
+    code: grpc.StatusCode,
+    needle: str,
+    field: str | None,
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        get_historical_features(served.channel, rows, **kwargs)
+    got_code, message, fields = _status(info.value)
+    assert got_code == code, message
+    assert needle in message
+    if field is not None:
+        assert field in fields
+
+
+def test_bad_sql_and_typed_client_errors(served: Served) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        get_historical_features(
+            served.channel, None, sql="DROP TABLE labels", feature_service="model"
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(client_errors.InvalidArgumentError) as typed:
+        served.client.get_historical_features(
+            entity_rows(2).drop_columns(["customer_id"]), feature_service="model"
+        )
+    assert typed.value.reason == "MISSING_JOIN_KEY"
+    assert typed.value.metadata["column"] == "customer_id"
+
+
+@dataclass
+class JoinSpy:
+    """Watches the server's joins: batches pulled from each, and when each is closed."""
+
+    closed: threading.Event
+    produced: list[int]
+    joins: list[Any]
+
+
+@pytest.fixture
+def join_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[JoinSpy]:
+    spy = JoinSpy(closed=threading.Event(), produced=[], joins=[])
+    real = historical_service.point_in_time_join
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        join = real(*args, **kwargs)
+        close = join.close
+        source = join.reader
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            for batch in source:
+                spy.produced.append(batch.num_rows)
+                yield batch
+
+        join.reader = pa.RecordBatchReader.from_batches(join.schema, counted())
+
+        def close_and_tell() -> None:
+            close()
+            spy.closed.set()
+
+        join.close = close_and_tell
+        spy.joins.append(join)
+        return join
+
+    monkeypatch.setattr(historical_service, "point_in_time_join", watched)
+    yield spy
+    spy.joins.clear()  # DuckDB objects alive at interpreter exit make nanobind complain
+
+
+def _assert_released(spy: JoinSpy) -> None:
+    assert spy.closed.wait(10), "the server kept the join open after the client cancelled"
+    assert len(spy.joins) == 1
+    try:
+        spy.joins[0]._con.execute("SELECT 1")
+    except duckdb.ConnectionException:
+        pass  # closed: DuckDB released the query's memory
+    else:
+        raise AssertionError("the join's DuckDB connection is still open")
+
+
+def test_cancel_mid_stream_stops_the_query_and_frees_it(served: Served, join_spy: JoinSpy) -> None:
+    rows = entity_rows(100_000)
+    stream = iter_historical_batches(
+        served.channel, rows, feature_service="model", result_batch_rows=1000
+    )
+    first = next(stream)
+    assert first.num_rows == 1000
+    stream.close()
+    _assert_released(join_spy)
+    # Flow control: the server pulled only a few batches ahead of the client, then stopped.
+    assert len(join_spy.produced) < 50, len(join_spy.produced)
+    # The server is still healthy and serves the next call.
+    again = get_historical_features(served.channel, entity_rows(10), feature_service="model")
+    assert again.num_rows == 10
+
+
+def test_cancel_while_the_query_runs(served: Served, join_spy: JoinSpy) -> None:
+    stream = iter_historical_batches(served.channel, entity_rows(200_000), feature_service="model")
+    assert "rating" in stream.schema.names  # the server now runs the query
+    stream.close()
+    _assert_released(join_spy)
+    assert len(join_spy.produced) <= 1
