@@ -13,7 +13,7 @@ GENERATED := $(PYGEN)/skewless/v1 clients/go/gen
 
 include clients/clients.mk
 
-.PHONY: help setup system-deps tools gen check-gen lint typecheck run apply materialize example-data test bench clean
+.PHONY: help setup system-deps tools gen check-gen lint typecheck run apply materialize example-data test bench bench-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,8 +70,13 @@ run: setup materialize ## The main job: apply and materialize the example, serve
 test: setup ## Run the whole test suite (starts its own Redis and servers)
 	$(BIN)/pytest -q
 
-bench: setup ## Run the benchmarks (not part of `make test`)
-	$(PY) bench/run.py
+bench-tools: ## Install the load generator ghz into .tools/bin
+	@test -x $(GOBIN)/ghz || GOBIN=$(GOBIN) go install github.com/bojand/ghz/cmd/ghz@v0.120.0
+
+bench: setup bench-tools ## Run all benchmarks (not part of `make test`; see bench/README.md)
+	$(PY) bench/materialize.py --repeat 3
+	$(PY) bench/online.py --loadgen raw
+	$(PY) bench/historical.py --rows 1000000
 
 clean: ## Remove the virtualenv, tools and example data
 	rm -rf $(VENV) .tools $(REPO)/data $(REPO)/.skewless

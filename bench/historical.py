@@ -1,0 +1,407 @@
+"""Historical retrieval benchmark: skewless end to end vs the bare DuckDB query.
+
+Generates the issue's workload into bench/.data/historical/ (driver history 100,000
+drivers x 30 event times = 3,000,000 rows x 10 features, TTL 2 days; customer history
+50,000 x 10 = 500,000 rows x 5 features, TTL 7 days; entity rows with both keys, a
+label time and a label), then measures in one run, each side in its own processes:
+
+* skewless: a real server (child process, its own Redis) and a client process calling
+  `get_historical_features` until the `pyarrow.Table` is complete in the client; the
+  server's and the client's peak RSS;
+* bare DuckDB: one process, no skewless code, running the same exact semantics
+  (tie-break dedupe, ASOF LEFT JOIN per view with the TTL bound, input order restored)
+  on the same files into an Arrow table.
+
+Both results are compared (row count and a checksum of every feature column).
+Feast is not run here (see the issue note). Usage:
+
+    .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE / ".data" / "historical"
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+STEP = timedelta(hours=6)
+DRIVER_TTL = timedelta(days=2)
+CUSTOMER_TTL = timedelta(days=7)
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _feature(ids: pa.Array, t: int, a: int, b: int) -> pa.Array:
+    mixed = pc.add(pc.multiply(ids, a), t * b)
+    return pc.divide(pc.cast(pc.bit_wise_and(mixed, 0xFFFF), pa.float64()), 655.36)
+
+
+def _history(n_entities: int, n_times: int, key: str, n_features: int) -> pa.Table:
+    ids = pa.array(range(n_entities), pa.int64())
+    chunks = []
+    for t in range(n_times):
+        ts = pa.array([T0 + t * STEP] * n_entities, UTC_US)
+        cols: dict[str, pa.Array] = {
+            key: ids,
+            "event_timestamp": ts,
+            "created_timestamp": ts,
+        }
+        for i in range(n_features):
+            if i % 3 == 2:
+                cols[f"f{i}"] = pc.bit_wise_and(pc.add(pc.multiply(ids, i + 3), t), 4095)
+            else:
+                cols[f"f{i}"] = _feature(ids, t, 2 * i + 13, i + 5)
+        chunks.append(pa.table(cols))
+    return pa.concat_tables(chunks)
+
+
+def data_dir(scale: float) -> Path:
+    return ROOT / f"scale-{scale}"
+
+
+def entity_path(scale: float, rows: int) -> Path:
+    return data_dir(scale) / f"entities-{rows}.parquet"
+
+
+def generate(scale: float, rows: int) -> None:
+    base = data_dir(scale)
+    drivers, customers = int(100_000 * scale), int(50_000 * scale)
+    offline = base / "data" / "offline"
+    if not (offline / "customer_stats").exists():
+        for view, n, times, key, feats in (
+            ("driver_stats", drivers, 30, "driver_id", 10),
+            ("customer_stats", customers, 10, "customer_id", 5),
+        ):
+            folder = offline / view
+            folder.mkdir(parents=True, exist_ok=True)
+            table = _history(n, times, key, feats)
+            pq.write_table(table, folder / "part-0.parquet", row_group_size=256_000)
+    path = entity_path(scale, rows)
+    if not path.exists():
+
+        def uniform(seed: int, high: int) -> pa.Array:
+            return pc.cast(
+                pc.floor(pc.multiply(pc.random(rows, initializer=seed), high)), pa.int64()
+            )
+
+        # 10% of the keys are unknown; label times span the history plus a day each side.
+        rng_ids = uniform(1, drivers + drivers // 10)
+        rng_cust = uniform(2, customers + customers // 10)
+        offsets = uniform(3, int((30 * STEP + timedelta(days=2)).total_seconds() * 1e6))
+        start = int(T0.timestamp() * 1e6) - 86_400_000_000
+        times = pc.add(offsets, start).cast(UTC_US)
+        table = pa.table(
+            {
+                "driver_id": rng_ids,
+                "customer_id": rng_cust,
+                "event_timestamp": times,
+                "label": pc.bit_wise_and(rng_ids, 1),
+            }
+        )
+        pq.write_table(table, path)
+
+
+def registry_proto():
+    from google.protobuf import duration_pb2
+
+    from skewless.v1 import registry_pb2, types_pb2
+
+    vt = types_pb2.ValueType
+    reg = registry_pb2.Registry(project="bench", version=1)
+    for name, key in (("driver", "driver_id"), ("customer", "customer_id")):
+        reg.entities.add(
+            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=vt.VALUE_TYPE_INT64)]
+        )
+    for view, entity, n, ttl in (
+        ("driver_stats", "driver", 10, DRIVER_TTL),
+        ("customer_stats", "customer", 5, CUSTOMER_TTL),
+    ):
+        v = reg.feature_views.add(
+            name=view,
+            entities=[entity],
+            ttl=duration_pb2.Duration(seconds=int(ttl.total_seconds())),
+            offline=True,
+        )
+        for i in range(n):
+            v.features.add(
+                name=f"f{i}",
+                value_type=vt.VALUE_TYPE_INT64 if i % 3 == 2 else vt.VALUE_TYPE_FLOAT64,
+            )
+    svc = reg.feature_services.add(name="training")
+    svc.projections.add(feature_view="driver_stats")
+    svc.projections.add(feature_view="customer_stats")
+    return reg
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _checksum(table: pa.Table, columns: list[str]) -> dict[str, float]:
+    out = {}
+    for name in columns:
+        col = table[name]
+        out[name] = round(float(pc.sum(pc.cast(col, pa.float64())).as_py() or 0.0), 3)
+        out[name + ":nulls"] = col.null_count
+    return out
+
+
+FEATURES = [f"driver_stats__f{i}" for i in range(10)] + [f"customer_stats__f{i}" for i in range(5)]
+
+
+# --------------------------------------------------------------------------- children
+
+
+def child_serve(scale: float) -> None:
+    import asyncio
+
+    from skewless.offline.config import RepoConfig
+    from skewless.offline.registry_store import RegistryStore
+    from skewless.server.app import create_server
+    from skewless.server.embedded_redis import EmbeddedRedis
+
+    base = data_dir(scale)
+    redis = EmbeddedRedis(base / "redis", persist=False).start()
+    config = RepoConfig(
+        root=base,
+        project="bench",
+        data_dir=base / "data",
+        redis_url=redis.url,
+        server_port=0,
+        metrics_port=0,
+    )
+    RegistryStore(config.registry_path).save(registry_proto())
+
+    async def main() -> None:
+        server, port = create_server(config)
+        await server.start()
+        cpu0 = time.process_time()
+        print(f"PORT {port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        cpu = time.process_time() - cpu0
+        print(json.dumps({"server_peak_rss_mb": _peak_rss_mb(), "server_cpu_s": cpu}), flush=True)
+        await server.stop(0.5)
+        del server  # collect the grpc server while its event loop still runs
+        gc.collect()
+
+    try:
+        asyncio.run(main())
+    finally:
+        redis.stop()
+
+
+def child_client(scale: float, rows: int, port: int) -> None:
+    import grpc
+
+    from skewless.client.historical import get_historical_features
+
+    entities = pq.read_table(entity_path(scale, rows))
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    rss0 = _peak_rss_mb()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    table = get_historical_features(
+        channel, entities, feature_service="training", full_feature_names=True
+    )
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "client_cpu_s": cpu,
+                "rows": table.num_rows,
+                "client_peak_rss_mb": _peak_rss_mb(),
+                "client_rss_before_mb": rss0,
+                "checksum": _checksum(table, FEATURES),
+            }
+        )
+    )
+
+
+BARE_SQL = """
+WITH e AS (
+    SELECT row_number() OVER () - 1 AS __row, * FROM read_parquet($entities)
+),
+d AS (
+    SELECT driver_id, event_timestamp AS ts, {driver_cols}
+    FROM read_parquet($driver, filename = true, file_row_number = true)
+    WHERE event_timestamp <= $hi AND event_timestamp >= $lo_d
+    QUALIFY row_number() OVER (
+        PARTITION BY driver_id, event_timestamp
+        ORDER BY created_timestamp DESC NULLS LAST, filename DESC, file_row_number DESC) = 1
+),
+c AS (
+    SELECT customer_id, event_timestamp AS ts, {customer_cols}
+    FROM read_parquet($customer, filename = true, file_row_number = true)
+    WHERE event_timestamp <= $hi AND event_timestamp >= $lo_c
+    QUALIFY row_number() OVER (
+        PARTITION BY customer_id, event_timestamp
+        ORDER BY created_timestamp DESC NULLS LAST, filename DESC, file_row_number DESC) = 1
+)
+SELECT e.* EXCLUDE (__row), {select}
+FROM e
+ASOF LEFT JOIN d ON e.driver_id = d.driver_id AND e.event_timestamp >= d.ts
+ASOF LEFT JOIN c ON e.customer_id = c.customer_id AND e.event_timestamp >= c.ts
+ORDER BY e.__row
+"""
+
+
+def child_bare(scale: float, rows: int) -> None:
+    import duckdb
+
+    base = data_dir(scale) / "data" / "offline"
+    driver_cols = ", ".join(f"f{i} AS driver_stats__f{i}" for i in range(10))
+    customer_cols = ", ".join(f"f{i} AS customer_stats__f{i}" for i in range(5))
+    select = ", ".join(
+        [
+            f"CASE WHEN d.ts >= e.event_timestamp - INTERVAL 2 DAY THEN d.driver_stats__f{i} END "
+            f"AS driver_stats__f{i}"
+            for i in range(10)
+        ]
+        + [
+            f"CASE WHEN c.ts >= e.event_timestamp - INTERVAL 7 DAY THEN c.customer_stats__f{i} "
+            f"END AS customer_stats__f{i}"
+            for i in range(5)
+        ]
+    )
+    sql = BARE_SQL.format(driver_cols=driver_cols, customer_cols=customer_cols, select=select)
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    con = duckdb.connect()
+    path = str(entity_path(scale, rows))
+    lo_us, hi_us = con.sql(
+        "SELECT epoch_us(min(event_timestamp)), epoch_us(max(event_timestamp)) "
+        "FROM read_parquet($p)",
+        params={"p": path},
+    ).fetchall()[0]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    lo, hi = epoch + timedelta(microseconds=lo_us), epoch + timedelta(microseconds=hi_us)
+    relation = con.sql(
+        sql,
+        params={
+            "entities": path,
+            "driver": [str(p) for p in sorted((base / "driver_stats").rglob("*.parquet"))],
+            "customer": [str(p) for p in sorted((base / "customer_stats").rglob("*.parquet"))],
+            "hi": hi,
+            "lo_d": lo - DRIVER_TTL,
+            "lo_c": lo - CUSTOMER_TTL,
+        },
+    )
+    table = relation.to_arrow_table()
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "rows": table.num_rows,
+                "peak_rss_mb": _peak_rss_mb(),
+                "checksum": _checksum(table, FEATURES),
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _run_json(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{args[0]} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_skewless(scale: float, rows: int) -> dict:
+    server = subprocess.Popen(
+        [sys.executable, __file__, "_serve", str(scale)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    try:
+        line = server.stdout.readline()
+        port = int(line.split()[1])
+        result = _run_json(["_client", str(scale), str(rows), str(port)])
+        server.stdin.write("\n")
+        server.stdin.flush()
+        result.update(json.loads(server.stdout.readline()))
+    finally:
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    t = time.perf_counter()
+    generate(args.scale, args.rows)
+    print(f"data ready in {time.perf_counter() - t:.1f}s under {data_dir(args.scale)}")
+    ours, bare = [], []
+    for _ in range(args.repeat):
+        bare.append(_run_json(["_bare", str(args.scale), str(args.rows)]))
+        ours.append(run_skewless(args.scale, args.rows))
+    best_ours = min(ours, key=lambda r: r["wall_s"])
+    best_bare = min(bare, key=lambda r: r["wall_s"])
+    same = best_ours["checksum"] == best_bare["checksum"] and best_ours["rows"] == best_bare["rows"]
+    histories = (
+        f"driver {int(3_000_000 * args.scale):,} x 10, customer {int(500_000 * args.scale):,} x 5"
+    )
+    print(f"\nworkload: {histories}; {args.rows:,} entity rows; {os.cpu_count()} cores")
+    ours_cpu = best_ours["client_cpu_s"] + best_ours["server_cpu_s"]
+    print(f"{'measure':<44}{'wall s':>9}{'CPU s':>9}{'peak RSS MB':>13}")
+    print(
+        f"{'skewless end to end (client -> pa.Table)':<44}{best_ours['wall_s']:>9.2f}"
+        f"{ours_cpu:>9.2f}{best_ours['client_peak_rss_mb']:>13.0f}  (client)"
+    )
+    print(
+        f"{'  of which server process':<44}{'':>9}{best_ours['server_cpu_s']:>9.2f}"
+        f"{best_ours['server_peak_rss_mb']:>13.0f}  (server)"
+    )
+    print(
+        f"{'bare DuckDB ASOF query (one process)':<44}{best_bare['wall_s']:>9.2f}"
+        f"{best_bare['cpu_s']:>9.2f}{best_bare['peak_rss_mb']:>13.0f}"
+    )
+    print(
+        f"ratio skewless / bare DuckDB: wall {best_ours['wall_s'] / best_bare['wall_s']:.2f}x, "
+        f"CPU {ours_cpu / best_bare['cpu_s']:.2f}x (CPU is the steadier figure on a shared host)"
+    )
+    print(f"results identical (rows + per-feature sums and null counts): {same}")
+    if not same:
+        print("ours:", best_ours["checksum"], "\nbare:", best_bare["checksum"])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        child_serve(float(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_client":
+        child_client(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
+        child_bare(float(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()

@@ -1,0 +1,668 @@
+"""Online serving benchmark: skewless (1 and 2 workers) against an ideal minimal server.
+
+Starts its own redis-server, loads the issue's request shapes (driver: 10 features,
+customer: 5 features, wide: 250 int64 features), then for each server and each request
+shape drives load (ghz, or the lighter `--loadgen raw`) at concurrency 1, 8 and 32 and
+prints QPS, p50/p99/p99.9 (medians of `--repeat` interleaved runs) and the ratios to
+the ideal server.
+
+The ideal server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way
+skewless does (pre-encoded RESP on a pooled socket, hiredis parsing) and returning the
+stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code).
+`skewless-Nraw` registers OnlineService with `add_online_servicer` (pre-serialized
+responses), as `skewless.server.app` does; `skewless-N` uses the generated registration.
+
+All servers stay up and are measured back to back for each shape and concurrency (so
+load drift hits them alike); the load generator runs on the same machine and its CPU
+use is reported, to show whether it is the bottleneck (ghz is, on wide responses: it
+decodes them).
+
+Usage:
+    .venv/bin/python bench/online.py [--loadgen ghz|raw] [--duration 3] [--repeat 3]
+        [--entities 10000] [--wide-entities 2000] [--shapes a,b,c,d] [--concurrency 1,8,32]
+
+`--loadgen raw` drives the load with a pass-through Go client embedded below (built once
+with `go build`), which uses far less CPU than ghz on wide responses.
+
+Needs ghz: GOBIN=$PWD/.tools/bin go install github.com/bojand/ghz/cmd/ghz@v0.120.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import redis
+from google.protobuf import descriptor_pb2, json_format
+
+from skewless.offline.config import RepoConfig
+from skewless.offline.registry_store import RegistryStore
+from skewless.server.embedded_redis import EmbeddedRedis, free_port
+from skewless.server.workers import serve_workers
+from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
+
+PROJECT = "bench"
+VT = types_pb2.ValueType
+ROOT = Path(__file__).resolve().parent.parent
+GHZ = os.environ.get("GHZ", str(ROOT / ".tools" / "bin" / "ghz"))
+
+DRIVER_FEATURES = [f"d{i}" for i in range(10)]
+CUSTOMER_FEATURES = [f"c{i}" for i in range(5)]
+WIDE_FEATURES = [f"w{i}" for i in range(250)]
+
+# (view, join key, features) per feature service; the ideal server hard-codes the same.
+SERVICES: dict[str, list[tuple[str, str, list[str]]]] = {
+    "driver_customer": [
+        ("driver_hourly", "driver_id", DRIVER_FEATURES),
+        ("customer_profile", "customer_id", CUSTOMER_FEATURES),
+    ],
+    "wide": [("wide", "item_id", WIDE_FEATURES)],
+}
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def make_registry() -> registry_pb2.Registry:
+    def entity(name: str, key: str) -> registry_pb2.Entity:
+        return registry_pb2.Entity(
+            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=VT.VALUE_TYPE_INT64)]
+        )
+
+    def view(name: str, ent: str, features: list[tuple[str, int]]) -> registry_pb2.FeatureView:
+        v = registry_pb2.FeatureView(
+            name=name,
+            entities=[ent],
+            source="events",
+            online=True,
+            offline=True,
+            features=[registry_pb2.Feature(name=f, value_type=t) for f, t in features],
+        )
+        v.ttl.FromSeconds(30 * 86400)
+        return v
+
+    driver = [
+        (f, VT.VALUE_TYPE_FLOAT64 if i % 2 == 0 else VT.VALUE_TYPE_INT64)
+        for i, f in enumerate(DRIVER_FEATURES)
+    ]
+    customer = [(f, VT.VALUE_TYPE_FLOAT64) for f in CUSTOMER_FEATURES]
+    wide = [(f, VT.VALUE_TYPE_INT64) for f in WIDE_FEATURES]
+    return registry_pb2.Registry(
+        project=PROJECT,
+        entities=[
+            entity("customer", "customer_id"),
+            entity("driver", "driver_id"),
+            entity("item", "item_id"),
+        ],
+        data_sources=[
+            registry_pb2.DataSource(
+                name="events", push=registry_pb2.PushSource(), timestamp_field="ts"
+            )
+        ],
+        feature_views=[
+            view("customer_profile", "customer", customer),
+            view("driver_hourly", "driver", driver),
+            view("wide", "item", wide),
+        ],
+        feature_services=[
+            registry_pb2.FeatureService(
+                name="driver_customer",
+                projections=[
+                    registry_pb2.FeatureProjection(feature_view="driver_hourly"),
+                    registry_pb2.FeatureProjection(feature_view="customer_profile"),
+                ],
+            ),
+            registry_pb2.FeatureService(
+                name="wide", projections=[registry_pb2.FeatureProjection(feature_view="wide")]
+            ),
+        ],
+    )
+
+
+def load(url: str, entities: int, wide_entities: int) -> None:
+    client = redis.Redis.from_url(url)
+    ts = str(int(time.time() * 1_000_000)).encode()
+    rng = random.Random(7)
+
+    def value(feature: str, i: int) -> bytes:
+        if feature.startswith("w") or (feature.startswith("d") and int(feature[1:]) % 2):
+            return types_pb2.Value(int64_value=rng.randrange(1 << 40)).SerializeToString()
+        return types_pb2.Value(double_value=rng.random()).SerializeToString()
+
+    for view, features, count in (
+        ("driver_hourly", DRIVER_FEATURES, entities),
+        ("customer_profile", CUSTOMER_FEATURES, entities),
+        ("wide", WIDE_FEATURES, wide_entities),
+    ):
+        pipe = client.pipeline(transaction=False)
+        for i in range(count):
+            mapping = {b"_ts": ts, **{f.encode(): value(f, i) for f in features}}
+            pipe.hset(f"{PROJECT}:{view}:{{{i}}}".encode(), mapping=mapping)
+            if i % 200 == 199:
+                pipe.execute()
+        pipe.execute()
+    client.close()
+
+
+def request_json(service: str, rows: int, entities: int, wide_entities: int) -> str:
+    rng = random.Random(rows)
+    cols: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for _view, key, _features in SERVICES[service]:
+        limit = wide_entities if service == "wide" else entities
+        cols[key] = {"values": [{"int64_value": str(rng.randrange(limit))} for _ in range(rows)]}
+    return json.dumps({"feature_service": service, "entities": cols})
+
+
+def write_protoset(path: Path) -> None:
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+    def add(fd: object) -> None:
+        for dep in fd.dependencies:  # type: ignore[attr-defined]
+            add(dep)
+        if fd.name not in files:  # type: ignore[attr-defined]
+            proto = descriptor_pb2.FileDescriptorProto()
+            fd.CopyToProto(proto)  # type: ignore[attr-defined]
+            files[fd.name] = proto  # type: ignore[attr-defined]
+
+    add(online_service_pb2.DESCRIPTOR)
+    path.write_bytes(
+        descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString()
+    )
+
+
+# --- the ideal server ----------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+async def ideal_server(port: int, url: str) -> None:
+    """A bare grpc.aio handler: parse, one pipelined HMGET round trip, return the bytes.
+
+    It talks to Redis the fastest way we know in Python, as skewless does: pre-encoded
+    RESP written in one call on a pooled socket, replies parsed by hiredis.
+    """
+    import hiredis
+
+    host, port_str = url.removeprefix("redis://").split("/")[0].split(":")
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader]] = []
+    plans = {
+        name: [
+            (
+                f"{PROJECT}:{view}:".encode(),
+                key,
+                b"*%d\r\n$5\r\nHMGET\r\n" % (len(feats) + 3),
+                b"$3\r\n_ts\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(f), f.encode()) for f in feats),
+            )
+            for view, key, feats in spec
+        ]
+        for name, spec in SERVICES.items()
+    }
+    parse = online_service_pb2.GetOnlineFeaturesRequest.FromString
+
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = parse(data)
+        parts = []
+        for prefix, key, head, fields in plans[request.feature_service]:
+            for v in request.entities[key].values:
+                k = prefix + b"{" + str(v.int64_value).encode() + b"}"
+                parts.append(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, fields))
+        if idle:
+            reader, writer, parser = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port_str))
+            parser = hiredis.Reader()
+        writer.write(b"".join(parts))
+        rows = []
+        while len(rows) < len(parts):
+            reply = parser.gets()
+            if reply is False:
+                parser.feed(await reader.read(1 << 17))
+            else:
+                rows.append(reply)
+        idle.append((reader, writer, parser))
+        # The stored bytes as they are, in one unknown field (15) of one FeatureVector:
+        # a valid response for any client, and no per-value work at all.
+        blob = b"".join([x for row in rows for x in row[1:] if x])
+        inner = b"\x7a" + _varint(len(blob)) + blob
+        return b"\x0a" + _varint(len(inner)) + inner
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "skewless.v1.OnlineService",
+                {"GetOnlineFeatures": grpc.unary_unary_rpc_method_handler(handler)},
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def serve_skewless(root: str, url: str, port: int, n: int) -> None:
+    config = RepoConfig(
+        root=Path(root),
+        project=PROJECT,
+        data_dir=Path(root) / "data",
+        redis_url=url,
+        server_port=port,
+        metrics_port=0,
+    )
+    sys.exit(serve_workers(config, n))
+
+
+if "--raw-registration" in sys.argv:
+    # Runs in the bench process and, through multiprocessing's spawn (which re-imports this
+    # file), in every worker: registers OnlineService with `add_online_servicer`, as the
+    # proposed one-line change to skewless.server.app does.
+    from skewless.server.services.online import add_online_servicer
+    from skewless.v1 import online_service_pb2_grpc
+
+    online_service_pb2_grpc.add_OnlineServiceServicer_to_server = add_online_servicer
+
+
+def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
+    if kind == "ideal":
+        args = [sys.executable, __file__, "--ideal-server", str(port), "--redis-url", url]
+    else:
+        n = kind.split("-")[1].removesuffix("raw")
+        args = [sys.executable, __file__, "--serve", str(root), url, str(port), n]
+        if kind.endswith("raw"):
+            args.append("--raw-registration")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            grpc.channel_ready_future(channel).result(timeout=1)
+            channel.close()
+            break
+        except grpc.FutureTimeoutError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{kind} server did not start") from None
+    time.sleep(1.0 if kind.startswith("skewless-2") else 0.3)  # let every worker bind
+    return proc
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+def ghz(port: int, protoset: Path, data: Path, concurrency: int, duration: float) -> dict:
+    args = [
+        GHZ,
+        "--insecure",
+        "--protoset", str(protoset),
+        "--call", "skewless.v1.OnlineService.GetOnlineFeatures",
+        "--binary-file", str(data),  # pre-serialized: no JSON work per call in ghz
+        "-c", str(concurrency),
+        "--connections", str(min(concurrency, 8)),
+        "-z", f"{duration}s",
+        "--format", "json",
+        f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    started, cpu_before = time.monotonic(), _children_cpu()
+    proc = subprocess.run(args, capture_output=True, check=False)
+    out, err = proc.stdout, proc.stderr
+    wall = time.monotonic() - started
+    ghz_cpu = (_children_cpu() - cpu_before) / wall  # ghz is the only child reaped meanwhile
+    report = json.loads(out or b"{}")
+    if not report:
+        raise RuntimeError(err.decode())
+    lat = sorted(d["latency"] for d in report.get("details") or [] if not d.get("error"))
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] / 1e6 if lat else float("nan")
+
+    codes = report.get("statusCodeDistribution") or {}
+    # ghz cancels the calls in flight when the duration ends: those are not errors
+    errors = sum(v for k, v in codes.items() if k not in ("OK", "Canceled"))
+    return {
+        "qps": report.get("rps", 0.0),
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "p999": pct(0.999),
+        "errors": errors,
+        "ghz_cpu": ghz_cpu,
+        "requests": len(lat),
+    }
+
+
+# --- the raw load generator ---------------------------------------------------------------
+
+# ghz builds and decodes dynamic messages, which costs it most of a core on wide responses.
+# This Go client sends pre-serialized bytes and never decodes the answer, so that the
+# load generator's CPU stays small; it is built once into .tools/bin with `go build`.
+LOADGEN = ROOT / ".tools" / "bin" / "skewless-loadgen"
+_LOADGEN_GO = r"""// A minimal gRPC load generator: sends one pre-serialized request with a
+// pass-through codec (no message encoding or decoding): its own CPU cost stays small.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"os"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	p := v.(*[]byte)
+	*p = append((*p)[:0], data...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:6566", "server address")
+	method := flag.String("method", "/skewless.v1.OnlineService/GetOnlineFeatures", "full method")
+	dataFile := flag.String("data", "", "file holding the serialized request")
+	concurrency := flag.Int("c", 1, "concurrent callers")
+	conns := flag.Int("conns", 1, "connections")
+	duration := flag.Duration("d", 3*time.Second, "duration")
+	flag.Parse()
+	req, err := os.ReadFile(*dataFile)
+	if err != nil {
+		panic(err)
+	}
+	clients := make([]*grpc.ClientConn, *conns)
+	for i := range clients {
+		clients[i], err = grpc.Dial(*addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(
+				grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(64<<20)))
+		if err != nil {
+			panic(err)
+		}
+	}
+	var mu sync.Mutex
+	latencies := make([]time.Duration, 0, 1<<16)
+	errors := map[string]int{}
+	var ru0 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	start := time.Now()
+	deadline := start.Add(*duration)
+	var wg sync.WaitGroup
+	for w := 0; w < *concurrency; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			conn := clients[w%len(clients)]
+			local := make([]time.Duration, 0, 1024)
+			localErr := map[string]int{}
+			var resp []byte
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := conn.Invoke(ctx, *method, &req, &resp)
+				cancel()
+				if err != nil {
+					localErr[status.Code(err).String()]++
+					continue
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			latencies = append(latencies, local...)
+			for k, v := range localErr {
+				errors[k] += v
+			}
+			mu.Unlock()
+		}(w)
+	}
+	wg.Wait()
+	wall := time.Since(start).Seconds()
+	var ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / 1e9
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	pct := func(p float64) float64 {
+		if len(latencies) == 0 {
+			return -1
+		}
+		i := int(p * float64(len(latencies)))
+		if i >= len(latencies) {
+			i = len(latencies) - 1
+		}
+		return float64(latencies[i].Microseconds()) / 1000
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"count": len(latencies), "errors": errors, "qps": float64(len(latencies)) / wall,
+		"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999), "cpu": cpu / wall,
+	})
+}
+"""
+_LOADGEN_MOD = """module skewless.dev/bench/loadgen
+
+go 1.21
+
+require google.golang.org/grpc v1.56.3
+
+require (
+	github.com/golang/protobuf v1.5.3 // indirect
+	golang.org/x/net v0.9.0 // indirect
+	golang.org/x/sys v0.7.0 // indirect
+	golang.org/x/text v0.9.0 // indirect
+	google.golang.org/genproto v0.0.0-20230410155749-daa745c078e1 // indirect
+	google.golang.org/protobuf v1.30.0 // indirect
+)
+"""
+
+
+def build_loadgen() -> Path:
+    if LOADGEN.exists():
+        return LOADGEN
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.go").write_text(_LOADGEN_GO)
+        (Path(tmp) / "go.mod").write_text(_LOADGEN_MOD)
+        env = {**os.environ, "GOFLAGS": "-mod=mod"}
+        subprocess.run(["go", "mod", "tidy"], cwd=tmp, env=env, check=True)
+        subprocess.run(["go", "build", "-o", str(LOADGEN), "."], cwd=tmp, env=env, check=True)
+    return LOADGEN
+
+
+def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
+    started, cpu_before = time.monotonic(), _children_cpu()
+    proc = subprocess.run(
+        [
+            str(LOADGEN),
+            "-addr",
+            f"127.0.0.1:{port}",
+            "-data",
+            str(data),
+            "-c",
+            str(concurrency),
+            "-conns",
+            str(min(concurrency, 8)),
+            "-d",
+            f"{duration}s",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    wall = time.monotonic() - started
+    report = json.loads(proc.stdout)
+    return {
+        "qps": report["qps"],
+        "p50": report["p50"],
+        "p99": report["p99"],
+        "p999": report["p999"],
+        "errors": sum(report["errors"].values()),
+        "ghz_cpu": (_children_cpu() - cpu_before) / wall,
+        "requests": report["count"],
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per server, shape and concurrency, interleaved; medians are reported",
+    )
+    parser.add_argument("--entities", type=int, default=10_000)
+    parser.add_argument("--wide-entities", type=int, default=2_000)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--servers", default="ideal,skewless-1,skewless-2,skewless-1raw,skewless-2raw"
+    )
+    parser.add_argument("--shapes", default="a,b,c,d")
+    parser.add_argument(
+        "--loadgen",
+        choices=["ghz", "raw"],
+        default="ghz",
+        help="ghz, or the pass-through Go client built from this file (far less CPU)",
+    )
+    parser.add_argument("--ideal-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-registration", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        root, url, port, n = args.serve
+        serve_skewless(root, url, int(port), int(n))
+        return
+    if args.ideal_server:
+        asyncio.run(ideal_server(args.ideal_server, args.redis_url))
+        return
+    if not Path(GHZ).exists() and shutil.which("ghz") is None:
+        sys.exit(f"ghz not found at {GHZ}; see the module docstring")
+    shapes = {
+        "a": ("driver_customer", 1, "1 driver + 1 customer, 15 features"),
+        "b": ("driver_customer", 100, "100 entities x 15 features"),
+        "c": ("wide", 1, "1 entity x 250 features"),
+        "d": ("wide", 100, "100 entities x 250 features"),
+    }
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.loadgen == "raw":
+        build_loadgen()
+
+    def drive(port: int, data: Path, c: int, duration: float) -> dict:
+        if args.loadgen == "raw":
+            return raw_load(port, data, c, duration)
+        return ghz(port, protoset, data, c, duration)
+
+    with tempfile.TemporaryDirectory(prefix="skewless-bench-") as tmp:
+        root = Path(tmp)
+        with EmbeddedRedis(root / "redis", persist=False) as rs:
+            t0 = time.monotonic()
+            load(rs.url, args.entities, args.wide_entities)
+            print(
+                f"loaded {args.entities} drivers, {args.entities} customers, "
+                f"{args.wide_entities} wide entities in {time.monotonic() - t0:.1f}s"
+            )
+            config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
+            RegistryStore(config.registry_path).save(make_registry())
+            protoset = root / "online.protoset"
+            write_protoset(protoset)
+            results: dict[tuple[str, str, int], dict] = {}
+            load_before = os.getloadavg()
+            # All servers run for the whole benchmark (idle ones cost nothing) and are
+            # measured back to back for each shape and concurrency, so that changes in
+            # the machine's load over time affect them alike.
+            kinds = args.servers.split(",")
+            ports = {kind: free_port() for kind in kinds}
+            procs = {}
+            try:
+                for kind in kinds:
+                    procs[kind] = start_server(kind, root, rs.url, ports[kind])
+                for shape in args.shapes.split(","):
+                    service, rows, _label = shapes[shape]
+                    data = root / f"request-{shape}.bin"
+                    data.write_bytes(
+                        json_format.Parse(
+                            request_json(service, rows, args.entities, args.wide_entities),
+                            online_service_pb2.GetOnlineFeaturesRequest(),
+                        ).SerializeToString()
+                    )
+                    for kind in kinds:
+                        drive(ports[kind], data, 4, 1.0)  # warm up
+                    for c in concurrencies:
+                        runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+                        for _ in range(args.repeat):
+                            for kind in kinds:
+                                runs[kind].append(drive(ports[kind], data, c, args.duration))
+                        for kind in kinds:
+                            r = {
+                                key: statistics.median(run[key] for run in runs[kind])
+                                for key in runs[kind][0]
+                            }
+                            results[(kind, shape, c)] = r
+                            print(
+                                f"{kind:<13} {shape} c={c:<3} qps={r['qps']:8.0f} "
+                                f"p50={r['p50']:7.2f} p99={r['p99']:7.2f} "
+                                f"p99.9={r['p999']:7.2f} ms errors={r['errors']} "
+                                f"loadgen_cpu={r['ghz_cpu']:.2f}",
+                                flush=True,
+                            )
+            finally:
+                for proc in procs.values():
+                    proc.terminate()
+                for proc in procs.values():
+                    proc.wait(30)
+            load_after = os.getloadavg()
+    print()
+    print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
+    print(f"load generator: {args.loadgen} (its CPU, in cores, is the 'loadgen CPU' column)")
+    print(
+        "| shape | c | server | QPS | p50 ms | p99 ms | p99.9 ms | loadgen CPU "
+        "| vs ideal (QPS, p50, p99) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        for c in concurrencies:
+            base = results.get(("ideal", shape, c))
+            for kind in args.servers.split(","):
+                r = results.get((kind, shape, c))
+                if r is None:
+                    continue
+                ratio = ""
+                if base and kind != "ideal":
+                    ratio = (
+                        f"{r['qps'] / base['qps']:.2f}x, {r['p50'] / base['p50']:.2f}x, "
+                        f"{r['p99'] / base['p99']:.2f}x"
+                    )
+                print(
+                    f"| {shape} | {c} | {kind} | {r['qps']:.0f} | {r['p50']:.2f} | "
+                    f"{r['p99']:.2f} | {r['p999']:.2f} | {r['ghz_cpu']:.2f} | {ratio} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
