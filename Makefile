@@ -49,8 +49,8 @@ lint: $(VENV)/.installed ## buf lint, buf breaking (against the previous commit)
 	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then \
 	  echo "buf breaking against HEAD~1"; cd protos && ../$(BIN)/buf breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
 	else echo "buf breaking: no previous commit with protos/, skipped"; fi
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 typecheck: $(VENV)/.installed ## mypy --strict on our Python code
 	$(BIN)/mypy server offline clients/python/skewless/client
