@@ -44,7 +44,7 @@ check-gen: gen ## Fail when the committed generated code differs from protos/
 	@git diff --exit-code -- $(GENERATED) && test -z "$$(git status --porcelain -- $(GENERATED))" \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
 
-lint: $(VENV)/.installed ## buf lint, buf breaking (against the previous commit), ruff
+lint: $(VENV)/.installed typecheck ## buf lint, buf breaking (against the previous commit), ruff, mypy
 	cd protos && ../$(BIN)/buf lint
 	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then \
 	  echo "buf breaking against HEAD~1"; cd protos && ../$(BIN)/buf breaking --against '../.git#ref=HEAD~1,subdir=protos'; \

@@ -287,7 +287,8 @@ class FileSource(_SourceBase):
                 "use a .parquet or .csv path or set format: parquet|csv"
             )
         proto = self._base_proto()
-        proto.file.CopyFrom(registry_pb2.FileSource(path=self.path, format=fmt))  # type: ignore[arg-type]
+        file_format = registry_pb2.FileFormat.ValueType(fmt)  # int at run time; the stubs' NewType
+        proto.file.CopyFrom(registry_pb2.FileSource(path=self.path, format=file_format))
         return proto
 
 
@@ -368,7 +369,9 @@ class Feature:
         """
         return registry_pb2.Feature(
             name=self.name,
-            value_type=_type_number(self.value_type, f"feature {self.name!r}"),  # type: ignore[arg-type]
+            value_type=types_pb2.ValueType.ValueType(
+                _type_number(self.value_type, f"feature {self.name!r}")
+            ),
             description=self.description,
             tags=dict(self.tags),
         )

@@ -199,7 +199,7 @@ def _compatible(sql_type: str, value_type: int) -> bool:
             VT.VALUE_TYPE_BYTES_LIST: VT.VALUE_TYPE_BYTES,
             VT.VALUE_TYPE_BOOL_LIST: VT.VALUE_TYPE_BOOL,
             VT.VALUE_TYPE_TIMESTAMP_LIST: VT.VALUE_TYPE_TIMESTAMP,
-        }.get(value_type)  # type: ignore[call-overload]
+        }.get(VT.ValueType(value_type))
         return element is not None and _compatible(base[:-2], element)
     if value_type in (VT.VALUE_TYPE_INT32, VT.VALUE_TYPE_INT64):
         return base in _INTS

@@ -80,7 +80,7 @@ def parse_value_type(name: str) -> int:
 
 def value_type_name(value_type: int) -> str:
     """Returns the short name of a value type (`INT64`)."""
-    return str(VT.Name(value_type)).removeprefix("VALUE_TYPE_")  # type: ignore[arg-type]
+    return str(VT.Name(VT.ValueType(value_type))).removeprefix("VALUE_TYPE_")
 
 
 def arrow_type(value_type: int) -> pa.DataType:

@@ -392,6 +392,7 @@ class _Validator:
     def _relation(self, source: FileSource) -> duckdb.DuckDBPyRelation:
         files = [str(p) for p in self.source_files[source.name]]
         if file_format_of(source.path, source.format) == registry_pb2.FILE_FORMAT_CSV:
+            # duckdb's stub types one path; read_csv takes a list of files at run time
             return self.con.read_csv(files, header=True)  # type: ignore[arg-type]
         return self.con.read_parquet(files)
 

@@ -122,7 +122,8 @@ def _timestamp_body(micros: pa.Array) -> pa.Array:
 
 def _encode_with_protobuf(column: pa.Array, value_type: int) -> pa.Array:
     """Fallback for list types: one `Value` message per row."""
-    field = types_pb2.ValueType.Name(value_type).removeprefix("VALUE_TYPE_").lower()  # type: ignore[arg-type]
+    number = types_pb2.ValueType.ValueType(value_type)  # int at run time; the stubs' NewType
+    field = types_pb2.ValueType.Name(number).removeprefix("VALUE_TYPE_").lower()
     name = {
         "int32_list": "int32_list_value",
         "int64_list": "int64_list_value",

@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.exceptions
@@ -295,12 +295,13 @@ def _frame_column(column: Sequence[bytes | None], *, all_set: bool = False) -> b
     """
     lengths = _SMALL_VARINTS
     if all_set:
-        sizes = set(map(len, column))  # type: ignore[arg-type]
+        present = cast("Sequence[bytes]", column)  # the caller's promise: no None
+        sizes = set(map(len, present))
         if len(sizes) == 1:
             size = sizes.pop()
             if size < 16384:
                 separator = _TAG_VALUES + lengths[size]
-                return separator + separator.join(column)  # type: ignore[arg-type]
+                return separator + separator.join(present)
     try:
         return b"".join(
             [_TAG_VALUES + lengths[len(v)] + v if v else _NULL_VALUE_FIELD for v in column]

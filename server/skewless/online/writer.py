@@ -339,6 +339,7 @@ class OnlineWriter:
                 batch = list(itertools.islice(commands, _CALLS_PER_PIPELINE))
                 if not batch:
                     break
+                # redis-py leaves Connection.send_packed_command and .disconnect unannotated
                 conn.send_packed_command(batch, check_health=False)  # type: ignore[no-untyped-call]
                 read(in_flight)
                 in_flight = len(batch)
@@ -348,7 +349,7 @@ class OnlineWriter:
                 return None
             return written
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]
+            conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             raise
         finally:
             pool.release(conn)

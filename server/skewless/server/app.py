@@ -49,12 +49,12 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def open_redis(config: RepoConfig) -> aioredis.Redis:
+def open_redis(config: RepoConfig) -> aioredis.Redis | aioredis.RedisCluster:
     """Opens the asyncio Redis client the servicers share (no I/O until first use)."""
     if config.redis_url is None:
         raise ValueError("config.redis_url must be set before the server is created")
     if config.redis_cluster:
-        return aioredis.RedisCluster.from_url(config.redis_url, socket_timeout=2.0)  # type: ignore[return-value]
+        return aioredis.RedisCluster.from_url(config.redis_url, socket_timeout=2.0)
     return aioredis.Redis.from_url(
         config.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
     )
@@ -95,7 +95,7 @@ class SkewlessServer:
                 asyncio.create_task(run_scheduler(self.ctx.config, self.ctx.registry))
             )
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+    async def _set_health(self, status: int) -> None:  # a HealthCheckResponse.ServingStatus
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 

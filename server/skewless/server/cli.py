@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from skewless.offline.config import RepoConfig, load_repo_config
 from skewless.offline.errors import SkewlessError
@@ -22,7 +23,7 @@ _log = logging.getLogger("skewless")
 
 def _config(args: argparse.Namespace) -> RepoConfig:
     config = load_repo_config(args.repo)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # RepoConfig field name -> new value
     if getattr(args, "port", None) is not None:
         changes["server_port"] = args.port
     if getattr(args, "host", None):
@@ -31,7 +32,7 @@ def _config(args: argparse.Namespace) -> RepoConfig:
         changes["redis_url"] = args.redis_url
     if getattr(args, "metrics_port", None) is not None:
         changes["metrics_port"] = args.metrics_port
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(config, **changes)
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

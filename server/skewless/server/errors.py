@@ -90,12 +90,14 @@ Self = TypeVar("Self")
 
 
 def grpc_errors(
-    method: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
     """Wraps a unary servicer method so that exceptions end the call with a rich status."""
 
     @functools.wraps(method)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
         try:
             return await method(self, request, context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
@@ -108,13 +110,14 @@ def grpc_errors(
 
 
 def grpc_stream_errors(
-    method: Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Resp]], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Resp]], AsyncIterator[Resp]]:
     """Wraps a server-streaming servicer method like `grpc_errors`."""
+    # Any: for a bidi method `Req` is the request stream, not the context's message type.
 
     @functools.wraps(method)
     async def wrapper(
-        self: Self, request: Req, context: grpc.aio.ServicerContext
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Resp]
     ) -> AsyncIterator[Resp]:
         try:
             async for item in method(self, request, context):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -246,7 +247,7 @@ def from_rpc_error(error: grpc.RpcError) -> SkewlessClientError:
     message: str = error.details() or ""
     details: list[any_pb2.Any] = []
     try:
-        status = rpc_status.from_call(error)
+        status = rpc_status.from_call(cast(grpc.Call, error))  # an RpcError from a stub is a Call
     except ValueError:  # the rich status disagrees with the plain one; keep the plain one
         status = None
     if status is not None:

@@ -70,7 +70,11 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
 
     @grpc_errors
     async def StartMaterialization(
-        self, request: pb.StartMaterializationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.StartMaterializationRequest,
+        context: grpc.aio.ServicerContext[
+            pb.StartMaterializationRequest, pb.StartMaterializationResponse
+        ],
     ) -> pb.StartMaterializationResponse:
         """Validates the request, locks the views and starts the job in a worker thread."""
         registry = self.ctx.registry.current
@@ -118,7 +122,11 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
 
     @grpc_errors
     async def GetMaterializationJob(
-        self, request: pb.GetMaterializationJobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetMaterializationJobRequest,
+        context: grpc.aio.ServicerContext[
+            pb.GetMaterializationJobRequest, pb.GetMaterializationJobResponse
+        ],
     ) -> pb.GetMaterializationJobResponse:
         """Returns one job; NOT_FOUND for an unknown ID."""
         if not request.job_id:
@@ -127,7 +135,11 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
 
     @grpc_errors
     async def ListMaterializationJobs(
-        self, request: pb.ListMaterializationJobsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListMaterializationJobsRequest,
+        context: grpc.aio.ServicerContext[
+            pb.ListMaterializationJobsRequest, pb.ListMaterializationJobsResponse
+        ],
     ) -> pb.ListMaterializationJobsResponse:
         """Lists jobs newest first, a page at a time."""
         records = self.jobs.list(request.feature_view)

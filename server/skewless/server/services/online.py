@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from typing import Any
 
 import grpc
 
@@ -52,7 +53,7 @@ class OnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
     async def GetOnlineFeatures(
         self,
         request: online_service_pb2.GetOnlineFeaturesRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[online_service_pb2.GetOnlineFeaturesRequest, Any],
     ) -> online_service_pb2.GetOnlineFeaturesResponse:
         """Returns the latest value, event time and status per feature and entity row."""
         return _Response.FromString(await self.get_online_features_bytes(request, context))
@@ -61,7 +62,7 @@ class OnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
     async def get_online_features_bytes(
         self,
         request: online_service_pb2.GetOnlineFeaturesRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[online_service_pb2.GetOnlineFeaturesRequest, Any],
     ) -> bytes:
         """Like `GetOnlineFeatures`, returning the serialized response."""
         started = time.perf_counter()
@@ -86,7 +87,11 @@ class OnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
 
     @grpc_errors
     async def PushFeatures(
-        self, request: online_service_pb2.PushFeaturesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: online_service_pb2.PushFeaturesRequest,
+        context: grpc.aio.ServicerContext[
+            online_service_pb2.PushFeaturesRequest, online_service_pb2.PushFeaturesResponse
+        ],
     ) -> online_service_pb2.PushFeaturesResponse:
         """Writes pushed rows; delegates to `skewless.server.services.push`."""
         started = time.perf_counter()
@@ -130,7 +135,7 @@ def add_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> No
     wire format is identical, without parsing the assembled response into a message.
     """
     service = online_service_pb2.DESCRIPTOR.services_by_name["OnlineService"].full_name
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "GetOnlineFeatures": grpc.unary_unary_rpc_method_handler(
             servicer.get_online_features_bytes,
             request_deserializer=online_service_pb2.GetOnlineFeaturesRequest.FromString,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
@@ -16,15 +16,23 @@ from skewless.v1 import registry_service_pb2 as pb
 
 __all__ = ["RegistryServicer"]
 
-T = TypeVar("T")
-Ctx: TypeAlias = grpc.aio.ServicerContext
+
+class _Named(Protocol):
+    """A registry message with a `name` field."""
+
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _find(items: Iterable[T], name: str, kind: str) -> T:
     if not name:
         raise InvalidArgumentError(f"name is required: the {kind}'s name", field="name")
     for item in items:
-        if item.name == name:  # type: ignore[attr-defined]
+        if item.name == name:
             return item
     raise NotFoundError(
         f"no {kind} named {name!r} in the registry; see the List RPCs for what exists",
