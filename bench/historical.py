@@ -13,9 +13,16 @@ label time and a label), then measures in one run, each side in its own processe
   on the same files into an Arrow table.
 
 Both results are compared (row count and a checksum of every feature column).
-Feast is not run here (see the issue note). Usage:
+
+With `--feast`, also Feast 0.67's `get_historical_features(...).to_arrow()` with its
+file offline store and its DuckDB offline store (`--feast-stores`), each in a child
+process of the Feast venv (`bench/.venv-feast`, see bench/README.md; the DuckDB store
+needs `feast[duckdb]`) over the same Parquet history and entity rows, on
+`--feast-rows` entity rows (default 100,000); skewless and bare DuckDB are then also
+run on those rows, for a like-for-like ratio. Usage:
 
     .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000]
+        [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
 """
 
 from __future__ import annotations
@@ -319,6 +326,160 @@ def child_bare(scale: float, rows: int) -> None:
     )
 
 
+# --------------------------------------------------------------------------- Feast
+
+FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
+
+# Run by the Feast venv's Python: registers the two views over the same history files,
+# then times get_historical_features(...).to_arrow() on the entity rows (read before).
+FEAST_SCRIPT = """
+import json, resource, sys, time
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+from feast.types import Float64, Int64
+
+repo, offline, entities_path = sys.argv[1], sys.argv[2], sys.argv[3]
+views = []
+for name, key, n, ttl in (("driver_stats", "driver_id", 10, timedelta(days=2)),
+                          ("customer_stats", "customer_id", 5, timedelta(days=7))):
+    entity = Entity(name=key.split("_")[0], join_keys=[key])
+    source = FileSource(name=name + "_src", path=f"{offline}/{name}/part-0.parquet",
+                        timestamp_field="event_timestamp",
+                        created_timestamp_column="created_timestamp")
+    views += [entity, FeatureView(
+        name=name, entities=[entity], ttl=ttl, source=source, online=False,
+        schema=[Field(name=f"f{i}", dtype=Int64 if i % 3 == 2 else Float64) for i in range(n)])]
+store = FeatureStore(repo_path=repo)
+store.apply(views)
+features = [f"driver_stats:f{i}" for i in range(10)] + [f"customer_stats:f{i}" for i in range(5)]
+entity_df = pq.read_table(entities_path).to_pandas()
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+cpu0 = time.process_time()
+start = time.perf_counter()
+table = store.get_historical_features(
+    entity_df=entity_df, features=features, full_feature_names=True).to_arrow()
+wall = time.perf_counter() - start
+cpu = time.process_time() - cpu0
+checksum = {}
+for name in [f.replace(":", "__") for f in features]:
+    col = table[name]
+    checksum[name] = round(float(pc.sum(pc.cast(col, pa.float64())).as_py() or 0.0), 3)
+    checksum[name + ":nulls"] = col.null_count
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rows": table.num_rows,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_mb": rss0, "checksum": checksum}))
+"""
+
+
+def run_feast(
+    python: str, scale: float, rows: int, store: str, timeout: float, max_gb: float = 0.0
+) -> dict:
+    """Feast in a child of its venv; `max_gb` caps its address space (a MemoryError then)."""
+    import shutil
+
+    offline = data_dir(scale) / "data" / "offline"
+    for view in ("driver_stats", "customer_stats"):
+        parts = list((offline / view).rglob("*.parquet"))
+        if parts != [offline / view / "part-0.parquet"]:
+            raise SystemExit(f"expected exactly part-0.parquet under {offline / view}")
+    repo = data_dir(scale) / f"feast_repo_{store}"
+    shutil.rmtree(repo, ignore_errors=True)
+    (repo / "data").mkdir(parents=True)
+    (repo / "feature_store.yaml").write_text(
+        "project: bench\nregistry: data/registry.db\nprovider: local\n"
+        f"offline_store:\n  type: {store}\n"
+        "online_store:\n  type: sqlite\n  path: data/online.db\n"
+        "entity_key_serialization_version: 3\n"
+    )
+    script = repo / "run_feast.py"
+    script.write_text(FEAST_SCRIPT)
+    args = [python, str(script), str(repo), str(offline), str(entity_path(scale, rows))]
+
+    def cap() -> None:
+        limit = int(max_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        proc = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            cwd=repo,
+            timeout=timeout,
+            preexec_fn=cap if max_gb else None,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Row count and per-feature null counts equal, sums within float rounding."""
+    if a["rows"] != b["rows"] or a["checksum"].keys() != b["checksum"].keys():
+        return False
+    for key, x in a["checksum"].items():
+        y = b["checksum"][key]
+        if key.endswith(":nulls") and x != y:
+            return False
+        if abs(x - y) > 1e-6 * max(1.0, abs(x), abs(y)):
+            return False
+    return True
+
+
+def report_feast(args: argparse.Namespace, ours: dict, bare: dict, feast: dict) -> None:
+    rows = args.feast_rows
+    print(f"\nFeast 0.67 comparison on {rows:,} entity rows (same history files, same rows)")
+    print(f"{'measure':<44}{'wall s':>9}{'CPU s':>9}{'peak RSS MB':>13}  rows / same result")
+    ours_cpu = ours["client_cpu_s"] + ours["server_cpu_s"]
+    print(
+        f"{'skewless end to end':<44}{ours['wall_s']:>9.2f}{ours_cpu:>9.2f}"
+        f"{ours['client_peak_rss_mb']:>13.0f}  {ours['rows']:,} (client; server "
+        f"{ours['server_peak_rss_mb']:.0f} MB)"
+    )
+    print(
+        f"{'bare DuckDB ASOF query':<44}{bare['wall_s']:>9.2f}{bare['cpu_s']:>9.2f}"
+        f"{bare['peak_rss_mb']:>13.0f}  {bare['rows']:,} / {_same(bare, ours)}"
+    )
+    for store, r in feast.items():
+        label = f"Feast get_historical_features ({store} store)"
+        if "error" in r:
+            print(f"{label:<44}  failed: {r['error']}")
+            continue
+        print(
+            f"{label:<44}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}{r['peak_rss_mb']:>13.0f}"
+            f"  {r['rows']:,} / {_same(r, ours)}"
+        )
+    for store, r in feast.items():
+        if "error" not in r:
+            speedup = r["wall_s"] / ours["wall_s"]
+            met = "met" if speedup >= 20 else "NOT met"
+            print(
+                f"Feast ({store}) / skewless wall: {speedup:.1f}x, CPU "
+                f"{r['cpu_s'] / ours_cpu:.1f}x (target >= 20x: {met})"
+            )
+    for store, r in feast.items():
+        if "error" not in r and not _same(r, ours):
+            nulls = {
+                k: (r["checksum"].get(k), v) for k, v in ours["checksum"].items() if ":nulls" in k
+            }
+            sums = [
+                k
+                for k, v in ours["checksum"].items()
+                if ":nulls" not in k and abs(r["checksum"].get(k, 0) - v) > 1e-6 * max(1, abs(v))
+            ]
+            print(
+                f"Feast ({store}) differs from skewless: {r['rows']:,} rows vs {ours['rows']:,}; "
+                f"null counts (Feast, skewless) {sorted(set(nulls.values()))}; "
+                f"feature sums that differ: {sums or 'none'}"
+            )
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -358,9 +519,24 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--feast", action="store_true", help="also run Feast 0.67")
+    parser.add_argument("--feast-rows", type=int, default=100_000)
+    parser.add_argument("--feast-stores", default="file,duckdb")
+    parser.add_argument("--feast-python", default=str(FEAST_PYTHON))
+    parser.add_argument("--feast-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--feast-max-gb",
+        type=float,
+        default=0.0,
+        help="cap Feast's address space (GB); its file store needs ~13 GB RSS at 1M rows",
+    )
     args = parser.parse_args()
     t = time.perf_counter()
     generate(args.scale, args.rows)
+    if args.feast:
+        if not Path(args.feast_python).exists():
+            raise SystemExit(f"no Feast venv at {args.feast_python}; see bench/README.md")
+        generate(args.scale, args.feast_rows)
     print(f"data ready in {time.perf_counter() - t:.1f}s under {data_dir(args.scale)}")
     ours, bare = [], []
     for _ in range(args.repeat):
@@ -394,6 +570,27 @@ def main() -> None:
     print(f"results identical (rows + per-feature sums and null counts): {same}")
     if not same:
         print("ours:", best_ours["checksum"], "\nbare:", best_bare["checksum"])
+    if args.feast:
+        if args.feast_rows == args.rows:
+            f_ours, f_bare = best_ours, best_bare
+        else:  # skewless and bare DuckDB on Feast's entity rows, for a like-for-like ratio
+            f_ours = min(
+                (run_skewless(args.scale, args.feast_rows) for _ in range(args.repeat)),
+                key=lambda r: r["wall_s"],
+            )
+            f_bare = _run_json(["_bare", str(args.scale), str(args.feast_rows)])
+        feast = {
+            store: run_feast(
+                args.feast_python,
+                args.scale,
+                args.feast_rows,
+                store,
+                args.feast_timeout,
+                args.feast_max_gb,
+            )
+            for store in args.feast_stores.split(",")
+        }
+        report_feast(args, f_ours, f_bare, feast)
 
 
 if __name__ == "__main__":

@@ -131,29 +131,50 @@ def make_registry() -> registry_pb2.Registry:
     )
 
 
-def load(url: str, entities: int, wide_entities: int) -> None:
+def load(
+    url: str, entities: int, wide_entities: int, collect: dict[str, dict] | None = None
+) -> int:
+    """Writes the views into skewless's Redis layout; returns their event time (us).
+
+    With `collect`, also keeps every value (view -> column -> list), for Feast's copy.
+    """
     client = redis.Redis.from_url(url)
-    ts = str(int(time.time() * 1_000_000)).encode()
+    ts_us = int(time.time() * 1_000_000)
+    ts = str(ts_us).encode()
     rng = random.Random(7)
 
-    def value(feature: str, i: int) -> bytes:
+    def value(feature: str) -> int | float:
         if feature.startswith("w") or (feature.startswith("d") and int(feature[1:]) % 2):
-            return types_pb2.Value(int64_value=rng.randrange(1 << 40)).SerializeToString()
-        return types_pb2.Value(double_value=rng.random()).SerializeToString()
+            return rng.randrange(1 << 40)
+        return rng.random()
+
+    def encode(v: int | float) -> bytes:
+        if isinstance(v, int):
+            return types_pb2.Value(int64_value=v).SerializeToString()
+        return types_pb2.Value(double_value=v).SerializeToString()
 
     for view, features, count in (
         ("driver_hourly", DRIVER_FEATURES, entities),
         ("customer_profile", CUSTOMER_FEATURES, entities),
         ("wide", WIDE_FEATURES, wide_entities),
     ):
+        columns = None
+        if collect is not None:
+            columns = collect.setdefault(view, {"id": [], **{f: [] for f in features}})
         pipe = client.pipeline(transaction=False)
         for i in range(count):
-            mapping = {b"_ts": ts, **{f.encode(): value(f, i) for f in features}}
+            row = {f: value(f) for f in features}
+            mapping = {b"_ts": ts, **{f.encode(): encode(v) for f, v in row.items()}}
             pipe.hset(f"{PROJECT}:{view}:{{{i}}}".encode(), mapping=mapping)
+            if columns is not None:
+                columns["id"].append(i)
+                for f, v in row.items():
+                    columns[f].append(v)
             if i % 200 == 199:
                 pipe.execute()
         pipe.execute()
     client.close()
+    return ts_us
 
 
 def request_json(service: str, rows: int, entities: int, wide_entities: int) -> str:
@@ -522,9 +543,230 @@ def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
     }
 
 
+# --- Feast's feature server ------------------------------------------------------------
+
+# Feast 0.67 from its own venv (see bench/README.md), a repo generated over Parquet copies
+# of the very values loaded above, materialized by `feast materialize` into a second Redis
+# (Feast's own key layout), served by `feast serve` (HTTP, gunicorn + uvicorn workers) and
+# driven by wrk (compiled C, `apt-get install wrk`) with the JSON body in a Lua script.
+FEAST_PYTHON = ROOT / "bench" / ".venv-feast" / "bin" / "python"
+WRK = os.environ.get("WRK", shutil.which("wrk") or "/usr/bin/wrk")
+
+FEAST_DEFINITIONS = """
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast.types import Float64, Int64
+
+DATA = Path(__file__).parent / "data"
+driver = Entity(name="driver", join_keys=["driver_id"])
+customer = Entity(name="customer", join_keys=["customer_id"])
+item = Entity(name="item", join_keys=["item_id"])
+
+
+def view(name, entity, fields):
+    source = FileSource(name=name + "_src", path=str(DATA / (name + ".parquet")),
+                        timestamp_field="event_timestamp")
+    return FeatureView(name=name, entities=[entity], ttl=timedelta(days=30), online=True,
+                       schema=[Field(name=n, dtype=t) for n, t in fields], source=source)
+
+
+driver_hourly = view("driver_hourly", driver,
+                     [(f"d{i}", Int64 if i % 2 else Float64) for i in range(10)])
+customer_profile = view("customer_profile", customer, [(f"c{i}", Float64) for i in range(5)])
+wide = view("wide", item, [(f"w{i}", Int64) for i in range(250)])
+driver_customer = FeatureService(name="driver_customer",
+                                 features=[driver_hourly, customer_profile])
+wide_service = FeatureService(name="wide", features=[wide])
+"""
+
+FEAST_KEYS = {"driver_hourly": "driver_id", "customer_profile": "customer_id", "wide": "item_id"}
+
+
+def feast_setup(python: Path, repo: Path, redis_url: str, ts_us: int, collect: dict) -> float:
+    """Writes the Feast repo and its Parquet, `feast apply`, `feast materialize`; secs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feast = str(python.parent / "feast")
+    (repo / "data").mkdir(parents=True, exist_ok=True)
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    (repo / "feature_store.yaml").write_text(
+        "project: bench\nregistry: data/registry.db\nprovider: local\n"
+        f"online_store:\n  type: redis\n  connection_string: '{host_port}'\n"
+        "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
+    )
+    (repo / "definitions.py").write_text(FEAST_DEFINITIONS)
+    for view, columns in collect.items():
+        n = len(columns["id"])
+        table = pa.table(
+            {
+                FEAST_KEYS[view]: pa.array(columns["id"], pa.int64()),
+                "event_timestamp": pa.array([ts_us] * n, pa.timestamp("us", tz="UTC")),
+                **{f: v for f, v in columns.items() if f != "id"},
+            }
+        )
+        pq.write_table(table, repo / "data" / f"{view}.parquet")
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_us / 1e6))
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_us / 1e6 - 86400))
+    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_us / 1e6 + 3600))
+    t0 = time.monotonic()
+    for cmd in (["apply"], ["materialize", start, end]):
+        proc = subprocess.run([feast, *cmd], cwd=repo, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"feast {cmd[0]} failed (data at {ts}):\n{proc.stderr[-3000:]}")
+    return time.monotonic() - t0
+
+
+def start_feast(python: Path, repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    """`feast serve` on 127.0.0.1, no access log, no periodic worker restarts."""
+    import urllib.request
+
+    args = [
+        str(python.parent / "feast"), "serve", "-h", "127.0.0.1", "-p", str(port),
+        "-w", str(workers), "--no-access-log", "--max-requests", "0",
+        "--registry_ttl_sec", "3600",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"feast serve -w {workers} did not start")
+        time.sleep(0.3)
+    time.sleep(1.0 if workers > 1 else 0.3)  # let every worker come up
+    return proc
+
+
+def stop_feast(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to gunicorn's master (its own session), which stops its workers."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def feast_body(skewless_json: str) -> str:
+    """The same request (same service, same entity keys) as Feast's JSON body."""
+    request = json.loads(skewless_json)
+    entities = {
+        key: [int(v["int64_value"]) for v in col["values"]]
+        for key, col in request["entities"].items()
+    }
+    return json.dumps({"feature_service": request["feature_service"], "entities": entities})
+
+
+_WRK_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"count": %%d, "duration_us": %%d, "errors": %%d, "p50": %%f, "p99": %%f, ' ..
+    '"p999": %%f}\\n', summary.requests - e.status, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000))
+end
+"""
+
+
+def check_feast(port: int, body: str) -> None:
+    """One request by hand: Feast must answer 200 with every value PRESENT."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/get-online-features",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        answer = json.loads(r.read())
+    statuses = {s for result in answer["results"] for s in result["statuses"]}
+    names = answer["metadata"]["feature_names"]
+    if statuses != {"PRESENT"}:
+        raise RuntimeError(f"feast answered statuses {statuses} for {names}")
+
+
+def wrk_load(port: int, body: Path, concurrency: int, duration: float) -> dict:
+    script = body.with_suffix(".lua")
+    if not script.exists():
+        script.write_text(_WRK_LUA % body.read_text())
+    args = [
+        WRK, "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration))}s",
+        "--timeout", "30s",
+        "-s", str(script), f"http://127.0.0.1:{port}/get-online-features",
+    ]  # fmt: skip
+    started, cpu_before = time.monotonic(), _children_cpu()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed: {proc.stdout} {proc.stderr}")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("WRKJSON "))
+    report = json.loads(line.removeprefix("WRKJSON "))
+    nan = float("nan")  # no request completed within the duration: no percentiles
+    return {
+        "qps": report["count"] / (report["duration_us"] / 1e6),
+        "p50": report["p50"] if report["count"] else nan,
+        "p99": report["p99"] if report["count"] else nan,
+        "p999": report["p999"] if report["count"] else nan,
+        "errors": report["errors"],
+        "ghz_cpu": (_children_cpu() - cpu_before) / wall,
+        "requests": report["count"],
+    }
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def print_feast_table(
+    results: dict[tuple[str, str, int], dict],
+    shapes: list[str],
+    concurrencies: list[int],
+    kinds: list[str],
+) -> None:
+    """skewless-N against feast-N (same number of worker processes), with the targets."""
+    print()
+    print("skewless vs Feast (same worker count); targets: QPS >= 5x Feast, p99 <= 1/5 of Feast's")
+    print(
+        "| shape | c | workers | skewless QPS | Feast QPS | QPS ratio | skewless p50/p99 ms "
+        "| Feast p50/p99 ms | p99 Feast/skewless | targets met |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        for c in concurrencies:
+            for kind in kinds:
+                if not kind.startswith("feast"):
+                    continue
+                n = kind.split("-")[1]
+                ours_kind = next(
+                    (k for k in (f"skewless-{n}", f"skewless-{n}raw") if k in kinds), None
+                )
+                f, o = results.get((kind, shape, c)), results.get((ours_kind or "", shape, c))
+                if not f or not o:
+                    continue
+                qps = o["qps"] / f["qps"] if f["qps"] else float("inf")
+                p99 = f["p99"] / o["p99"] if o["p99"] > 0 else float("inf")
+                met = "yes" if qps >= 5 and p99 >= 5 else "NO"
+                if not f["requests"]:
+                    met = "NO (no Feast request completed in the run)"
+                print(
+                    f"| {shape} | {c} | {n} | {o['qps']:.0f} | {f['qps']:.0f} | {qps:.1f}x | "
+                    f"{o['p50']:.2f} / {o['p99']:.2f} | {f['p50']:.2f} / {f['p99']:.2f} | "
+                    f"{p99:.1f}x | {met} |"
+                )
 
 
 def main() -> None:
@@ -553,6 +795,21 @@ def main() -> None:
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--raw-registration", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--feast",
+        action="store_true",
+        help="also run Feast 0.67's `feast serve` (HTTP, driven by wrk) on the same data",
+    )
+    parser.add_argument("--feast-python", default=str(FEAST_PYTHON))
+    parser.add_argument(
+        "--feast-duration",
+        type=float,
+        default=10.0,
+        help="seconds per Feast run (longer: its wide requests take seconds at c=32)",
+    )
+    parser.add_argument(
+        "--feast-workers", default="1,2", help="`feast serve -w N` servers to measure"
+    )
     args = parser.parse_args()
     if args.serve:
         root, url, port, n = args.serve
@@ -573,20 +830,38 @@ def main() -> None:
     if args.loadgen == "raw":
         build_loadgen()
 
-    def drive(port: int, data: Path, c: int, duration: float) -> dict:
+    feast_kinds = [f"feast-{n}" for n in args.feast_workers.split(",")] if args.feast else []
+    if feast_kinds and not Path(WRK).exists():
+        sys.exit("wrk not found: apt-get install -y wrk")
+    if feast_kinds and not Path(args.feast_python).exists():
+        sys.exit(f"no Feast venv at {args.feast_python}; see bench/README.md")
+
+    def drive(port: int, data: Path, c: int, duration: float, kind: str = "") -> dict:
+        if kind.startswith("feast"):
+            feast_duration = args.feast_duration if duration > 1.0 else duration
+            return wrk_load(port, data.with_suffix(".json"), c, feast_duration)
         if args.loadgen == "raw":
             return raw_load(port, data, c, duration)
         return ghz(port, protoset, data, c, duration)
 
     with tempfile.TemporaryDirectory(prefix="skewless-bench-") as tmp:
         root = Path(tmp)
+        feast_redis = EmbeddedRedis(root / "redis-feast", persist=False) if feast_kinds else None
         with EmbeddedRedis(root / "redis", persist=False) as rs:
             t0 = time.monotonic()
-            load(rs.url, args.entities, args.wide_entities)
+            collect: dict[str, dict] | None = {} if feast_kinds else None
+            ts_us = load(rs.url, args.entities, args.wide_entities, collect)
             print(
                 f"loaded {args.entities} drivers, {args.entities} customers, "
                 f"{args.wide_entities} wide entities in {time.monotonic() - t0:.1f}s"
             )
+            if feast_redis is not None and collect is not None:
+                feast_redis.start()
+                feast_repo = root / "feast_repo"
+                secs = feast_setup(
+                    Path(args.feast_python), feast_repo, feast_redis.url, ts_us, collect
+                )
+                print(f"feast apply + materialize (same values, own Redis) in {secs:.1f}s")
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
             RegistryStore(config.registry_path).save(make_registry())
             protoset = root / "online.protoset"
@@ -596,28 +871,38 @@ def main() -> None:
             # All servers run for the whole benchmark (idle ones cost nothing) and are
             # measured back to back for each shape and concurrency, so that changes in
             # the machine's load over time affect them alike.
-            kinds = args.servers.split(",")
+            kinds = args.servers.split(",") + feast_kinds
             ports = {kind: free_port() for kind in kinds}
             procs = {}
             try:
                 for kind in kinds:
-                    procs[kind] = start_server(kind, root, rs.url, ports[kind])
+                    if kind.startswith("feast"):
+                        workers = int(kind.split("-")[1])
+                        procs[kind] = start_feast(
+                            Path(args.feast_python), feast_repo, ports[kind], workers
+                        )
+                    else:
+                        procs[kind] = start_server(kind, root, rs.url, ports[kind])
                 for shape in args.shapes.split(","):
                     service, rows, _label = shapes[shape]
                     data = root / f"request-{shape}.bin"
+                    body = request_json(service, rows, args.entities, args.wide_entities)
                     data.write_bytes(
                         json_format.Parse(
-                            request_json(service, rows, args.entities, args.wide_entities),
-                            online_service_pb2.GetOnlineFeaturesRequest(),
+                            body, online_service_pb2.GetOnlineFeaturesRequest()
                         ).SerializeToString()
                     )
+                    if feast_kinds:  # the same request as Feast's JSON body
+                        data.with_suffix(".json").write_text(feast_body(body))
+                        for kind in feast_kinds:
+                            check_feast(ports[kind], feast_body(body))
                     for kind in kinds:
-                        drive(ports[kind], data, 4, 1.0)  # warm up
+                        drive(ports[kind], data, 4, 1.0, kind)  # warm up
                     for c in concurrencies:
                         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
                         for _ in range(args.repeat):
                             for kind in kinds:
-                                runs[kind].append(drive(ports[kind], data, c, args.duration))
+                                runs[kind].append(drive(ports[kind], data, c, args.duration, kind))
                         for kind in kinds:
                             r = {
                                 key: statistics.median(run[key] for run in runs[kind])
@@ -632,14 +917,22 @@ def main() -> None:
                                 flush=True,
                             )
             finally:
-                for proc in procs.values():
-                    proc.terminate()
-                for proc in procs.values():
-                    proc.wait(30)
+                for kind, proc in procs.items():
+                    if not kind.startswith("feast"):
+                        proc.terminate()
+                for kind, proc in procs.items():
+                    if kind.startswith("feast"):
+                        stop_feast(proc)
+                    else:
+                        proc.wait(30)
+                if feast_redis is not None:
+                    feast_redis.stop()
             load_after = os.getloadavg()
     print()
     print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
     print(f"load generator: {args.loadgen} (its CPU, in cores, is the 'loadgen CPU' column)")
+    if feast_kinds:
+        print("Feast rows: `feast serve` (HTTP/JSON) driven by wrk -t 1 (compiled C)")
     print(
         "| shape | c | server | QPS | p50 ms | p99 ms | p99.9 ms | loadgen CPU "
         "| vs ideal (QPS, p50, p99) |"
@@ -662,6 +955,8 @@ def main() -> None:
                     f"| {shape} | {c} | {kind} | {r['qps']:.0f} | {r['p50']:.2f} | "
                     f"{r['p99']:.2f} | {r['p999']:.2f} | {r['ghz_cpu']:.2f} | {ratio} |"
                 )
+    if feast_kinds:
+        print_feast_table(results, args.shapes.split(","), concurrencies, kinds)
 
 
 if __name__ == "__main__":
