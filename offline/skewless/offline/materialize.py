@@ -45,7 +45,8 @@ from skewless.offline.offline_store import (
     StagedFile,
     commit_window,
 )
-from skewless.offline.transform import ViewPlan, open_window, plan_view, quote_identifier
+from skewless.offline.sql import quote_identifier
+from skewless.offline.transform import ViewPlan, open_window, plan_view
 from skewless.online.writer import OnlineWriter, prepare_rows
 from skewless.v1 import registry_pb2
 

@@ -66,6 +66,7 @@ import pyarrow.compute as pc
 from skewless.offline.errors import InvalidArgumentError
 from skewless.offline.feature_refs import FeaturePlan, ViewPlan
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from skewless.offline.sql import quote_identifier
 from skewless.offline.types import KEY_TYPES, arrow_type, value_type_name, value_type_of_arrow
 from skewless.v1 import types_pb2
 
@@ -78,7 +79,6 @@ __all__ = [
     "label_time_range",
     "output_schema",
     "point_in_time_join",
-    "quote_identifier",
     "validate_entity_schema",
 ]
 
@@ -107,11 +107,6 @@ class ViewHistory:
 
     view: ViewPlan
     files: tuple[Path, ...]
-
-
-def quote_identifier(name: str) -> str:
-    """Quotes a name for use as a DuckDB identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _keys_compatible(declared: int, actual: int | None) -> bool:

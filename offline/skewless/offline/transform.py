@@ -29,6 +29,7 @@ import pyarrow as pa
 from skewless.offline.config import RepoConfig
 from skewless.offline.errors import DefinitionError, FailedPreconditionError, NotFoundError
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from skewless.offline.sql import quote_identifier
 from skewless.offline.types import arrow_type, duckdb_type, value_type_name
 from skewless.v1 import registry_pb2, types_pb2
 
@@ -39,7 +40,6 @@ __all__ = [
     "check_identifier",
     "open_window",
     "plan_view",
-    "quote_identifier",
 ]
 
 #: Rows per record batch streamed out of DuckDB.
@@ -80,11 +80,6 @@ def check_identifier(name: str, what: str) -> str:
             metadata={"name": name},
         )
     return name
-
-
-def quote_identifier(name: str) -> str:
-    """Quotes an identifier for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

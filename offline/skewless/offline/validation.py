@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from skewless.offline import sql
 from skewless.offline.definitions import (
     DataSource,
     Entity,
@@ -112,7 +113,7 @@ def quote_identifier(name: str) -> str:
     """
     if not is_identifier(name):
         raise ValueError(f"refusing to put {name!r} into SQL: not a validated identifier")
-    return f'"{name}"'
+    return sql.quote_identifier(name)
 
 
 def resolve_source_files(root: Path, path: str) -> list[Path]:
