@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,12 +17,14 @@ import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, unknown_fields
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from skewless.client import Client
 from skewless.client import errors as client_errors
+from skewless.client import historical as historical_client
 from skewless.client.historical import get_historical_features, iter_historical_batches
 from skewless.offline.config import RepoConfig
 from skewless.offline.feature_refs import resolve_feature_service
@@ -34,7 +39,12 @@ from skewless.offline.point_in_time import ViewHistory, point_in_time_join
 from skewless.offline.registry_store import RegistryStore
 from skewless.server.app import SkewlessServer, create_server
 from skewless.server.services import historical as historical_service
-from skewless.v1 import registry_pb2, types_pb2
+from skewless.v1 import historical_service_pb2, registry_pb2, types_pb2
+
+try:
+    from .client_harness import GRPCURL
+except ImportError:
+    from client_harness import GRPCURL  # type: ignore[no-redef]
 
 VT = types_pb2.ValueType
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -526,3 +536,200 @@ def test_cancel_while_the_query_runs(served: Served, join_spy: JoinSpy) -> None:
     stream.close()
     _assert_released(join_spy)
     assert len(join_spy.produced) <= 1
+
+
+# --- the wire format of the pre-serialized responses ------------------------------------
+
+_METHOD = "/skewless.v1.HistoricalService/GetHistoricalFeatures"
+
+
+def _raw_responses(
+    channel: grpc.Channel, rows: pa.Table, **query: Any
+) -> tuple[list[bytes], pa.Schema]:
+    """Calls GetHistoricalFeatures without the skewless client: the responses' raw bytes."""
+    requests = [
+        historical_service_pb2.GetHistoricalFeaturesRequest(
+            query=historical_service_pb2.HistoricalQuery(
+                feature_service="model", inline=historical_service_pb2.InlineEntityRows(), **query
+            )
+        ),
+        historical_service_pb2.GetHistoricalFeaturesRequest(
+            arrow_schema=historical_service_pb2.ArrowSchema(
+                serialized_schema=rows.schema.serialize().to_pybytes()
+            ),
+            entity_batch=historical_service_pb2.ArrowRecordBatch(
+                serialized_record_batch=rows.combine_chunks()
+                .to_batches()[0]
+                .serialize()
+                .to_pybytes(),
+                row_count=rows.num_rows,
+            ),
+        ),
+    ]
+    call = channel.stream_stream(
+        _METHOD,
+        request_serializer=historical_service_pb2.GetHistoricalFeaturesRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    raw = list(call(iter(requests), timeout=30))
+    first = historical_service_pb2.GetHistoricalFeaturesResponse.FromString(raw[0])
+    assert first.HasField("arrow_schema")
+    assert not first.HasField("arrow_record_batch")
+    return raw[1:], pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
+
+
+@pytest.mark.parametrize(
+    ("compression", "batch_size"),
+    [
+        (historical_service_pb2.ARROW_COMPRESSION_UNSPECIFIED, 0),
+        (historical_service_pb2.ARROW_COMPRESSION_NONE, 700),
+        (historical_service_pb2.ARROW_COMPRESSION_LZ4_FRAME, 0),
+        (historical_service_pb2.ARROW_COMPRESSION_ZSTD, 1000),
+    ],
+)
+def test_generated_message_class_parses_the_pre_serialized_responses(
+    served: Served, compression: int, batch_size: int
+) -> None:
+    rows = entity_rows(3000)
+    raw, schema = _raw_responses(
+        served.channel, rows, compression=compression, batch_size=batch_size
+    )
+    batches = []
+    for data in raw:
+        message = historical_service_pb2.GetHistoricalFeaturesResponse.FromString(data)
+        assert message.HasField("arrow_record_batch")
+        assert not message.HasField("arrow_schema")
+        assert message.ListFields()[0][0].name == "arrow_record_batch"
+        assert len(message.ListFields()) == 1
+        assert len(unknown_fields.UnknownFieldSet(message.arrow_record_batch)) == 0
+        batch = pa.ipc.read_record_batch(
+            pa.py_buffer(message.arrow_record_batch.serialized_record_batch), schema
+        )
+        assert batch.num_rows == message.arrow_record_batch.row_count
+        # Re-serialized by the generated code, the message reads back the same.
+        again = historical_service_pb2.GetHistoricalFeaturesResponse.FromString(
+            message.SerializeToString()
+        )
+        assert again == message
+        batches.append(batch)
+    if batch_size:
+        assert [b.num_rows for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    table = pa.Table.from_batches(batches, schema=schema)
+    assert table.equals(expected(served.config, rows))
+    client = get_historical_features(
+        served.channel, rows, feature_service="model", result_batch_rows=batch_size
+    )
+    assert client.equals(table)
+
+
+def test_record_batch_responses_keep_the_ipc_message_8_byte_aligned(served: Served) -> None:
+    raw, schema = _raw_responses(served.channel, entity_rows(2000), batch_size=500)
+    assert len(raw) == 4
+    for data in raw:
+        message = historical_service_pb2.GetHistoricalFeaturesResponse.FromString(data)
+        ipc = message.arrow_record_batch.serialized_record_batch
+        # The IPC message sits in the response after a 16-byte header, so a client can
+        # read its columns in place at their natural alignment.
+        assert data.index(ipc) == 16
+        assert len(data) == 16 + len(ipc)
+        in_place = historical_client._read_batch(data, schema)
+        assert in_place.equals(pa.ipc.read_record_batch(pa.py_buffer(ipc), schema))
+        received = pa.py_buffer(data)
+        if received.address % 8 == 0:  # then the client reads the columns without a copy
+            values = in_place.column("rating").buffers()[1]
+            assert received.address < values.address < received.address + len(data)
+
+
+def test_client_reads_canonical_and_merged_encodings() -> None:
+    """Any valid encoding of a response reads the same (e.g. from another server)."""
+    batch = entity_rows(100).to_batches()[0]
+    ipc = batch.serialize().to_pybytes()
+    canonical = historical_service_pb2.GetHistoricalFeaturesResponse(
+        arrow_record_batch=historical_service_pb2.ArrowRecordBatch(
+            serialized_record_batch=ipc, row_count=100
+        )
+    ).SerializeToString()
+    # The same message in pieces: row_count first in its own occurrence of field 2,
+    # an unknown field 9, then the bytes (embedded messages merge across occurrences).
+    rows_first = historical_service_pb2.GetHistoricalFeaturesResponse(
+        arrow_record_batch=historical_service_pb2.ArrowRecordBatch(row_count=100)
+    ).SerializeToString()
+    unknown = b"\x48\x07"  # field 9, varint 7
+    bytes_only = historical_service_pb2.GetHistoricalFeaturesResponse(
+        arrow_record_batch=historical_service_pb2.ArrowRecordBatch(serialized_record_batch=ipc)
+    ).SerializeToString()
+    merged = rows_first + unknown + bytes_only
+    for data in (canonical, merged):
+        assert historical_client._read_batch(data, batch.schema).equals(batch)
+    with pytest.raises(RuntimeError, match="row_count=7"):
+        historical_client._read_batch(canonical + b"\x12\x02\x10\x07", batch.schema)
+    with pytest.raises(DecodeError):  # truncated: the generated parser reports it
+        historical_client._read_batch(canonical[:-50], batch.schema)
+
+
+@pytest.mark.skipif(not GRPCURL.exists(), reason=f"grpcurl is not installed at {GRPCURL}")
+def test_grpcurl_parses_the_pre_serialized_responses(served: Served) -> None:
+    """Go's protobuf (in grpcurl, through reflection) reads the responses as sent."""
+    rows = entity_rows(400)
+    pq.write_table(rows, served.config.root / "labels.parquet")
+    body = json.dumps(
+        {"query": {"featureService": "model", "path": "labels.parquet", "batchSize": 100}}
+    )
+    result = subprocess.run(
+        [
+            *(str(GRPCURL), "-plaintext", "-max-time", "20", "-d", body),
+            *(f"127.0.0.1:{served.port}", _METHOD.lstrip("/")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    decoder = json.JSONDecoder()
+    messages, pos, text = [], 0, result.stdout.strip()
+    while pos < len(text):
+        message, pos = decoder.raw_decode(text, pos)
+        messages.append(message)
+        pos = len(text) - len(text[pos:].lstrip())
+    assert len(messages) == 5  # the schema, then 4 batches of 100 rows
+    schema = pa.ipc.read_schema(
+        pa.py_buffer(base64.b64decode(messages[0]["arrow_schema"]["serialized_schema"]))
+    )
+    batches = []
+    for message in messages[1:]:
+        part = message["arrow_record_batch"]  # grpcurl prints the proto field names
+        batch = pa.ipc.read_record_batch(
+            pa.py_buffer(base64.b64decode(part["serialized_record_batch"])), schema
+        )
+        assert int(part["row_count"]) == batch.num_rows
+        batches.append(batch)
+    assert pa.Table.from_batches(batches, schema=schema).equals(expected(served.config, rows))
+
+
+def test_generated_message_class_parses_the_client_requests() -> None:
+    rows = entity_rows(1000)
+    query = historical_service_pb2.HistoricalQuery(feature_service="model")
+    requests = [
+        historical_service_pb2.GetHistoricalFeaturesRequest.FromString(data)
+        for data in historical_client._requests(query, rows.to_reader(), 300, threading.Event())
+    ]
+    assert requests[0] == historical_service_pb2.GetHistoricalFeaturesRequest(query=query)
+    assert [r.HasField("arrow_schema") for r in requests[1:]] == [True, False, False, False]
+    schema = pa.ipc.read_schema(pa.py_buffer(requests[1].arrow_schema.serialized_schema))
+    assert schema.equals(rows.schema)
+    batches = []
+    for request in requests[1:]:
+        assert not request.HasField("query")
+        message = request.entity_batch
+        batch = pa.ipc.read_record_batch(pa.py_buffer(message.serialized_record_batch), schema)
+        assert batch.num_rows == message.row_count
+        batches.append(batch)
+    assert [b.num_rows for b in batches] == [300, 300, 300, 100]
+    assert pa.Table.from_batches(batches).equals(rows)
+    # No entity rows at all: the schema still goes out, alone.
+    empty = list(
+        historical_client._requests(query, rows.slice(0, 0).to_reader(), 300, threading.Event())
+    )
+    assert len(empty) == 2
+    only = historical_service_pb2.GetHistoricalFeaturesRequest.FromString(empty[1])
+    assert only.HasField("arrow_schema") and not only.HasField("entity_batch")

@@ -16,13 +16,12 @@ from skewless.offline.config import RepoConfig
 from skewless.offline.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
-from skewless.server.services.historical import HistoricalServicer
+from skewless.server.services.historical import HistoricalServicer, add_historical_servicer
 from skewless.server.services.materialization import MaterializationServicer
 from skewless.server.services.online import OnlineServicer, add_online_servicer
 from skewless.server.services.registry import RegistryServicer
 from skewless.v1 import (
     historical_service_pb2,
-    historical_service_pb2_grpc,
     materialization_service_pb2,
     materialization_service_pb2_grpc,
     online_service_pb2,
@@ -154,9 +153,8 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(ctx), server)
     online = OnlineServicer(ctx)
     add_online_servicer(online, server)  # GetOnlineFeatures sends pre-serialized bytes
-    historical_service_pb2_grpc.add_HistoricalServiceServicer_to_server(
-        HistoricalServicer(ctx), server
-    )
+    # GetHistoricalFeatures sends pre-serialized bytes
+    add_historical_servicer(HistoricalServicer(ctx), server)
     materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server(
         MaterializationServicer(ctx), server
     )

@@ -8,6 +8,11 @@ Arrow stream, or a path string that the server reads itself (Parquet or CSV, a g
 fine) so that large inputs never cross the wire. Inline rows are uploaded as a stream
 of record batches while the server validates them.
 
+Requests and responses skip the message classes: each entity batch request is written in
+the protobuf wire format around the batch's IPC message (its columns copied once), and
+each response arrives as raw bytes in which the record batch is located by its protobuf
+framing, so that Arrow reads the columns in place.
+
 These functions raise `grpc.RpcError` unchanged; `skewless.client.Client` calls them and
 turns failures into the typed exceptions of `skewless.client.errors`.
 """
@@ -23,7 +28,7 @@ import grpc
 import pyarrow as pa
 
 from skewless.v1 import historical_service_pb2 as pb
-from skewless.v1 import historical_service_pb2_grpc, types_pb2
+from skewless.v1 import types_pb2
 
 __all__ = [
     "DEFAULT_UPLOAD_ROWS",
@@ -36,6 +41,9 @@ __all__ = [
 DEFAULT_UPLOAD_ROWS = 65_536
 #: Uploaded batches are cut to stay under this size (the server accepts 64 MiB).
 _UPLOAD_BYTES = 8 * 1024 * 1024
+
+#: The full method name, called with raw response bytes (no response deserializer).
+_METHOD = "/skewless.v1.HistoricalService/GetHistoricalFeatures"
 
 _COMPRESSION = {
     None: pb.ARROW_COMPRESSION_UNSPECIFIED,
@@ -104,31 +112,171 @@ def _upload_batches(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[p
             yield batch.slice(start, rows)
 
 
+class _IpcParts:
+    """A file-like sink keeping what an IPC writer hands it (body buffers uncopied)."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.parts.append(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> tuple[list[Any], int]:
+        parts, size = self.parts, self.size
+        self.parts, self.size = [], 0
+        return parts, size
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _entity_batch_request(prefix: bytes, parts: list[Any], size: int, rows: int) -> bytes:
+    """A serialized request: `prefix` (other fields), then `entity_batch` (field 3).
+
+    Written directly in the wire format, so that the batch's columns are copied once,
+    into the request bytes, rather than into an IPC buffer, bytes, a message and its
+    serialization.
+    """
+    trailer = b"\x10" + _encode_varint(rows)  # row_count (2, varint)
+    inner = 1 + len(_encode_varint(size)) + size + len(trailer)
+    header = b"\x1a" + _encode_varint(inner) + b"\x0a" + _encode_varint(size)
+    return b"".join((prefix, header, *parts, trailer))
+
+
 def _requests(
     query: pb.HistoricalQuery,
     reader: pa.RecordBatchReader | None,
     batch_rows: int,
     stop: threading.Event,
-) -> Iterator[pb.GetHistoricalFeaturesRequest]:
-    yield pb.GetHistoricalFeaturesRequest(query=query)
+) -> Iterator[bytes]:
+    """The serialized requests: the query, then the entity batches with the schema."""
+    yield pb.GetHistoricalFeaturesRequest(query=query).SerializeToString()
     if reader is None:
         return
-    schema = pb.ArrowSchema(serialized_schema=_plain(reader.schema).serialize().to_pybytes())
-    sent_schema = False
+    plain = _plain(reader.schema)
+    schema = pb.GetHistoricalFeaturesRequest(
+        arrow_schema=pb.ArrowSchema(serialized_schema=plain.serialize().to_pybytes())
+    ).SerializeToString()
+    sink = _IpcParts()
+    writer = pa.ipc.new_stream(sink, plain)
+    # The writer emits the schema with its first batch: flush both with an empty batch,
+    # so that every later write is exactly one record batch message.
+    writer.write_batch(pa.RecordBatch.from_pylist([], schema=plain))
+    sink.take()
+    prefix = schema
     for batch in _upload_batches(reader, batch_rows):
         if stop.is_set():
             return
-        request = pb.GetHistoricalFeaturesRequest(
-            entity_batch=pb.ArrowRecordBatch(
-                serialized_record_batch=batch.serialize().to_pybytes(), row_count=batch.num_rows
-            )
-        )
-        if not sent_schema:
-            request.arrow_schema.CopyFrom(schema)
-            sent_schema = True
-        yield request
-    if not sent_schema:
-        yield pb.GetHistoricalFeaturesRequest(arrow_schema=schema)
+        writer.write_batch(batch)
+        parts, size = sink.take()
+        yield _entity_batch_request(prefix, parts, size, batch.num_rows)
+        prefix = b""
+    if prefix:
+        yield schema
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decodes the protobuf varint at `pos`; returns it and the position after it."""
+    value = shift = 0
+    while shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("malformed varint")
+
+
+def _skip(data: bytes, pos: int, wire_type: int) -> int:
+    """The position after a field's value of `wire_type` starting at `pos`."""
+    if wire_type == 0:
+        return _varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 2:
+        size, pos = _varint(data, pos)
+        return pos + size
+    if wire_type == 5:
+        return pos + 4
+    raise ValueError(f"unsupported wire type {wire_type}")
+
+
+def _record_batch_span(data: bytes) -> tuple[int, int, int] | None:
+    """Where a serialized `GetHistoricalFeaturesResponse` holds its record batch.
+
+    Returns (start, end, row_count) of `arrow_record_batch.serialized_record_batch`
+    within `data`, or None when the response carries no record batch. Repeated
+    occurrences merge as the protobuf rules say (the last value of a field wins).
+    """
+    span: tuple[int, int, int] | None = None
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        if key != 0x12:  # not field 2 (arrow_record_batch), length-delimited
+            pos = _skip(data, pos, key & 7)
+            continue
+        size, pos = _varint(data, pos)
+        stop = pos + size
+        start, finish, rows = span or (0, 0, 0)
+        while pos < stop:
+            key, pos = _varint(data, pos)
+            if key == 0x0A:  # serialized_record_batch
+                size, pos = _varint(data, pos)
+                start, finish = pos, pos + size
+                pos = finish
+            elif key == 0x10:  # row_count
+                rows, pos = _varint(data, pos)
+            else:
+                pos = _skip(data, pos, key & 7)
+        if pos != stop:
+            raise ValueError("malformed arrow_record_batch")
+        span = (start, finish, rows)
+    if pos != end:
+        raise ValueError("truncated response")
+    return span
+
+
+def _read_batch(data: bytes, schema: pa.Schema) -> pa.RecordBatch:
+    """Reads the record batch of a serialized response, in place when aligned."""
+    try:
+        span = _record_batch_span(data)
+    except (IndexError, ValueError):  # let the generated parser say what is wrong
+        message = pb.GetHistoricalFeaturesResponse.FromString(data).arrow_record_batch
+        span = None
+        if message.serialized_record_batch:
+            data = message.serialized_record_batch
+            span = (0, len(data), message.row_count)
+    if span is None:
+        raise RuntimeError("a response after the schema carried no arrow_record_batch")
+    start, end, rows = span
+    buffer = pa.py_buffer(data).slice(start, end - start)
+    if buffer.address % 8:  # Arrow expects 8-byte aligned columns: copy this one
+        buffer = pa.py_buffer(data[start:end])
+    batch = pa.ipc.read_record_batch(buffer, schema)
+    if batch.num_rows != rows:
+        raise RuntimeError(f"a response says row_count={rows} but holds {batch.num_rows} rows")
+    return batch
 
 
 class HistoricalBatches(Iterator[pa.RecordBatch]):
@@ -139,7 +287,7 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
     """
 
     def __init__(self, responses: Any, stop: threading.Event, progress: Any = None) -> None:
-        self._responses = responses
+        self._responses = responses  # serialized GetHistoricalFeaturesResponse messages
         self._stop = stop
         self._progress = progress
         self._schema: pa.Schema | None = None
@@ -149,7 +297,8 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
     def schema(self) -> pa.Schema:
         """The result schema (entity row columns, then the features); waits for it."""
         if self._schema is None:
-            first = next(self._responses, None)
+            data = next(self._responses, None)
+            first = None if data is None else pb.GetHistoricalFeaturesResponse.FromString(data)
             if first is None or not first.HasField("arrow_schema"):
                 self.close()
                 raise RuntimeError("the server's first response carried no arrow_schema")
@@ -164,12 +313,11 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
         if self._done:
             raise StopIteration
         try:
-            response = next(self._responses)
+            data = next(self._responses)
         except StopIteration:
             self._finish()
             raise
-        message = response.arrow_record_batch
-        batch = pa.ipc.read_record_batch(pa.py_buffer(message.serialized_record_batch), schema)
+        batch = _read_batch(data, schema)
         if self._progress is not None:
             self._progress.update(batch.num_rows)
         return batch
@@ -280,8 +428,12 @@ def iter_historical_batches(
         total = _row_count(entity_rows)
         query.inline.SetInParent()
     stop = threading.Event()
-    stub = historical_service_pb2_grpc.HistoricalServiceStub(channel)
-    responses = stub.GetHistoricalFeatures(
+    call = channel.stream_stream(
+        _METHOD,
+        request_serializer=_identity,  # `_requests` serializes them
+        response_deserializer=None,  # raw bytes: batches are read from them in place
+    )
+    responses = call(
         _requests(query, reader, batch_rows, stop), timeout=timeout, metadata=tuple(metadata)
     )
     return HistoricalBatches(responses, stop, _progress_bar(progress, total))

@@ -8,6 +8,11 @@ DuckDB. The join runs in worker threads; the response stream carries the schema 
 then one record batch per response, pulled from the join only as fast as gRPC sends
 them (flow control), so the server holds the result a few batches at a time. When the
 client cancels, the DuckDB query is interrupted and its memory released.
+
+Responses go to the wire as pre-serialized bytes (registered by `add_historical_servicer`
+with an identity serializer): each record batch response is written directly in the
+protobuf wire format around the IPC message, whose column buffers are copied once, into
+the response bytes, instead of into an IPC buffer, a message and its serialization.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +50,13 @@ from skewless.server.context import ServerContext
 from skewless.server.errors import grpc_stream_errors
 from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc, registry_pb2
 
-__all__ = ["JOIN_MEMORY_LIMIT", "MAX_BATCH_ROWS", "SOFT_MESSAGE_BYTES", "HistoricalServicer"]
+__all__ = [
+    "JOIN_MEMORY_LIMIT",
+    "MAX_BATCH_ROWS",
+    "SOFT_MESSAGE_BYTES",
+    "HistoricalServicer",
+    "add_historical_servicer",
+]
 
 _log = logging.getLogger(__name__)
 _pb = historical_service_pb2
@@ -72,14 +83,20 @@ _WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="historical")
 
 
 class _Chunks:
-    """A file-like sink that hands back what was written since the last `take`."""
+    """A file-like sink that keeps what the IPC writer hands it, without copying.
+
+    The writer passes each body buffer as a `pa.Buffer` over the batch's own memory (and
+    the metadata and padding as small `bytes`), so holding the parts copies nothing.
+    """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[Any] = []
+        self.size = 0
         self.closed = False
 
     def write(self, data: Any) -> int:
-        self.parts.append(bytes(data))
+        self.parts.append(data)
+        self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
@@ -88,14 +105,69 @@ class _Chunks:
     def close(self) -> None:
         self.closed = True
 
-    def take(self) -> bytes:
-        data = b"".join(self.parts)
-        self.parts.clear()
-        return data
+    def take(self) -> tuple[list[Any], int]:
+        parts, size = self.parts, self.size
+        self.parts, self.size = [], 0
+        return parts, size
+
+
+def _varint(value: int, width: int = 0) -> bytes:
+    """`value` as a protobuf varint, padded to `width` bytes with continuation bytes.
+
+    Protobuf parsers accept varints longer than needed: up to 10 bytes for values and,
+    in upb (Python), up to 5 bytes for lengths.
+    """
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value or len(out) + 1 < width:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+#: Tags of `GetHistoricalFeaturesResponse.arrow_record_batch` (field 2, length-delimited)
+#: and of `ArrowRecordBatch.row_count` (2, varint) and `.serialized_record_batch` (1,
+#: length-delimited).
+_TAG_RECORD_BATCH = b"\x12"
+_TAG_ROW_COUNT = b"\x10"
+_TAG_SERIALIZED = b"\x0a"
+#: The header before the IPC message is 16 bytes: the tags, both lengths as 5-byte
+#: varints and the row count as a 3-byte one (`MAX_BATCH_ROWS` < 2**21). The IPC message
+#: (whose buffers are 8-byte aligned within it) then starts 8-byte aligned in the
+#: received bytes, and the client reads the columns in place.
+_HEADER_BYTES = 16
+_LENGTH_WIDTH = 5
+_ROWS_WIDTH = 3
+
+
+def record_batch_response(parts: Sequence[Any], ipc_size: int, row_count: int) -> bytes:
+    """A serialized `GetHistoricalFeaturesResponse` carrying one IPC record batch message.
+
+    Args:
+        parts: The IPC message as consecutive buffers (anything `bytes.join` takes).
+        ipc_size: Their total length.
+        row_count: The batch's row count.
+
+    Returns:
+        The message's wire bytes, copying `parts` once: `arrow_record_batch` with
+        `row_count` then `serialized_record_batch` (any field order is valid protobuf),
+        behind a 16-byte header.
+
+    """
+    rows = _varint(row_count, _ROWS_WIDTH)
+    size = _varint(ipc_size, _LENGTH_WIDTH)
+    inner = _varint(len(_TAG_ROW_COUNT + rows + _TAG_SERIALIZED + size) + ipc_size, _LENGTH_WIDTH)
+    header = _TAG_RECORD_BATCH + inner + _TAG_ROW_COUNT + rows + _TAG_SERIALIZED + size
+    if len(header) != _HEADER_BYTES:  # a row count past 2**21 or a message past 32 GiB
+        raise ValueError(f"cannot frame a batch of {row_count} rows and {ipc_size} bytes")
+    return b"".join((header, *parts))
 
 
 class _BatchEncoder:
-    """Encodes record batches as IPC messages with the query's compression."""
+    """Encodes record batches as serialized responses, with the query's compression."""
 
     def __init__(self, schema: pa.Schema, compression: str | None) -> None:
         self.sink = _Chunks()
@@ -108,7 +180,8 @@ class _BatchEncoder:
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
         self.writer.write_batch(batch)
-        return self.sink.take()
+        parts, size = self.sink.take()
+        return record_batch_response(parts, size, batch.num_rows)
 
 
 def _plan(registry: registry_pb2.Registry, query: _pb.HistoricalQuery) -> FeaturePlan:
@@ -343,13 +416,22 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
             histories.append(ViewHistory(view, tuple(files)))
         return histories
 
-    @grpc_stream_errors
     async def GetHistoricalFeatures(
         self,
         request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[_pb.GetHistoricalFeaturesResponse]:
         """Streams the point-in-time join of the client's entity rows (see the proto)."""
+        async for data in self.get_historical_features_bytes(request_iterator, context):
+            yield _pb.GetHistoricalFeaturesResponse.FromString(data)
+
+    @grpc_stream_errors
+    async def get_historical_features_bytes(
+        self,
+        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        """Like `GetHistoricalFeatures`, yielding each response serialized."""
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or not first.HasField("query"):
@@ -435,25 +517,20 @@ class _Running:
 
 async def _stream(
     running: _Running, compression: str | None, *, split: bool
-) -> AsyncIterator[_pb.GetHistoricalFeaturesResponse]:
-    """Yields the schema, then one response per batch; releases the join on exit."""
+) -> AsyncIterator[bytes]:
+    """Yields the serialized schema response, then one per batch; releases the join on exit."""
     join = running.join
     try:
         encoder = _BatchEncoder(join.schema, compression)
         yield _pb.GetHistoricalFeaturesResponse(
             arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes())
-        )
+        ).SerializeToString()
         while True:
             batch = await running.run(running.next_batch)
             if batch is None:
                 break
             for part in _split(batch) if split else (batch,):
-                data = await running.run(functools.partial(encoder.encode, part))
-                yield _pb.GetHistoricalFeaturesResponse(
-                    arrow_record_batch=_pb.ArrowRecordBatch(
-                        serialized_record_batch=data, row_count=part.num_rows
-                    )
-                )
+                yield await running.run(functools.partial(encoder.encode, part))
     finally:
         running.release()
 
@@ -469,3 +546,24 @@ def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
 def _close_quietly(join: PointInTimeJoin) -> None:
     with contextlib.suppress(Exception):
         join.close()
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def add_historical_servicer(servicer: HistoricalServicer, server: grpc.aio.Server) -> None:
+    """Registers `HistoricalService` so that its responses go out as pre-serialized bytes.
+
+    Use instead of `historical_service_pb2_grpc.add_HistoricalServiceServicer_to_server`:
+    the wire format is the same, without building and serializing a message per batch.
+    """
+    service = _pb.DESCRIPTOR.services_by_name["HistoricalService"].full_name
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetHistoricalFeatures": grpc.stream_stream_rpc_method_handler(
+            servicer.get_historical_features_bytes,
+            request_deserializer=_pb.GetHistoricalFeaturesRequest.FromString,
+            response_serializer=_identity,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
