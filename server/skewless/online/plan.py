@@ -119,6 +119,10 @@ class LookupPlan:
         lookups: One entry per feature view read.
         outputs: One entry per feature returned, in response order.
         join_keys: Every join key the request must provide, with its type.
+        int64_keys: When every key set is one INT64 join key, those join keys in
+            `key_sets` order (the common case, encoded without the general checks).
+        single_layout: `outputs` flattened for one-row responses: per feature, its
+            lookup, column, `name_field` and the size of `name_field`.
 
     """
 
@@ -126,6 +130,8 @@ class LookupPlan:
     lookups: tuple[ViewLookup, ...]
     outputs: tuple[OutputFeature, ...]
     join_keys: dict[str, int]
+    int64_keys: tuple[str, ...] | None = None
+    single_layout: tuple[tuple[int, int, bytes, int], ...] = ()
 
 
 def _string_field(number: int, text: str) -> bytes:
@@ -196,8 +202,15 @@ def compile_plan(
         )
         for f in feature_plan.features
     )
+    int64_keys = tuple(k.names[0] for k in key_sets)
+    simple = all(k.value_types == (types_pb2.VALUE_TYPE_INT64,) for k in key_sets)
     return LookupPlan(
-        key_sets=tuple(key_sets), lookups=tuple(lookups), outputs=outputs, join_keys=join_keys
+        key_sets=tuple(key_sets),
+        lookups=tuple(lookups),
+        outputs=outputs,
+        join_keys=join_keys,
+        int64_keys=int64_keys if simple and key_sets else None,
+        single_layout=tuple((f.lookup, f.column, f.name_field, len(f.name_field)) for f in outputs),
     )
 
 

@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 import redis.exceptions
@@ -108,6 +108,8 @@ _TAG_STATUSES = b"\x1a"  # FeatureVector.statuses (packed)
 _TAG_TIMES = b"\x22"  # FeatureVector.event_times
 _NULL_VALUE_FIELD = b"\x12\x00"  # an empty Value: null
 _UNSET_TIME_FIELD = b"\x22\x00"  # an empty Timestamp: the epoch, "unset"
+# `FeatureVector.values` tag and length prefix, by value length.
+_VALUE_HEADS = tuple(_TAG_VALUES + n for n in _SMALL_VARINTS)
 
 
 def _timestamp_field(micros: int) -> bytes:
@@ -197,6 +199,38 @@ def _int64_tags(values: Sequence[types_pb2.Value]) -> list[bytes] | None:
     return tags
 
 
+def _int64_keys_fast(
+    names: tuple[str, ...], entities: Mapping[str, types_pb2.RepeatedValue]
+) -> tuple[int, list[list[bytes]]] | None:
+    """`encode_entity_keys` for INT64 join keys with valid int64 columns only.
+
+    Returns:
+        None for anything else (the general path then validates and words the error).
+
+    """
+    encoded: list[list[bytes]] = []
+    n = -1
+    for name in names:
+        if name not in entities:
+            return None
+        values = entities[name].values
+        if len(values) != n:
+            if n != -1 or not 0 < len(values) <= MAX_ENTITY_ROWS:
+                return None
+            n = len(values)
+        if n == 1:  # indexing is cheaper than iterating a repeated field
+            value = values[0]
+            if value.WhichOneof("kind") != "int64_value":
+                return None
+            encoded.append([b"{%d}" % value.int64_value])
+            continue
+        tags = _int64_tags(values)
+        if tags is None:
+            return None
+        encoded.append(tags)
+    return n, encoded
+
+
 def encode_entity_keys(
     plan: LookupPlan, entities: Mapping[str, types_pb2.RepeatedValue]
 ) -> tuple[int, list[list[bytes]]]:
@@ -216,6 +250,11 @@ def encode_entity_keys(
         ResourceExhaustedError: More than `MAX_ENTITY_ROWS` rows.
 
     """
+    simple = plan.int64_keys
+    if simple is not None and len(entities) == len(simple):
+        fast = _int64_keys_fast(simple, entities)
+        if fast is not None:
+            return fast
     if not entities:
         raise InvalidArgumentError(
             "no entities: send one column per join key ("
@@ -302,10 +341,9 @@ def _frame_column(column: Sequence[bytes | None], *, all_set: bool = False) -> b
             if size < 16384:
                 separator = _TAG_VALUES + lengths[size]
                 return separator + separator.join(present)
+    heads = _VALUE_HEADS
     try:
-        return b"".join(
-            [_TAG_VALUES + lengths[len(v)] + v if v else _NULL_VALUE_FIELD for v in column]
-        )
+        return b"".join([heads[len(v)] + v if v else _NULL_VALUE_FIELD for v in column])
     except IndexError:  # a value of 16 KiB or more
         return b"".join([_frame_value(v) for v in column])
 
@@ -313,7 +351,51 @@ def _frame_column(column: Sequence[bytes | None], *, all_set: bool = False) -> b
 def _encode_single(
     plan: LookupPlan, replies: Sequence[Sequence[bytes | None]], now_micros: int
 ) -> bytes:
-    """`encode_response` for one entity row: no per-row loops, two bytes ops per feature."""
+    """`encode_response` for one entity row: no per-row loops, one `extend` per feature."""
+    lengths, heads = _SMALL_VARINTS, _VALUE_HEADS
+    rows: list[Sequence[bytes | None]] = []  # a lookup that is not PRESENT: no values
+    tails: list[bytes] = []
+    tail_sizes: list[int] = []
+    null_tails: list[bytes] = []
+    for lookup, row in zip(plan.lookups, replies, strict=True):
+        ts = row[0]
+        if ts is None:
+            status, framed = _NOT_FOUND, _UNSET_TIME_FIELD
+        else:
+            micros, framed = _stored_time(ts)
+            stale = lookup.ttl_micros and micros < now_micros - lookup.ttl_micros
+            status = _STALE if stale else _PRESENT
+        tail = b"\x1a\x01\x01" + framed
+        tails.append(tail)
+        tail_sizes.append(len(tail))
+        if status == _PRESENT:
+            rows.append(row)
+            null_tails.append(_NULL_VALUE_FIELD + b"\x1a\x01" + bytes([_NULL]) + framed)
+        else:
+            rows.append([None] * len(row))
+            null_tails.append(_NULL_VALUE_FIELD + b"\x1a\x01" + bytes([status]) + framed)
+    out: list[bytes] = []
+    extend = out.extend
+    try:
+        for index, column, name, name_size in plan.single_layout:
+            v = rows[index][column]
+            if v:
+                size = len(v)
+                head = heads[size]
+                size += name_size + len(head) + tail_sizes[index]
+                extend((_TAG_RESULTS, lengths[size], name, head, v, tails[index]))
+            else:
+                tail = null_tails[index]
+                extend((_TAG_RESULTS, lengths[name_size + len(tail)], name, tail))
+    except IndexError:  # a value or vector of 16 KiB or more
+        return _encode_single_general(plan, replies, now_micros)
+    return b"".join(out)
+
+
+def _encode_single_general(
+    plan: LookupPlan, replies: Sequence[Sequence[bytes | None]], now_micros: int
+) -> bytes:
+    """`_encode_single` for values of any size."""
     lengths = _SMALL_VARINTS
     statuses: list[int] = []
     present_tails: list[bytes] = []
@@ -363,6 +445,13 @@ def _lookup_rows(
     rows: Sequence[Sequence[bytes | None]], n: int, ttl_micros: int, now_micros: int
 ) -> tuple[list[int] | None, bytes]:
     """Returns the row statuses (None when all PRESENT) and the framed event times."""
+    times = [row[0] for row in rows]
+    distinct = set(times)
+    if None not in distinct and len(distinct) <= 8:  # rows often share event times
+        stored = {ts: _stored_time(cast("bytes", ts)) for ts in distinct}
+        if not ttl_micros or min(m for m, _ in stored.values()) >= now_micros - ttl_micros:
+            frames = {ts: frame for ts, (_, frame) in stored.items()}
+            return None, b"".join(map(frames.__getitem__, times))
     statuses: list[int] | None = None
     framed: list[bytes] = []
     oldest = now_micros - ttl_micros if ttl_micros else None
@@ -605,9 +694,8 @@ def pack_commands(commands: Sequence[Sequence[bytes]]) -> bytes:
 # --- the reader ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReadStats:
-    """Timings of one read, for metrics.
+class ReadStats(NamedTuple):
+    """Timings of one read, for metrics (a tuple: built on every read, it must be cheap).
 
     Attributes:
         redis_seconds: Time spent in the Redis round trip.
@@ -617,6 +705,60 @@ class ReadStats:
 
     redis_seconds: float
     commands: int
+
+
+class _Deadlines:
+    """Cancels reads that outlive their budget, with one timer for all reads in flight.
+
+    What `asyncio.timeout` does per read, without a timer per read: under load every
+    new read's deadline is later than the armed one, so arming costs a dict insert.
+    When the timer fires it cancels every read that is due and re-arms for the next.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def arm(self, task: asyncio.Task[Any], budget: float) -> None:
+        """Cancels `task` once `budget` seconds have passed, unless disarmed first."""
+        loop = task.get_loop()
+        when = loop.time() + budget
+        self._due[task] = when
+        if when < self._timer_at or loop is not self._loop:
+            self._schedule(loop, when)
+
+    def disarm(self, task: asyncio.Task[Any]) -> bool:
+        """Forgets `task`; returns whether its deadline passed (and it was cancelled)."""
+        self._due.pop(task, None)
+        if self._expired and task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._fire)
+        self._timer_at, self._loop = when, loop
+
+    def _fire(self) -> None:
+        loop, self._timer, self._timer_at = self._loop, None, float("inf")
+        assert loop is not None
+        now, following = loop.time(), float("inf")
+        for task, when in list(self._due.items()):
+            if task.get_loop() is not loop:
+                continue
+            if when <= now:
+                del self._due[task]
+                self._expired.add(task)
+                task.cancel()
+            elif when < following:
+                following = when
+        if following != float("inf"):
+            self._schedule(loop, following)
 
 
 def _pack_hmgets(plan: LookupPlan, keys: list[list[bytes]]) -> tuple[bytes, int]:
@@ -655,6 +797,7 @@ class OnlineReader:
         self.max_wait = max_wait
         self.observe = observe
         self.resp = RespPipeline.from_client(redis)
+        self._deadlines = _Deadlines()
 
     def close(self) -> None:
         """Closes the reader's idle Redis connections (the client is closed by its owner)."""
@@ -702,8 +845,12 @@ class OnlineReader:
     ) -> list[list[bytes | None]]:
         if budget <= 0:
             raise self._unavailable("the caller's deadline left no time to reach Redis", budget)
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines = self._deadlines
+        deadlines.arm(task, budget)
         try:
-            async with asyncio.timeout(budget):
+            try:
                 if self.resp is not None:
                     return await self.resp.execute(*_pack_hmgets(plan, keys))
                 pipe = self.redis.pipeline(transaction=False)
@@ -712,6 +859,13 @@ class OnlineReader:
                     for suffix in keys[lookup.key_set]:
                         pipe.hmget(prefix + suffix, fields)
                 replies: list[list[bytes | None]] = await pipe.execute()
+            except asyncio.CancelledError:
+                # Our deadline, unless the caller cancelled too (as `asyncio.timeout`).
+                if deadlines.disarm(task) and task.uncancel() == 0:
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadlines.disarm(task)
         except _UNAVAILABLE_ERRORS as exc:
             raise self._unavailable(f"{type(exc).__name__}: {exc}", budget) from exc
         return replies

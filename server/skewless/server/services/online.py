@@ -124,10 +124,6 @@ class OnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
             )
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
 def add_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> None:
     """Registers `OnlineService` so that `GetOnlineFeatures` sends pre-serialized bytes.
 
@@ -139,7 +135,7 @@ def add_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> No
         "GetOnlineFeatures": grpc.unary_unary_rpc_method_handler(
             servicer.get_online_features_bytes,
             request_deserializer=online_service_pb2.GetOnlineFeaturesRequest.FromString,
-            response_serializer=_identity,
+            response_serializer=None,  # the handler returns the serialized bytes
         ),
         "PushFeatures": grpc.unary_unary_rpc_method_handler(
             servicer.PushFeatures,
@@ -148,3 +144,5 @@ def add_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> No
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # As the generated registration does: found by path, before the generic handlers.
+    server.add_registered_method_handlers(service, handlers)
