@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
+from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
 from skewless.v1 import historical_service_pb2 as pb
 from skewless.v1 import types_pb2
 
@@ -112,40 +113,6 @@ def _upload_batches(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[p
             yield batch.slice(start, rows)
 
 
-class _IpcParts:
-    """A file-like sink keeping what an IPC writer hands it (body buffers uncopied)."""
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = []
-        self.size = 0
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> tuple[list[Any], int]:
-        parts, size = self.parts, self.size
-        self.parts, self.size = [], 0
-        return parts, size
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _entity_batch_request(prefix: bytes, parts: list[Any], size: int, rows: int) -> bytes:
     """A serialized request: `prefix` (other fields), then `entity_batch` (field 3).
 
@@ -153,9 +120,9 @@ def _entity_batch_request(prefix: bytes, parts: list[Any], size: int, rows: int)
     into the request bytes, rather than into an IPC buffer, bytes, a message and its
     serialization.
     """
-    trailer = b"\x10" + _encode_varint(rows)  # row_count (2, varint)
-    inner = 1 + len(_encode_varint(size)) + size + len(trailer)
-    header = b"\x1a" + _encode_varint(inner) + b"\x0a" + _encode_varint(size)
+    trailer = b"\x10" + encode_varint(rows)  # row_count (2, varint)
+    inner = 1 + len(encode_varint(size)) + size + len(trailer)
+    header = b"\x1a" + encode_varint(inner) + b"\x0a" + encode_varint(size)
     return b"".join((prefix, header, *parts, trailer))
 
 
@@ -173,18 +140,12 @@ def _requests(
     schema = pb.GetHistoricalFeaturesRequest(
         arrow_schema=pb.ArrowSchema(serialized_schema=plain.serialize().to_pybytes())
     ).SerializeToString()
-    sink = _IpcParts()
-    writer = pa.ipc.new_stream(sink, plain)
-    # The writer emits the schema with its first batch: flush both with an empty batch,
-    # so that every later write is exactly one record batch message.
-    writer.write_batch(pa.RecordBatch.from_pylist([], schema=plain))
-    sink.take()
+    writer = IpcBatchWriter(plain)
     prefix = schema
     for batch in _upload_batches(reader, batch_rows):
         if stop.is_set():
             return
-        writer.write_batch(batch)
-        parts, size = sink.take()
+        parts, size = writer.write(batch)
         yield _entity_batch_request(prefix, parts, size, batch.num_rows)
         prefix = b""
     if prefix:

@@ -31,6 +31,7 @@ import duckdb
 import grpc
 import pyarrow as pa
 
+from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
 from skewless.offline.errors import FailedPreconditionError, InvalidArgumentError
 from skewless.offline.feature_refs import (
     FeaturePlan,
@@ -82,52 +83,6 @@ T = TypeVar("T")
 _WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="historical")
 
 
-class _Chunks:
-    """A file-like sink that keeps what the IPC writer hands it, without copying.
-
-    The writer passes each body buffer as a `pa.Buffer` over the batch's own memory (and
-    the metadata and padding as small `bytes`), so holding the parts copies nothing.
-    """
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = []
-        self.size = 0
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> tuple[list[Any], int]:
-        parts, size = self.parts, self.size
-        self.parts, self.size = [], 0
-        return parts, size
-
-
-def _varint(value: int, width: int = 0) -> bytes:
-    """`value` as a protobuf varint, padded to `width` bytes with continuation bytes.
-
-    Protobuf parsers accept varints longer than needed: up to 10 bytes for values and,
-    in upb (Python), up to 5 bytes for lengths.
-    """
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value or len(out) + 1 < width:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 #: Tags of `GetHistoricalFeaturesResponse.arrow_record_batch` (field 2, length-delimited)
 #: and of `ArrowRecordBatch.row_count` (2, varint) and `.serialized_record_batch` (1,
 #: length-delimited).
@@ -157,10 +112,11 @@ def record_batch_response(parts: Sequence[Any], ipc_size: int, row_count: int) -
         behind a 16-byte header.
 
     """
-    rows = _varint(row_count, _ROWS_WIDTH)
-    size = _varint(ipc_size, _LENGTH_WIDTH)
-    inner = _varint(len(_TAG_ROW_COUNT + rows + _TAG_SERIALIZED + size) + ipc_size, _LENGTH_WIDTH)
-    header = _TAG_RECORD_BATCH + inner + _TAG_ROW_COUNT + rows + _TAG_SERIALIZED + size
+    rows = encode_varint(row_count, _ROWS_WIDTH)
+    size = encode_varint(ipc_size, _LENGTH_WIDTH)
+    fields = _TAG_ROW_COUNT + rows + _TAG_SERIALIZED + size
+    inner = encode_varint(len(fields) + ipc_size, _LENGTH_WIDTH)
+    header = _TAG_RECORD_BATCH + inner + fields
     if len(header) != _HEADER_BYTES:  # a row count past 2**21 or a message past 32 GiB
         raise ValueError(f"cannot frame a batch of {row_count} rows and {ipc_size} bytes")
     return b"".join((header, *parts))
@@ -170,17 +126,11 @@ class _BatchEncoder:
     """Encodes record batches as serialized responses, with the query's compression."""
 
     def __init__(self, schema: pa.Schema, compression: str | None) -> None:
-        self.sink = _Chunks()
         options = pa.ipc.IpcWriteOptions(compression=compression)
-        self.writer = pa.ipc.new_stream(self.sink, schema, options=options)
-        # The writer emits the schema with its first batch: flush both with an empty
-        # batch, so that every later `encode` returns exactly one record batch message.
-        self.writer.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
-        self.sink.take()
+        self.writer = IpcBatchWriter(schema, options)
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
-        self.writer.write_batch(batch)
-        parts, size = self.sink.take()
+        parts, size = self.writer.write(batch)
         return record_batch_response(parts, size, batch.num_rows)
 
 
