@@ -30,7 +30,7 @@ from skewless.offline.config import RepoConfig
 from skewless.offline.errors import DefinitionError, FailedPreconditionError, NotFoundError
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from skewless.offline.sql import quote_identifier
-from skewless.offline.types import arrow_type, duckdb_type, value_type_name
+from skewless.offline.types import arrow_type, duckdb_type, list_element_type, value_type_name
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
@@ -185,16 +185,7 @@ def _compatible(sql_type: str, value_type: int) -> bool:
     """Whether a DuckDB column type may be cast to a declared value type without loss of meaning."""
     base = _base_type(sql_type)
     if base.endswith("[]"):
-        element = {
-            VT.VALUE_TYPE_INT32_LIST: VT.VALUE_TYPE_INT32,
-            VT.VALUE_TYPE_INT64_LIST: VT.VALUE_TYPE_INT64,
-            VT.VALUE_TYPE_FLOAT32_LIST: VT.VALUE_TYPE_FLOAT32,
-            VT.VALUE_TYPE_FLOAT64_LIST: VT.VALUE_TYPE_FLOAT64,
-            VT.VALUE_TYPE_STRING_LIST: VT.VALUE_TYPE_STRING,
-            VT.VALUE_TYPE_BYTES_LIST: VT.VALUE_TYPE_BYTES,
-            VT.VALUE_TYPE_BOOL_LIST: VT.VALUE_TYPE_BOOL,
-            VT.VALUE_TYPE_TIMESTAMP_LIST: VT.VALUE_TYPE_TIMESTAMP,
-        }.get(VT.ValueType(value_type))
+        element = list_element_type(value_type)
         return element is not None and _compatible(base[:-2], element)
     if value_type in (VT.VALUE_TYPE_INT32, VT.VALUE_TYPE_INT64):
         return base in _INTS

@@ -10,6 +10,7 @@ __all__ = [
     "KEY_TYPES",
     "arrow_type",
     "duckdb_type",
+    "list_element_type",
     "parse_value_type",
     "value_type_name",
     "value_type_of_arrow",
@@ -76,6 +77,12 @@ def parse_value_type(name: str) -> int:
         known = ", ".join(value_type_name(v) for v in _ARROW)
         raise ValueError(f"unknown type {name!r}; known types: {known}")
     return int(VT.Value(full))
+
+
+def list_element_type(value_type: int) -> int | None:
+    """Returns the element type of a list type (`INT64_LIST` -> `INT64`), None for scalars."""
+    element = _LISTS.get(value_type)  # type: ignore[call-overload]  # enum wrapper keys
+    return None if element is None else int(element)
 
 
 def value_type_name(value_type: int) -> str:
