@@ -795,8 +795,9 @@ def _reference_response(plan: Any, n: int, replies: list[list[bytes | None]], no
     return response
 
 
-@pytest.mark.parametrize("n", [1, 2, 7])
-def test_encode_response_matches_reference(n: int) -> None:
+@pytest.mark.parametrize(("n", "large"), [(1, False), (2, False), (7, False), (1, True)])
+def test_encode_response_matches_reference(n: int, large: bool) -> None:
+    """`large`: values of 16 KiB and more, whose lengths need longer varints."""
     import random
 
     rng = random.Random(n)
@@ -830,6 +831,8 @@ def test_encode_response_matches_reference(n: int) -> None:
                         ]
                     )
                 )
+            if large:
+                row[-1] = types_pb2.Value(string_value="x" * 20_000).SerializeToString()
             replies.append(row if ts is not None else [None] * len(row))
     got = online_service_pb2.GetOnlineFeaturesResponse.FromString(
         encode_response(plan, n, replies, now_micros=now)

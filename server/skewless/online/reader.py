@@ -350,8 +350,11 @@ def _frame_column(column: Sequence[bytes | None], *, all_set: bool = False) -> b
 
 def _encode_single(
     plan: LookupPlan, replies: Sequence[Sequence[bytes | None]], now_micros: int
-) -> bytes:
-    """`encode_response` for one entity row: no per-row loops, one `extend` per feature."""
+) -> bytes | None:
+    """`encode_response` for one entity row: no per-row loops, one `extend` per feature.
+
+    Returns None when a value or vector is 16 KiB or more (the general path frames those).
+    """
     lengths, heads = _SMALL_VARINTS, _VALUE_HEADS
     rows: list[Sequence[bytes | None]] = []  # a lookup that is not PRESENT: no values
     tails: list[bytes] = []
@@ -388,56 +391,7 @@ def _encode_single(
                 tail = null_tails[index]
                 extend((_TAG_RESULTS, lengths[name_size + len(tail)], name, tail))
     except IndexError:  # a value or vector of 16 KiB or more
-        return _encode_single_general(plan, replies, now_micros)
-    return b"".join(out)
-
-
-def _encode_single_general(
-    plan: LookupPlan, replies: Sequence[Sequence[bytes | None]], now_micros: int
-) -> bytes:
-    """`_encode_single` for values of any size."""
-    lengths = _SMALL_VARINTS
-    statuses: list[int] = []
-    present_tails: list[bytes] = []
-    null_tails: list[bytes] = []
-    for lookup, row in zip(plan.lookups, replies, strict=True):
-        ts = row[0]
-        if ts is None:
-            status, framed = _NOT_FOUND, _UNSET_TIME_FIELD
-        else:
-            micros, framed = _stored_time(ts)
-            stale = lookup.ttl_micros and micros < now_micros - lookup.ttl_micros
-            status = _STALE if stale else _PRESENT
-        statuses.append(status)
-        present_tails.append(b"\x1a\x01\x01" + framed)
-        code = _NULL if status == _PRESENT else status
-        null_tails.append(_NULL_VALUE_FIELD + b"\x1a\x01" + bytes([code]) + framed)
-    out: list[bytes] = []
-    extend = out.extend
-    for feature in plan.outputs:
-        index = feature.lookup
-        name = feature.name_field
-        v = replies[index][feature.column] if statuses[index] == _PRESENT else None
-        if v:
-            tail = present_tails[index]
-            size = len(v)
-            prefix = lengths[size] if size < 16384 else _varint(size)
-            size = len(name) + 1 + len(prefix) + size + len(tail)
-            extend(
-                (
-                    _TAG_RESULTS,
-                    lengths[size] if size < 16384 else _varint(size),
-                    name,
-                    _TAG_VALUES,
-                    prefix,
-                    v,
-                    tail,
-                )
-            )
-        else:
-            tail = null_tails[index]
-            size = len(name) + len(tail)
-            extend((_TAG_RESULTS, lengths[size] if size < 16384 else _varint(size), name, tail))
+        return None
     return b"".join(out)
 
 
@@ -492,7 +446,9 @@ def encode_response(
 
     """
     if n == 1:
-        return _encode_single(plan, replies, now_micros)
+        single = _encode_single(plan, replies, now_micros)
+        if single is not None:
+            return single
     columns: list[Any] = []  # per lookup: the transposed columns
     row_status: list[list[int] | None] = []
     times: list[bytes] = []
