@@ -131,3 +131,36 @@ def test_embedded_redis_starts_and_stops_with_the_server(tmp_path: Path) -> None
     assert "stopping embedded redis-server" in served.output()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_serve_with_two_workers_answers_and_stops(tmp_path: Path, redis_url: str) -> None:
+    repo = write_repo(tmp_path / "repo", redis_url=redis_url)
+    with serve(repo, "--workers", "2", "--grace", "1") as served:
+        assert "with 2 workers" in served.output()
+        wait_for_status(served.target, SERVING, timeout=30)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0
+
+
+def test_materialize_writes_into_the_embedded_redis_of_a_running_server(tmp_path: Path) -> None:
+    import shutil as sh
+    import sys
+
+    example = ROOT / "examples" / "rides"
+    repo = tmp_path / "rides"
+    sh.copytree(example, repo, ignore=sh.ignore_patterns("data", ".skewless"))
+    python = [sys.executable]
+    subprocess.run([*python, "generate_data.py"], cwd=repo, check=True, capture_output=True)
+    cli = [*python, "-m", "skewless.server.cli"]
+    subprocess.run([*cli, "apply", "."], cwd=repo, check=True, capture_output=True)
+    with serve(repo) as served:
+        line = next(line for line in served.lines if "started embedded redis-server" in line)
+        url = line.split(" on ")[1].split()[0]
+        assert redis.Redis.from_url(url).dbsize() == 0
+        done = subprocess.run(
+            [*cli, "materialize-incremental", "--repo", ".", "--no-progress"],
+            cwd=repo, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        # 200 drivers and 100 customers, written into the server's own Redis.
+        assert redis.Redis.from_url(url).dbsize() == 300

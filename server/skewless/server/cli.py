@@ -71,7 +71,7 @@ async def _serve(config: RepoConfig, grace: float) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from skewless.server.embedded_redis import free_port, online_store_config
+    from skewless.server.embedded_redis import online_store_config
     from skewless.server.metrics import start_metrics_server
     from skewless.server.workers import default_workers, serve_workers
 
@@ -81,15 +81,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
         try:
             if workers > 1:
-                if config.server_port == 0:
-                    config = dataclasses.replace(config, server_port=free_port(config.server_host))
-                print(
-                    f"skewless serving project {config.project!r} on "
-                    f"{config.server_host}:{config.server_port} with {workers} workers "
-                    f"(online store {config.redis_url})",
-                    flush=True,
-                )
-                return serve_workers(config, workers, grace=args.grace)
+
+                def announce(served: RepoConfig) -> None:
+                    print(
+                        f"skewless serving project {served.project!r} on "
+                        f"{served.server_host}:{served.server_port} with {workers} workers "
+                        f"(online store {served.redis_url})",
+                        flush=True,
+                    )
+
+                return serve_workers(config, workers, grace=args.grace, on_ready=announce)
             if config.metrics_port:
                 try:
                     start_metrics_server(config.metrics_port, host=config.server_host)

@@ -20,7 +20,9 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 from skewless.offline.config import RepoConfig
@@ -40,7 +42,7 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-async def _serve_one(config: RepoConfig, index: int, grace: float) -> None:
+async def _serve_one(config: RepoConfig, index: int, grace: float, ready: Event) -> None:
     from skewless.server.app import create_server
     from skewless.server.metrics import start_metrics_server
 
@@ -52,17 +54,24 @@ async def _serve_one(config: RepoConfig, index: int, grace: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    ready.set()
     _log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), config.server_host, port)
     await stop.wait()
     await server.stop(grace)
 
 
-def _worker_main(config: RepoConfig, index: int, grace: float) -> None:
+def _worker_main(config: RepoConfig, index: int, grace: float, ready: Event) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(message)s")
-    asyncio.run(_serve_one(config, index, grace))
+    asyncio.run(_serve_one(config, index, grace, ready))
 
 
-def serve_workers(config: RepoConfig, n: int, *, grace: float = _GRACE_SECONDS) -> int:
+def serve_workers(
+    config: RepoConfig,
+    n: int,
+    *,
+    grace: float = _GRACE_SECONDS,
+    on_ready: Callable[[RepoConfig], None] | None = None,
+) -> int:
     """Runs `n` server processes on one port until SIGTERM or SIGINT.
 
     Args:
@@ -70,6 +79,8 @@ def serve_workers(config: RepoConfig, n: int, *, grace: float = _GRACE_SECONDS) 
             embedded Redis first). Port 0 is replaced by one free port shared by all.
         n: Number of worker processes (at least 1).
         grace: Seconds in-flight calls get when stopping.
+        on_ready: Called once, with the configuration (its port resolved), when every
+            worker is serving.
 
     Returns:
         0 when stopped by a signal, else the exit code of the first worker that died.
@@ -85,8 +96,11 @@ def serve_workers(config: RepoConfig, n: int, *, grace: float = _GRACE_SECONDS) 
     if config.server_port == 0:
         config = replace(config, server_port=free_port(config.server_host))
     spawn = multiprocessing.get_context("spawn")
+    ready = [spawn.Event() for _ in range(n)]
     workers = [
-        spawn.Process(target=_worker_main, args=(config, i, grace), name=f"skewless-worker-{i}")
+        spawn.Process(
+            target=_worker_main, args=(config, i, grace, ready[i]), name=f"skewless-worker-{i}"
+        )
         for i in range(n)
     ]
     stopping = False
@@ -103,9 +117,14 @@ def serve_workers(config: RepoConfig, n: int, *, grace: float = _GRACE_SECONDS) 
     try:
         for worker in workers:
             worker.start()
-        _log.info("%d workers serving on %s:%d", n, config.server_host, config.server_port)
+        announced = False
         failed = 0
         while any(w.is_alive() for w in workers):
+            if not announced and all(event.is_set() for event in ready):
+                announced = True
+                _log.info("%d workers serving on %s:%d", n, config.server_host, config.server_port)
+                if on_ready is not None:
+                    on_ready(config)
             dead = [w for w in workers if not w.is_alive()]
             if dead and not stopping:
                 failed = dead[0].exitcode or 1
