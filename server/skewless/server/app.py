@@ -81,8 +81,10 @@ class SkewlessServer:
 
     async def start(self) -> None:
         """Loads the registry, starts serving and the background watchers."""
-        with contextlib.suppress(Exception):
+        try:
             self.ctx.registry.reload()
+        except Exception:  # serve anyway: registry RPCs say what is wrong until a good apply
+            _log.exception("could not load the registry at start")
         await self.server.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
