@@ -283,8 +283,9 @@ def run_join(entity: pa.Table, plan: FeaturePlan, histories: dict[str, list[Hist
     label_kind=st.sampled_from(sorted(LABEL_TYPES)),
     full_names=st.booleans(),
     batch_rows=st.sampled_from([1, 3, 1000]),
-    strategy=st.sampled_from([None, None, "order_key", "dedupe"]),
+    strategy=st.sampled_from([None, None, "dedupe"]),
     chunk_rows=st.sampled_from([2_000_000, 2_000_000, 1, 5]),
+    history_memory=st.sampled_from([None, None, 0, 100]),
 )
 def test_join_matches_reference(
     driver_files,
@@ -297,6 +298,7 @@ def test_join_matches_reference(
     batch_rows,
     strategy,
     chunk_rows,
+    history_memory,
 ):
     registry = build_registry(driver_ttl, trip_ttl)
     plan = (
@@ -332,9 +334,12 @@ def test_join_matches_reference(
             histories,
             label_time_column="label_time",
             batch_rows=batch_rows,
-            strategy=strategy,  # None: "plain" when no ties, else one of the others
+            strategy=strategy,  # None: "plain" when no ties, else "dedupe"
             chunk_rows=chunk_rows,  # small: several queries, each with its own pruning
+            history_memory_limit=history_memory,  # small: features memory-mapped from a file
+            temp_directory=root / "spill",
         )
+        assert list((root / "spill").iterdir()) == []  # a spill file never outlives its name
     expected = reference_join(plain(entity).to_pylist(), label_micros, plan, histories)
     assert result.num_rows == len(entities)
     assert result.schema.names == [*entity.schema.names, *plan.output_names]
@@ -369,7 +374,7 @@ def _entities(pairs: list[tuple[int | None, int]]) -> pa.Table:
     )
 
 
-@pytest.mark.parametrize("strategy", [None, "order_key", "dedupe"])
+@pytest.mark.parametrize("strategy", [None, "dedupe"])
 def test_ttl_boundary_is_inclusive_and_ties_follow_the_documented_rule(
     tmp_path: Path, strategy: str | None
 ) -> None:

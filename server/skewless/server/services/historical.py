@@ -64,6 +64,9 @@ _pb = historical_service_pb2
 
 #: DuckDB memory per retrieval; past it the join spills to `<data_dir>/tmp/duckdb`.
 JOIN_MEMORY_LIMIT = "1GB"
+#: History feature bytes a retrieval holds in memory; past it they are memory-mapped
+#: from a file under `<data_dir>/tmp/duckdb` (removed from the directory at once).
+HISTORY_MEMORY_LIMIT = 512 * 2**20
 #: Largest `batch_size` a query may ask for.
 MAX_BATCH_ROWS = 1_048_576
 #: With the default batch size, batches are cut so a response stays under this size
@@ -420,6 +423,7 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
             label_time_column=label,
             batch_rows=batch_rows,
             memory_limit=JOIN_MEMORY_LIMIT,
+            history_memory_limit=HISTORY_MEMORY_LIMIT,
             temp_directory=self.ctx.config.data_dir / "tmp" / "duckdb",
         )
         del table
