@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -27,6 +28,7 @@ from skewless.client import errors as client_errors
 from skewless.client import historical as historical_client
 from skewless.client.historical import get_historical_features, iter_historical_batches
 from skewless.offline.config import RepoConfig
+from skewless.offline.errors import PermissionDeniedError
 from skewless.offline.feature_refs import resolve_feature_service
 from skewless.offline.offline_store import (
     ORIGIN_PUSH,
@@ -425,6 +427,27 @@ def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
             "query.path",
         ),
         (
+            "../elsewhere/labels.parquet",
+            {"feature_service": "model"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "entity_source_roots",
+            None,
+        ),
+        (
+            "/etc/*.parquet",
+            {"feature_service": "model"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "outside the folders",
+            None,
+        ),
+        (
+            None,
+            {"feature_service": "model", "sql": "SELECT * FROM read_csv('/etc/passwd')"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "entity_source_roots",
+            None,
+        ),
+        (
             entity_rows(3),
             {"feature_service": "model", "result_batch_rows": 10_000_000},
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -462,6 +485,45 @@ def test_bad_sql_and_typed_client_errors(served: Served) -> None:
         )
     assert typed.value.reason == "MISSING_JOIN_KEY"
     assert typed.value.metadata["column"] == "customer_id"
+
+
+def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> None:
+    inside, extra, outside = tmp_path / "repo", tmp_path / "shared", tmp_path / "private"
+    for folder in (inside, extra, outside):
+        folder.mkdir()
+        pq.write_table(entity_rows(3), folder / "rows.parquet")
+    pq.write_table(entity_rows(3), outside / "other.parquet")
+    roots = (inside, extra)
+    read_path = historical_service._read_path
+    assert read_path(roots, inside, "rows.parquet").num_rows == 3
+    assert read_path(roots, inside, str(extra / "*.parquet")).num_rows == 3
+    assert read_path(roots, inside, "../shared/rows.parquet").num_rows == 3
+    for refused in ("../private/rows.parquet", str(outside / "rows.parquet"), "/etc/passwd"):
+        with pytest.raises(PermissionDeniedError, match="entity_source_roots"):
+            read_path(roots, inside, refused)
+    registry = registry_pb2.Registry(
+        data_sources=[
+            registry_pb2.DataSource(
+                name="registered",
+                file=registry_pb2.FileSource(
+                    path=str(outside / "rows.parquet"), format=registry_pb2.FILE_FORMAT_PARQUET
+                ),
+            )
+        ]
+    )
+    read_sql = historical_service._read_sql
+    # A registered source is the operator's: readable wherever it is.
+    assert read_sql(roots, inside, registry, "SELECT * FROM registered").num_rows == 3
+    within = f"SELECT * FROM read_parquet('{extra}/rows.parquet')"
+    assert read_sql(roots, inside, registry, within).num_rows == 3
+    for sql in (
+        f"SELECT * FROM read_parquet('{outside}/other.parquet')",  # beside a registered file
+        f"SELECT * FROM read_parquet('{inside}/../private/*.parquet')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM glob('/etc/*')",
+    ):
+        with pytest.raises(PermissionDeniedError):
+            read_sql(roots, inside, registry, sql)
 
 
 @dataclass

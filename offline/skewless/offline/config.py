@@ -34,6 +34,8 @@ class RepoConfig:
         server_host: Address the gRPC server binds.
         server_port: Port the gRPC server binds; 0 picks a free one.
         metrics_port: Port of the Prometheus endpoint; 0 disables it.
+        entity_source_roots: Folders whose files historical retrieval may read as
+            entity rows (`path` and `sql` sources); empty means the repository folder.
 
     """
 
@@ -46,6 +48,12 @@ class RepoConfig:
     server_host: str = "127.0.0.1"
     server_port: int = DEFAULT_SERVER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
+    entity_source_roots: tuple[Path, ...] = ()
+
+    @property
+    def entity_roots(self) -> tuple[Path, ...]:
+        """Folders entity-row sources may read: the configured ones, else the repository."""
+        return self.entity_source_roots or (self.root,)
 
     @property
     def registry_path(self) -> Path:
@@ -118,6 +126,11 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: online_store.redis_url must be a redis://, rediss:// or unix:// URL "
             f"or null, got {redis_url!r}"
         )
+    roots = server.get("entity_source_roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+        raise DefinitionError(
+            f"{path}: server.entity_source_roots must be a list of folder paths, got {roots!r}"
+        )
     return RepoConfig(
         root=root,
         project=project,
@@ -130,4 +143,5 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         metrics_port=_port(
             server.get("metrics_port", DEFAULT_METRICS_PORT), "server.metrics_port", path
         ),
+        entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
     )

@@ -11,6 +11,7 @@ __all__ = [
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "SkewlessError",
     "StoreUnavailableError",
@@ -66,6 +67,12 @@ class NotFoundError(SkewlessError):
     """A named feature, view, service, entity, source or job does not exist."""
 
     reason = "NOT_FOUND"
+
+
+class PermissionDeniedError(SkewlessError):
+    """The request asks for something the server is configured not to allow."""
+
+    reason = "PERMISSION_DENIED"
 
 
 class FailedPreconditionError(SkewlessError):

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,11 @@ import grpc
 import pyarrow as pa
 
 from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
-from skewless.offline.errors import FailedPreconditionError, InvalidArgumentError
+from skewless.offline.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+)
 from skewless.offline.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
@@ -191,12 +197,48 @@ def _utc_named(table: pa.Table) -> pa.Table:
     return table if schema == table.schema else table.cast(schema)
 
 
-def _read_path(root: Path, path: str) -> pa.Table:
-    """Reads entity rows from a Parquet or CSV file or glob, in file order."""
+def _sandboxed(roots: Sequence[Path], files: Sequence[Path] = ()) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read files under `roots` and `files` only.
+
+    DuckDB's own boundary (`allowed_directories` / `allowed_paths` with external access
+    off, then the configuration locked), so no function, glob or `..` of the request
+    reaches past it.
+    """
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    try:
+        dirs = [f"{r}{os.sep}" for r in roots]
+        con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+        con.execute("SET allowed_paths = $paths", {"paths": [str(f) for f in files]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _outside_roots(
+    what: str, field: str, roots: Sequence[Path], detail: str
+) -> PermissionDeniedError:
+    shown = ", ".join(str(r) for r in roots)
+    return PermissionDeniedError(
+        f"{what} reads outside the folders entity rows may come from ({shown}): {detail}; "
+        "move the file under one of them or add its folder to server.entity_source_roots "
+        "in skewless.yaml",
+        reason="ENTITY_SOURCE_NOT_ALLOWED",
+        metadata={"field": field, "allowed_roots": shown},
+    )
+
+
+def _read_path(roots: Sequence[Path], root: Path, path: str) -> pa.Table:
+    """Reads entity rows from a Parquet or CSV file or glob under `roots`, in file order."""
     full = Path(path)
     if not full.is_absolute():
         full = root / full
-    con = duckdb.connect()
+    full = Path(os.path.normpath(full))
+    if not any(full.is_relative_to(r) for r in roots):
+        raise _outside_roots(f"entity path {path!r}", "query.path", roots, str(full))
+    con = _sandboxed(roots)
     try:
         lower = path.lower()
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
@@ -204,6 +246,8 @@ def _read_path(root: Path, path: str) -> pa.Table:
         else:
             relation = con.read_parquet(str(full))
         return _utc_named(relation.to_arrow_table())
+    except duckdb.PermissionException as exc:
+        raise _outside_roots(f"entity path {path!r}", "query.path", roots, str(exc)) from exc
     except duckdb.Error as exc:
         raise InvalidArgumentError(
             f"cannot read entity rows from {path!r}: {exc}",
@@ -215,9 +259,32 @@ def _read_path(root: Path, path: str) -> pa.Table:
         con.close()
 
 
-def _read_sql(root: Path, registry: registry_pb2.Registry, sql: str) -> pa.Table:
-    """Runs one DuckDB SELECT with every registered data source available by name."""
-    con = duckdb.connect()
+def _registered_reads(pattern: Path) -> tuple[list[Path], list[Path]]:
+    """What a registered file source reads: ([folder], []) for a glob, ([], [file]) else."""
+    parts = Path(os.path.normpath(pattern)).parts
+    fixed = list(itertools.takewhile(lambda part: not set(part) & set("*?[{"), parts))
+    if len(fixed) == len(parts):
+        return [], [Path(*parts)]
+    return [Path(*fixed) if fixed else Path(os.sep)], []
+
+
+def _read_sql(
+    roots: Sequence[Path], root: Path, registry: registry_pb2.Registry, sql: str
+) -> pa.Table:
+    """Runs one DuckDB SELECT with every registered data source available by name.
+
+    The registered sources' files are readable wherever they are (the registry is the
+    operator's); anything else the query reads must be under `roots`.
+    """
+    sources = [
+        (s, root / s.file.path) for s in registry.data_sources if s.WhichOneof("kind") == "file"
+    ]
+    folders, files = list(roots), []
+    for _, full in sources:
+        more_folders, more_files = _registered_reads(full)
+        folders += more_folders
+        files += more_files
+    con = _sandboxed(folders, files)
     try:
         try:
             statements = con.extract_statements(sql)
@@ -233,16 +300,13 @@ def _read_sql(root: Path, registry: registry_pb2.Registry, sql: str) -> pa.Table
                 field="query.sql",
                 reason="INVALID_SQL",
             )
+        for source, full in sources:
+            if source.file.format == registry_pb2.FILE_FORMAT_CSV:
+                con.read_csv(str(full)).create_view(source.name)
+            else:
+                con.read_parquet(str(full)).create_view(source.name)
         for source in registry.data_sources:
-            kind = source.WhichOneof("kind")
-            if kind == "file":
-                path = Path(source.file.path)
-                full = str(path if path.is_absolute() else root / path)
-                if source.file.format == registry_pb2.FILE_FORMAT_CSV:
-                    con.read_csv(full).create_view(source.name)
-                else:
-                    con.read_parquet(full).create_view(source.name)
-            elif kind == "sql":
+            if source.WhichOneof("kind") == "sql":
                 view = con.sql(source.sql.query)
                 if view is not None:
                     view.create_view(source.name)
@@ -252,6 +316,8 @@ def _read_sql(root: Path, registry: registry_pb2.Registry, sql: str) -> pa.Table
                 "the entity SQL returns no rows", field="query.sql", reason="INVALID_SQL"
             )
         return _utc_named(relation.to_arrow_table())
+    except duckdb.PermissionException as exc:
+        raise _outside_roots("the entity SQL", "query.sql", roots, str(exc)) from exc
     except duckdb.Error as exc:
         raise InvalidArgumentError(
             f"the entity SQL failed: {exc}", field="query.sql", reason="INVALID_SQL"
@@ -400,12 +466,13 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
         label = query.label_time_column or EVENT_TIMESTAMP
         source = query.WhichOneof("entity_rows")
         root = self.ctx.config.root
+        roots = self.ctx.config.entity_roots
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
         elif source == "path":
-            table = await asyncio.to_thread(_read_path, root, query.path)
+            table = await asyncio.to_thread(_read_path, roots, root, query.path)
         elif source == "sql":
-            table = await asyncio.to_thread(_read_sql, root, registry, query.sql)
+            table = await asyncio.to_thread(_read_sql, roots, root, registry, query.sql)
         else:
             raise InvalidArgumentError(
                 "the query names no entity rows; set inline, path or sql",
