@@ -3,8 +3,9 @@
 It holds one small repository that mirrors `examples/rides` (same entities, views and
 feature service, with TTLs long enough that the fixed event times below stay fresh):
 the registry is saved with `RegistryStore`, the online rows are written straight into
-Redis in the documented layout (`skewless.online.layout`), and the real server runs in
-a subprocess on a free port. `LOOKUPS` are the questions every client asks and
+Redis in the documented layout (`skewless.online.layout`), the offline history and the
+entity rows of historical retrieval come from `contract_history`, and the real server
+runs in a subprocess on a free port. `LOOKUPS` are the questions every client asks and
 `canonical_*` turn an answer into the canonical JSON form described in docs/clients.md.
 
 Run as a script (`python client_harness.py serve DATA_DIR REDIS_URL`) it serves the
@@ -17,6 +18,7 @@ import asyncio
 import base64
 import datetime as dt
 import os
+import re
 import select
 import shutil
 import signal
@@ -37,6 +39,11 @@ from grpc_status import rpc_status
 from skewless.offline.registry_store import RegistryStore
 from skewless.online.layout import redis_key
 from skewless.v1 import online_service_pb2, online_service_pb2_grpc, registry_pb2, types_pb2
+
+try:
+    from .contract_history import seed_history
+except ImportError:  # run as a script: `python client_harness.py serve ...`
+    from contract_history import seed_history  # type: ignore[no-redef]
 
 PROJECT = "rides"
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,10 +295,11 @@ class Fixture:
 
 @contextmanager
 def serve_fixture(data_dir: Path, redis_url: str) -> Iterator[Fixture]:
-    """Saves the registry, seeds Redis and runs the real server in a subprocess."""
+    """Saves the registry, seeds Redis and the offline history, runs the real server."""
     data_dir.mkdir(parents=True, exist_ok=True)
     RegistryStore(data_dir / "registry.pb").save(build_registry())
     seed_online(redis_url)
+    seed_history(data_dir, PROJECT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, __file__, "serve", str(data_dir), redis_url],
@@ -438,6 +446,17 @@ def _python_value(value: Any) -> Any:
     return value
 
 
+def canonical_client_error(exc: Any) -> dict[str, Any]:
+    """A `skewless.client.SkewlessClientError` in the canonical error form."""
+    assert exc.code is not None
+    return {
+        "code": exc.code.name,
+        "reason": exc.reason,
+        "message": exc.message,
+        "fields": [v.field for v in exc.field_violations],
+    }
+
+
 def python_client_answers(addr: str) -> dict[str, Any]:
     """Asks `LOOKUPS` through the Python client (`skewless.client.Client`)."""
     from skewless.client import Client, SkewlessClientError
@@ -453,14 +472,7 @@ def python_client_answers(addr: str) -> dict[str, Any]:
                     full_feature_names=lookup.full_feature_names,
                 )
             except SkewlessClientError as exc:
-                assert exc.code is not None
-                error = {
-                    "code": exc.code.name,
-                    "reason": exc.reason,
-                    "message": exc.message,
-                    "fields": [v.field for v in exc.field_violations],
-                }
-                out.append({"name": lookup.name, "error": error})
+                out.append({"name": lookup.name, "error": canonical_client_error(exc)})
                 continue
             results = [
                 {
@@ -514,6 +526,18 @@ def go_binary() -> str | None:
 def mvn_binary() -> str | None:
     """The `mvn` launcher on PATH, None when absent."""
     return shutil.which("mvn")
+
+
+def surefire_counts(suite: str) -> dict[str, int]:
+    """Tests, failures, errors and skipped of one JUnit class's last Surefire report."""
+    report = JAVA_DIR / "target" / "surefire-reports" / f"TEST-dev.skewless.client.{suite}.xml"
+    head = report.read_text()[:2000]
+    counts = {}
+    for key in ("tests", "failures", "errors", "skipped"):
+        match = re.search(rf'\b{key}="(\d+)"', head)
+        assert match is not None, f"{report}: no {key} count"
+        counts[key] = int(match.group(1))
+    return counts
 
 
 def java_classpath() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -36,15 +35,6 @@ def fixture(
         yield served
 
 
-def _surefire_counts(suite: str) -> dict[str, int]:
-    report = h.JAVA_DIR / "target" / "surefire-reports" / f"TEST-dev.skewless.client.{suite}.xml"
-    head = report.read_text()[:2000]
-    return {
-        key: int(re.search(rf'\b{key}="(\d+)"', head).group(1))  # type: ignore[union-attr]
-        for key in ("tests", "failures", "errors", "skipped")
-    }
-
-
 def test_junit_tests_pass_against_live_server(fixture: h.Fixture) -> None:
     assert MVN is not None
     assert Path(h.GRPC_JAVA_PLUGIN).exists(), (
@@ -60,10 +50,13 @@ def test_junit_tests_pass_against_live_server(fixture: h.Fixture) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    live = _surefire_counts("LiveServerTest")
+    live = h.surefire_counts("LiveServerTest")
     assert live["tests"] >= 6 and live["skipped"] == 0, live
     assert live["failures"] == live["errors"] == 0, live
-    unit = _surefire_counts("SkewlessClientTest")
+    historical = h.surefire_counts("HistoricalLiveTest")
+    assert historical["tests"] >= 5 and historical["skipped"] == 0, historical
+    assert historical["failures"] == historical["errors"] == 0, historical
+    unit = h.surefire_counts("SkewlessClientTest")
     assert unit["tests"] >= 4 and unit["failures"] == unit["errors"] == 0, unit
 
 

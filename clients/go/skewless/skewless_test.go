@@ -100,3 +100,34 @@ func TestDialNeedsTransportChoice(t *testing.T) {
 	}
 	_ = c.Close()
 }
+
+func TestHistoricalQueryBuildsTheGeneratedMessage(t *testing.T) {
+	q := HistoricalQuery{
+		Selection:       Features("v:a", "w").WithFullFeatureNames(),
+		Path:            "rows/*.parquet",
+		LabelTimeColumn: "label_time",
+		BatchSize:       500,
+		Compression:     skewlessv1.ArrowCompression_ARROW_COMPRESSION_ZSTD,
+	}
+	msg, err := q.Proto()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.GetFeatures().GetFeatures(); len(got) != 2 || got[1] != "w" || !msg.GetFullFeatureNames() ||
+		msg.GetPath() != "rows/*.parquet" || msg.GetLabelTimeColumn() != "label_time" || msg.GetBatchSize() != 500 ||
+		msg.GetCompression() != skewlessv1.ArrowCompression_ARROW_COMPRESSION_ZSTD {
+		t.Fatalf("query = %v", msg)
+	}
+	msg, err = HistoricalQuery{Selection: FeatureService("svc"), SQL: "SELECT * FROM labels"}.Proto()
+	if err != nil || msg.GetFeatureService() != "svc" || msg.GetSql() != "SELECT * FROM labels" {
+		t.Fatalf("sql query = %v (%v)", msg, err)
+	}
+	for _, bad := range []HistoricalQuery{
+		{Selection: FeatureService("svc")},
+		{Selection: FeatureService("svc"), Path: "a.parquet", SQL: "SELECT 1"},
+	} {
+		if _, err := bad.Proto(); err == nil {
+			t.Fatalf("%+v: want an error (exactly one of Path or SQL)", bad)
+		}
+	}
+}

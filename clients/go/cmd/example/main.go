@@ -7,19 +7,14 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/code"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	skewlessv1 "github.com/skewless/skewless/clients/go/gen/skewless/v1"
+	"github.com/skewless/skewless/clients/go/internal/canonical"
 	"github.com/skewless/skewless/clients/go/skewless"
 )
 
@@ -74,9 +69,9 @@ func main() {
 		var e *skewless.Error
 		switch {
 		case err == nil:
-			entry["results"] = canonicalResults(res)
+			entry["results"] = canonical.Results(res)
 		case errors.As(err, &e):
-			entry["error"] = canonicalError(e)
+			entry["error"] = canonical.Error(e)
 		default:
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -88,102 +83,5 @@ func main() {
 	if err := enc.Encode(map[string]any{"lookups": out}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
-	}
-}
-
-// canonicalResults renders every feature vector: name, values, statuses, event times.
-func canonicalResults(res *skewless.OnlineResult) []map[string]any {
-	results := make([]map[string]any, 0, len(res.Response.GetResults()))
-	for _, vec := range res.Response.GetResults() {
-		values := make([]any, len(vec.GetValues()))
-		for i, v := range vec.GetValues() {
-			values[i] = canonicalValue(v)
-		}
-		statuses := make([]string, len(vec.GetStatuses()))
-		for i, s := range vec.GetStatuses() {
-			statuses[i] = s.String()
-		}
-		times := make([]any, len(vec.GetEventTimes()))
-		for i, ts := range vec.GetEventTimes() {
-			times[i] = canonicalTime(ts)
-		}
-		results = append(results, map[string]any{
-			"name": vec.GetName(), "values": values, "statuses": statuses, "event_times": times,
-		})
-	}
-	return results
-}
-
-// canonicalTime is RFC 3339 in UTC with exactly six fractional digits; unset is null.
-func canonicalTime(ts *timestamppb.Timestamp) any {
-	if ts == nil || (ts.GetSeconds() == 0 && ts.GetNanos() == 0) {
-		return nil
-	}
-	return ts.AsTime().UTC().Format("2006-01-02T15:04:05.000000") + "Z"
-}
-
-// canonicalValue maps a Value to JSON: null, number, string, bool, base64 bytes,
-// canonical time, or a list of these.
-func canonicalValue(v *skewlessv1.Value) any {
-	switch k := v.GetKind().(type) {
-	case *skewlessv1.Value_Int32Value:
-		return k.Int32Value
-	case *skewlessv1.Value_Int64Value:
-		return k.Int64Value
-	case *skewlessv1.Value_FloatValue:
-		return float64(k.FloatValue)
-	case *skewlessv1.Value_DoubleValue:
-		return k.DoubleValue
-	case *skewlessv1.Value_StringValue:
-		return k.StringValue
-	case *skewlessv1.Value_BytesValue:
-		return base64.StdEncoding.EncodeToString(k.BytesValue)
-	case *skewlessv1.Value_BoolValue:
-		return k.BoolValue
-	case *skewlessv1.Value_TimestampValue:
-		return canonicalTime(k.TimestampValue)
-	case *skewlessv1.Value_Int32ListValue:
-		return k.Int32ListValue.GetValues()
-	case *skewlessv1.Value_Int64ListValue:
-		return k.Int64ListValue.GetValues()
-	case *skewlessv1.Value_FloatListValue:
-		out := make([]float64, len(k.FloatListValue.GetValues()))
-		for i, f := range k.FloatListValue.GetValues() {
-			out[i] = float64(f)
-		}
-		return out
-	case *skewlessv1.Value_DoubleListValue:
-		return k.DoubleListValue.GetValues()
-	case *skewlessv1.Value_StringListValue:
-		return k.StringListValue.GetValues()
-	case *skewlessv1.Value_BytesListValue:
-		out := make([]string, len(k.BytesListValue.GetValues()))
-		for i, b := range k.BytesListValue.GetValues() {
-			out[i] = base64.StdEncoding.EncodeToString(b)
-		}
-		return out
-	case *skewlessv1.Value_BoolListValue:
-		return k.BoolListValue.GetValues()
-	case *skewlessv1.Value_TimestampListValue:
-		out := make([]any, len(k.TimestampListValue.GetValues()))
-		for i, ts := range k.TimestampListValue.GetValues() {
-			out[i] = canonicalTime(ts)
-		}
-		return out
-	}
-	return nil
-}
-
-// canonicalError renders the status code name, ErrorInfo reason and BadRequest fields.
-func canonicalError(e *skewless.Error) map[string]any {
-	fields := make([]string, 0, len(e.FieldViolations))
-	for _, v := range e.FieldViolations {
-		fields = append(fields, v.Field)
-	}
-	return map[string]any{
-		"code":    strings.ToUpper(code.Code(e.Code).String()),
-		"reason":  e.Reason,
-		"message": e.Message,
-		"fields":  fields,
 	}
 }

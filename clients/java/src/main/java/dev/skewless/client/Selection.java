@@ -2,11 +2,12 @@ package dev.skewless.client;
 
 import dev.skewless.v1.FeatureList;
 import dev.skewless.v1.GetOnlineFeaturesRequest;
+import dev.skewless.v1.HistoricalQuery;
 import dev.skewless.v1.RepeatedValue;
 import java.util.List;
 
 /**
- * Which features an online request returns: a feature service or explicit references.
+ * Which features a request returns: a feature service or explicit references.
  *
  * <pre>{@code
  * Selection.featureService("driver_ranking")
@@ -53,5 +54,17 @@ public final class Selection {
           column.name(), RepeatedValue.newBuilder().addAllValues(column.values()).build());
     }
     return request.build();
+  }
+
+  /** Starts the generated historical query message for this selection. */
+  HistoricalQuery.Builder toHistoricalQuery() {
+    HistoricalQuery.Builder query =
+        HistoricalQuery.newBuilder().setFullFeatureNames(fullFeatureNames);
+    if (featureService != null) {
+      query.setFeatureService(featureService);
+    } else {
+      query.setFeatures(FeatureList.newBuilder().addAllFeatures(features));
+    }
+    return query;
   }
 }

@@ -1,6 +1,8 @@
 package dev.skewless.client;
 
+import dev.skewless.v1.GetHistoricalFeaturesRequest;
 import dev.skewless.v1.GetOnlineFeaturesResponse;
+import dev.skewless.v1.HistoricalServiceGrpc;
 import dev.skewless.v1.OnlineServiceGrpc;
 import dev.skewless.v1.RegistryServiceGrpc;
 import io.grpc.ManagedChannel;
@@ -9,11 +11,13 @@ import io.grpc.StatusRuntimeException;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.concurrent.TimeUnit;
+import org.apache.arrow.memory.BufferAllocator;
 
 /**
- * A thin client for a skewless server: online lookups through the stubs generated from
- * {@code protos/}, with per-call deadlines, results read by feature name, and failures as
- * {@link SkewlessException} (gRPC status plus {@code google.rpc} details).
+ * A thin client for a skewless server: online lookups and historical retrieval through the stubs
+ * generated from {@code protos/}, with per-call deadlines, online results read by feature name,
+ * historical results as Arrow record batches, and failures as {@link SkewlessException} (gRPC
+ * status plus {@code google.rpc} details).
  *
  * <p>Thread-safe; create one per process and close it on shutdown.
  *
@@ -35,12 +39,14 @@ public final class SkewlessClient implements AutoCloseable {
   private final Duration defaultTimeout;
   private final OnlineServiceGrpc.OnlineServiceBlockingStub online;
   private final RegistryServiceGrpc.RegistryServiceBlockingStub registry;
+  private final HistoricalServiceGrpc.HistoricalServiceStub historical;
 
   private SkewlessClient(ManagedChannel channel, Duration defaultTimeout) {
     this.channel = channel;
     this.defaultTimeout = defaultTimeout;
     this.online = OnlineServiceGrpc.newBlockingStub(channel);
     this.registry = RegistryServiceGrpc.newBlockingStub(channel);
+    this.historical = HistoricalServiceGrpc.newStub(channel);
   }
 
   /** Starts building a client for {@code host:port}. */
@@ -120,6 +126,44 @@ public final class SkewlessClient implements AutoCloseable {
     } catch (StatusRuntimeException e) {
       throw SkewlessException.from(e);
     }
+  }
+
+  /**
+   * Retrieves point-in-time-correct features for entity rows the server reads, with the default
+   * deadline for the whole stream (see {@link #getHistoricalFeatures(Duration, HistoricalRequest,
+   * BufferAllocator)}).
+   */
+  public HistoricalReader getHistoricalFeatures(
+      HistoricalRequest request, BufferAllocator allocator) {
+    return getHistoricalFeatures(defaultTimeout, request, allocator);
+  }
+
+  /**
+   * Retrieves point-in-time-correct features for entity rows the server reads: one output row per
+   * entity row, in input order, with every input column, then the features in request order.
+   * Returns once the server has sent the result's schema; read the batches from the reader and
+   * close it (closing early cancels the call).
+   *
+   * @param timeout the deadline of the whole call, until the last batch is read
+   * @param request the features and where the entity rows come from
+   * @param allocator allocates the Arrow buffers of the result batches
+   * @return the result as an Arrow stream
+   * @throws SkewlessException the call failed (NOT_FOUND for an unknown feature, INVALID_ARGUMENT
+   *     for unreadable entity rows, FAILED_PRECONDITION for a view without history, ...)
+   */
+  public HistoricalReader getHistoricalFeatures(
+      Duration timeout, HistoricalRequest request, BufferAllocator allocator) {
+    HistoricalCall call = new HistoricalCall();
+    historical
+        .withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS)
+        .getHistoricalFeatures(call);
+    call.send(GetHistoricalFeaturesRequest.newBuilder().setQuery(request.toProto()).build());
+    return HistoricalReader.open(allocator, call);
+  }
+
+  /** The generated HistoricalService stub (asynchronous) with the default deadline. */
+  public HistoricalServiceGrpc.HistoricalServiceStub historical() {
+    return historical.withDeadlineAfter(defaultTimeout.toNanos(), TimeUnit.NANOSECONDS);
   }
 
   /** The generated OnlineService stub with the default deadline, for other calls. */

@@ -11,15 +11,18 @@ import com.google.rpc.BadRequest;
 import com.google.rpc.Code;
 import com.google.rpc.ErrorInfo;
 import com.google.rpc.RetryInfo;
+import dev.skewless.v1.ArrowCompression;
 import dev.skewless.v1.FeatureStatus;
 import dev.skewless.v1.FeatureVector;
 import dev.skewless.v1.GetOnlineFeaturesRequest;
 import dev.skewless.v1.GetOnlineFeaturesResponse;
+import dev.skewless.v1.HistoricalQuery;
 import dev.skewless.v1.Value;
 import io.grpc.Status;
 import io.grpc.protobuf.StatusProto;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 
 /** Pure-logic tests: no server needed. */
@@ -114,5 +117,32 @@ class SkewlessClientTest {
   @Test
   void builderNeedsAnExplicitTransport() {
     assertThrows(IllegalStateException.class, () -> SkewlessClient.builder("127.0.0.1:1").build());
+  }
+
+  @Test
+  void historicalRequestBuildsTheGeneratedQuery() {
+    HistoricalQuery byPath =
+        HistoricalRequest.fromPath(
+                "rows/*.parquet",
+                Selection.features("v:a", "w").withFullFeatureNames())
+            .labelTimeColumn("label_time")
+            .batchSize(500)
+            .toProto();
+    assertEquals("rows/*.parquet", byPath.getPath());
+    assertEquals(List.of("v:a", "w"), byPath.getFeatures().getFeaturesList());
+    assertTrue(byPath.getFullFeatureNames());
+    assertEquals("label_time", byPath.getLabelTimeColumn());
+    assertEquals(500, byPath.getBatchSize());
+    assertEquals(ArrowCompression.ARROW_COMPRESSION_NONE, byPath.getCompression());
+
+    HistoricalQuery bySql =
+        HistoricalRequest.fromSql("SELECT * FROM labels", Selection.featureService("svc"))
+            .toProto();
+    assertEquals("SELECT * FROM labels", bySql.getSql());
+    assertEquals("svc", bySql.getFeatureService());
+    assertEquals(HistoricalQuery.EntityRowsCase.SQL, bySql.getEntityRowsCase());
+    assertThrows(
+        IllegalArgumentException.class,
+        () -> HistoricalRequest.fromSql("SELECT 1", Selection.featureService("svc")).batchSize(-1));
   }
 }

@@ -6,6 +6,8 @@ import dev.skewless.client.SkewlessException;
 import dev.skewless.v1.FeatureVector;
 import dev.skewless.v1.GetOnlineFeaturesResponse;
 import dev.skewless.v1.Value;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
 import java.time.Instant;
 import java.time.ZoneOffset;
 import java.time.format.DateTimeFormatter;
@@ -14,8 +16,25 @@ import java.util.Base64;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.apache.arrow.vector.BigIntVector;
+import org.apache.arrow.vector.BitVector;
+import org.apache.arrow.vector.FieldVector;
+import org.apache.arrow.vector.Float4Vector;
+import org.apache.arrow.vector.Float8Vector;
+import org.apache.arrow.vector.IntVector;
+import org.apache.arrow.vector.TimeStampVector;
+import org.apache.arrow.vector.VarBinaryVector;
+import org.apache.arrow.vector.VarCharVector;
+import org.apache.arrow.vector.VectorSchemaRoot;
+import org.apache.arrow.vector.ipc.ArrowReader;
+import org.apache.arrow.vector.types.FloatingPointPrecision;
+import org.apache.arrow.vector.types.pojo.ArrowType;
+import org.apache.arrow.vector.types.pojo.Field;
 
-/** The canonical JSON form of answers (docs/clients.md), shared by every language's example. */
+/**
+ * The canonical JSON form of answers (docs/clients.md), shared by every language's example:
+ * online results, the Arrow record batches of historical retrieval, and errors.
+ */
 public final class CanonicalJson {
   private static final DateTimeFormatter TIME =
       DateTimeFormatter.ofPattern("yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'").withZone(ZoneOffset.UTC);
@@ -99,6 +118,123 @@ public final class CanonicalJson {
         yield out;
       }
     };
+  }
+
+  /**
+   * A historical result, read to the end: the rows of each record batch ({@code batches}), then
+   * every column with its name, canonical type and values ({@code columns}).
+   */
+  public static Map<String, Object> batches(ArrowReader reader) throws IOException {
+    VectorSchemaRoot root = reader.getVectorSchemaRoot();
+    List<Field> fields = root.getSchema().getFields();
+    List<Object> sizes = new ArrayList<>();
+    List<List<Object>> values = new ArrayList<>();
+    fields.forEach(f -> values.add(new ArrayList<>()));
+    while (reader.loadNextBatch()) {
+      sizes.add((long) root.getRowCount());
+      for (int c = 0; c < fields.size(); c++) {
+        FieldVector vector = root.getVector(c);
+        for (int i = 0; i < root.getRowCount(); i++) {
+          values.get(c).add(cell(vector, i));
+        }
+      }
+    }
+    List<Object> columns = new ArrayList<>();
+    for (int c = 0; c < fields.size(); c++) {
+      Map<String, Object> column = new LinkedHashMap<>();
+      column.put("name", fields.get(c).getName());
+      column.put("type", type(fields.get(c).getType()));
+      column.put("values", values.get(c));
+      columns.add(column);
+    }
+    Map<String, Object> out = new LinkedHashMap<>();
+    out.put("batches", sizes);
+    out.put("columns", columns);
+    return out;
+  }
+
+  /** The canonical name of an Arrow type: int64, float32, string, timestamp[us, tz=UTC]... */
+  public static String type(ArrowType type) {
+    if (type instanceof ArrowType.Int i
+        && i.getIsSigned()
+        && (i.getBitWidth() == 32 || i.getBitWidth() == 64)) {
+      return "int" + i.getBitWidth();
+    }
+    if (type instanceof ArrowType.FloatingPoint f) {
+      if (f.getPrecision() == FloatingPointPrecision.SINGLE) {
+        return "float32";
+      }
+      if (f.getPrecision() == FloatingPointPrecision.DOUBLE) {
+        return "float64";
+      }
+    }
+    if (type instanceof ArrowType.Utf8 || type instanceof ArrowType.LargeUtf8) {
+      return "string";
+    }
+    if (type instanceof ArrowType.Bool) {
+      return "bool";
+    }
+    if (type instanceof ArrowType.Binary) {
+      return "binary";
+    }
+    if (type instanceof ArrowType.Timestamp t) {
+      String unit =
+          switch (t.getUnit()) {
+            case SECOND -> "s";
+            case MILLISECOND -> "ms";
+            case MICROSECOND -> "us";
+            case NANOSECOND -> "ns";
+          };
+      return t.getTimezone() == null
+          ? "timestamp[" + unit + "]"
+          : "timestamp[" + unit + ", tz=" + t.getTimezone() + "]";
+    }
+    return type.toString();
+  }
+
+  /** One cell as JSON: null, number (FLOAT32 widened), string, bool, base64 bytes, or time. */
+  public static Object cell(FieldVector vector, int row) {
+    if (vector.isNull(row)) {
+      return null;
+    }
+    if (vector instanceof BigIntVector v) {
+      return v.get(row);
+    }
+    if (vector instanceof IntVector v) {
+      return (long) v.get(row);
+    }
+    if (vector instanceof Float4Vector v) {
+      return (double) v.get(row);
+    }
+    if (vector instanceof Float8Vector v) {
+      return v.get(row);
+    }
+    if (vector instanceof VarCharVector v) {
+      return new String(v.get(row), StandardCharsets.UTF_8);
+    }
+    if (vector instanceof BitVector v) {
+      return v.get(row) != 0;
+    }
+    if (vector instanceof VarBinaryVector v) {
+      return Base64.getEncoder().encodeToString(v.get(row));
+    }
+    if (vector instanceof TimeStampVector v
+        && vector.getField().getType() instanceof ArrowType.Timestamp t) {
+      long value = v.get(row);
+      Instant when =
+          switch (t.getUnit()) {
+            case SECOND -> Instant.ofEpochSecond(value);
+            case MILLISECOND -> Instant.ofEpochMilli(value);
+            case MICROSECOND ->
+                Instant.ofEpochSecond(
+                    Math.floorDiv(value, 1_000_000L), Math.floorMod(value, 1_000_000L) * 1_000L);
+            case NANOSECOND ->
+                Instant.ofEpochSecond(
+                    Math.floorDiv(value, 1_000_000_000L), Math.floorMod(value, 1_000_000_000L));
+          };
+      return TIME.format(when);
+    }
+    return String.valueOf(vector.getObject(row));
   }
 
   /** Serializes maps, lists, strings, numbers, booleans and null as compact JSON. */
