@@ -487,6 +487,26 @@ def test_bad_sql_and_typed_client_errors(served: Served) -> None:
     assert typed.value.metadata["column"] == "customer_id"
 
 
+def test_retrievals_are_counted_by_feature_service_and_status(served: Served) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(code: str, service: str) -> float:
+        labels = {"rpc": "GetHistoricalFeatures", "feature_service": service, "code": code}
+        return REGISTRY.get_sample_value("skewless_requests_total", labels) or 0.0
+
+    ok, denied = count("OK", "model"), count("PERMISSION_DENIED", "model")
+    unknown = count("NOT_FOUND", "")
+    get_historical_features(served.channel, entity_rows(4), feature_service="model")
+    with pytest.raises(grpc.RpcError):
+        get_historical_features(served.channel, "/etc/passwd", feature_service="model")
+    with pytest.raises(grpc.RpcError):
+        get_historical_features(served.channel, entity_rows(4), feature_service="nope")
+    assert count("OK", "model") == ok + 1
+    assert count("PERMISSION_DENIED", "model") == denied + 1
+    assert count("NOT_FOUND", "") == unknown + 1  # an unknown name never becomes a label
+    assert count("NOT_FOUND", "nope") == 0
+
+
 def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> None:
     inside, extra, outside = tmp_path / "repo", tmp_path / "shared", tmp_path / "private"
     for folder in (inside, extra, outside):

@@ -20,6 +20,7 @@ from skewless.offline.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     StoreUnavailableError,
 )
@@ -81,6 +82,7 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (InvalidArgumentError, "INVALID_ARGUMENT"),
     (DefinitionError, "FAILED_PRECONDITION"),
     (NotFoundError, "NOT_FOUND"),
+    (PermissionDeniedError, "PERMISSION_DENIED"),
     (FailedPreconditionError, "FAILED_PRECONDITION"),
     (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
     (StoreUnavailableError, "UNAVAILABLE"),

@@ -24,8 +24,10 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +55,7 @@ from skewless.offline.point_in_time import (
     point_in_time_join,
     validate_entity_schema,
 )
+from skewless.server import metrics
 from skewless.server.context import ServerContext
 from skewless.server.errors import grpc_stream_errors
 from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc, registry_pb2
@@ -451,6 +454,35 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         """Like `GetHistoricalFeatures`, yielding each response serialized."""
+        started = time.perf_counter()
+        seen = _Seen()
+        failure: BaseException | None = None
+        try:
+            async with contextlib.aclosing(self._retrieve(request_iterator, context, seen)) as out:
+                async for response in out:
+                    yield response
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            code = metrics.status_code_name(failure)
+            metrics.observe_request("GetHistoricalFeatures", seen.feature_service, code, seconds)
+            _log.info(
+                "historical retrieval %s: %d entity rows in %.2f s (%s)",
+                code,
+                seen.rows,
+                seconds,
+                seen.feature_service or "feature list",
+            )
+
+    async def _retrieve(
+        self,
+        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
+        context: grpc.aio.ServicerContext,
+        seen: _Seen,
+    ) -> AsyncGenerator[bytes, None]:
+        """Yields the serialized responses; notes the feature service and row count."""
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or not first.HasField("query"):
@@ -460,6 +492,8 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
         query = first.query
         registry = self.ctx.registry.current
         plan = _plan(registry, query)
+        if query.WhichOneof("kind") == "feature_service":
+            seen.feature_service = query.feature_service  # known to exist: a safe label
         self._check_history(plan)
         batch_rows = _batch_rows(query)
         compression = _COMPRESSION.get(query.compression)
@@ -494,12 +528,21 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
             temp_directory=self.ctx.config.data_dir / "tmp" / "duckdb",
         )
         del table
+        seen.rows = join.num_rows
         running = _Running(join)
         # A cancelled call may leave this generator suspended at a `yield` that is never
         # resumed; the done callback stops DuckDB and frees the join in every case.
         context.add_done_callback(lambda _: running.release())
         async for response in _stream(running, compression, split=query.batch_size == 0):
             yield response
+
+
+@dataclass
+class _Seen:
+    """What a retrieval has learnt about itself, for its metrics and log line."""
+
+    feature_service: str = ""
+    rows: int = 0
 
 
 class _Running:
