@@ -39,6 +39,7 @@ from skewless.offline.offline_store import (
 )
 from skewless.offline.point_in_time import ViewHistory, point_in_time_join
 from skewless.offline.registry_store import RegistryStore
+from skewless.server import entity_sources
 from skewless.server.app import SkewlessServer, create_server
 from skewless.server.services import historical as historical_service
 from skewless.v1 import historical_service_pb2, registry_pb2, types_pb2
@@ -514,7 +515,7 @@ def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> Non
         pq.write_table(entity_rows(3), folder / "rows.parquet")
     pq.write_table(entity_rows(3), outside / "other.parquet")
     roots = (inside, extra)
-    read_path = historical_service._read_path
+    read_path = entity_sources.read_path
     assert read_path(roots, inside, "rows.parquet").num_rows == 3
     assert read_path(roots, inside, str(extra / "*.parquet")).num_rows == 3
     assert read_path(roots, inside, "../shared/rows.parquet").num_rows == 3
@@ -531,7 +532,7 @@ def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> Non
             )
         ]
     )
-    read_sql = historical_service._read_sql
+    read_sql = entity_sources.read_sql
     # A registered source is the operator's: readable wherever it is.
     assert read_sql(roots, inside, registry, "SELECT * FROM registered").num_rows == 3
     within = f"SELECT * FROM read_parquet('{extra}/rows.parquet')"

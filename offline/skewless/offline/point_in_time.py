@@ -25,9 +25,10 @@ view, the *position* of the winning history row; features never travel through a
    into the Parquet scan as row-group filters) and read once into Arrow, in scan
    order: the feature columns (gathered from at the end) and a narrow index of join
    keys, event time and row position. Past `history_memory_limit` bytes the features
-   go to an Arrow file in `temp_directory` that is memory-mapped instead.
-2. Ties: one cheap aggregate counts (key, event time) groups holding more than one row.
-   If there are any, the index keeps only each group's winner (created time, file rank,
+   go to an Arrow file in `temp_directory` that is memory-mapped instead. (This step
+   and the next: `skewless.offline.history_index`.)
+2. Ties: one aggregate counts (key, event time) groups holding more than one row. If
+   there are any, the index keeps only each group's winner (created time, file rank,
    row in file; a `QUALIFY row_number()` over the narrow index, not over the features).
 3. One `ASOF LEFT JOIN` per view on the join keys and time, over the entity join keys,
    label time and row index only, returns the winner's position, or NULL when the
@@ -50,10 +51,8 @@ both sides together and carries every feature through the window: slower in Duck
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,8 +64,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skewless.offline.errors import InvalidArgumentError
-from skewless.offline.feature_refs import FeaturePlan, ViewPlan
-from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from skewless.offline.feature_refs import FeaturePlan
+from skewless.offline.history_index import (
+    INDEX_POSITION,
+    INDEX_TIME,
+    STRATEGIES,
+    HistoryLoader,
+    LoadedHistory,
+    ViewHistory,
+    arange,
+    has_ties,
+)
+from skewless.offline.offline_store import EVENT_TIMESTAMP
 from skewless.offline.sql import quote_identifier
 from skewless.offline.types import KEY_TYPES, arrow_type, value_type_name, value_type_of_arrow
 from skewless.v1 import types_pb2
@@ -93,21 +102,6 @@ _LABEL = "__skewless_t"
 _UTC_US = pa.timestamp("us", tz="UTC")
 _VT = types_pb2.ValueType
 _INTEGER_KEYS = frozenset({_VT.VALUE_TYPE_INT32, _VT.VALUE_TYPE_INT64})
-
-
-@dataclass(frozen=True)
-class ViewHistory:
-    """One view of a plan with the files holding its history.
-
-    Attributes:
-        view: The view's part of the plan.
-        files: The view's committed history files (see `history_files`); empty when
-            none can hold a candidate (its features are then null).
-
-    """
-
-    view: ViewPlan
-    files: tuple[Path, ...]
 
 
 def _keys_compatible(declared: int, actual: int | None) -> bool:
@@ -248,76 +242,14 @@ def _to_table(entity_rows: Any) -> pa.Table:
     )
 
 
-#: How each view's history index treats rows sharing a key and an event time: "plain"
-#: uses the index as read (exact only when there are no such ties, which is checked
-#: first unless forced); "dedupe" keeps each group's documented winner.
-STRATEGIES = ("plain", "dedupe")
-
 #: Gather features with the thread pool when a batch has at least this many values.
 _PARALLEL_GATHER_VALUES = 65_536
 _GATHER_POOL = ThreadPoolExecutor(
     max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="skewless-gather"
 )
-#: Rows per record batch when reading a view's pruned history.
-_LOAD_BATCH_ROWS = 1_048_576
-_SCAN = "union_by_name = true, hive_partitioning = false"
-_TS = "__ts"
-_POS = "__pos"
 
 
-def _where(index: int, view: ViewPlan) -> str:
-    where = f"{EVENT_TIMESTAMP} <= $hi{index}"
-    if view.ttl_micros > 0:
-        where += f" AND {EVENT_TIMESTAMP} >= $lo{index}"
-    return where
-
-
-def _check_sql(index: int, view: ViewPlan) -> str:
-    """Counts the (key, event time) groups of the pruned history holding ties."""
-    group = ", ".join([*(quote_identifier(k) for k in view.join_key_names), EVENT_TIMESTAMP])
-    return (
-        "SELECT count(*) FROM ("
-        f"SELECT 1 FROM read_parquet($files{index}, {_SCAN}) "
-        f"WHERE {_where(index, view)} GROUP BY {group} HAVING count(*) > 1)"
-    )
-
-
-def _load_sql(index: int, view: ViewPlan, dedupe: bool) -> str:
-    """Reads the pruned history: the index columns first, then the features."""
-    columns = [
-        *(quote_identifier(k) for k in view.join_key_names),
-        f"{EVENT_TIMESTAMP}::TIMESTAMPTZ AS {_TS}",
-    ]
-    if dedupe:
-        # The path itself would cost a string per row: rank it instead (the list is
-        # sorted by path string, so the rank keeps the path order).
-        columns += [
-            f"{CREATED_TIMESTAMP}::TIMESTAMPTZ AS __c",
-            "__file_index AS __fi",
-            "file_row_number::BIGINT AS __fr",
-        ]
-    columns += [f"{quote_identifier(f.name)} AS __f{j}" for j, f in enumerate(view.features)]
-    select = f"SELECT {', '.join(columns)} FROM "
-    if not dedupe:
-        return f"{select}read_parquet($files{index}, {_SCAN}) WHERE {_where(index, view)}"
-    return (
-        f"{select}read_parquet($files{index}, filename = true, file_row_number = true, {_SCAN}) "
-        f"JOIN (SELECT unnest($files{index}) AS __path, "
-        f"unnest(range(len($files{index}))) AS __file_index) ON filename = __path "
-        f"WHERE {_where(index, view)}"
-    )
-
-
-def _winners_sql(table: str, view: ViewPlan) -> str:
-    """Keeps, per (key, event time), the index row of the documented winner."""
-    keys = ", ".join(quote_identifier(k) for k in view.join_key_names)
-    return (
-        f"SELECT {keys}, {_TS}, {_POS} FROM {table} QUALIFY row_number() OVER "
-        f"(PARTITION BY {keys}, {_TS} ORDER BY __c DESC NULLS LAST, __fi DESC, __fr DESC) = 1"
-    )
-
-
-def _join_sql(views: Sequence[ViewHistory], loaded: Sequence[_History | None]) -> str:
+def _join_sql(views: Sequence[ViewHistory], loaded: Sequence[LoadedHistory | None]) -> str:
     """Returns, per entity row in input order, each view's winner position (or NULL)."""
     select = [f"e.{_ROW}"]
     joins = []
@@ -326,13 +258,13 @@ def _join_sql(views: Sequence[ViewHistory], loaded: Sequence[_History | None]) -
             continue
         view = vh.view
         on = [f"e.{quote_identifier(k)} = h{i}.{quote_identifier(k)}" for k in view.join_key_names]
-        on.append(f"e.{_LABEL} >= h{i}.{_TS}")
-        where = f"{_TS} <= $hi{i}"
-        position = f"h{i}.{_POS}"
+        on.append(f"e.{_LABEL} >= h{i}.{INDEX_TIME}")
+        where = f"{INDEX_TIME} <= $hi{i}"
+        position = f"h{i}.{INDEX_POSITION}"
         if view.ttl_micros > 0:
-            where += f" AND {_TS} >= $lo{i}"
+            where += f" AND {INDEX_TIME} >= $lo{i}"
             position = (
-                f"CASE WHEN h{i}.{_TS} >= e.{_LABEL} - INTERVAL ($ttl{i}) MICROSECONDS "
+                f"CASE WHEN h{i}.{INDEX_TIME} >= e.{_LABEL} - INTERVAL ($ttl{i}) MICROSECONDS "
                 f"THEN {position} END"
             )
         joins.append(
@@ -363,159 +295,6 @@ def _view_params(views: Sequence[ViewHistory], labels: pa.ChunkedArray) -> list[
                 values[f"lo{i}"] = lo.as_py()
         out.append(values)
     return out
-
-
-@dataclass
-class _History:
-    """A view's pruned history: the DuckDB table of its index and the features by position.
-
-    Attributes:
-        table: The registered index (join keys, event time, position), one row per
-            candidate winner.
-        features: The view's features, in its order and declared types, one row per
-            history row read (`take` by position).
-
-    """
-
-    table: str
-    features: pa.Table
-
-
-class _Spill:
-    """Feature batches written to an Arrow file that is then memory-mapped."""
-
-    def __init__(self, directory: Path | None, schema: pa.Schema) -> None:
-        fd, name = tempfile.mkstemp(prefix="history-", suffix=".arrow", dir=directory)
-        os.close(fd)
-        self.path = Path(name)
-        self.writer = pa.ipc.new_file(str(self.path), schema)
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
-
-    def finish(self) -> pa.Table:
-        self.writer.close()
-        try:
-            return pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
-        finally:
-            # The mapping outlives the name: nothing is left behind, even after a crash.
-            self.path.unlink()
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _one_chunk_per_column(table: pa.Table) -> pa.Table:
-    """Makes each column one array (`take` on chunked columns is ~3x slower).
-
-    A column at a time, so that the peak is the table plus one column, not twice it.
-    """
-    names = table.schema.names
-    columns = []
-    for name in names:
-        columns.append(table.column(name).combine_chunks())
-        table = table.drop_columns([name])
-    return pa.table(columns, names=names)
-
-
-def _arange(con: duckdb.DuckDBPyConnection, n: int) -> pa.ChunkedArray:
-    """0..n-1 as int64 (DuckDB builds it in parallel; a Python range costs ~0.1 µs a row)."""
-    relation = con.sql(f"SELECT range FROM range({int(n)})")
-    assert relation is not None
-    return relation.to_arrow_table().column(0)
-
-
-class _Loader:
-    """Reads each view's pruned history once, holding features up to a memory budget."""
-
-    def __init__(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        memory_limit: int | None,
-        temp_directory: Path | None,
-    ) -> None:
-        self.con = con
-        self.memory_left = memory_limit
-        self.temp_directory = temp_directory
-
-    def load(self, index: int, vh: ViewHistory, params: dict[str, Any], dedupe: bool) -> _History:
-        view = vh.view
-        relation = self.con.sql(
-            _load_sql(index, view, dedupe), params={f"files{index}": _paths(vh), **params}
-        )
-        assert relation is not None
-        n_index = len(view.join_key_names) + (4 if dedupe else 1)
-        schema = pa.schema(
-            [pa.field(f"__f{j}", arrow_type(f.value_type)) for j, f in enumerate(view.features)]
-        )
-        index_batches: list[pa.RecordBatch] = []
-        held: list[pa.RecordBatch] = []
-        spill: _Spill | None = None
-        reader = relation.to_arrow_reader(_LOAD_BATCH_ROWS)
-        try:
-            for batch in reader:
-                index_batches.append(batch.select(range(n_index)))
-                columns = [batch.column(n_index + j) for j in range(len(view.features))]
-                features = pa.RecordBatch.from_arrays(
-                    [
-                        c if c.type == f.type else c.cast(f.type)
-                        for c, f in zip(columns, schema, strict=True)
-                    ],
-                    schema=schema,
-                )
-                if spill is None and self.memory_left is not None:
-                    if features.nbytes > self.memory_left:
-                        spill = _Spill(self.temp_directory, schema)
-                        for kept in held:
-                            spill.write(kept)
-                        held = []
-                    else:
-                        self.memory_left -= features.nbytes
-                if spill is not None:
-                    spill.write(features)
-                else:
-                    held.append(features)
-            if spill is not None:
-                table = spill.finish()
-            else:
-                chunked = pa.Table.from_batches(held, schema)
-                held.clear()
-                table = _one_chunk_per_column(chunked)
-                del chunked
-        except BaseException:
-            if spill is not None:
-                spill.abort()
-            raise
-        finally:
-            reader.close()
-        index_schema = pa.schema([reader.schema.field(k) for k in range(n_index)])
-        index_table = pa.Table.from_batches(index_batches, index_schema)
-        del index_batches
-        index_table = index_table.append_column(_POS, _arange(self.con, index_table.num_rows))
-        name = f"__h{index}"
-        if dedupe:
-            self.con.register(f"__all{index}", index_table)
-            winners = self.con.sql(_winners_sql(f"__all{index}", view))
-            assert winners is not None
-            index_table = winners.to_arrow_table()
-            self.con.unregister(f"__all{index}")
-        self.con.register(name, index_table)
-        return _History(table=name, features=table)
-
-
-def _paths(vh: ViewHistory) -> list[str]:
-    return sorted(str(p) for p in vh.files)
-
-
-def _needs_dedupe(
-    con: duckdb.DuckDBPyConnection, index: int, vh: ViewHistory, params: dict[str, Any]
-) -> bool:
-    """True when the view's pruned history has two rows with the same key and event time."""
-    counts = con.sql(_check_sql(index, vh.view), params={f"files{index}": _paths(vh), **params})
-    assert counts is not None
-    return int(counts.fetchall()[0][0]) > 0
 
 
 def label_time_range(
@@ -606,11 +385,11 @@ def point_in_time_join(
         temp_directory.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_directory)
     con = duckdb.connect(config=config)
-    loaded: list[_History | None] = []
+    loaded: list[LoadedHistory | None] = []
     try:
         key_names = [k.name for k in plan.join_keys]
         join_input = pa.table(
-            [*(table.column(k) for k in key_names), labels, _arange(con, table.num_rows)],
+            [*(table.column(k) for k in key_names), labels, arange(con, table.num_rows)],
             names=[*key_names, _LABEL, _ROW],
         )
     except BaseException:
@@ -623,16 +402,14 @@ def point_in_time_join(
     ] or [(0, 0)]
 
     def run() -> Iterator[pa.RecordBatchReader]:
-        loader = _Loader(con, history_memory_limit, temp_directory)
+        loader = HistoryLoader(con, history_memory_limit, temp_directory)
         whole = _view_params(ordered, labels)
         for i, vh in enumerate(ordered):
             if not vh.files:
                 loaded.append(None)
                 continue
             dedupe = (
-                strategy == "dedupe"
-                if strategy is not None
-                else _needs_dedupe(con, i, vh, whole[i])
+                strategy == "dedupe" if strategy is not None else has_ties(con, i, vh, whole[i])
             )
             loaded.append(loader.load(i, vh, whole[i], dedupe))
         sql = _join_sql(ordered, loaded)
@@ -684,7 +461,7 @@ def _contiguous(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _assemble(
     table: pa.Table,
     open_readers: Callable[[], Iterator[pa.RecordBatchReader]],
-    loaded: Sequence[_History | None],
+    loaded: Sequence[LoadedHistory | None],
     schema: pa.Schema,
     plan: FeaturePlan,
     batch_rows: int,

@@ -1,0 +1,288 @@
+"""The pruned history of one feature view, read once for a point-in-time join.
+
+For each view of a retrieval, the history rows that can be candidates (pruned by the label
+time range) are read from Parquet once into Arrow and split in two:
+
+* the *index*: join keys, event time and row position, registered in DuckDB for the ASOF
+  joins (narrow, so the sorts move little data);
+* the *features*: the view's features in its order and declared types, gathered by
+  position after the join. Past a memory budget they go to an Arrow file that is
+  memory-mapped instead (its name is removed at once: nothing outlives the process).
+
+Ties (two rows with one key and one event time) are resolved on the index only: it then
+keeps each group's winner by created time, file rank (path order) and row in file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from skewless.offline.feature_refs import ViewPlan
+from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from skewless.offline.sql import quote_identifier
+from skewless.offline.types import arrow_type
+
+__all__ = [
+    "INDEX_POSITION",
+    "INDEX_TIME",
+    "STRATEGIES",
+    "HistoryLoader",
+    "LoadedHistory",
+    "ViewHistory",
+    "arange",
+    "has_ties",
+]
+
+#: How each view's history index treats rows sharing a key and an event time: "plain"
+#: uses the index as read (exact only when there are no such ties, which is checked
+#: first unless forced); "dedupe" keeps each group's documented winner.
+STRATEGIES = ("plain", "dedupe")
+
+#: Rows per record batch when reading a view's pruned history.
+_LOAD_BATCH_ROWS = 1_048_576
+_SCAN = "union_by_name = true, hive_partitioning = false"
+#: The index columns holding a row's event time and its position in the features.
+INDEX_TIME = "__ts"
+INDEX_POSITION = "__pos"
+
+
+def _where(index: int, view: ViewPlan) -> str:
+    where = f"{EVENT_TIMESTAMP} <= $hi{index}"
+    if view.ttl_micros > 0:
+        where += f" AND {EVENT_TIMESTAMP} >= $lo{index}"
+    return where
+
+
+def _check_sql(index: int, view: ViewPlan) -> str:
+    """Counts the (key, event time) groups of the pruned history holding ties."""
+    group = ", ".join([*(quote_identifier(k) for k in view.join_key_names), EVENT_TIMESTAMP])
+    return (
+        "SELECT count(*) FROM ("
+        f"SELECT 1 FROM read_parquet($files{index}, {_SCAN}) "
+        f"WHERE {_where(index, view)} GROUP BY {group} HAVING count(*) > 1)"
+    )
+
+
+def _load_sql(index: int, view: ViewPlan, dedupe: bool) -> str:
+    """Reads the pruned history: the index columns first, then the features."""
+    columns = [
+        *(quote_identifier(k) for k in view.join_key_names),
+        f"{EVENT_TIMESTAMP}::TIMESTAMPTZ AS {INDEX_TIME}",
+    ]
+    if dedupe:
+        # The path itself would cost a string per row: rank it instead (the list is
+        # sorted by path string, so the rank keeps the path order).
+        columns += [
+            f"{CREATED_TIMESTAMP}::TIMESTAMPTZ AS __c",
+            "__file_index AS __fi",
+            "file_row_number::BIGINT AS __fr",
+        ]
+    columns += [f"{quote_identifier(f.name)} AS __f{j}" for j, f in enumerate(view.features)]
+    select = f"SELECT {', '.join(columns)} FROM "
+    if not dedupe:
+        return f"{select}read_parquet($files{index}, {_SCAN}) WHERE {_where(index, view)}"
+    return (
+        f"{select}read_parquet($files{index}, filename = true, file_row_number = true, {_SCAN}) "
+        f"JOIN (SELECT unnest($files{index}) AS __path, "
+        f"unnest(range(len($files{index}))) AS __file_index) ON filename = __path "
+        f"WHERE {_where(index, view)}"
+    )
+
+
+def _winners_sql(table: str, view: ViewPlan) -> str:
+    """Keeps, per (key, event time), the index row of the documented winner."""
+    keys = ", ".join(quote_identifier(k) for k in view.join_key_names)
+    order = "__c DESC NULLS LAST, __fi DESC, __fr DESC"
+    return (
+        f"SELECT {keys}, {INDEX_TIME}, {INDEX_POSITION} FROM {table} QUALIFY row_number() "
+        f"OVER (PARTITION BY {keys}, {INDEX_TIME} ORDER BY {order}) = 1"
+    )
+
+
+@dataclass(frozen=True)
+class ViewHistory:
+    """One view of a plan with the files holding its history.
+
+    Attributes:
+        view: The view's part of the plan.
+        files: The view's committed history files (see `history_files`); empty when
+            none can hold a candidate (its features are then null).
+
+    """
+
+    view: ViewPlan
+    files: tuple[Path, ...]
+
+
+@dataclass
+class LoadedHistory:
+    """A view's pruned history: the DuckDB table of its index and the features by position.
+
+    Attributes:
+        table: The registered index (join keys, event time, position), one row per
+            candidate winner.
+        features: The view's features, in its order and declared types, one row per
+            history row read (`take` by position).
+
+    """
+
+    table: str
+    features: pa.Table
+
+
+class _Spill:
+    """Feature batches written to an Arrow file that is then memory-mapped."""
+
+    def __init__(self, directory: Path | None, schema: pa.Schema) -> None:
+        fd, name = tempfile.mkstemp(prefix="history-", suffix=".arrow", dir=directory)
+        os.close(fd)
+        self.path = Path(name)
+        self.writer = pa.ipc.new_file(str(self.path), schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
+
+    def finish(self) -> pa.Table:
+        self.writer.close()
+        try:
+            return pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+        finally:
+            # The mapping outlives the name: nothing is left behind, even after a crash.
+            self.path.unlink()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _one_chunk_per_column(table: pa.Table) -> pa.Table:
+    """Makes each column one array (`take` on chunked columns is ~3x slower).
+
+    A column at a time, so that the peak is the table plus one column, not twice it.
+    """
+    names = table.schema.names
+    columns = []
+    for name in names:
+        columns.append(table.column(name).combine_chunks())
+        table = table.drop_columns([name])
+    return pa.table(columns, names=names)
+
+
+def arange(con: duckdb.DuckDBPyConnection, n: int) -> pa.ChunkedArray:
+    """0..n-1 as int64 (DuckDB builds it in parallel; a Python range costs ~0.1 µs a row)."""
+    relation = con.sql(f"SELECT range FROM range({int(n)})")
+    assert relation is not None
+    return relation.to_arrow_table().column(0)
+
+
+class HistoryLoader:
+    """Reads each view's pruned history once, holding features up to a memory budget."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        memory_limit: int | None,
+        temp_directory: Path | None,
+    ) -> None:
+        self.con = con
+        self.memory_left = memory_limit
+        self.temp_directory = temp_directory
+
+    def load(
+        self, index: int, vh: ViewHistory, params: dict[str, Any], dedupe: bool
+    ) -> LoadedHistory:
+        """Reads view number `index` of a join and registers its index as `__h<index>`.
+
+        Args:
+            index: The view's position in the plan (names its tables and parameters).
+            vh: The view and its history files.
+            params: The label-range bounds `hi<index>` / `lo<index>` of the scan.
+            dedupe: Resolve ties (see `has_ties`); reads the tie-break columns too.
+
+        """
+        view = vh.view
+        relation = self.con.sql(
+            _load_sql(index, view, dedupe), params={f"files{index}": _paths(vh), **params}
+        )
+        assert relation is not None
+        n_index = len(view.join_key_names) + (4 if dedupe else 1)
+        schema = pa.schema(
+            [pa.field(f"__f{j}", arrow_type(f.value_type)) for j, f in enumerate(view.features)]
+        )
+        index_batches: list[pa.RecordBatch] = []
+        held: list[pa.RecordBatch] = []
+        spill: _Spill | None = None
+        reader = relation.to_arrow_reader(_LOAD_BATCH_ROWS)
+        try:
+            for batch in reader:
+                index_batches.append(batch.select(range(n_index)))
+                columns = [batch.column(n_index + j) for j in range(len(view.features))]
+                features = pa.RecordBatch.from_arrays(
+                    [
+                        c if c.type == f.type else c.cast(f.type)
+                        for c, f in zip(columns, schema, strict=True)
+                    ],
+                    schema=schema,
+                )
+                if spill is None and self.memory_left is not None:
+                    if features.nbytes > self.memory_left:
+                        spill = _Spill(self.temp_directory, schema)
+                        for kept in held:
+                            spill.write(kept)
+                        held = []
+                    else:
+                        self.memory_left -= features.nbytes
+                if spill is not None:
+                    spill.write(features)
+                else:
+                    held.append(features)
+            if spill is not None:
+                table = spill.finish()
+            else:
+                chunked = pa.Table.from_batches(held, schema)
+                held.clear()
+                table = _one_chunk_per_column(chunked)
+                del chunked
+        except BaseException:
+            if spill is not None:
+                spill.abort()
+            raise
+        finally:
+            reader.close()
+        index_schema = pa.schema([reader.schema.field(k) for k in range(n_index)])
+        index_table = pa.Table.from_batches(index_batches, index_schema)
+        del index_batches
+        index_table = index_table.append_column(
+            INDEX_POSITION, arange(self.con, index_table.num_rows)
+        )
+        name = f"__h{index}"
+        if dedupe:
+            self.con.register(f"__all{index}", index_table)
+            winners = self.con.sql(_winners_sql(f"__all{index}", view))
+            assert winners is not None
+            index_table = winners.to_arrow_table()
+            self.con.unregister(f"__all{index}")
+        self.con.register(name, index_table)
+        return LoadedHistory(table=name, features=table)
+
+
+def _paths(vh: ViewHistory) -> list[str]:
+    return sorted(str(p) for p in vh.files)
+
+
+def has_ties(
+    con: duckdb.DuckDBPyConnection, index: int, vh: ViewHistory, params: dict[str, Any]
+) -> bool:
+    """True when the view's pruned history has two rows with the same key and event time."""
+    counts = con.sql(_check_sql(index, vh.view), params={f"files{index}": _paths(vh), **params})
+    assert counts is not None
+    return int(counts.fetchall()[0][0]) > 0
