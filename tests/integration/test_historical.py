@@ -661,6 +661,21 @@ def _raw_responses(
     return raw[1:], pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
 
 
+def test_features_only_leaves_the_entity_columns_to_the_client(served: Served) -> None:
+    rows = entity_rows(300)
+    raw, schema = _raw_responses(served.channel, rows, features_only=True, batch_size=64)
+    assert schema.names == ["rating", "trips", "spend"]
+    got = pa.Table.from_batches(
+        [historical_client._read_batch(data, schema) for data in raw], schema=schema
+    )
+    whole = expected(served.config, rows)
+    assert got.equals(whole.select(schema.names))
+    # The client asks for features only when it holds the rows, and attaches them back.
+    assert get_historical_features(served.channel, rows, feature_service="model").equals(whole)
+    batch = rows.combine_chunks().to_batches()[0]
+    assert get_historical_features(served.channel, batch, feature_service="model").equals(whole)
+
+
 @pytest.mark.parametrize(
     ("compression", "batch_size"),
     [

@@ -182,9 +182,11 @@ def validate_entity_schema(schema: pa.Schema, plan: FeaturePlan, label_time_colu
             )
 
 
-def output_schema(entity_schema: pa.Schema, plan: FeaturePlan) -> pa.Schema:
-    """Returns the result schema: the entity row columns, then the features in order."""
-    fields = list(entity_schema)
+def output_schema(
+    entity_schema: pa.Schema, plan: FeaturePlan, *, entity_columns: bool = True
+) -> pa.Schema:
+    """Returns the result schema: the entity row columns (if asked), then the features."""
+    fields = list(entity_schema) if entity_columns else []
     fields.extend(pa.field(f.output_name, arrow_type(f.value_type)) for f in plan.features)
     return pa.schema(fields)
 
@@ -326,6 +328,7 @@ def point_in_time_join(
     temp_directory: Path | None = None,
     strategy: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    entity_columns: bool = True,
 ) -> PointInTimeJoin:
     """Starts the point-in-time join of entity rows against the plan's views.
 
@@ -348,6 +351,8 @@ def point_in_time_join(
         chunk_rows: Entity rows joined per DuckDB query; larger inputs run as several
             queries in input order (each pruning the history index by its own label
             range), which bounds memory: one query's sort, not the whole input's.
+        entity_columns: Put the entity row columns before the features; False returns
+            the features only (for a caller that keeps the rows and attaches them).
 
     Returns:
         The running join; read `reader` and `close` it when done.
@@ -375,7 +380,7 @@ def point_in_time_join(
             reason="NULL_LABEL_TIME",
             metadata={"column": label_time_column, "null_count": str(labels.null_count)},
         )
-    schema = output_schema(table.schema, plan)
+    schema = output_schema(table.schema, plan, entity_columns=entity_columns)
     config: dict[str, Any] = {}
     if threads:
         config["threads"] = threads
@@ -429,7 +434,10 @@ def point_in_time_join(
 
     # The queries run on reads, so a caller can `cancel` them from another thread.
     reader = pa.RecordBatchReader.from_batches(
-        schema, _assemble(table, run, loaded, schema, plan, batch_rows)
+        schema,
+        _assemble(
+            table if entity_columns else table.select([]), run, loaded, schema, plan, batch_rows
+        ),
     )
     return PointInTimeJoin(
         schema=schema, reader=reader, num_rows=table.num_rows, _con=con, _loaded=loaded

@@ -67,19 +67,28 @@ def _plain(schema: pa.Schema) -> pa.Schema:
     )
 
 
+def _as_table(entity_rows: Any) -> pa.Table | None:
+    """The entity rows as a table when they are already in memory, else None."""
+    if isinstance(entity_rows, pa.Table):
+        return entity_rows
+    if isinstance(entity_rows, pa.RecordBatch):
+        return pa.Table.from_batches([entity_rows])
+    module = type(entity_rows).__module__ or ""
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(entity_rows, preserve_index=False)
+    if module.startswith("polars") and hasattr(entity_rows, "to_arrow"):
+        table: pa.Table = entity_rows.to_arrow()
+        return table
+    return None
+
+
 def _as_reader(entity_rows: Any) -> pa.RecordBatchReader:
     """Turns supported entity row containers into a record batch reader."""
     if isinstance(entity_rows, pa.RecordBatchReader):
         return entity_rows
-    if isinstance(entity_rows, pa.Table):
-        return entity_rows.to_reader()
-    if isinstance(entity_rows, pa.RecordBatch):
-        return pa.RecordBatchReader.from_batches(entity_rows.schema, [entity_rows])
-    module = type(entity_rows).__module__ or ""
-    if module.startswith("pandas"):
-        return pa.Table.from_pandas(entity_rows, preserve_index=False).to_reader()
-    if module.startswith("polars") and hasattr(entity_rows, "to_arrow"):
-        return entity_rows.to_arrow().to_reader()
+    table = _as_table(entity_rows)
+    if table is not None:
+        return table.to_reader()
     if hasattr(entity_rows, "__arrow_c_stream__"):
         return pa.RecordBatchReader.from_stream(entity_rows)
     raise TypeError(
@@ -247,10 +256,21 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
     the server's query.
     """
 
-    def __init__(self, responses: Any, stop: threading.Event, progress: Any = None) -> None:
+    def __init__(
+        self,
+        responses: Any,
+        stop: threading.Event,
+        progress: Any = None,
+        entity_rows: pa.Table | None = None,
+    ) -> None:
         self._responses = responses  # serialized GetHistoricalFeaturesResponse messages
         self._stop = stop
         self._progress = progress
+        # Set when the server sends only the features (`features_only`): the entity row
+        # columns are attached here, by position, from the rows that were uploaded.
+        self._entity_rows = entity_rows
+        self._offset = 0
+        self._wire_schema: pa.Schema | None = None
         self._schema: pa.Schema | None = None
         self._done = False
 
@@ -263,7 +283,12 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
             if first is None or not first.HasField("arrow_schema"):
                 self.close()
                 raise RuntimeError("the server's first response carried no arrow_schema")
-            self._schema = pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
+            wire = pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
+            self._wire_schema = wire
+            if self._entity_rows is None:
+                self._schema = wire
+            else:
+                self._schema = pa.schema([*self._entity_rows.schema, *wire])
         return self._schema
 
     def __iter__(self) -> HistoricalBatches:
@@ -278,10 +303,26 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
         except StopIteration:
             self._finish()
             raise
-        batch = _read_batch(data, schema)
+        assert self._wire_schema is not None
+        batch = _read_batch(data, self._wire_schema)
+        if self._entity_rows is not None:
+            batch = self._with_entity_columns(batch, schema)
         if self._progress is not None:
             self._progress.update(batch.num_rows)
         return batch
+
+    def _with_entity_columns(self, features: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        assert self._entity_rows is not None
+        rows = self._entity_rows.slice(self._offset, features.num_rows)
+        if rows.num_rows != features.num_rows:
+            self.close()
+            raise RuntimeError(
+                f"the server returned more result rows than the {self._entity_rows.num_rows} "
+                "entity rows sent"
+            )
+        self._offset += features.num_rows
+        entity = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in rows.columns]
+        return pa.RecordBatch.from_arrays([*entity, *features.columns], schema=schema)
 
     def _finish(self) -> None:
         self._done = True
@@ -379,14 +420,24 @@ def iter_historical_batches(
     else:
         query.features.CopyFrom(types_pb2.FeatureList(features=list(features or ())))
     reader: pa.RecordBatchReader | None = None
+    kept: pa.Table | None = None
     total: int | None = None
     if sql is not None:
         query.sql = sql
     elif isinstance(entity_rows, str | os.PathLike):
         query.path = os.fspath(entity_rows)
     else:
-        reader = _as_reader(entity_rows)
-        total = _row_count(entity_rows)
+        kept = _as_table(entity_rows)
+        if kept is not None:
+            # The rows are in memory already: the server need not send them back.
+            plain = _plain(kept.schema)
+            kept = kept if kept.schema == plain else kept.cast(plain)
+            query.features_only = True
+            reader = kept.to_reader()
+            total = kept.num_rows
+        else:
+            reader = _as_reader(entity_rows)
+            total = _row_count(entity_rows)
         query.inline.SetInParent()
     stop = threading.Event()
     call = channel.stream_stream(
@@ -397,7 +448,7 @@ def iter_historical_batches(
     responses = call(
         _requests(query, reader, batch_rows, stop), timeout=timeout, metadata=tuple(metadata)
     )
-    return HistoricalBatches(responses, stop, _progress_bar(progress, total))
+    return HistoricalBatches(responses, stop, _progress_bar(progress, total), kept)
 
 
 def get_historical_features(

@@ -109,6 +109,7 @@ class HistoricalQuery(_message.Message):
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    FEATURES_ONLY_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """The name of a registered feature service."""
     path: _builtins.str
@@ -126,6 +127,12 @@ class HistoricalQuery(_message.Message):
     batch_size: _builtins.int
     """Optional. Rows per returned record batch, at most 1,048,576. 0 lets the server
     choose: up to 65,536 rows, fewer so that each response stays under 4 MiB.
+    """
+    features_only: _builtins.bool
+    """Optional. Return only the feature columns, not the entity row columns. For a client
+    that keeps the rows it uploaded and attaches the features itself: result rows are
+    in input order, one per entity row, so the n-th result row belongs to the n-th
+    entity row.
     """
     @_builtins.property
     def features(self) -> _types_pb2.FeatureList:
@@ -147,10 +154,11 @@ class HistoricalQuery(_message.Message):
         full_feature_names: _builtins.bool = ...,
         compression: Global___ArrowCompression.ValueType = ...,
         batch_size: _builtins.int = ...,
+        features_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entity_rows", b"entity_rows", "feature_service", b"feature_service", "features", b"features", "inline", b"inline", "kind", b"kind", "path", b"path", "sql", b"sql"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "entity_rows", b"entity_rows", "feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "inline", b"inline", "kind", b"kind", "label_time_column", b"label_time_column", "path", b"path", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "entity_rows", b"entity_rows", "feature_service", b"feature_service", "features", b"features", "features_only", b"features_only", "full_feature_names", b"full_feature_names", "inline", b"inline", "kind", b"kind", "label_time_column", b"label_time_column", "path", b"path", "sql", b"sql"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_entity_rows: _TypeAlias = _typing.Literal["inline", "path", "sql"]  # noqa: Y015
     _WhichOneofArgType_entity_rows: _TypeAlias = _typing.Literal["entity_rows", b"entity_rows"]  # noqa: Y015
@@ -226,8 +234,8 @@ class GetHistoricalFeaturesResponse(_message.Message):
     ARROW_RECORD_BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def arrow_schema(self) -> Global___ArrowSchema:
-        """Output only. Set in the first response: the result's schema (input columns, then
-        the features in request order).
+        """Output only. Set in the first response: the result's schema (input columns unless
+        `features_only`, then the features in request order).
         """
 
     @_builtins.property

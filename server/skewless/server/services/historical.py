@@ -381,6 +381,7 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
             batch_rows=batch_rows,
             memory_limit=JOIN_MEMORY_LIMIT,
             history_memory_limit=HISTORY_MEMORY_LIMIT,
+            entity_columns=not query.features_only,
             temp_directory=self.ctx.config.data_dir / "tmp" / "duckdb",
         )
         del table

@@ -206,7 +206,12 @@ type HistoricalQuery struct {
 	Compression ArrowCompression `protobuf:"varint,8,opt,name=compression,proto3,enum=skewless.v1.ArrowCompression" json:"compression,omitempty"`
 	// Optional. Rows per returned record batch, at most 1,048,576. 0 lets the server
 	// choose: up to 65,536 rows, fewer so that each response stays under 4 MiB.
-	BatchSize     int32 `protobuf:"varint,9,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	BatchSize int32 `protobuf:"varint,9,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	// Optional. Return only the feature columns, not the entity row columns. For a client
+	// that keeps the rows it uploaded and attaches the features itself: result rows are
+	// in input order, one per entity row, so the n-th result row belongs to the n-th
+	// entity row.
+	FeaturesOnly  bool `protobuf:"varint,10,opt,name=features_only,json=featuresOnly,proto3" json:"features_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +331,13 @@ func (x *HistoricalQuery) GetBatchSize() int32 {
 		return x.BatchSize
 	}
 	return 0
+}
+
+func (x *HistoricalQuery) GetFeaturesOnly() bool {
+	if x != nil {
+		return x.FeaturesOnly
+	}
+	return false
 }
 
 type isHistoricalQuery_Kind interface {
@@ -475,8 +487,8 @@ func (x *GetHistoricalFeaturesRequest) GetEntityBatch() *ArrowRecordBatch {
 // One message of the server stream of `HistoricalService.GetHistoricalFeatures`.
 type GetHistoricalFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Output only. Set in the first response: the result's schema (input columns, then
-	// the features in request order).
+	// Output only. Set in the first response: the result's schema (input columns unless
+	// `features_only`, then the features in request order).
 	ArrowSchema *ArrowSchema `protobuf:"bytes,1,opt,name=arrow_schema,json=arrowSchema,proto3" json:"arrow_schema,omitempty"`
 	// Output only. A batch of result rows, in input order across responses.
 	ArrowRecordBatch *ArrowRecordBatch `protobuf:"bytes,2,opt,name=arrow_record_batch,json=arrowRecordBatch,proto3" json:"arrow_record_batch,omitempty"`
@@ -537,7 +549,7 @@ const file_skewless_v1_historical_service_proto_rawDesc = "" +
 	"\x11serialized_schema\x18\x01 \x01(\fR\x10serializedSchema\"g\n" +
 	"\x10ArrowRecordBatch\x126\n" +
 	"\x17serialized_record_batch\x18\x01 \x01(\fR\x15serializedRecordBatch\x12\x1b\n" +
-	"\trow_count\x18\x02 \x01(\x03R\browCount\"\xa8\x03\n" +
+	"\trow_count\x18\x02 \x01(\x03R\browCount\"\xcd\x03\n" +
 	"\x0fHistoricalQuery\x12)\n" +
 	"\x0ffeature_service\x18\x01 \x01(\tH\x00R\x0efeatureService\x126\n" +
 	"\bfeatures\x18\x02 \x01(\v2\x18.skewless.v1.FeatureListH\x00R\bfeatures\x127\n" +
@@ -548,7 +560,9 @@ const file_skewless_v1_historical_service_proto_rawDesc = "" +
 	"\x12full_feature_names\x18\a \x01(\bR\x10fullFeatureNames\x12?\n" +
 	"\vcompression\x18\b \x01(\x0e2\x1d.skewless.v1.ArrowCompressionR\vcompression\x12\x1d\n" +
 	"\n" +
-	"batch_size\x18\t \x01(\x05R\tbatchSizeB\x06\n" +
+	"batch_size\x18\t \x01(\x05R\tbatchSize\x12#\n" +
+	"\rfeatures_only\x18\n" +
+	" \x01(\bR\ffeaturesOnlyB\x06\n" +
 	"\x04kindB\r\n" +
 	"\ventity_rows\"\x12\n" +
 	"\x10InlineEntityRows\"\xd1\x01\n" +
