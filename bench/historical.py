@@ -12,7 +12,10 @@ label time and a label), then measures in one run, each side in its own processe
   (tie-break dedupe, ASOF LEFT JOIN per view with the TTL bound, input order restored)
   on the same files into an Arrow table.
 
-Both results are compared (row count and a checksum of every feature column).
+Both results are compared (row count and a checksum of every feature column). Each of
+those is a first call in a fresh process; with `--calls N` (default 3) the script also
+times N calls on one server and N runs in one bare process and prints the steady state
+(the best call after the first), since a server runs many retrievals.
 
 With `--feast`, also Feast 0.67's `get_historical_features(...).to_arrow()` with its
 file offline store and its DuckDB offline store (`--feast-stores`), each in a child
@@ -21,8 +24,8 @@ needs `feast[duckdb]`) over the same Parquet history and entity rows, on
 `--feast-rows` entity rows (default 100,000); skewless and bare DuckDB are then also
 run on those rows, for a like-for-like ratio. Usage:
 
-    .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000]
-        [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
+    .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000] [--repeat 1]
+        [--calls 3] [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
 """
 
 from __future__ import annotations
@@ -210,7 +213,8 @@ def child_serve(scale: float) -> None:
         redis.stop()
 
 
-def child_client(scale: float, rows: int, port: int) -> None:
+def child_client(scale: float, rows: int, port: int, calls: int = 1) -> None:
+    """Times `calls` retrievals on one server; the figures are the first call's."""
     import grpc
 
     from skewless.client.historical import get_historical_features
@@ -220,25 +224,25 @@ def child_client(scale: float, rows: int, port: int) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
     grpc.channel_ready_future(channel).result(timeout=10)
     rss0 = _peak_rss_mb()
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    table = get_historical_features(
-        channel, entities, feature_service="training", full_feature_names=True
-    )
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
-    print(
-        json.dumps(
-            {
-                "wall_s": wall,
-                "client_cpu_s": cpu,
+    walls, result = [], {}
+    for call in range(calls):
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        table = get_historical_features(
+            channel, entities, feature_service="training", full_feature_names=True
+        )
+        walls.append(time.perf_counter() - start)
+        if call == 0:
+            result = {
+                "wall_s": walls[0],
+                "client_cpu_s": time.process_time() - cpu0,
                 "rows": table.num_rows,
                 "client_peak_rss_mb": _peak_rss_mb(),
                 "client_rss_before_mb": rss0,
                 "checksum": _checksum(table, FEATURES),
             }
-        )
-    )
+        del table
+    print(json.dumps({**result, "walls": walls}))
 
 
 BARE_SQL = """
@@ -288,7 +292,18 @@ BARE_SQL_NO_TIES = (
 )
 
 
-def child_bare(scale: float, rows: int, ties: bool = True) -> None:
+def child_bare(scale: float, rows: int, ties: bool = True, calls: int = 1) -> None:
+    """Runs the bare query `calls` times in this process; the figures are the first run's."""
+    walls, result = [], {}
+    for call in range(calls):
+        run = _bare_once(scale, rows, ties)
+        walls.append(run["wall_s"])
+        if call == 0:
+            result = run
+    print(json.dumps({**result, "walls": walls}))
+
+
+def _bare_once(scale: float, rows: int, ties: bool) -> dict:
     import duckdb
 
     base = data_dir(scale) / "data" / "offline"
@@ -333,17 +348,14 @@ def child_bare(scale: float, rows: int, ties: bool = True) -> None:
     table = relation.to_arrow_table()
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
-    print(
-        json.dumps(
-            {
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "rows": table.num_rows,
-                "peak_rss_mb": _peak_rss_mb(),
-                "checksum": _checksum(table, FEATURES),
-            }
-        )
-    )
+    con.close()
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rows": table.num_rows,
+        "peak_rss_mb": _peak_rss_mb(),
+        "checksum": _checksum(table, FEATURES),
+    }
 
 
 # --------------------------------------------------------------------------- Feast
@@ -510,7 +522,7 @@ def _run_json(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_skewless(scale: float, rows: int) -> dict:
+def run_skewless(scale: float, rows: int, calls: int = 1) -> dict:
     server = subprocess.Popen(
         [sys.executable, __file__, "_serve", str(scale)],
         stdin=subprocess.PIPE,
@@ -521,7 +533,7 @@ def run_skewless(scale: float, rows: int) -> dict:
     try:
         line = server.stdout.readline()
         port = int(line.split()[1])
-        result = _run_json(["_client", str(scale), str(rows), str(port)])
+        result = _run_json(["_client", str(scale), str(rows), str(port), str(calls)])
         server.stdin.write("\n")
         server.stdin.flush()
         result.update(json.loads(server.stdout.readline()))
@@ -539,6 +551,13 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=3,
+        help="also time this many calls on one server (and runs in one bare process); "
+        "the steady state is the best call after the first; 1 skips it",
+    )
     parser.add_argument("--feast", action="store_true", help="also run Feast 0.67")
     parser.add_argument("--feast-rows", type=int, default=100_000)
     parser.add_argument("--feast-stores", default="file,duckdb")
@@ -601,6 +620,20 @@ def main() -> None:
         f"{best_ours['wall_s'] / best_nt['wall_s']:.2f}x, CPU {ours_cpu / best_nt['cpu_s']:.2f}x"
     )
     print(f"results identical (rows + per-feature sums and null counts): {same}")
+    if args.calls > 1:
+        steady_ours = min(run_skewless(args.scale, args.rows, args.calls)["walls"][1:])
+        steady = {
+            kind: min(
+                _run_json([kind, str(args.scale), str(args.rows), str(args.calls)])["walls"][1:]
+            )
+            for kind in ("_bare", "_bare_no_ties")
+        }
+        print(
+            f"steady state (best of calls 2..{args.calls} on one server / in one process), "
+            f"wall s: skewless {steady_ours:.2f}, bare {steady['_bare']:.2f} "
+            f"({steady_ours / steady['_bare']:.2f}x), bare without the tie step "
+            f"{steady['_bare_no_ties']:.2f} ({steady_ours / steady['_bare_no_ties']:.2f}x)"
+        )
     if not same:
         print("ours:", best_ours["checksum"], "\nbare:", best_bare["checksum"])
     if args.feast:
@@ -630,10 +663,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
         child_serve(float(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_client":
-        child_client(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
-        child_bare(float(sys.argv[2]), int(sys.argv[3]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "_bare_no_ties":
-        child_bare(float(sys.argv[2]), int(sys.argv[3]), ties=False)
+        child_client(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] in ("_bare", "_bare_no_ties"):
+        calls = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+        ties = sys.argv[1] == "_bare"
+        child_bare(float(sys.argv[2]), int(sys.argv[3]), ties=ties, calls=calls)
     else:
         main()
