@@ -518,3 +518,38 @@ def test_feature_refs_errors_name_the_problem() -> None:
     assert plan.output_names == ("driver_stats__trips", "trip_stats__trips")
     with pytest.raises(InvalidArgumentError, match="repeated"):
         resolve_feature_refs(registry, ["driver_stats:trips", "driver_stats:trips"])
+
+
+# --------------------------------------------------------------------------- tie check
+
+
+@pytest.mark.parametrize(
+    ("times", "keys", "ties"),
+    [
+        ([1, 1, 2, 2], [1, 2, 1, 2], False),  # time order: proven by comparisons alone
+        ([1, 2, 1, 2], [1, 1, 2, 2], False),  # any other order: counted by DuckDB
+        ([1, 1, 2], [3, 3, 1], True),  # in order but not strictly: a tie
+        ([2, 1, 2], [3, 1, 3], True),  # out of order, tie apart
+        ([1, 1], [None, None], True),  # NULL keys: no proof; counted (harmless)
+        ([5], [1], False),
+    ],
+)
+def test_tie_check_finds_exactly_the_shared_key_and_time(
+    times: list[int], keys: list[int | None], ties: bool
+) -> None:
+    import duckdb
+
+    from skewless.offline.history_index import INDEX_POSITION, INDEX_TIME, LoadedHistory, has_ties
+
+    plan = resolve_feature_refs(build_registry(0, 0), ["driver_stats:rating"])
+    index = pa.table(
+        {
+            "driver_id": pa.array(keys, pa.int64()),
+            INDEX_TIME: pa.array([BASE + t * SEC for t in times]).cast(UTC_US),
+            INDEX_POSITION: pa.array(range(len(times)), pa.int64()),
+        }
+    )
+    con = duckdb.connect()
+    con.register("__h0", index)
+    loaded = LoadedHistory(table="__h0", features=pa.table({}), index=index, held_bytes=0)
+    assert has_ties(con, loaded, plan.views[0]) is ties

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from skewless.offline.feature_refs import ViewPlan
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
@@ -59,16 +61,6 @@ def _where(index: int, view: ViewPlan) -> str:
     if view.ttl_micros > 0:
         where += f" AND {EVENT_TIMESTAMP} >= $lo{index}"
     return where
-
-
-def _check_sql(index: int, view: ViewPlan) -> str:
-    """Counts the (key, event time) groups of the pruned history holding ties."""
-    group = ", ".join([*(quote_identifier(k) for k in view.join_key_names), EVENT_TIMESTAMP])
-    return (
-        "SELECT count(*) FROM ("
-        f"SELECT 1 FROM read_parquet($files{index}, {_SCAN}) "
-        f"WHERE {_where(index, view)} GROUP BY {group} HAVING count(*) > 1)"
-    )
 
 
 def _load_sql(index: int, view: ViewPlan, dedupe: bool) -> str:
@@ -131,11 +123,15 @@ class LoadedHistory:
             candidate winner.
         features: The view's features, in its order and declared types, one row per
             history row read (`take` by position).
+        index: The registered index itself.
+        held_bytes: Feature bytes counted against the memory budget (0 when mapped).
 
     """
 
     table: str
     features: pa.Table
+    index: pa.Table
+    held_bytes: int
 
 
 class _Spill:
@@ -220,6 +216,7 @@ class HistoryLoader:
         )
         index_batches: list[pa.RecordBatch] = []
         held: list[pa.RecordBatch] = []
+        held_bytes = 0
         spill: _Spill | None = None
         reader = relation.to_arrow_reader(_LOAD_BATCH_ROWS)
         try:
@@ -241,12 +238,16 @@ class HistoryLoader:
                         held = []
                     else:
                         self.memory_left -= features.nbytes
+                        held_bytes += features.nbytes
                 if spill is not None:
                     spill.write(features)
                 else:
                     held.append(features)
             if spill is not None:
                 table = spill.finish()
+                if self.memory_left is not None:
+                    self.memory_left += held_bytes  # those went to the file as well
+                held_bytes = 0
             else:
                 chunked = pa.Table.from_batches(held, schema)
                 held.clear()
@@ -272,17 +273,52 @@ class HistoryLoader:
             index_table = winners.to_arrow_table()
             self.con.unregister(f"__all{index}")
         self.con.register(name, index_table)
-        return LoadedHistory(table=name, features=table)
+        return LoadedHistory(table=name, features=table, index=index_table, held_bytes=held_bytes)
+
+    def release(self, history: LoadedHistory) -> None:
+        """Drops a loaded history and gives its memory back to the budget."""
+        self.con.unregister(history.table)
+        if self.memory_left is not None:
+            self.memory_left += history.held_bytes
 
 
 def _paths(vh: ViewHistory) -> list[str]:
     return sorted(str(p) for p in vh.files)
 
 
-def has_ties(
-    con: duckdb.DuckDBPyConnection, index: int, vh: ViewHistory, params: dict[str, Any]
-) -> bool:
-    """True when the view's pruned history has two rows with the same key and event time."""
-    counts = con.sql(_check_sql(index, vh.view), params={f"files{index}": _paths(vh), **params})
+def _strictly_ordered(index: pa.Table, keys: Sequence[str]) -> bool:
+    """True when each row is greater in (event time, keys) order than the one before.
+
+    Then no two rows share a key and an event time: a handful of vectorized comparisons
+    prove it for history stored in time order (as day partitions written window by
+    window are). NULL keys give False (no proof).
+    """
+    n = index.num_rows
+    if n < 2:
+        return True
+    columns = [index.column(INDEX_TIME), *(index.column(k) for k in keys)]
+    before = [c.slice(0, n - 1) for c in columns]
+    after = [c.slice(1) for c in columns]
+    greater = pc.greater(after[0], before[0])
+    equal = pc.equal(after[0], before[0])
+    for b, a in zip(before[1:], after[1:], strict=True):
+        greater = pc.or_(greater, pc.and_(equal, pc.greater(a, b)))
+        equal = pc.and_(equal, pc.equal(a, b))
+    return bool(pc.all(pc.fill_null(greater, False)).as_py())
+
+
+def has_ties(con: duckdb.DuckDBPyConnection, history: LoadedHistory, view: ViewPlan) -> bool:
+    """True when two rows of a plainly loaded index share the join key and event time.
+
+    History in (event time, key) order is proven tie-free by one pass of comparisons;
+    otherwise DuckDB counts the (key, event time) groups holding more than one row.
+    """
+    keys = view.join_key_names
+    if _strictly_ordered(history.index, keys):
+        return False
+    group = ", ".join([*(quote_identifier(k) for k in keys), INDEX_TIME])
+    counts = con.sql(
+        f"SELECT count(*) FROM (SELECT 1 FROM {history.table} GROUP BY {group} HAVING count(*) > 1)"
+    )
     assert counts is not None
     return int(counts.fetchall()[0][0]) > 0
