@@ -581,3 +581,18 @@ def test_online_only_view_writes_the_latest_rows_and_no_history(repo: RepoConfig
         f"mat:driver_stats:{{{d}}}".encode(): d * 1000 + 23.0 for d in range(20)
     }
     assert read_watermark(repo, "driver_stats") == T0 + DAY
+
+
+def test_history_is_written_in_time_then_key_order(tmp_path: Path, redis_url: str) -> None:
+    """Retrievals prove time-ordered history free of ties cheaply; keep it that way."""
+    config = make_config(tmp_path / "repo", redis_url)
+    rows = driver_rows(n_drivers=7, n_times=30)
+    write_source(config, rows.take(pa.array(range(rows.num_rows - 1, -1, -1))))  # reversed
+    registry = make_registry()
+    materialize(config, registry, T0 + DAY, T0 + 2 * DAY)  # the later window first
+    materialize(config, registry, T0, T0 + DAY)
+    files = history_files(config, "driver_stats")
+    stored = pa.concat_tables(pq.read_table(f) for f in files)  # path order, unsorted
+    assert stored.num_rows == 7 * 30
+    order = [(r["event_timestamp"], r["driver_id"]) for r in stored.to_pylist()]
+    assert order == sorted(order)

@@ -394,7 +394,7 @@ def _materialize_view(
         total = window.row_count
         history = HistoryWriter(config, plan.name, plan.history_schema)
         try:
-            for batch in window.batches():
+            for batch in window.batches(time_ordered=True):
                 history.write(batch)
                 rows_read += batch.num_rows
                 report("compute", rows_read, total)
