@@ -7,11 +7,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/skewless/skewless/clients/go/internal/canonical"
@@ -55,8 +51,7 @@ func main() {
 	}
 	client, err := skewless.Dial(*addr, mode)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		canonical.Fatal(err)
 	}
 	defer client.Close()
 
@@ -65,23 +60,9 @@ func main() {
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		res, err := client.OnlineFeatures(ctx, l.sel, l.entities...)
 		cancel()
-		entry := map[string]any{"name": l.name}
-		var e *skewless.Error
-		switch {
-		case err == nil:
+		out = append(out, canonical.Answer(l.name, err, func(entry map[string]any) {
 			entry["results"] = canonical.Results(res)
-		case errors.As(err, &e):
-			entry["error"] = canonical.Error(e)
-		default:
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		out = append(out, entry)
+		}))
 	}
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(map[string]any{"lookups": out}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	canonical.Print("lookups", out)
 }

@@ -9,11 +9,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/skewless/skewless/clients/go/internal/canonical"
@@ -50,8 +46,7 @@ func main() {
 
 	client, err := skewless.Dial(*addr, skewless.WithInsecure())
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		canonical.Fatal(err)
 	}
 	defer client.Close()
 
@@ -60,26 +55,12 @@ func main() {
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		res, err := client.HistoricalFeatures(ctx, q.query)
 		cancel()
-		entry := map[string]any{"name": q.name}
-		var e *skewless.Error
-		switch {
-		case err == nil:
+		out = append(out, canonical.Answer(q.name, err, func(entry map[string]any) {
 			for k, v := range canonical.Batches(res.Schema, res.Batches) {
 				entry[k] = v
 			}
 			res.Release()
-		case errors.As(err, &e):
-			entry["error"] = canonical.Error(e)
-		default:
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		out = append(out, entry)
+		}))
 	}
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(map[string]any{"queries": out}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	canonical.Print("queries", out)
 }

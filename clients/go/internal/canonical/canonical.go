@@ -5,6 +5,10 @@ package canonical
 
 import (
 	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/code"
@@ -111,4 +115,35 @@ func Error(e *skewless.Error) map[string]any {
 		"message": e.Message,
 		"fields":  fields,
 	}
+}
+
+// Answer is one named answer: `fill` adds the result when err is nil; a *skewless.Error
+// becomes its canonical error; any other error is fatal (printed, exit status 1).
+func Answer(name string, err error, fill func(entry map[string]any)) map[string]any {
+	entry := map[string]any{"name": name}
+	var e *skewless.Error
+	switch {
+	case err == nil:
+		fill(entry)
+	case errors.As(err, &e):
+		entry["error"] = Error(e)
+	default:
+		Fatal(err)
+	}
+	return entry
+}
+
+// Print writes {key: answers} to standard output as one JSON line (non-ASCII kept).
+func Print(key string, answers []map[string]any) {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(map[string]any{key: answers}); err != nil {
+		Fatal(err)
+	}
+}
+
+// Fatal prints err to standard error and exits with status 1.
+func Fatal(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
