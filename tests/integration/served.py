@@ -1,7 +1,8 @@
-"""Starts `skewless serve` as a real subprocess for tests."""
+"""Runs the real server for tests: `skewless serve` as a subprocess, or in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -13,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from skewless.offline.config import RepoConfig
+from skewless.server.app import SkewlessServer, create_server
 
 _SERVING = re.compile(r"serving project .* on [\d.]+:(\d+)")
 
@@ -87,3 +92,35 @@ def serve(repo: Path, *extra: str, timeout: float = 30.0) -> Iterator[ServedProc
                 proc.kill()
                 proc.wait()
         reader.join(5)
+
+
+class ServerThread:
+    """The real server on its own event loop in a background thread."""
+
+    def __init__(self, config: RepoConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: SkewlessServer | None = None
+        self.port = 0
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+
+        async def _start() -> tuple[SkewlessServer, int]:
+            server, port = create_server(self.config)
+            await server.start()
+            return server, port
+
+        self.server, self.port = self.run(_start())
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(0.2))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

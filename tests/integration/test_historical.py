@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
@@ -40,9 +39,9 @@ from skewless.offline.offline_store import (
 from skewless.offline.point_in_time import ViewHistory, point_in_time_join
 from skewless.offline.registry_store import RegistryStore
 from skewless.server import entity_sources
-from skewless.server.app import SkewlessServer, create_server
 from skewless.server.services import historical as historical_service
 from skewless.v1 import historical_service_pb2, registry_pb2, types_pb2
+from tests.integration.served import ServerThread
 
 try:
     from .client_harness import GRPCURL
@@ -172,38 +171,6 @@ def entity_rows(n: int) -> pa.Table:
             "label": pa.array([i % 2 == 0 for i in range(n)]),
         }
     )
-
-
-class ServerThread:
-    """The real server on its own event loop in a background thread."""
-
-    def __init__(self, config: RepoConfig) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: SkewlessServer | None = None
-        self.port = 0
-
-    def run(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-
-        async def _start() -> tuple[SkewlessServer, int]:
-            server, port = create_server(self.config)
-            await server.start()
-            return server, port
-
-        self.server, self.port = self.run(_start())
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.run(self.server.stop(0.2))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass

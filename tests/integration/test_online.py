@@ -7,12 +7,10 @@ runs against both backends.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,9 +38,9 @@ from skewless.offline.registry_store import RegistryStore
 from skewless.online.layout import redis_key
 from skewless.online.plan import PlanCatalog
 from skewless.online.reader import MAX_ENTITY_ROWS, encode_response
-from skewless.server.app import SkewlessServer, create_server
 from skewless.server.embedded_redis import EmbeddedRedis, free_port
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
+from tests.integration.served import ServerThread
 
 PROJECT = "proj"
 VT = types_pb2.ValueType
@@ -155,38 +153,6 @@ def make_registry(*, extra_feature: bool = False) -> registry_pb2.Registry:
             ),
         ],
     )
-
-
-class ServerThread:
-    """The real server on its own event loop in a background thread."""
-
-    def __init__(self, config: RepoConfig) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: SkewlessServer | None = None
-        self.port = 0
-
-    def run(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-
-        async def _start() -> tuple[SkewlessServer, int]:
-            server, port = create_server(self.config)
-            await server.start()
-            return server, port
-
-        self.server, self.port = self.run(_start())
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.run(self.server.stop(0.2))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
