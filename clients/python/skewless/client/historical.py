@@ -82,13 +82,10 @@ def _as_table(entity_rows: Any) -> pa.Table | None:
     return None
 
 
-def _as_reader(entity_rows: Any) -> pa.RecordBatchReader:
-    """Turns supported entity row containers into a record batch reader."""
+def _as_stream(entity_rows: Any) -> pa.RecordBatchReader:
+    """Entity rows that are not in memory as one table: a reader or an Arrow stream."""
     if isinstance(entity_rows, pa.RecordBatchReader):
         return entity_rows
-    table = _as_table(entity_rows)
-    if table is not None:
-        return table.to_reader()
     if hasattr(entity_rows, "__arrow_c_stream__"):
         return pa.RecordBatchReader.from_stream(entity_rows)
     raise TypeError(
@@ -96,16 +93,6 @@ def _as_reader(entity_rows: Any) -> pa.RecordBatchReader:
         "or polars DataFrame, an object exporting an Arrow stream, or a path string; got "
         f"{type(entity_rows).__name__}"
     )
-
-
-def _row_count(entity_rows: Any) -> int | None:
-    for attr in ("num_rows", "height"):
-        value = getattr(entity_rows, attr, None)
-        if isinstance(value, int):
-            return value
-    if type(entity_rows).__module__.startswith("pandas"):
-        return len(entity_rows)
-    return None
 
 
 def _upload_batches(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -436,8 +423,9 @@ def iter_historical_batches(
             reader = kept.to_reader()
             total = kept.num_rows
         else:
-            reader = _as_reader(entity_rows)
-            total = _row_count(entity_rows)
+            reader = _as_stream(entity_rows)
+            rows = getattr(entity_rows, "num_rows", None)
+            total = rows if isinstance(rows, int) else None
         query.inline.SetInParent()
     stop = threading.Event()
     call = channel.stream_stream(
