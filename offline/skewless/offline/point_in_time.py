@@ -459,13 +459,6 @@ def _feature_positions(plan: FeaturePlan) -> list[tuple[int, int]]:
     return [where[(f.view, f.name)] for f in plan.features]
 
 
-def _column_slice(column: pa.ChunkedArray, offset: int, length: int) -> pa.Array:
-    part = column.slice(offset, length)
-    if part.num_chunks == 1:
-        return part.chunk(0)
-    return part.combine_chunks()
-
-
 def _contiguous(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
@@ -495,7 +488,7 @@ def _assemble(
         last = joined.column(0)[length - 1].as_py()
         if first != offset or last != offset + length - 1:
             raise RuntimeError(f"join output out of order at row {offset}: {first}..{last}")
-        arrays = [_column_slice(table.column(c), offset, length) for c in range(n_inputs)]
+        arrays = [_contiguous(table.column(c).slice(offset, length)) for c in range(n_inputs)]
         indices = {
             i: _contiguous(joined.column(f"__r{i}"))
             for i, history in enumerate(loaded)
