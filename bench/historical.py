@@ -178,10 +178,10 @@ FEATURES = [f"driver_stats__f{i}" for i in range(10)] + [f"customer_stats__f{i}"
 def child_serve(scale: float) -> None:
     import asyncio
 
-    from skewless.offline.config import RepoConfig
-    from skewless.offline.registry_store import RegistryStore
+    from skewless.core.config import RepoConfig
+    from skewless.online.embedded_redis import EmbeddedRedis
+    from skewless.registry.registry_store import RegistryStore
     from skewless.server.app import create_server
-    from skewless.server.embedded_redis import EmbeddedRedis
 
     base = data_dir(scale)
     redis = EmbeddedRedis(base / "redis", persist=False).start()

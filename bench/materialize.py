@@ -5,7 +5,7 @@ Generates the issue's workload into bench/.data/ (a driver view of 100,000 entit
 string and a bool; `--scale` shrinks it), starts its own redis-server, then measures in
 one run, each in a child process (for its peak RSS):
 
-* ours: `skewless.offline.materialize.materialize` of the full range (history files +
+* ours: `skewless.materialization.pipeline.materialize` of the full range (history files +
   compare-and-set Redis writes);
 * ours-online: the same views declared online-only (no history), which is what Feast's
   `materialize` does;
@@ -136,8 +136,8 @@ def registry(*, offline: bool = True):
 
 
 def run_ours(url: str, workdir: Path, *, offline: bool = True) -> dict[str, float]:
-    from skewless.offline.config import RepoConfig
-    from skewless.offline.materialize import materialize
+    from skewless.core.config import RepoConfig
+    from skewless.materialization.pipeline import materialize
 
     config = RepoConfig(root=workdir, project="bench", data_dir=workdir / "data", redis_url=url)
     start = time.perf_counter()
@@ -263,7 +263,7 @@ def main() -> None:
         return
     import redis
 
-    from skewless.server.embedded_redis import EmbeddedRedis
+    from skewless.online.embedded_redis import EmbeddedRedis
 
     sizes = generate(args.scale)
     print(f"workload: {sizes}")

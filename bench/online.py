@@ -47,9 +47,9 @@ import grpc
 import redis
 from google.protobuf import descriptor_pb2, json_format
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.registry_store import RegistryStore
-from skewless.server.embedded_redis import EmbeddedRedis, free_port
+from skewless.core.config import RepoConfig
+from skewless.online.embedded_redis import EmbeddedRedis, free_port
+from skewless.registry.registry_store import RegistryStore
 from skewless.server.workers import serve_workers
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from skewless.server.embedded_redis import EmbeddedRedis
+from skewless.online.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

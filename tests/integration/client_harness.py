@@ -36,8 +36,8 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from skewless.offline.registry_store import RegistryStore
 from skewless.online.layout import redis_key
+from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import online_service_pb2, online_service_pb2_grpc, registry_pb2, types_pb2
 
 try:
@@ -332,7 +332,7 @@ def _wait_serving(addr: str, timeout: float = 15.0) -> None:
 
 
 async def _serve(data_dir: Path, redis_url: str) -> None:
-    from skewless.offline.config import RepoConfig
+    from skewless.core.config import RepoConfig
     from skewless.server.app import create_server
 
     config = RepoConfig(

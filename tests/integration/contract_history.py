@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 from skewless.offline.offline_store import ORIGIN_PUSH, HistoryWriter, commit_append
 
 #: The entity rows file, relative to the served repository (its data folder).

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from google.protobuf import duration_pb2
 
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 from skewless.v1 import registry_pb2, types_pb2
 
 VT = types_pb2.ValueType

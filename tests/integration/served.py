@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 from skewless.server.app import SkewlessServer, create_server
 
 _SERVING = re.compile(r"serving project .* on [\d.]+:(\d+)")
@@ -51,7 +51,7 @@ def write_repo(root: Path, project: str = "tests", redis_url: str | None = None)
 @contextmanager
 def serve(repo: Path, *extra: str, timeout: float = 30.0) -> Iterator[ServedProcess]:
     """Runs `skewless serve REPO --port 0` until the block ends, then SIGTERMs it."""
-    cmd = [sys.executable, "-m", "skewless.server.cli", "serve", str(repo), "--port", "0"]
+    cmd = [sys.executable, "-m", "skewless.cli", "serve", str(repo), "--port", "0"]
     cmd += ["--metrics-port", "0", *extra]
     proc = subprocess.Popen(
         cmd,

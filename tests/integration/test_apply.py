@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skewless.offline.apply import apply_definitions, apply_repo, plan_repo
-from skewless.offline.config import load_repo_config
-from skewless.offline.definitions import (
+from skewless.core.config import load_repo_config
+from skewless.core.errors import DefinitionError
+from skewless.registry.apply import apply_definitions, apply_repo, plan_repo
+from skewless.registry.definitions import (
     Entity,
     Feature,
     FeatureService,
@@ -22,9 +23,8 @@ from skewless.offline.definitions import (
     JoinKey,
     RepoDefinitions,
 )
-from skewless.offline.errors import DefinitionError
-from skewless.offline.registry_store import RegistryStore
-from skewless.offline.validation import DefinitionProblemsError
+from skewless.registry.registry_store import RegistryStore
+from skewless.registry.validation import DefinitionProblemsError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from skewless.server.embedded_redis import EmbeddedRedis
+from skewless.online.embedded_redis import EmbeddedRedis
 
 try:
     from . import client_harness as h

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from skewless.server.embedded_redis import EmbeddedRedis
+from skewless.online.embedded_redis import EmbeddedRedis
 
 try:
     from . import client_harness as h

@@ -26,9 +26,9 @@ from skewless.client import Client
 from skewless.client import errors as client_errors
 from skewless.client import historical as historical_client
 from skewless.client.historical import get_historical_features, iter_historical_batches
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import PermissionDeniedError
-from skewless.offline.feature_refs import resolve_feature_service
+from skewless.core.config import RepoConfig
+from skewless.core.errors import PermissionDeniedError
+from skewless.offline import entity_rows as entity_sources
 from skewless.offline.offline_store import (
     ORIGIN_PUSH,
     HistoryWriter,
@@ -37,8 +37,8 @@ from skewless.offline.offline_store import (
     history_files,
 )
 from skewless.offline.point_in_time import ViewHistory, point_in_time_join
-from skewless.offline.registry_store import RegistryStore
-from skewless.server import entity_sources
+from skewless.registry.feature_refs import resolve_feature_service
+from skewless.registry.registry_store import RegistryStore
 from skewless.server.services import historical as historical_service
 from skewless.v1 import historical_service_pb2, registry_pb2, types_pb2
 from tests.integration.served import ServerThread

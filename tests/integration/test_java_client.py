@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from skewless.server.embedded_redis import EmbeddedRedis
+from skewless.online.embedded_redis import EmbeddedRedis
 
 try:
     from . import client_harness as h

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import DefinitionError, FailedPreconditionError
-from skewless.offline.jobs import JobState, JobStore
-from skewless.offline.materialize import (
+from skewless.core.config import RepoConfig
+from skewless.core.errors import DefinitionError, FailedPreconditionError
+from skewless.materialization.jobs import JobState, JobStore
+from skewless.materialization.pipeline import (
     ViewLocks,
     materialize,
     materialize_incremental,
@@ -190,8 +190,8 @@ _KILLED_JOB = textwrap.dedent(
     from datetime import timedelta
     sys.path.insert(0, {root!r})
     from tests.integration.matfixtures import T0, make_config, make_registry
-    from skewless.offline import materialize as m
-    from skewless.offline.jobs import JobStore, JobState
+    from skewless.materialization import pipeline as m
+    from skewless.materialization.jobs import JobStore, JobState
     config = make_config(Path({repo!r}), {url!r})
     marker = Path({marker!r})
     store = JobStore(config)
@@ -272,7 +272,7 @@ def test_job_records_are_persisted(repo: RepoConfig) -> None:
 
 
 def test_schedule_catches_up_and_retries_with_backoff(repo: RepoConfig) -> None:
-    from skewless.offline.schedule import Scheduler
+    from skewless.materialization.schedule import Scheduler
 
     registry = make_registry(schedule=timedelta(hours=1))
     scheduler = Scheduler(repo, base_backoff=timedelta(minutes=1))
@@ -309,8 +309,8 @@ def test_schedule_catches_up_and_retries_with_backoff(repo: RepoConfig) -> None:
 
 
 def test_run_scheduler_task_uses_the_holders_registry(repo: RepoConfig) -> None:
-    from skewless.offline.registry_store import RegistryStore
-    from skewless.offline.schedule import run_scheduler
+    from skewless.materialization.schedule import run_scheduler
+    from skewless.registry.registry_store import RegistryStore
     from skewless.server.registry_holder import RegistryHolder
 
     RegistryStore(repo.registry_path).save(make_registry(schedule=timedelta(hours=6)))
@@ -339,7 +339,7 @@ def test_materialization_service_over_grpc(repo: RepoConfig) -> None:
     import grpc
     from google.protobuf import timestamp_pb2
 
-    from skewless.offline.registry_store import RegistryStore
+    from skewless.registry.registry_store import RegistryStore
     from skewless.server.app import create_server
     from skewless.v1 import materialization_service_pb2 as pb
     from skewless.v1 import materialization_service_pb2_grpc as pbg
@@ -441,8 +441,8 @@ def test_materialization_service_over_grpc(repo: RepoConfig) -> None:
 
 
 def test_cli_commands(repo: RepoConfig, capsys: pytest.CaptureFixture[str]) -> None:
-    from skewless.offline.registry_store import RegistryStore
-    from skewless.server.materialize_cli import main
+    from skewless.cli import main
+    from skewless.registry.registry_store import RegistryStore
 
     (repo.root / "skewless.yaml").write_text(
         f"project: mat\ndata_dir: .skewless\nonline_store: {{redis_url: '{repo.redis_url}'}}\n"
@@ -475,7 +475,7 @@ def test_cli_commands(repo: RepoConfig, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_online_expiry_from_ttl_when_tagged(repo: RepoConfig) -> None:
-    from skewless.offline.materialize import ONLINE_EXPIRY_TAG
+    from skewless.materialization.pipeline import ONLINE_EXPIRY_TAG
 
     registry = make_registry(ttl=timedelta(days=365 * 100))
     materialize(repo, registry, T0, T0 + DAY)
@@ -496,7 +496,7 @@ def test_history_files_prune_by_time_and_keep_pushed_rows(repo: RepoConfig) -> N
         commit_append,
         read_manifest,
     )
-    from skewless.offline.transform import plan_view
+    from skewless.offline.window_query import plan_view
 
     registry = make_registry()
     materialize(repo, registry, T0, T0 + 2 * DAY)
@@ -535,7 +535,7 @@ def test_commit_crash_after_renames_leaves_previous_history(repo: RepoConfig) ->
     import os
 
     from skewless.offline.offline_store import HistoryWriter
-    from skewless.offline.transform import plan_view
+    from skewless.offline.window_query import plan_view
 
     registry = make_registry()
     materialize(repo, registry, T0, T0 + DAY)

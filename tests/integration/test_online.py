@@ -33,12 +33,12 @@ from skewless.client import (
     UnavailableError,
     UnimplementedError,
 )
-from skewless.offline.config import RepoConfig
-from skewless.offline.registry_store import RegistryStore
+from skewless.core.config import RepoConfig
+from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.online.layout import redis_key
 from skewless.online.plan import PlanCatalog
 from skewless.online.reader import MAX_ENTITY_ROWS, encode_response
-from skewless.server.embedded_redis import EmbeddedRedis, free_port
+from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 from tests.integration.served import ServerThread
 
@@ -586,7 +586,7 @@ def test_metrics_exposed(served: Served) -> None:
 _WORKERS_SCRIPT = """
 import json, sys
 from pathlib import Path
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 from skewless.server.workers import serve_workers
 a = json.loads(sys.argv[1])
 config = RepoConfig(root=Path(a["root"]), project=a["project"], data_dir=Path(a["data"]),
@@ -697,7 +697,7 @@ def test_client_metadata_and_channel_reuse(served: Served) -> None:
 
 def test_raw_registration_sends_the_same_bytes(served: Served) -> None:
     """`add_online_servicer` answers byte for byte as the generated registration does."""
-    from skewless.offline.registry_store import RegistryStore as Store
+    from skewless.registry.registry_store import RegistryStore as Store
     from skewless.server.app import open_redis
     from skewless.server.context import ServerContext
     from skewless.server.registry_holder import RegistryHolder

@@ -16,8 +16,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.online.layout import redis_key
-from skewless.server.embedded_redis import EmbeddedRedis, free_port
 from tests.integration import test_online as contract
 from tests.integration.test_online import (  # noqa: F401 - re-collected against the cluster
     NOW,

@@ -14,13 +14,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import InvalidArgumentError, NotFoundError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError, NotFoundError
 from skewless.offline.offline_store import history_files
 from skewless.offline.push import prepare_push
-from skewless.offline.registry_store import RegistryStore
 from skewless.online.codec import decode_value
 from skewless.online.writer import OnlineWriter, prepare_rows
+from skewless.registry.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
 from skewless.server.services.push import push_features
@@ -293,7 +293,7 @@ def test_created_time_breaks_event_time_ties(config: RepoConfig) -> None:
 
 
 def _cluster_port() -> int:
-    from skewless.server.embedded_redis import free_port
+    from skewless.online.embedded_redis import free_port
 
     for _ in range(200):
         port = free_port()
@@ -308,7 +308,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory):
     import subprocess
     import time
 
-    from skewless.server.embedded_redis import EmbeddedRedis, free_port
+    from skewless.online.embedded_redis import EmbeddedRedis, free_port
 
     if shutil.which("redis-cli") is None:
         pytest.skip("needs redis-cli")
@@ -355,7 +355,7 @@ def test_materialize_and_push_on_redis_cluster(tmp_path: Path, cluster_url: str)
 
     from redis.cluster import RedisCluster
 
-    from skewless.offline.materialize import materialize
+    from skewless.materialization.pipeline import materialize
     from tests.integration.matfixtures import driver_rows, write_source
 
     config = dataclasses.replace(

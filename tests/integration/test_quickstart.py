@@ -26,7 +26,7 @@ def run(*args: str, cwd: Path) -> str:
 def test_readme_main_job_and_python_quickstart(tmp_path: Path) -> None:
     repo = tmp_path / "rides"
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("data", ".skewless"))
-    cli = ["-m", "skewless.server.cli"]
+    cli = ["-m", "skewless.cli"]
     run("generate_data.py", cwd=repo)
     assert "registry version 1" in run(*cli, "apply", ".", cwd=repo)
     out = run(*cli, "materialize-incremental", "--repo", ".", "--no-progress", cwd=repo)

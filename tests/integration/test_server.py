@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from skewless.online.embedded_redis import EmbeddedRedis
 from skewless.server.app import SERVICE_NAMES
-from skewless.server.embedded_redis import EmbeddedRedis
 from tests.integration.served import serve, write_repo
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -151,7 +151,7 @@ def test_materialize_writes_into_the_embedded_redis_of_a_running_server(tmp_path
     sh.copytree(example, repo, ignore=sh.ignore_patterns("data", ".skewless"))
     python = [sys.executable]
     subprocess.run([*python, "generate_data.py"], cwd=repo, check=True, capture_output=True)
-    cli = [*python, "-m", "skewless.server.cli"]
+    cli = [*python, "-m", "skewless.cli"]
     subprocess.run([*cli, "apply", "."], cwd=repo, check=True, capture_output=True)
     with serve(repo) as served:
         line = next(line for line in served.lines if "started embedded redis-server" in line)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from skewless.offline.types import arrow_type
+from skewless.core.types import arrow_type
 from skewless.online.codec import (
     decode_value,
     encode_column,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from skewless.offline.config import load_repo_config
-from skewless.offline.errors import DefinitionError
+from skewless.core.config import load_repo_config
+from skewless.core.errors import DefinitionError
 
 
 def _repo(tmp_path: Path, server: str) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from skewless.offline.definitions import (
+from skewless.core.errors import DefinitionError
+from skewless.registry.definitions import (
     Entity,
     Feature,
     FeatureService,
@@ -21,9 +22,8 @@ from skewless.offline.definitions import (
     parse_duration,
     resolve_value_type,
 )
-from skewless.offline.errors import DefinitionError
-from skewless.offline.repo_loader import load_definitions
-from skewless.offline.validation import (
+from skewless.registry.repo_loader import load_definitions
+from skewless.registry.validation import (
     DefinitionProblem,
     DefinitionProblemsError,
     is_identifier,

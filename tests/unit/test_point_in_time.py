@@ -15,14 +15,14 @@ from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skewless.offline.errors import InvalidArgumentError, NotFoundError
-from skewless.offline.feature_refs import (
+from skewless.core.errors import InvalidArgumentError, NotFoundError
+from skewless.offline.point_in_time import ViewHistory, point_in_time_join
+from skewless.registry.feature_refs import (
     FeaturePlan,
     parse_feature_ref,
     resolve_feature_refs,
     resolve_feature_service,
 )
-from skewless.offline.point_in_time import ViewHistory, point_in_time_join
 from skewless.v1 import registry_pb2, types_pb2
 
 VT = types_pb2.ValueType

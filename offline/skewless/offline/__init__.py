@@ -1,1 +1,1 @@
-"""The offline engine: definitions, transformations, point-in-time joins, offline storage."""
+"""The offline engine and store: feature history, window queries, point-in-time joins."""

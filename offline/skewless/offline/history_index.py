@@ -27,10 +27,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.offline.feature_refs import ViewPlan
+from skewless.core.names import quote_identifier
+from skewless.core.types import arrow_type
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-from skewless.offline.sql import quote_identifier
-from skewless.offline.types import arrow_type
+from skewless.registry.feature_refs import ViewPlan
 
 __all__ = [
     "INDEX_POSITION",

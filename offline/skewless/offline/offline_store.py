@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 
 __all__ = [
     "CREATED_TIMESTAMP",

@@ -67,8 +67,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.offline.errors import InvalidArgumentError
-from skewless.offline.feature_refs import FeaturePlan
+from skewless.core.errors import InvalidArgumentError
+from skewless.core.names import quote_identifier
+from skewless.core.types import KEY_TYPES, arrow_type, value_type_name, value_type_of_arrow
 from skewless.offline.history_index import (
     INDEX_POSITION,
     INDEX_TIME,
@@ -80,8 +81,7 @@ from skewless.offline.history_index import (
     has_ties,
 )
 from skewless.offline.offline_store import EVENT_TIMESTAMP
-from skewless.offline.sql import quote_identifier
-from skewless.offline.types import KEY_TYPES, arrow_type, value_type_name, value_type_of_arrow
+from skewless.registry.feature_refs import FeaturePlan
 from skewless.v1 import types_pb2
 
 __all__ = [

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import InvalidArgumentError, NotFoundError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError, NotFoundError
+from skewless.core.types import arrow_type, value_type_name, value_type_of_arrow
 from skewless.offline.offline_store import (
     CREATED_TIMESTAMP,
     EVENT_TIMESTAMP,
@@ -26,8 +27,7 @@ from skewless.offline.offline_store import (
     HistoryWriter,
     commit_append,
 )
-from skewless.offline.transform import ViewPlan, plan_view
-from skewless.offline.types import arrow_type, value_type_name, value_type_of_arrow
+from skewless.offline.window_query import ViewPlan, plan_view
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = ["PreparedPush", "ViewRows", "append_history", "prepare_push", "read_ipc_stream"]

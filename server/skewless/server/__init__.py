@@ -1,1 +1,1 @@
-"""The skewless server: gRPC services, configuration and the command line."""
+"""The skewless gRPC server: every v1 service, health, reflection, metrics and workers."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -12,8 +15,9 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.registry_store import RegistryStore
+from skewless.core.config import RepoConfig
+from skewless.core.errors import SkewlessError
+from skewless.registry.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
 from skewless.server.services.historical import HistoricalServicer, add_historical_servicer
@@ -29,7 +33,7 @@ from skewless.v1 import (
     registry_service_pb2_grpc,
 )
 
-__all__ = ["SERVICE_NAMES", "SkewlessServer", "create_server", "open_redis"]
+__all__ = ["SERVICE_NAMES", "SkewlessServer", "create_server", "open_redis", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ class SkewlessServer:
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
         self._tasks.append(asyncio.create_task(self._watch_health()))
         if self.run_schedules:
-            from skewless.offline.schedule import run_scheduler
+            from skewless.materialization.schedule import run_scheduler
 
             self._tasks.append(
                 asyncio.create_task(run_scheduler(self.ctx.config, self.ctx.registry))
@@ -182,4 +186,61 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
             run_schedules=run_schedules,
         ),
         port,
+    )
+
+
+async def _serve_until_signal(
+    config: RepoConfig,
+    *,
+    grace: float,
+    worker_index: int,
+    on_ready: Callable[[RepoConfig], None] | None,
+) -> None:
+    server, port = create_server(config, run_schedules=worker_index == 0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    _log.info("worker %d serving on %s:%d", worker_index, config.server_host, port)
+    if on_ready is not None:
+        on_ready(dataclasses.replace(config, server_port=port))
+    await stop.wait()
+    _log.info("shutting down: health NOT_SERVING, finishing in-flight calls")
+    await server.stop(grace)
+
+
+def serve(
+    config: RepoConfig,
+    *,
+    grace: float = 5.0,
+    worker_index: int = 0,
+    on_ready: Callable[[RepoConfig], None] | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully (the one serve loop).
+
+    Args:
+        config: The repository configuration; `redis_url` must be set.
+        grace: Seconds in-flight calls get when stopping.
+        worker_index: This process's index among `skewless serve --workers N` (metrics
+            go to `metrics_port + worker_index`; only worker 0 runs schedules).
+        on_ready: Called once serving, with the configuration and the bound port.
+
+    Raises:
+        SkewlessError: The metrics port cannot be bound.
+
+    """
+    from skewless.server.metrics import start_metrics_server
+
+    if config.metrics_port:
+        port = config.metrics_port + worker_index
+        try:
+            start_metrics_server(port, host=config.server_host)
+        except OSError as exc:
+            raise SkewlessError(
+                f"cannot serve metrics on port {port} ({exc.strerror}): set "
+                "server.metrics_port in skewless.yaml or pass --metrics-port 0"
+            ) from exc
+    asyncio.run(
+        _serve_until_signal(config, grace=grace, worker_index=worker_index, on_ready=on_ready)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from skewless.offline.config import RepoConfig
+from skewless.core.config import RepoConfig
 from skewless.server.registry_holder import RegistryHolder
 
 __all__ = ["ServerContext"]

@@ -1,6 +1,6 @@
 """The one boundary where domain exceptions become gRPC statuses.
 
-Servicers raise `skewless.offline.errors` exceptions; `grpc_errors` turns each into a
+Servicers raise `skewless.core.errors` exceptions; `grpc_errors` turns each into a
 canonical status code, an actionable message and `google.rpc` details (`ErrorInfo`
 always, `BadRequest` for bad input, `RetryInfo` when the call may be retried).
 """
@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from skewless.offline.errors import (
+from skewless.core.errors import (
     DefinitionError,
     FailedPreconditionError,
     InvalidArgumentError,

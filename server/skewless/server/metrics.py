@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from skewless.offline.errors import (
+from skewless.core.errors import (
     DefinitionError,
     FailedPreconditionError,
     InvalidArgumentError,

@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Sequence
 from typing import TypeVar
 
-from skewless.offline.errors import InvalidArgumentError
+from skewless.core.errors import InvalidArgumentError
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "paginate"]
 

@@ -6,8 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from skewless.offline.errors import FailedPreconditionError
-from skewless.offline.registry_store import RegistryStore
+from skewless.registry.registry_store import RegistryStore, registry_not_applied
 from skewless.v1 import registry_pb2
 
 __all__ = ["RegistryHolder"]
@@ -41,11 +40,7 @@ class RegistryHolder:
 
         """
         if self._registry is None:
-            raise FailedPreconditionError(
-                f"no registry at {self.store.path}: run `skewless apply` on the feature repository",
-                reason="REGISTRY_NOT_APPLIED",
-                metadata={"path": str(self.store.path)},
-            )
+            raise registry_not_applied()
         return self._registry
 
     @property

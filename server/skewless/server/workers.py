@@ -13,7 +13,6 @@ process may run on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -25,8 +24,8 @@ from dataclasses import replace
 from multiprocessing.synchronize import Event
 from types import FrameType
 
-from skewless.offline.config import RepoConfig
-from skewless.server.embedded_redis import free_port
+from skewless.core.config import RepoConfig
+from skewless.online.embedded_redis import free_port
 
 __all__ = ["default_workers", "serve_workers"]
 
@@ -42,27 +41,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-async def _serve_one(config: RepoConfig, index: int, grace: float, ready: Event) -> None:
-    from skewless.server.app import create_server
-    from skewless.server.metrics import start_metrics_server
-
-    if config.metrics_port:
-        start_metrics_server(config.metrics_port + index, host=config.server_host)
-    server, port = create_server(config, run_schedules=index == 0)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    ready.set()
-    _log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), config.server_host, port)
-    await stop.wait()
-    await server.stop(grace)
-
-
 def _worker_main(config: RepoConfig, index: int, grace: float, ready: Event) -> None:
+    from skewless.server.app import serve
+
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(message)s")
-    asyncio.run(_serve_one(config, index, grace, ready))
+    serve(config, grace=grace, worker_index=index, on_ready=lambda _: ready.set())
 
 
 def serve_workers(

@@ -33,15 +33,11 @@ import grpc
 import pyarrow as pa
 
 from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
-from skewless.offline.errors import (
+from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
-from skewless.offline.feature_refs import (
-    FeaturePlan,
-    resolve_feature_refs,
-    resolve_feature_service,
-)
+from skewless.offline.entity_rows import read_path, read_sql
 from skewless.offline.offline_store import EVENT_TIMESTAMP, history_files
 from skewless.offline.point_in_time import (
     DEFAULT_BATCH_ROWS,
@@ -51,9 +47,13 @@ from skewless.offline.point_in_time import (
     point_in_time_join,
     validate_entity_schema,
 )
+from skewless.registry.feature_refs import (
+    FeaturePlan,
+    resolve_feature_refs,
+    resolve_feature_service,
+)
 from skewless.server import metrics
 from skewless.server.context import ServerContext
-from skewless.server.entity_sources import read_path, read_sql
 from skewless.server.errors import grpc_stream_errors
 from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc, registry_pb2
 

@@ -3,7 +3,7 @@
 `StartMaterialization` validates the request, takes the views' job locks (so a second
 job for a view fails at once with FAILED_PRECONDITION), records the job and runs it in
 a worker thread; the call returns immediately. Job records live under the data dir
-(`skewless.offline.jobs`), so jobs started by the CLI are listed too.
+(`skewless.materialization.jobs`), so jobs started by the CLI are listed too.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import timestamp_pb2
 
-from skewless.offline.errors import InvalidArgumentError
-from skewless.offline.jobs import JobRecord, JobState, JobStore, run_job
-from skewless.offline.materialize import ViewLocks, materializable_views
-from skewless.offline.transform import plan_view
+from skewless.core.errors import InvalidArgumentError
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
 from skewless.server.context import ServerContext
 from skewless.server.errors import grpc_errors
 from skewless.server.pagination import paginate
@@ -94,25 +92,20 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
                     field="end_time",
                     metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
                 )
-        views = list(dict.fromkeys(request.feature_views)) or materializable_views(registry)
-        for name in views:
-            plan_view(registry, name)  # NOT_FOUND for unknown views, before anything runs
-        locks = ViewLocks(self.ctx.config, views)
-        try:
-            record = self.jobs.create(
-                views,
-                window_start=start,
-                window_end=end,
-                incremental=request.incremental,
-                trigger="api",
-            )
-        except BaseException:
-            locks.release()
-            raise
+        started = start_job(
+            self.ctx.config,
+            registry,
+            request.feature_views,
+            window_start=start,
+            window_end=end,
+            incremental=request.incremental,
+            trigger="api",
+        )
+        record = started.record
         thread = threading.Thread(
             target=run_job,
             args=(self.ctx.config, registry, self.jobs, record),
-            kwargs={"locks": locks},
+            kwargs={"locks": started.locks},
             name=f"materialize-{record.job_id}",
             daemon=True,
         )

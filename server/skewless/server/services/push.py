@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from skewless.offline.materialize import online_expiry
+from skewless.materialization.pipeline import online_expiry
 from skewless.offline.push import append_history, prepare_push, read_ipc_stream
 from skewless.online.writer import AsyncOnlineWriter, prepare_rows
 from skewless.server.context import ServerContext

@@ -7,7 +7,8 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
-from skewless.offline.errors import InvalidArgumentError, NotFoundError
+from skewless.core.errors import InvalidArgumentError, NotFoundError
+from skewless.registry.search import search_features
 from skewless.server.context import ServerContext
 from skewless.server.errors import grpc_errors
 from skewless.server.pagination import paginate
@@ -39,16 +40,6 @@ def _find(items: Iterable[T], name: str, kind: str) -> T:
         reason=f"{kind.upper().replace(' ', '_')}_NOT_FOUND",
         metadata={kind.replace(" ", "_"): name},
     )
-
-
-def _haystack(*parts: Any) -> str:
-    out: list[str] = []
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-        else:  # a tags map
-            out.extend(f"{k} {v}" for k, v in part.items())
-    return " ".join(out).lower()
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
@@ -154,21 +145,15 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgumentError(
                 "query is required: one or more words to look for", field="query"
             )
-        matches: list[pb.FeatureMatch] = []
-        for view in self._reg.feature_views:
-            view_text = _haystack(view.name, view.description, view.owner, view.tags)
-            for feature in view.features:
-                text = view_text + " " + _haystack(feature.name, feature.description, feature.tags)
-                if all(word in text for word in words):
-                    matches.append(
-                        pb.FeatureMatch(
-                            feature_view=view.name,
-                            feature=feature,
-                            reference=f"{view.name}:{feature.name}",
-                            entities=view.entities,
-                            owner=view.owner,
-                        )
-                    )
-        matches.sort(key=lambda m: m.reference)
+        matches = [
+            pb.FeatureMatch(
+                feature_view=hit.view.name,
+                feature=hit.feature,
+                reference=hit.reference,
+                entities=hit.view.entities,
+                owner=hit.view.owner,
+            )
+            for hit in search_features(self._reg, words)
+        ]
         page, token = paginate(matches, request.page_size, request.page_token, " ".join(words))
         return pb.SearchFeaturesResponse(matches=page, next_page_token=token)

@@ -18,15 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import FailedPreconditionError
-from skewless.offline.jobs import JobRecord, JobState, JobStore, run_job
-from skewless.offline.materialize import (
-    EPOCH,
-    ViewLocks,
-    materializable_views,
-    read_watermark,
-)
+from skewless.core.config import RepoConfig
+from skewless.core.errors import FailedPreconditionError
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
+from skewless.materialization.pipeline import EPOCH, materializable_views, read_watermark
 from skewless.v1 import registry_pb2
 
 __all__ = ["RegistrySource", "Scheduler", "due_boundary", "run_scheduler"]
@@ -101,22 +96,20 @@ class Scheduler:
 
         """
         try:
-            locks = ViewLocks(self.config, [view])
-        except FailedPreconditionError:
-            return None
-        store = JobStore(self.config)
-        try:
-            record = store.create(
+            started = start_job(
+                self.config,
+                registry,
                 [view],
                 window_start=read_watermark(self.config, view) or EPOCH,
                 window_end=end,
                 incremental=True,
                 trigger="schedule",
             )
-        except BaseException:
-            locks.release()
-            raise
-        result = run_job(self.config, registry, store, record, locks=locks)
+        except FailedPreconditionError:  # a CLI or API job holds the view
+            return None
+        result = run_job(
+            self.config, registry, JobStore(self.config), started.record, locks=started.locks
+        )
         state = self._states.setdefault(view, _ViewState())
         if result.state == JobState.SUCCEEDED:
             state.failures, state.retry_at = 0, None

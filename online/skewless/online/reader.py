@@ -32,12 +32,12 @@ import hiredis
 import redis.exceptions
 from redis.asyncio import connection as aioredis_connection
 
-from skewless.offline.errors import (
+from skewless.core.errors import (
     InvalidArgumentError,
     ResourceExhaustedError,
     StoreUnavailableError,
 )
-from skewless.offline.types import value_type_name
+from skewless.core.types import value_type_name
 from skewless.online.layout import encode_key_part
 from skewless.online.plan import LookupPlan
 from skewless.v1 import types_pb2

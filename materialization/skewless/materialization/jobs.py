@@ -21,18 +21,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import NotFoundError, SkewlessError
-from skewless.offline.materialize import (
+from skewless.core.config import RepoConfig
+from skewless.core.errors import NotFoundError, SkewlessError
+from skewless.materialization.pipeline import (
     Progress,
     ProgressCallback,
     ViewLocks,
+    materializable_views,
     materialize,
     materialize_incremental,
 )
+from skewless.offline.window_query import plan_view
 from skewless.v1 import registry_pb2
 
-__all__ = ["JobRecord", "JobState", "JobStore", "ProgressThrottle", "run_job"]
+__all__ = [
+    "JobRecord",
+    "JobState",
+    "JobStore",
+    "ProgressThrottle",
+    "StartedJob",
+    "run_job",
+    "start_job",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -246,6 +256,64 @@ class ProgressThrottle:
             self._last = now
             return True
         return False
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A recorded PENDING job and the locks of its views, ready for `run_job`.
+
+    Attributes:
+        record: The job's record.
+        locks: The views' job locks; `run_job` releases them when the job ends.
+
+    """
+
+    record: JobRecord
+    locks: ViewLocks
+
+
+def start_job(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    views: Sequence[str],
+    *,
+    window_start: datetime | None,
+    window_end: datetime,
+    incremental: bool,
+    trigger: str,
+) -> StartedJob:
+    """Checks the views, takes their locks and records a PENDING job (the one way to start).
+
+    Args:
+        config: The repository.
+        registry: The registry holding the views.
+        views: The views; empty means every materializable view.
+        window_start: The window's start; None for incremental jobs (known when they run).
+        window_end: The window's end (exclusive).
+        incremental: Continue each view from its watermark.
+        trigger: Who starts it (`cli`, `api`, `schedule`).
+
+    Raises:
+        NotFoundError: An unknown view (nothing is locked or recorded).
+        FailedPreconditionError: Another job holds a view's lock.
+
+    """
+    names = list(dict.fromkeys(views)) or materializable_views(registry)
+    for name in names:
+        plan_view(registry, name)
+    locks = ViewLocks(config, names)
+    try:
+        record = JobStore(config).create(
+            names,
+            window_start=window_start,
+            window_end=window_end,
+            incremental=incremental,
+            trigger=trigger,
+        )
+    except BaseException:
+        locks.release()
+        raise
+    return StartedJob(record=record, locks=locks)
 
 
 def run_job(

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from skewless.offline.errors import DefinitionError
+from skewless.core.errors import DefinitionError
 
 __all__ = ["CONFIG_FILE", "DEFAULT_SERVER_PORT", "RepoConfig", "load_repo_config"]
 

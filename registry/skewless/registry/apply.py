@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skewless.offline.config import RepoConfig, load_repo_config
-from skewless.offline.definitions import RepoDefinitions
-from skewless.offline.registry_store import ApplyResult, RegistryStore
-from skewless.offline.repo_loader import load_definitions
-from skewless.offline.validation import raise_for_problems, validate_definitions
+from skewless.core.config import RepoConfig, load_repo_config
+from skewless.registry.definitions import RepoDefinitions
+from skewless.registry.registry_store import ApplyResult, RegistryStore
+from skewless.registry.repo_loader import load_definitions
+from skewless.registry.validation import raise_for_problems, validate_definitions
 from skewless.v1 import registry_pb2
 
 __all__ = ["ApplyResult", "apply_definitions", "apply_repo", "plan_definitions", "plan_repo"]

@@ -1,14 +1,11 @@
-"""CLI commands for materialization: `materialize`, `materialize-incremental`, `jobs`.
+"""`skewless materialize`, `skewless materialize-incremental` and `skewless jobs`.
 
-`add_commands(subparsers)` registers them on the `skewless` argument parser; each sets
-`func`, which returns the process exit code: 0 on success, 1 when the job failed,
-2 for bad arguments or an unusable repository. Long work shows a progress bar with
-rows, rate and ETA (tqdm, on stderr).
+A failed job exits with 1 (`skewless.cli.exit_codes`); long work shows a progress bar
+with rows, rate and ETA (tqdm, on stderr).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -18,26 +15,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from skewless.offline.config import RepoConfig, load_repo_config
-from skewless.offline.errors import SkewlessError
-from skewless.offline.jobs import JobRecord, JobState, JobStore, run_job
-from skewless.offline.materialize import Progress, ViewLocks, materializable_views
-from skewless.offline.registry_store import RegistryStore
-from skewless.offline.transform import plan_view
-from skewless.server.embedded_redis import online_store_config
+from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from skewless.core.config import RepoConfig, load_repo_config
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
+from skewless.materialization.pipeline import Progress
+from skewless.online.embedded_redis import online_store_config
+from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import registry_pb2
 
-__all__ = [
-    "add_commands",
-    "jobs_command",
-    "materialize_command",
-    "materialize_incremental_command",
-    "parse_time",
-]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+__all__ = ["add_commands", "parse_time"]
 
 
 def parse_time(text: str) -> datetime:
@@ -108,10 +94,7 @@ def _load(
     config = load_repo_config(repo)
     if redis_url:
         config = dataclasses.replace(config, redis_url=redis_url)
-    registry = RegistryStore(config.registry_path).load()
-    if registry is None:
-        raise SkewlessError(f"no registry in {config.data_dir}: run `skewless apply {repo}` first")
-    return config, registry
+    return config, RegistryStore(config.registry_path).require()
 
 
 def _run(
@@ -124,49 +107,38 @@ def _run(
     incremental: bool,
     progress_bar: bool,
 ) -> int:
-    names = list(dict.fromkeys(views or [])) or materializable_views(registry)
-    for name in names:
-        plan_view(registry, name)
-    locks = ViewLocks(config, names)
-    store = JobStore(config)
-    try:
-        record = store.create(
-            names,
-            window_start=start,
-            window_end=end,
-            incremental=incremental,
-            trigger="cli",
-        )
-    except BaseException:
-        locks.release()
-        raise
+    started = start_job(
+        config,
+        registry,
+        views or (),
+        window_start=start,
+        window_end=end,
+        incremental=incremental,
+        trigger="cli",
+    )
     bar = _Bar(progress_bar)
     try:
-        final = run_job(config, registry, store, record, locks=locks, progress=bar)
+        final = run_job(
+            config,
+            registry,
+            JobStore(config),
+            started.record,
+            locks=started.locks,
+            progress=bar,
+        )
     finally:
         bar.close()
     if final.state != JobState.SUCCEEDED:
         print(f"materialization job {final.job_id} failed: {final.error}", file=sys.stderr)
         return EXIT_FAILED
     print(
-        f"materialized {len(names)} feature view(s): {final.rows_read:,} rows computed, "
-        f"{final.rows_written:,} written to the history (job {final.job_id})"
+        f"materialized {len(final.feature_views)} feature view(s): {final.rows_read:,} rows "
+        f"computed, {final.rows_written:,} written to the history (job {final.job_id})"
     )
     return EXIT_OK
 
 
-def _guarded(fn: Any, *args: Any, **kwargs: Any) -> int:
-    try:
-        return int(fn(*args, **kwargs))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SkewlessError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def materialize_command(
+def _materialize_command(
     repo: str | Path,
     start: str,
     end: str,
@@ -176,21 +148,17 @@ def materialize_command(
     redis_url: str | None = None,
 ) -> int:
     """`skewless materialize START END [--views V ...]`; returns the exit code."""
-
-    def go() -> int:
-        config, registry = _load(repo, redis_url)
-        begin, finish = parse_time(start), parse_time(end)
-        if finish < begin:
-            raise ValueError(f"END ({end}) is before START ({start})")
-        with online_store_config(config) as (config, _):
-            return _run(
-                config, registry, views, begin, finish, incremental=False, progress_bar=progress_bar
-            )
-
-    return _guarded(go)
+    config, registry = _load(repo, redis_url)
+    begin, finish = parse_time(start), parse_time(end)
+    if finish < begin:
+        raise ValueError(f"END ({end}) is before START ({start})")
+    with online_store_config(config) as (config, _):
+        return _run(
+            config, registry, views, begin, finish, incremental=False, progress_bar=progress_bar
+        )
 
 
-def materialize_incremental_command(
+def _materialize_incremental_command(
     repo: str | Path,
     end: str | None = None,
     views: Sequence[str] | None = None,
@@ -199,16 +167,12 @@ def materialize_incremental_command(
     redis_url: str | None = None,
 ) -> int:
     """`skewless materialize-incremental [END] [--views V ...]`; END defaults to now."""
-
-    def go() -> int:
-        config, registry = _load(repo, redis_url)
-        finish = parse_time(end or "now")
-        with online_store_config(config) as (config, _):
-            return _run(
-                config, registry, views, None, finish, incremental=True, progress_bar=progress_bar
-            )
-
-    return _guarded(go)
+    config, registry = _load(repo, redis_url)
+    finish = parse_time(end or "now")
+    with online_store_config(config) as (config, _):
+        return _run(
+            config, registry, views, None, finish, incremental=True, progress_bar=progress_bar
+        )
 
 
 def _format(record: JobRecord) -> str:
@@ -221,24 +185,20 @@ def _format(record: JobRecord) -> str:
     return line + (f"\n    error: {record.error}" if record.error else "")
 
 
-def jobs_command(repo: str | Path, feature_view: str = "", limit: int = 20) -> int:
+def _jobs_command(repo: str | Path, feature_view: str = "", limit: int = 20) -> int:
     """`skewless jobs REPO [--view V] [--limit N]`: lists jobs, newest first."""
-
-    def go() -> int:
-        config = load_repo_config(repo)
-        records = JobStore(config).list(feature_view)[: max(limit, 0) or None]
-        if not records:
-            print("no materialization jobs")
-        for record in records:
-            print(_format(record))
-        return EXIT_OK
-
-    return _guarded(go)
+    config = load_repo_config(repo)
+    records = JobStore(config).list(feature_view)[: max(limit, 0) or None]
+    if not records:
+        print("no materialization jobs")
+    for record in records:
+        print(_format(record))
+    return EXIT_OK
 
 
-def add_commands(subparsers: Any) -> None:
-    """Adds `materialize`, `materialize-incremental` and `jobs` to an argparse parser."""
-    p = subparsers.add_parser(
+def add_commands(commands: Any) -> None:
+    """Adds `materialize`, `materialize-incremental` and `jobs` to the parser's subcommands."""
+    p = commands.add_parser(
         "materialize", help="compute feature views over [START, END) into both stores"
     )
     p.add_argument("start", help="window start (inclusive), ISO 8601; UTC if no zone")
@@ -248,11 +208,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--redis-url", default=None, help="online store URL (overrides skewless.yaml)")
     p.set_defaults(
-        func=lambda a: materialize_command(
+        func=lambda a: _materialize_command(
             a.repo, a.start, a.end, a.views, progress_bar=not a.no_progress, redis_url=a.redis_url
         )
     )
-    p = subparsers.add_parser(
+    p = commands.add_parser(
         "materialize-incremental", help="continue each feature view from its watermark to END"
     )
     p.add_argument("end", nargs="?", default=None, help="window end (default: now)")
@@ -261,24 +221,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--redis-url", default=None, help="online store URL (overrides skewless.yaml)")
     p.set_defaults(
-        func=lambda a: materialize_incremental_command(
+        func=lambda a: _materialize_incremental_command(
             a.repo, a.end, a.views, progress_bar=not a.no_progress, redis_url=a.redis_url
         )
     )
-    p = subparsers.add_parser("jobs", help="list materialization jobs, newest first")
+    p = commands.add_parser("jobs", help="list materialization jobs, newest first")
     p.add_argument("--repo", default=".", help="feature repository folder (default: .)")
     p.add_argument("--view", default="", help="only jobs including this feature view")
     p.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
-    p.set_defaults(func=lambda a: jobs_command(a.repo, a.view, a.limit))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one of the commands (for tests and `python -m`)."""
-    parser = argparse.ArgumentParser(prog="skewless")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=lambda a: _jobs_command(a.repo, a.view, a.limit))

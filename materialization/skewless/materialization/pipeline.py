@@ -2,7 +2,7 @@
 
 For each view and window [start, end), one job:
 
-1. streams the view's rows out of DuckDB (`skewless.offline.transform`) in batches and
+1. streams the view's rows out of DuckDB (`skewless.offline.window_query`) in batches and
    stages them as `.tmp` history files (one per UTC day of event time);
 2. reads the latest row per entity key from those staged files and writes it to Redis
    with the compare-and-set script (`skewless.online.writer`), so the online store
@@ -33,11 +33,12 @@ from typing import IO
 
 import duckdb
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import (
+from skewless.core.config import RepoConfig
+from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
+from skewless.core.names import quote_identifier
 from skewless.offline.offline_store import (
     CREATED_TIMESTAMP,
     EVENT_TIMESTAMP,
@@ -45,8 +46,7 @@ from skewless.offline.offline_store import (
     StagedFile,
     commit_window,
 )
-from skewless.offline.sql import quote_identifier
-from skewless.offline.transform import ViewPlan, open_window, plan_view
+from skewless.offline.window_query import ViewPlan, open_window, plan_view
 from skewless.online.writer import OnlineWriter, prepare_rows
 from skewless.v1 import registry_pb2
 

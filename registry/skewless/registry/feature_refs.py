@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from skewless.offline.errors import InvalidArgumentError, NotFoundError
+from skewless.core.errors import InvalidArgumentError, NotFoundError
 from skewless.v1 import registry_pb2
 
 __all__ = [

@@ -1,11 +1,11 @@
-"""Reading a feature repository's definition files into `skewless.offline.definitions` objects.
+"""Reading a feature repository's definition files into `skewless.registry.definitions` objects.
 
 Every `*.yaml` / `*.yml` file under `<repo>/features/` (at any depth, in path order) may
 hold the top-level lists `entities`, `sources`, `feature_views` and `feature_services`.
 The loader checks only the shape of what it reads (mappings, known keys, required
 fields, scalar types) and records each object's file in its `origin`; everything that
 needs the whole repository (names, references, types, SQL) is checked by
-`skewless.offline.validation`. Problems are collected, never raised one by one.
+`skewless.registry.validation`. Problems are collected, never raised one by one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from skewless.offline.definitions import (
+from skewless.registry.definitions import (
     DEFAULT_TIMESTAMP_FIELD,
     DataSource,
     Entity,
@@ -30,7 +30,7 @@ from skewless.offline.definitions import (
     RepoDefinitions,
     SqlSource,
 )
-from skewless.offline.validation import DefinitionProblem
+from skewless.registry.validation import DefinitionProblem
 
 __all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definitions"]
 

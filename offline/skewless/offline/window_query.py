@@ -26,11 +26,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import DefinitionError, FailedPreconditionError, NotFoundError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import DefinitionError, FailedPreconditionError, NotFoundError
+from skewless.core.names import quote_identifier
+from skewless.core.types import arrow_type, duckdb_type, list_element_type, value_type_name
 from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-from skewless.offline.sql import quote_identifier
-from skewless.offline.types import arrow_type, duckdb_type, list_element_type, value_type_name
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [

@@ -6,7 +6,7 @@ key prefix, join keys and the hash fields to fetch) and how to lay the answer ou
 for every feature service when a registry version loads, and caches plans for explicit
 feature lists by the list itself, so that serving a request never walks the registry.
 
-Feature references are resolved by `skewless.offline.feature_refs`, the resolution
+Feature references are resolved by `skewless.registry.feature_refs`, the resolution
 historical retrieval uses, so both paths accept and reject the same requests.
 """
 
@@ -16,17 +16,18 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from skewless.offline.errors import (
+from skewless.core.errors import (
     FailedPreconditionError,
     ResourceExhaustedError,
     SkewlessError,
 )
-from skewless.offline.feature_refs import (
+from skewless.online.layout import EVENT_TIME_FIELD, view_key_prefix
+from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
     resolve_feature_service,
 )
-from skewless.online.layout import EVENT_TIME_FIELD, view_key_prefix
+from skewless.registry.registry_store import registry_not_applied
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
@@ -251,10 +252,7 @@ class PlanCatalog:
 
     def _require_registry(self) -> registry_pb2.Registry:
         if self._registry is None:
-            raise FailedPreconditionError(
-                "no registry loaded: run `skewless apply` on the feature repository",
-                reason="REGISTRY_NOT_APPLIED",
-            )
+            raise registry_not_applied()
         return self._registry
 
     def for_service(self, name: str, *, full_feature_names: bool = False) -> LookupPlan:

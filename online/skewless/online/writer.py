@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from skewless.offline.errors import StoreUnavailableError
+from skewless.core.errors import StoreUnavailableError
 from skewless.online.codec import encode_column, encode_redis_keys, encode_timestamps, to_micros
 
 __all__ = [

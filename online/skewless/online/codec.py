@@ -157,7 +157,7 @@ def encode_column(column: pa.Array | pa.ChunkedArray, value_type: int) -> pa.Arr
 
     Args:
         column: Values already cast to the Arrow type of `value_type`
-            (`skewless.offline.types.arrow_type`).
+            (`skewless.core.types.arrow_type`).
         value_type: The declared `skewless.v1.ValueType`.
 
     Returns:

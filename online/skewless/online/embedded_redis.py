@@ -20,8 +20,8 @@ from types import TracebackType
 
 import redis
 
-from skewless.offline.config import RepoConfig
-from skewless.offline.errors import StoreUnavailableError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import StoreUnavailableError
 
 __all__ = ["EmbeddedRedis", "find_redis_server", "free_port", "online_store_config"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from skewless.offline.errors import InvalidArgumentError, PermissionDeniedError
+from skewless.core.errors import InvalidArgumentError, PermissionDeniedError
 from skewless.v1 import registry_pb2
 
 __all__ = ["read_path", "read_sql"]

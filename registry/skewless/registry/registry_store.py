@@ -16,10 +16,10 @@ from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
-from skewless.offline.errors import DefinitionError
+from skewless.core.errors import DefinitionError, FailedPreconditionError
 from skewless.v1 import registry_pb2
 
-__all__ = ["ApplyResult", "RegistryStore", "registry_digest"]
+__all__ = ["ApplyResult", "RegistryStore", "registry_digest", "registry_not_applied"]
 
 
 def registry_digest(registry: registry_pb2.Registry) -> str:
@@ -44,6 +44,14 @@ class ApplyResult:
 
     registry: registry_pb2.Registry
     changed: bool
+
+
+def registry_not_applied() -> FailedPreconditionError:
+    """The error of a call that needs a registry before anything was applied."""
+    return FailedPreconditionError(
+        "no registry has been applied yet: run `skewless apply` on the feature repository",
+        reason="REGISTRY_NOT_APPLIED",
+    )
 
 
 class RegistryStore:
@@ -71,6 +79,19 @@ class RegistryStore:
             raise DefinitionError(
                 f"{self.path}: the registry file is corrupt ({exc}); re-run `skewless apply`"
             ) from exc
+        return registry
+
+    def require(self) -> registry_pb2.Registry:
+        """Returns the stored registry.
+
+        Raises:
+            FailedPreconditionError: Nothing was applied yet.
+            DefinitionError: The file exists but cannot be parsed.
+
+        """
+        registry = self.load()
+        if registry is None:
+            raise registry_not_applied()
         return registry
 
     def stat_key(self) -> tuple[int, int] | None:

@@ -22,8 +22,10 @@ from typing import Any
 
 import duckdb
 
-from skewless.offline import sql
-from skewless.offline.definitions import (
+from skewless.core import names as sql
+from skewless.core.errors import DefinitionError
+from skewless.core.types import KEY_TYPES, duckdb_type, value_type_name
+from skewless.registry.definitions import (
     DataSource,
     Entity,
     FeatureService,
@@ -37,8 +39,6 @@ from skewless.offline.definitions import (
     parse_duration,
     resolve_value_type,
 )
-from skewless.offline.errors import DefinitionError
-from skewless.offline.types import KEY_TYPES, duckdb_type, value_type_name
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [

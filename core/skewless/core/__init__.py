@@ -1,0 +1,1 @@
+"""The core every stage shares: errors, configuration, value types and names."""

@@ -1,0 +1,1 @@
+"""Writing both stores: materialization jobs, their schedule, and pushes."""

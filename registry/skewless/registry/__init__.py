@@ -1,0 +1,45 @@
+"""Definitions and the registry: the Python definitions API, loading, validation, apply.
+
+Feature repositories are usually YAML (see docs/definitions.md); Python code builds the
+same objects from this package:
+
+    >>> from skewless.registry import Entity, FeatureView, Feature, FileSource
+"""
+
+from skewless.registry.apply import (
+    ApplyResult,
+    apply_definitions,
+    apply_repo,
+    plan_definitions,
+    plan_repo,
+)
+from skewless.registry.definitions import (
+    DataSource,
+    Entity,
+    Feature,
+    FeatureService,
+    FeatureView,
+    FileSource,
+    JoinKey,
+    PushSource,
+    RepoDefinitions,
+    SqlSource,
+)
+
+__all__ = [
+    "ApplyResult",
+    "DataSource",
+    "Entity",
+    "Feature",
+    "FeatureService",
+    "FeatureView",
+    "FileSource",
+    "JoinKey",
+    "PushSource",
+    "RepoDefinitions",
+    "SqlSource",
+    "apply_definitions",
+    "apply_repo",
+    "plan_definitions",
+    "plan_repo",
+]

@@ -1,0 +1,73 @@
+"""`skewless serve`: the gRPC server on the repository, with its embedded Redis if needed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from skewless.cli.exit_codes import EXIT_OK
+from skewless.core.config import RepoConfig, load_repo_config
+
+__all__ = ["add_commands"]
+
+
+def _config(args: argparse.Namespace) -> RepoConfig:
+    config = load_repo_config(args.repo)
+    changes: dict[str, Any] = {}  # RepoConfig field name -> new value
+    if args.port is not None:
+        changes["server_port"] = args.port
+    if args.host:
+        changes["server_host"] = args.host
+    if args.redis_url:
+        changes["redis_url"] = args.redis_url
+    if args.metrics_port is not None:
+        changes["metrics_port"] = args.metrics_port
+    return dataclasses.replace(config, **changes)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from skewless.online.embedded_redis import online_store_config
+    from skewless.server.app import serve
+    from skewless.server.workers import default_workers, serve_workers
+
+    workers = args.workers if args.workers > 0 else default_workers()
+    with online_store_config(_config(args)) as (config, embedded):
+        if embedded is not None:
+            print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
+
+        def announce(served: RepoConfig) -> None:
+            with_workers = f" with {workers} workers" if workers > 1 else ""
+            print(
+                f"skewless serving project {served.project!r} on "
+                f"{served.server_host}:{served.server_port}{with_workers} "
+                f"(online store {served.redis_url})",
+                flush=True,
+            )
+
+        try:
+            if workers > 1:
+                return serve_workers(config, workers, grace=args.grace, on_ready=announce)
+            serve(config, grace=args.grace, on_ready=announce)
+        finally:
+            if embedded is not None:
+                print("stopping embedded redis-server")
+    return EXIT_OK
+
+
+def add_commands(commands: Any) -> None:
+    """Adds `serve` to the `skewless` parser's subcommands."""
+    p = commands.add_parser("serve", help="serve the repository over gRPC")
+    p.add_argument("repo", nargs="?", default=".", help="feature repository (default: .)")
+    p.add_argument("--host", help="address to bind (default from skewless.yaml: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 6566; 0 picks a free one)")
+    p.add_argument("--redis-url", help="use this Redis instead of the configured/embedded one")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 = off)")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on stop")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); 0 = one per core (default 1)",
+    )
+    p.set_defaults(func=_serve)
