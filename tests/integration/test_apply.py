@@ -243,23 +243,13 @@ BAD_CASES = [
         [C, VIEW_C, "column 'ts' of the sql output is VARCHAR, not a TIMESTAMP"],
     ),
     (
-        "int32-for-int64",
-        edit(D, "{name: trips, type: INT64}", "{name: trips32, type: INT64}"),
+        "string-for-int64",
+        edit(D, "{name: trips, type: INT64}", "{name: trips, type: STRING}"),
         [
             D,
             VIEW_D,
-            "feature 'trips32' is declared INT64 (DuckDB BIGINT) "
-            "but source 'driver_src' has it as INTEGER",
-        ],
-    ),
-    (
-        "float-type-mismatch",
-        edit(D, "type: FLOAT32,", "type: FLOAT64,"),
-        [
-            D,
-            VIEW_D,
-            "feature 'conv_rate' is declared FLOAT64 (DuckDB DOUBLE) "
-            "but source 'driver_src' has it as FLOAT",
+            "feature 'trips' is declared STRING (DuckDB VARCHAR) "
+            "but source 'driver_src' has it as BIGINT",
         ],
     ),
     (
@@ -525,3 +515,55 @@ def test_example_repository_applies(tmp_path: Path) -> None:
     view = next(v for v in result.registry.feature_views if v.name == "driver_stats")
     assert view.ttl.seconds == 2 * 86400 and view.schedule.seconds == 3600
     assert [f.name for f in view.features] == ["conv_rate", "acc_rate", "avg_daily_trips"]
+
+
+@pytest.mark.parametrize(
+    ("column", "declared"),
+    [
+        ("trips32", "INT64"),  # INTEGER stored as INT64: a widening
+        ("conv_rate", "FLOAT64"),  # FLOAT stored as FLOAT64
+        ("trips", "FLOAT32"),  # BIGINT stored as FLOAT32
+    ],
+)
+def test_apply_accepts_what_materialization_stores(
+    tmp_path: Path, redis_url: str, column: str, declared: str
+) -> None:
+    """`apply` and materialization share one type rule: what one accepts, the other does."""
+    from skewless.materialization.pipeline import materialize
+    from skewless.offline.offline_store import history_files
+
+    view = f"""\
+entities:
+  - {{name: driver, join_keys: [driver_id], value_type: INT64}}
+sources:
+  - {{name: driver_src, path: data/drivers.parquet, timestamp_field: event_day}}
+feature_views:
+  - name: cast_view
+    entities: [driver]
+    source: driver_src
+    sql: SELECT driver_id, CAST(event_timestamp AS DATE) AS event_day, {column} FROM source
+    features: [{{name: {column}, type: {declared}}}]
+"""
+    repo = make_repo(tmp_path, {"features/drivers.yaml": view, "features/customers.yaml": ""})
+    (repo / "skewless.yaml").write_text(
+        f"project: test\nonline_store: {{redis_url: '{redis_url}'}}\n"
+    )
+    registry = apply_repo(repo).registry  # a DATE timestamp field is accepted too
+    config = load_repo_config(repo)
+    result = materialize(
+        config, registry, datetime(2025, 12, 31, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    )
+    assert result.rows_read == 3
+    stored = pa.concat_tables(pq.read_table(f) for f in history_files(config, "cast_view"))
+    source = pq.read_table(repo / "data" / "drivers.parquet")
+
+    def rows(table: pa.Table) -> list[tuple[int, float | None]]:
+        pairs = zip(
+            table.column("driver_id").to_pylist(), table.column(column).to_pylist(), strict=True
+        )
+        return sorted(pairs, key=lambda r: (r[0], r[1] is None, r[1] or 0))
+
+    got, want = rows(stored), rows(source)
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[1] for g in got] == pytest.approx([w[1] for w in want])
+    assert set(stored.column("event_timestamp").to_pylist()) == {datetime(2026, 1, 1, tzinfo=UTC)}

@@ -27,8 +27,9 @@ from skewless.client import errors as client_errors
 from skewless.client import historical as historical_client
 from skewless.client.historical import get_historical_features, iter_historical_batches
 from skewless.core.config import RepoConfig
-from skewless.core.errors import PermissionDeniedError
+from skewless.core.errors import InvalidArgumentError, PermissionDeniedError
 from skewless.offline import entity_rows as entity_sources
+from skewless.offline import retrieval
 from skewless.offline.offline_store import (
     ORIGIN_PUSH,
     HistoryWriter,
@@ -39,7 +40,6 @@ from skewless.offline.offline_store import (
 from skewless.offline.point_in_time import ViewHistory, point_in_time_join
 from skewless.registry.feature_refs import resolve_feature_service
 from skewless.registry.registry_store import RegistryStore
-from skewless.server.services import historical as historical_service
 from skewless.v1 import historical_service_pb2, registry_pb2, types_pb2
 from tests.integration.served import ServerThread
 
@@ -481,14 +481,17 @@ def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> Non
         folder.mkdir()
         pq.write_table(entity_rows(3), folder / "rows.parquet")
     pq.write_table(entity_rows(3), outside / "other.parquet")
-    roots = (inside, extra)
+    config = RepoConfig(
+        root=inside, project="p", data_dir=inside / ".skewless", entity_source_roots=(inside, extra)
+    )
     read_path = entity_sources.read_path
-    assert read_path(roots, inside, "rows.parquet").num_rows == 3
-    assert read_path(roots, inside, str(extra / "*.parquet")).num_rows == 3
-    assert read_path(roots, inside, "../shared/rows.parquet").num_rows == 3
+    assert read_path(config, "rows.parquet").num_rows == 3
+    assert read_path(config, str(extra / "*.parquet")).num_rows == 3
+    assert read_path(config, "../shared/rows.parquet").num_rows == 3
     for refused in ("../private/rows.parquet", str(outside / "rows.parquet"), "/etc/passwd"):
-        with pytest.raises(PermissionDeniedError, match="entity_source_roots"):
-            read_path(roots, inside, refused)
+        with pytest.raises(PermissionDeniedError, match="entity_source_roots") as info:
+            read_path(config, refused)
+        assert str(tmp_path) not in info.value.message  # no server paths in messages
     registry = registry_pb2.Registry(
         data_sources=[
             registry_pb2.DataSource(
@@ -501,17 +504,31 @@ def test_entity_sources_read_only_under_the_allowed_roots(tmp_path: Path) -> Non
     )
     read_sql = entity_sources.read_sql
     # A registered source is the operator's: readable wherever it is.
-    assert read_sql(roots, inside, registry, "SELECT * FROM registered").num_rows == 3
+    assert read_sql(config, registry, "SELECT * FROM registered").num_rows == 3
     within = f"SELECT * FROM read_parquet('{extra}/rows.parquet')"
-    assert read_sql(roots, inside, registry, within).num_rows == 3
+    assert read_sql(config, registry, within).num_rows == 3
+    cte = "WITH r AS (SELECT * FROM registered) SELECT r.* FROM r"
+    assert read_sql(config, registry, cte).num_rows == 3
     for sql in (
         f"SELECT * FROM read_parquet('{outside}/other.parquet')",  # beside a registered file
         f"SELECT * FROM read_parquet('{inside}/../private/*.parquet')",
         "SELECT * FROM read_text('/etc/hostname')",
         "SELECT * FROM glob('/etc/*')",
+        # server facts: settings, the catalog, the environment, SQL run from a string
+        "SELECT *, current_setting('temp_directory') AS t FROM registered",
+        "SELECT *, current_setting('allowed_directories') AS t FROM registered",
+        "SELECT * FROM duckdb_settings()",
+        "SELECT * FROM duckdb_settings",
+        "SELECT * FROM information_schema.tables",
+        "SELECT *, getenv('HOME') AS h FROM registered",
+        "SELECT * FROM query('SELECT current_setting(''temp_directory'')')",
     ):
-        with pytest.raises(PermissionDeniedError):
-            read_sql(roots, inside, registry, sql)
+        with pytest.raises(PermissionDeniedError) as info:
+            read_sql(config, registry, sql)
+        assert str(tmp_path) not in info.value.message, sql
+    with pytest.raises(InvalidArgumentError) as bad:
+        read_sql(config, registry, f"SELECT * FROM read_parquet('{extra}/missing.parquet')")
+    assert str(tmp_path) not in bad.value.message  # DuckDB's message names no server path
 
 
 @dataclass
@@ -526,7 +543,7 @@ class JoinSpy:
 @pytest.fixture
 def join_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[JoinSpy]:
     spy = JoinSpy(closed=threading.Event(), produced=[], joins=[])
-    real = historical_service.point_in_time_join
+    real = retrieval.point_in_time_join
 
     def watched(*args: Any, **kwargs: Any) -> Any:
         join = real(*args, **kwargs)
@@ -548,7 +565,7 @@ def join_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[JoinSpy]:
         spy.joins.append(join)
         return join
 
-    monkeypatch.setattr(historical_service, "point_in_time_join", watched)
+    monkeypatch.setattr(retrieval, "point_in_time_join", watched)
     yield spy
     spy.joins.clear()  # DuckDB objects alive at interpreter exit make nanobind complain
 

@@ -240,7 +240,8 @@ def test_sigkill_mid_window_then_rerun_converges(
     # The crashed job: history is the previous state, the job record says it failed.
     assert history(repo).equals(before_history)
     record = JobStore(repo).get(job_id)
-    assert record.state == JobState.FAILED and "exited" in record.error
+    assert record.state == JobState.FAILED and record.error is not None
+    assert "exited" in record.error.message and record.error.reason == "JOB_PROCESS_EXITED"
     # The lock died with the holder; a re-run converges to one clean run.
     materialize(repo, registry, T0, T0 + 2 * DAY)
     table = history(repo)
@@ -295,7 +296,9 @@ def test_schedule_catches_up_and_retries_with_backoff(repo: RepoConfig) -> None:
     source.unlink()
     failing = T0 + timedelta(hours=34, minutes=1)
     failed = asyncio.run(scheduler.tick(registry, failing))
-    assert failed[0].state == JobState.FAILED and "driver.parquet" in failed[0].error
+    assert failed[0].state == JobState.FAILED and failed[0].error is not None
+    assert "driver.parquet" in failed[0].error.message
+    assert str(repo.root) not in failed[0].error.message  # no server paths
     assert JobStore(repo).get(failed[0].job_id).error == failed[0].error
     source.write_bytes(saved)
     assert asyncio.run(scheduler.tick(registry, failing + timedelta(seconds=30))) == []  # backoff
@@ -424,15 +427,21 @@ def test_materialization_service_over_grpc(repo: RepoConfig) -> None:
                     assert "driver_stats" in info.value.details()
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await stub.GetMaterializationJob(
-                        pb.GetMaterializationJobRequest(job_id="missing")
+                        pb.GetMaterializationJobRequest(job_id="20240101T000000000000-0badcafe")
                     )
                 errors["missing_job"] = info.value.code()
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.GetMaterializationJob(
+                        pb.GetMaterializationJobRequest(job_id="../../etc/passwd")
+                    )
+                errors["malformed_job_id"] = info.value.code()
                 assert errors == {
                     "unknown_view": grpc.StatusCode.NOT_FOUND,
                     "no_start": grpc.StatusCode.INVALID_ARGUMENT,
                     "reversed": grpc.StatusCode.INVALID_ARGUMENT,
                     "locked": grpc.StatusCode.FAILED_PRECONDITION,
                     "missing_job": grpc.StatusCode.NOT_FOUND,
+                    "malformed_job_id": grpc.StatusCode.INVALID_ARGUMENT,
                 }
         finally:
             await server.stop(0)
@@ -475,7 +484,7 @@ def test_cli_commands(repo: RepoConfig, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_online_expiry_from_ttl_when_tagged(repo: RepoConfig) -> None:
-    from skewless.materialization.pipeline import ONLINE_EXPIRY_TAG
+    from skewless.online.layout import ONLINE_EXPIRY_TAG
 
     registry = make_registry(ttl=timedelta(days=365 * 100))
     materialize(repo, registry, T0, T0 + DAY)
@@ -496,7 +505,7 @@ def test_history_files_prune_by_time_and_keep_pushed_rows(repo: RepoConfig) -> N
         commit_append,
         read_manifest,
     )
-    from skewless.offline.window_query import plan_view
+    from skewless.registry.feature_refs import resolve_view as plan_view
 
     registry = make_registry()
     materialize(repo, registry, T0, T0 + 2 * DAY)
@@ -535,7 +544,7 @@ def test_commit_crash_after_renames_leaves_previous_history(repo: RepoConfig) ->
     import os
 
     from skewless.offline.offline_store import HistoryWriter
-    from skewless.offline.window_query import plan_view
+    from skewless.registry.feature_refs import resolve_view as plan_view
 
     registry = make_registry()
     materialize(repo, registry, T0, T0 + DAY)

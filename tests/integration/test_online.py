@@ -31,13 +31,13 @@ from skewless.client import (
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
-    UnimplementedError,
 )
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
+from skewless.online.entity_keys import MAX_ENTITY_ROWS
 from skewless.online.layout import redis_key
 from skewless.online.plan import PlanCatalog
-from skewless.online.reader import MAX_ENTITY_ROWS, encode_response
+from skewless.online.response_encoding import encode_response
 from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 from tests.integration.served import ServerThread
@@ -531,7 +531,7 @@ def test_hung_redis_answers_unavailable_before_deadline(
         server.stop()
 
 
-def test_push_features_delegates_or_unimplemented(served: Served) -> None:
+def test_push_features_then_read_them_online(served: Served) -> None:
     table = pa.table(
         {
             "driver_id": pa.array([5], pa.int64()),
@@ -541,12 +541,6 @@ def test_push_features_delegates_or_unimplemented(served: Served) -> None:
             "rating": pa.array([None], pa.float32()),
         }
     )
-    try:
-        import skewless.server.services.push  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(UnimplementedError):
-            served.client.push_features(table, feature_view="driver_stats")
-        return
     response = served.client.push_features(
         table,
         feature_view="driver_stats",
@@ -693,130 +687,3 @@ def test_client_metadata_and_channel_reuse(served: Served) -> None:
         channel = client.channel
         client.get_registry_info()
         assert client.channel is channel
-
-
-def test_raw_registration_sends_the_same_bytes(served: Served) -> None:
-    """`add_online_servicer` answers byte for byte as the generated registration does."""
-    from skewless.registry.registry_store import RegistryStore as Store
-    from skewless.server.app import open_redis
-    from skewless.server.context import ServerContext
-    from skewless.server.registry_holder import RegistryHolder
-    from skewless.server.services.online import OnlineServicer, add_online_servicer
-
-    seed_drivers(served.store)
-    loop = served.server
-
-    async def _start() -> tuple[grpc.aio.Server, int, Any]:
-        holder = RegistryHolder(Store(served.config.registry_path))
-        ctx = ServerContext(config=served.config, registry=holder, redis=open_redis(served.config))
-        server = grpc.aio.server()
-        add_online_servicer(OnlineServicer(ctx), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        holder.reload()
-        await server.start()
-        return server, port, ctx
-
-    raw_server, port, ctx = loop.run(_start())
-    try:
-        ask = {"driver_id": [3, 2, 1]}
-        with Client(f"127.0.0.1:{port}") as raw:
-            for kwargs in ({"features": ["driver_stats"]}, {"features": ["driver_stats:trips"]}):
-                expected = served.client.get_online_features(ask, **kwargs).response
-                got = raw.get_online_features(ask, **kwargs).response
-                # event times and values are equal; the statuses and names too
-                assert got == expected
-            with pytest.raises(NotFoundError):
-                raw.get_online_features(ask, features=["ghost"])
-    finally:
-        loop.run(raw_server.stop(0))
-        loop.run(ctx.redis.aclose())
-
-
-def _reference_response(plan: Any, n: int, replies: list[list[bytes | None]], now: int) -> Any:
-    """The response built message by message, as a slow, obvious reference."""
-    response = online_service_pb2.GetOnlineFeaturesResponse()
-    for feature in plan.outputs:
-        lookup = plan.lookups[feature.lookup]
-        vector = response.results.add(name=feature.name)
-        for i in range(n):
-            row = replies[feature.lookup * n + i]
-            value = types_pb2.Value()
-            if row[0] is None:
-                status = S.FEATURE_STATUS_NOT_FOUND
-                vector.event_times.add()
-            else:
-                micros = int(row[0])
-                vector.event_times.add().FromMicroseconds(micros)
-                stale = lookup.ttl_micros and micros < now - lookup.ttl_micros
-                stored = row[feature.column]
-                if stale:
-                    status = S.FEATURE_STATUS_OUTSIDE_MAX_AGE
-                elif stored:
-                    status = S.FEATURE_STATUS_PRESENT
-                    value.ParseFromString(stored)
-                else:
-                    status = S.FEATURE_STATUS_NULL_VALUE
-            vector.values.append(value)
-            vector.statuses.append(status)
-    return response
-
-
-@pytest.mark.parametrize(("n", "large"), [(1, False), (2, False), (7, False), (1, True)])
-def test_encode_response_matches_reference(n: int, large: bool) -> None:
-    """`large`: values of 16 KiB and more, whose lengths need longer varints."""
-    import random
-
-    rng = random.Random(n)
-    catalog = PlanCatalog(PROJECT)
-    catalog.load(make_registry())
-    plan = catalog.for_features(
-        ["driver_stats:rating", "customer_profile", "driver_stats:conv_rate"],
-        full_feature_names=True,
-    )
-    now = 1_700_000_000_000_000
-    replies: list[list[bytes | None]] = []
-    for lookup in plan.lookups:
-        for _ in range(n):
-            kind = rng.choice(["missing", "stale", "fresh", "fresh", "old_negative"])
-            ts: bytes | None = {
-                "missing": None,
-                "stale": str(now - lookup.ttl_micros - 1).encode(),
-                "fresh": str(now - rng.randrange(10**9)).encode(),
-                "old_negative": b"-1500000",
-            }[kind]
-            row: list[bytes | None] = [ts]
-            for _field in lookup.fields[1:]:
-                row.append(
-                    rng.choice(
-                        [
-                            None,
-                            b"",
-                            f64(rng.random()).SerializeToString(),
-                            i64(rng.randrange(-(2**40), 2**40)).SerializeToString(),
-                            types_pb2.Value(string_value="x" * 200).SerializeToString(),
-                        ]
-                    )
-                )
-            if large:
-                row[-1] = types_pb2.Value(string_value="x" * 20_000).SerializeToString()
-            replies.append(row if ts is not None else [None] * len(row))
-    got = online_service_pb2.GetOnlineFeaturesResponse.FromString(
-        encode_response(plan, n, replies, now_micros=now)
-    )
-    assert got == _reference_response(plan, n, replies, now)
-
-
-def test_encode_response_fixed_width_columns() -> None:
-    catalog = PlanCatalog(PROJECT)
-    catalog.load(make_registry())
-    plan = catalog.for_features(["driver_stats:conv_rate", "driver_stats:trips"])
-    now = 1_700_000_000_000_000
-    replies: list[list[bytes | None]] = [
-        [str(now - i).encode(), f64(i / 3).SerializeToString(), i64(i).SerializeToString()]
-        for i in range(5)
-    ]
-    got = online_service_pb2.GetOnlineFeaturesResponse.FromString(
-        encode_response(plan, 5, replies, now_micros=now)
-    )
-    assert got == _reference_response(plan, 5, replies, now)
-    assert [v.double_value for v in got.results[0].values] == [i / 3 for i in range(5)]

@@ -23,7 +23,7 @@ from skewless.online.writer import OnlineWriter, prepare_rows
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
-from skewless.server.services.push import push_features
+from skewless.server.services.online import OnlineServicer
 from skewless.v1 import online_service_pb2
 from tests.integration.matfixtures import T0, make_config, make_registry
 
@@ -84,6 +84,11 @@ def stored(url: str, view: str = "driver_live") -> dict[int, dict]:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def push_features(ctx: ServerContext, request: online_service_pb2.PushFeaturesRequest):
+    """The server's PushFeatures handler, called directly (its context is not used)."""
+    return await OnlineServicer(ctx).push_features(request, None)
 
 
 def test_push_writes_online_and_appends_history(ctx: ServerContext, config: RepoConfig) -> None:
@@ -193,10 +198,10 @@ def test_unknown_targets_and_garbage(config: RepoConfig) -> None:
         prepare_push(registry, rows([1], [1]), push_source="nope")
     with pytest.raises(NotFoundError, match="feature view"):
         prepare_push(registry, rows([1], [1]), feature_view="nope")
-    from skewless.offline.push import read_ipc_stream
+    from skewless.offline.arrow_ipc import read_ipc_stream
 
     with pytest.raises(InvalidArgumentError, match="Arrow IPC"):
-        read_ipc_stream(b"not arrow at all")
+        read_ipc_stream(b"not arrow at all", field="arrow_ipc_stream")
 
 
 def test_naive_timestamps_are_utc_and_nulls_allowed_in_features(config: RepoConfig) -> None:

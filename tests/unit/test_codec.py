@@ -16,6 +16,7 @@ from skewless.online.codec import (
     to_micros,
 )
 from skewless.online.layout import redis_key
+from skewless.registry.feature_refs import FeatureSpec
 from skewless.v1 import types_pb2
 
 VT = types_pb2.ValueType
@@ -137,7 +138,7 @@ def test_packed_commands_equal_what_redis_py_packs(with_created: bool) -> None:
         "v",
         table,
         join_keys=["id"],
-        features=[("x", VT.VALUE_TYPE_FLOAT64), ("s", VT.VALUE_TYPE_STRING)],
+        features=[FeatureSpec("x", VT.VALUE_TYPE_FLOAT64), FeatureSpec("s", VT.VALUE_TYPE_STRING)],
     )
     expire = timedelta(hours=1)
     conn = redis.Connection()

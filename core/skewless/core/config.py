@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any
 import yaml
 
 from skewless.core.errors import DefinitionError
+from skewless.core.names import IDENTIFIER_RULE, is_identifier
 
 __all__ = ["CONFIG_FILE", "DEFAULT_SERVER_PORT", "RepoConfig", "load_repo_config"]
 
 CONFIG_FILE = "skewless.yaml"
 DEFAULT_SERVER_PORT = 6566
 DEFAULT_METRICS_PORT = 9464
-_PROJECT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# An absolute POSIX path inside a message: a "/" not inside a word, then path characters.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>-])/[\w.@+~%=-]+(?:/[\w.@+~%=*?-]*)*")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,14 @@ class RepoConfig:
         metrics_port: Port of the Prometheus endpoint; 0 disables it.
         entity_source_roots: Folders whose files historical retrieval may read as
             entity rows (`path` and `sql` sources); empty means the repository folder.
+        job_memory_limit: DuckDB's memory limit per materialization query; past it
+            DuckDB spills to `spill_dir`.
+        join_memory_limit: DuckDB's memory limit per historical retrieval.
+        history_memory_limit: Bytes of history features one retrieval holds in memory;
+            past it they are memory-mapped from a file under `spill_dir`.
 
+    The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
+    `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
     """
 
     root: Path
@@ -49,11 +59,25 @@ class RepoConfig:
     server_port: int = DEFAULT_SERVER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     entity_source_roots: tuple[Path, ...] = ()
+    job_memory_limit: str = "1GB"
+    join_memory_limit: str = "1GB"
+    history_memory_limit: int = 512 * 2**20
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
         """Folders entity-row sources may read: the configured ones, else the repository."""
         return self.entity_source_roots or (self.root,)
+
+    def redacted(self, text: str) -> str:
+        """Returns `text` without server paths, for messages that leave the server.
+
+        Paths under the repository become relative to it, paths under the data dir
+        start with `<data_dir>`, and any other absolute path becomes `<path>`.
+        """
+        known = {str(self.root): "", str(self.data_dir): "<data_dir>/"}
+        for prefix in sorted(known, key=len, reverse=True):
+            text = text.replace(prefix + os.sep, known[prefix])
+        return _ABSOLUTE_PATH.sub("<path>", text)
 
     @property
     def registry_path(self) -> Path:
@@ -65,17 +89,42 @@ class RepoConfig:
         """Root folder of the offline store (feature history)."""
         return self.data_dir / "offline"
 
+    @property
+    def jobs_dir(self) -> Path:
+        """Where materialization job records are kept."""
+        return self.data_dir / "jobs"
+
+    def state_dir(self, view: str) -> Path:
+        """Where a view's materialization state (lock, watermark) is kept."""
+        return self.data_dir / "materialization" / view
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where DuckDB and history features spill past their memory limits."""
+        return self.data_dir / "tmp" / "duckdb"
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        """The data folder of the `redis-server` skewless starts when none is configured."""
+        return self.data_dir / "redis"
+
 
 def _section(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
-        raise DefinitionError(f"{path}: '{key}' must be a mapping, got {type(value).__name__}")
+        raise DefinitionError(
+            f"{path}: '{key}' must be a mapping, got {type(value).__name__}",
+            reason="INVALID_CONFIG",
+        )
     return value
 
 
 def _port(value: Any, name: str, path: Path) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-        raise DefinitionError(f"{path}: '{name}' must be a port number 0-65535, got {value!r}")
+        raise DefinitionError(
+            f"{path}: '{name}' must be a port number 0-65535, got {value!r}",
+            reason="INVALID_CONFIG",
+        )
     return value
 
 
@@ -96,21 +145,27 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
     if path.is_dir():
         path = path / CONFIG_FILE
     if not path.is_file():
-        raise DefinitionError(f"{path}: no {CONFIG_FILE} here; is this a feature repository?")
+        raise DefinitionError(
+            f"{path}: no {CONFIG_FILE} here; is this a feature repository?", reason="INVALID_CONFIG"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise DefinitionError(f"{path}: not valid YAML: {exc}") from exc
+        raise DefinitionError(f"{path}: not valid YAML: {exc}", reason="INVALID_CONFIG") from exc
     if not isinstance(raw, dict):
-        raise DefinitionError(f"{path}: expected a mapping at the top level")
+        raise DefinitionError(
+            f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
+        )
     unknown = set(raw) - {"project", "data_dir", "online_store", "server"}
     if unknown:
-        raise DefinitionError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
-    project = raw.get("project")
-    if not isinstance(project, str) or not _PROJECT_RE.match(project):
         raise DefinitionError(
-            f"{path}: 'project' must be a lower_snake_case name (letters, digits, _), "
-            f"got {project!r}"
+            f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
+        )
+    project = raw.get("project")
+    if not isinstance(project, str) or not is_identifier(project):
+        raise DefinitionError(
+            f"{path}: 'project' must be a name of {IDENTIFIER_RULE}, got {project!r}",
+            reason="INVALID_CONFIG",
         )
     root = path.parent
     data_dir = Path(raw.get("data_dir") or ".skewless")
@@ -124,12 +179,14 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
     ):
         raise DefinitionError(
             f"{path}: online_store.redis_url must be a redis://, rediss:// or unix:// URL "
-            f"or null, got {redis_url!r}"
+            f"or null, got {redis_url!r}",
+            reason="INVALID_CONFIG",
         )
     roots = server.get("entity_source_roots", [])
     if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
         raise DefinitionError(
-            f"{path}: server.entity_source_roots must be a list of folder paths, got {roots!r}"
+            f"{path}: server.entity_source_roots must be a list of folder paths, got {roots!r}",
+            reason="INVALID_CONFIG",
         )
     return RepoConfig(
         root=root,

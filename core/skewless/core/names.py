@@ -1,14 +1,87 @@
-"""Putting names into DuckDB SQL safely."""
+"""Names: what an identifier is, and how names go into DuckDB SQL.
+
+One rule for every name skewless stores or puts into SQL (projects, entities, join keys,
+sources, feature views, features, feature services and the columns a source's
+`timestamp_field` names): lower-case letters, digits and `_`, starting with a letter or
+`_`, at most `MAX_NAME_LENGTH` characters. The registry refuses anything else at `apply`, so
+every name that later reaches SQL is one of these; `quote_identifier` checks again and
+double-quotes it.
+"""
 
 from __future__ import annotations
 
-__all__ = ["quote_identifier"]
+import re
+
+from skewless.core.errors import DefinitionError, quoted
+
+__all__ = [
+    "CREATED_TIMESTAMP",
+    "EVENT_TIMESTAMP",
+    "IDENTIFIER_RULE",
+    "MAX_NAME_LENGTH",
+    "RESERVED_COLUMNS",
+    "SOURCE_RELATION",
+    "check_identifier",
+    "is_identifier",
+    "quote_identifier",
+]
+
+#: Longest accepted name of any object, feature, join key or column.
+MAX_NAME_LENGTH = 63
+#: The rule in words, for messages.
+IDENTIFIER_RULE = (
+    "lower-case letters, digits and _, starting with a letter or _, "
+    f"at most {MAX_NAME_LENGTH} characters"
+)
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+#: The event-time column of every history row (and the default `timestamp_field`).
+EVENT_TIMESTAMP = "event_timestamp"
+#: The created-time column of every history row (a tie breaker; may be null).
+CREATED_TIMESTAMP = "created_timestamp"
+#: Column names the offline store uses itself; no feature or join key may take them.
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
+#: The relation a view's `sql` reads; no source may take this name.
+SOURCE_RELATION = "source"
+
+
+def is_identifier(name: str) -> bool:
+    """Whether `name` follows the one identifier rule (see the module docstring)."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _IDENTIFIER.fullmatch(name) is not None
+    )
+
+
+def check_identifier(name: str, what: str) -> str:
+    """Returns `name` if it is an identifier.
+
+    Args:
+        name: The name.
+        what: What it names, for the message (`join key`, `feature`, ...).
+
+    Raises:
+        DefinitionError: It is not (a registry that holds it was not validated).
+
+    """
+    if not is_identifier(name):
+        raise DefinitionError(
+            f"{what} {quoted(name)} is not a valid name: use {IDENTIFIER_RULE}",
+            reason="INVALID_IDENTIFIER",
+            metadata={"name": name},
+        )
+    return name
 
 
 def quote_identifier(name: str) -> str:
-    """Double-quotes a name as a DuckDB identifier, escaping embedded quotes.
+    """Double-quotes an identifier for DuckDB SQL.
 
-    Names reach SQL only after the registry validated them as identifiers; the
-    escaping makes the quoting safe even for a name that was not.
+    Raises:
+        ValueError: The name is not an identifier, so it was never validated: a bug in
+            the caller, never a user error (user input is checked before it gets here).
+
     """
-    return '"' + name.replace('"', '""') + '"'
+    if not is_identifier(name):
+        raise ValueError(f"refusing to put {name!r:.80} into SQL: not a validated identifier")
+    return f'"{name}"'

@@ -1,15 +1,36 @@
-"""The one mapping between skewless value types, Arrow types and DuckDB types."""
+"""Value types: how each maps to Arrow and DuckDB, and which incoming types fit it.
+
+The one mapping between skewless value types, Arrow types and DuckDB types, the one rule
+for which columns and values may be stored as a declared type (`fits`), and the range of
+instants skewless accepts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from skewless.v1 import types_pb2
 
 __all__ = [
     "KEY_TYPES",
+    "MAX_TIME_MICROS",
+    "MIN_TIME_MICROS",
+    "TIME_RANGE",
+    "ColumnType",
+    "TypeFamily",
+    "arrow_column_type",
     "arrow_type",
+    "arrow_type_fits",
+    "duckdb_column_type",
     "duckdb_type",
+    "duckdb_type_fits",
+    "first_time_out_of_range",
+    "fits",
+    "key_value_fits",
     "list_element_type",
     "parse_value_type",
     "value_type_name",
@@ -126,3 +147,200 @@ def value_type_of_arrow(dtype: pa.DataType) -> int | None:
         if candidate == dtype:
             return int(value_type)
     return None
+
+
+# --- which stored types fit a declared type ------------------------------------------------
+#
+# One rule decides, for every way rows come in (definitions at `apply`, materialization
+# of a view's SQL, pushes, historical entity rows, online request keys), whether a value
+# of some type may be stored as a declared value type: the declared type's *family*
+# must accept the incoming one. Integers of any width fit INT32/INT64 (each value is
+# range-checked when it is cast: out of range is refused, never wrapped); integers,
+# decimals and floats fit FLOAT32/FLOAT64; dates and timestamps of any unit fit
+# TIMESTAMP (a date is midnight UTC); strings, bytes and booleans fit only their own
+# type; a list fits a list type when its elements fit. A column of nulls fits anything.
+
+
+class TypeFamily(enum.StrEnum):
+    """What kind of values a column of some engine's type holds."""
+
+    INTEGER = "integer"
+    FLOAT = "float"
+    DECIMAL = "decimal"
+    STRING = "string"
+    BYTES = "bytes"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"
+    DATE = "date"
+    LIST = "list"
+    NULL = "null"
+    OTHER = "other"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnType:
+    """A column's type as far as fitting is concerned: a family (and a list's element).
+
+    Attributes:
+        family: The values' family.
+        element: For `LIST`, the element's type.
+
+    """
+
+    family: TypeFamily
+    element: ColumnType | None = None
+
+
+_ACCEPTS: dict[int, frozenset[TypeFamily]] = {
+    VT.VALUE_TYPE_INT32: frozenset({TypeFamily.INTEGER}),
+    VT.VALUE_TYPE_INT64: frozenset({TypeFamily.INTEGER}),
+    VT.VALUE_TYPE_FLOAT32: frozenset({TypeFamily.INTEGER, TypeFamily.FLOAT, TypeFamily.DECIMAL}),
+    VT.VALUE_TYPE_FLOAT64: frozenset({TypeFamily.INTEGER, TypeFamily.FLOAT, TypeFamily.DECIMAL}),
+    VT.VALUE_TYPE_STRING: frozenset({TypeFamily.STRING}),
+    VT.VALUE_TYPE_BYTES: frozenset({TypeFamily.BYTES}),
+    VT.VALUE_TYPE_BOOL: frozenset({TypeFamily.BOOL}),
+    VT.VALUE_TYPE_TIMESTAMP: frozenset({TypeFamily.TIMESTAMP, TypeFamily.DATE}),
+}
+
+_DUCKDB_FAMILIES: dict[str, TypeFamily] = {
+    **dict.fromkeys(
+        (
+            "TINYINT",
+            "SMALLINT",
+            "INTEGER",
+            "BIGINT",
+            "HUGEINT",
+            "UTINYINT",
+            "USMALLINT",
+            "UINTEGER",
+            "UBIGINT",
+            "UHUGEINT",
+        ),
+        TypeFamily.INTEGER,
+    ),
+    "FLOAT": TypeFamily.FLOAT,
+    "DOUBLE": TypeFamily.FLOAT,
+    "VARCHAR": TypeFamily.STRING,
+    "BLOB": TypeFamily.BYTES,
+    "BOOLEAN": TypeFamily.BOOL,
+    **dict.fromkeys(
+        (
+            "TIMESTAMP",
+            "TIMESTAMP WITH TIME ZONE",
+            "TIMESTAMP_S",
+            "TIMESTAMP_MS",
+            "TIMESTAMP_NS",
+        ),
+        TypeFamily.TIMESTAMP,
+    ),
+    "DATE": TypeFamily.DATE,
+    '"NULL"': TypeFamily.NULL,
+    "NULL": TypeFamily.NULL,
+}
+
+
+def duckdb_column_type(sql_type: str) -> ColumnType:
+    """The `ColumnType` of a DuckDB type as `DESCRIBE` writes it (`BIGINT`, `DOUBLE[]`)."""
+    text = sql_type.strip().upper()
+    if text.endswith("[]"):
+        return ColumnType(TypeFamily.LIST, duckdb_column_type(text[:-2]))
+    if text.startswith("DECIMAL"):
+        return ColumnType(TypeFamily.DECIMAL)
+    return ColumnType(_DUCKDB_FAMILIES.get(text, TypeFamily.OTHER))
+
+
+def arrow_column_type(dtype: pa.DataType) -> ColumnType:
+    """The `ColumnType` of an Arrow type (dictionaries count as their values)."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        return arrow_column_type(dtype.value_type)
+    if t.is_list(dtype) or t.is_large_list(dtype) or t.is_list_view(dtype):
+        return ColumnType(TypeFamily.LIST, arrow_column_type(dtype.value_type))
+    checks = (
+        (t.is_integer, TypeFamily.INTEGER),
+        (t.is_floating, TypeFamily.FLOAT),
+        (t.is_decimal, TypeFamily.DECIMAL),
+        (
+            lambda d: t.is_string(d) or t.is_large_string(d) or t.is_string_view(d),
+            TypeFamily.STRING,
+        ),
+        (
+            lambda d: t.is_binary(d) or t.is_large_binary(d) or t.is_binary_view(d),
+            TypeFamily.BYTES,
+        ),
+        (t.is_boolean, TypeFamily.BOOL),
+        (t.is_timestamp, TypeFamily.TIMESTAMP),
+        (t.is_date, TypeFamily.DATE),
+        (t.is_null, TypeFamily.NULL),
+    )
+    for check, family in checks:
+        if check(dtype):
+            return ColumnType(TypeFamily(family))
+    return ColumnType(TypeFamily.OTHER)
+
+
+def fits(value_type: int, column: ColumnType) -> bool:
+    """Whether values of `column`'s type may be stored as `value_type` (the one rule)."""
+    if column.family == TypeFamily.NULL:
+        return True
+    element = list_element_type(value_type)
+    if element is not None:
+        return (
+            column.family == TypeFamily.LIST
+            and column.element is not None
+            and fits(element, column.element)
+        )
+    return column.family in _ACCEPTS.get(value_type, frozenset())
+
+
+def duckdb_type_fits(value_type: int, sql_type: str) -> bool:
+    """Whether a DuckDB column of `sql_type` may be stored as `value_type`."""
+    return fits(value_type, duckdb_column_type(sql_type))
+
+
+def arrow_type_fits(value_type: int, dtype: pa.DataType) -> bool:
+    """Whether an Arrow column of `dtype` may be stored as `value_type`."""
+    return fits(value_type, arrow_column_type(dtype))
+
+
+_VALUE_KIND_FAMILIES = {
+    "int32_value": TypeFamily.INTEGER,
+    "int64_value": TypeFamily.INTEGER,
+    "float_value": TypeFamily.FLOAT,
+    "double_value": TypeFamily.FLOAT,
+    "string_value": TypeFamily.STRING,
+    "bytes_value": TypeFamily.BYTES,
+    "bool_value": TypeFamily.BOOL,
+    "timestamp_value": TypeFamily.TIMESTAMP,
+}
+
+
+def key_value_fits(value_type: int, kind: str | None) -> bool:
+    """Whether a request `Value` whose oneof holds `kind` may key a join key of `value_type`.
+
+    Nulls never key anything. Integer values are range-checked by the caller.
+    """
+    family = _VALUE_KIND_FAMILIES.get(kind or "")
+    return value_type in KEY_TYPES and family is not None and fits(value_type, ColumnType(family))
+
+
+# --- the instants skewless stores ----------------------------------------------------------
+
+#: Earliest instant accepted anywhere (0001-01-01T00:00:00Z, where
+#: `google.protobuf.Timestamp` and Python's `datetime` start), in microseconds.
+MIN_TIME_MICROS = -62_135_596_800_000_000
+#: Latest instant accepted anywhere (9999-12-31T23:59:59.999999Z), in microseconds.
+MAX_TIME_MICROS = 253_402_300_799_999_999
+#: The accepted range in words, for messages.
+TIME_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
+
+
+def first_time_out_of_range(micros: pa.Array | pa.ChunkedArray) -> int | None:
+    """Returns the first row of an int64 microsecond column outside the accepted range.
+
+    Nulls are not out of range; None when every value is inside.
+    """
+    outside = pc.or_(pc.less(micros, MIN_TIME_MICROS), pc.greater(micros, MAX_TIME_MICROS))
+    if not pc.any(outside).as_py():
+        return None
+    return int(pc.index(pc.fill_null(outside, False), True).as_py())

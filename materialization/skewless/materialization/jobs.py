@@ -12,6 +12,7 @@ import enum
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import NotFoundError, SkewlessError
+from skewless.core.errors import InvalidArgumentError, NotFoundError, SkewlessError, quoted
 from skewless.materialization.pipeline import (
     Progress,
     ProgressCallback,
@@ -31,15 +32,17 @@ from skewless.materialization.pipeline import (
     materialize,
     materialize_incremental,
 )
-from skewless.offline.window_query import plan_view
+from skewless.registry.feature_refs import resolve_view
 from skewless.v1 import registry_pb2
 
 __all__ = [
+    "JobError",
     "JobRecord",
     "JobState",
     "JobStore",
     "ProgressThrottle",
     "StartedJob",
+    "is_job_id",
     "run_job",
     "start_job",
 ]
@@ -57,6 +60,44 @@ class JobState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class JobError:
+    """Why a job failed, as the status of the call that would have done its work.
+
+    Attributes:
+        code: The `google.rpc.Code` name (`FAILED_PRECONDITION`, `UNAVAILABLE`, ...).
+        reason: The `ErrorInfo` reason (UPPER_SNAKE_CASE).
+        message: What went wrong and what to do, in English (no server paths).
+        metadata: The dynamic values the message mentions.
+
+    """
+
+    code: str
+    reason: str
+    message: str
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, config: RepoConfig) -> JobError:
+        """The error of a job that raised `exc`; unexpected errors say nothing internal."""
+        if isinstance(exc, SkewlessError):
+            return cls(
+                code=exc.code,
+                reason=exc.reason,
+                message=config.redacted(exc.message),
+                metadata={k: config.redacted(v) for k, v in exc.metadata.items()},
+            )
+        return cls(
+            code="INTERNAL",
+            reason="INTERNAL",
+            message="the job failed unexpectedly; the server log has the details",
+        )
+
+
+#: A job left PENDING or RUNNING by a process that no longer exists.
+_PROCESS_EXITED = "JOB_PROCESS_EXITED"
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """One materialization job.
 
@@ -71,7 +112,7 @@ class JobRecord:
         rows_read: Rows computed from the sources so far.
         rows_written: History rows written so far.
         progress: Completion estimate, 0 to 1.
-        error: For failed jobs, what went wrong.
+        error: For failed jobs, what went wrong (None otherwise).
         create_time: When the job was created.
         update_time: When it last changed.
         pid: The process running it.
@@ -88,7 +129,7 @@ class JobRecord:
     rows_read: int = 0
     rows_written: int = 0
     progress: float = 0.0
-    error: str = ""
+    error: JobError | None = None
     create_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     update_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     pid: int = dataclasses.field(default_factory=os.getpid)
@@ -102,6 +143,7 @@ class JobRecord:
     def to_json(self) -> dict[str, Any]:
         """Returns the record as JSON-ready data."""
         data = dataclasses.asdict(self)
+        data["error"] = dataclasses.asdict(self.error) if self.error is not None else None
         data["feature_views"] = list(self.feature_views)
         data["state"] = self.state.value
         for name in ("window_start", "window_end", "create_time", "update_time"):
@@ -116,14 +158,26 @@ class JobRecord:
             name: datetime.fromisoformat(data[name]) if data.get(name) else None
             for name in ("window_start", "window_end", "create_time", "update_time")
         }
+        error = data.get("error")
+        if isinstance(error, str):  # records written before errors had a code
+            error = {"code": "UNKNOWN", "reason": "JOB_FAILED", "message": error} if error else None
         return cls(
             **{
                 **data,
                 **times,
                 "feature_views": tuple(data["feature_views"]),
                 "state": JobState(data["state"]),
+                "error": JobError(**error) if error else None,
             }
         )
+
+
+_JOB_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` has the form of a job ID (`<UTC creation time>-<8 hex digits>`)."""
+    return isinstance(text, str) and _JOB_ID.fullmatch(text) is not None
 
 
 def _alive(pid: int) -> bool:
@@ -145,10 +199,12 @@ class JobStore:
         self._lock = threading.Lock()
 
     def _path(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            raise NotFoundError(
-                f"no materialization job {job_id!r}",
-                reason="JOB_NOT_FOUND",
+        if not is_job_id(job_id):
+            raise InvalidArgumentError(
+                f"{quoted(job_id, 64)} is not a job ID: job IDs look like "
+                "20240501T120000123456-1a2b3c4d (list jobs to see them)",
+                field="job_id",
+                reason="INVALID_JOB_ID",
                 metadata={"job_id": job_id},
             )
         return self.root / f"{job_id}.json"
@@ -198,7 +254,7 @@ class JobStore:
             data = json.loads(self._path(job_id).read_text())
         except FileNotFoundError:
             raise NotFoundError(
-                f"no materialization job {job_id!r}; list jobs to see the known IDs",
+                f"no materialization job {job_id}; list jobs to see the known IDs",
                 reason="JOB_NOT_FOUND",
                 metadata={"job_id": job_id},
             ) from None
@@ -209,9 +265,14 @@ class JobStore:
             return dataclasses.replace(
                 record,
                 state=JobState.FAILED,
-                error=(
-                    f"the process running this job (pid {record.pid}) exited before it "
-                    "finished; re-running the same window is safe"
+                error=JobError(
+                    code="ABORTED",
+                    reason=_PROCESS_EXITED,
+                    message=(
+                        f"the process running this job (pid {record.pid}) exited before it "
+                        "finished; re-running the same window is safe"
+                    ),
+                    metadata={"pid": str(record.pid)},
                 ),
             )
         return record
@@ -300,7 +361,7 @@ def start_job(
     """
     names = list(dict.fromkeys(views)) or materializable_views(registry)
     for name in names:
-        plan_view(registry, name)
+        resolve_view(registry, name)
     locks = ViewLocks(config, names)
     try:
         record = JobStore(config).create(
@@ -390,10 +451,14 @@ def run_job(
         )
     except SkewlessError as exc:
         _log.warning("materialization job %s failed: %s", job_id, exc.message)
-        return store.update(job_id, state=JobState.FAILED, error=exc.message)
+        return store.update(
+            job_id, state=JobState.FAILED, error=JobError.from_exception(exc, config)
+        )
     except Exception as exc:
         _log.exception("materialization job %s failed", job_id)
-        return store.update(job_id, state=JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return store.update(
+            job_id, state=JobState.FAILED, error=JobError.from_exception(exc, config)
+        )
     finally:
         if locks is not None:
             locks.release()

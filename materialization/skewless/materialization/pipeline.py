@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -34,25 +34,21 @@ from typing import IO
 import duckdb
 
 from skewless.core.config import RepoConfig
+from skewless.core.duckdb_session import connect
 from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
-from skewless.core.names import quote_identifier
-from skewless.offline.offline_store import (
-    CREATED_TIMESTAMP,
-    EVENT_TIMESTAMP,
-    HistoryWriter,
-    StagedFile,
-    commit_window,
-)
-from skewless.offline.window_query import ViewPlan, open_window, plan_view
+from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
+from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
+from skewless.offline.window_query import open_window
+from skewless.online.layout import online_expiry
 from skewless.online.writer import OnlineWriter, prepare_rows
+from skewless.registry.feature_refs import ResolvedView, resolve_view
 from skewless.v1 import registry_pb2
 
 __all__ = [
     "EPOCH",
-    "ONLINE_EXPIRY_TAG",
     "MaterializeResult",
     "Progress",
     "ProgressCallback",
@@ -61,18 +57,13 @@ __all__ = [
     "materializable_views",
     "materialize",
     "materialize_incremental",
-    "online_expiry",
     "read_watermark",
     "resolve_redis_url",
 ]
 
 #: Where an incremental run starts for a view that was never materialized.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: View tag that, set to "true", makes online keys expire `ttl` after their event time.
-ONLINE_EXPIRY_TAG = "skewless.online_expiry"
 _ONLINE_BATCH_ROWS = 50_000
-#: DuckDB's memory limit per job query; it spills to disk beyond it.
-MEMORY_LIMIT = "1GB"
 
 
 @dataclass(frozen=True)
@@ -257,9 +248,9 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> list[ViewPlan]:
+def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> list[ResolvedView]:
     names = list(views) if views else materializable_views(registry)
-    plans = [plan_view(registry, name) for name in dict.fromkeys(names)]
+    plans = [resolve_view(registry, name) for name in dict.fromkeys(names)]
     for plan in plans:
         if plan.source.WhichOneof("kind") == "push":
             raise FailedPreconditionError(
@@ -271,32 +262,12 @@ def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> lis
     return plans
 
 
-def online_expiry(view: registry_pb2.FeatureView) -> timedelta | None:
-    """How long after its event time a view's online key expires (None: never).
-
-    Keys expire only when the view has a TTL and the tag `skewless.online_expiry` is
-    "true"; expired keys read as NOT_FOUND rather than OUTSIDE_MAX_AGE, so the tag
-    trades that status for memory.
-    """
-    if view.tags.get(ONLINE_EXPIRY_TAG, "").lower() == "true" and view.ttl.ToTimedelta():
-        return view.ttl.ToTimedelta()
-    return None
-
-
-def temp_directory(config: RepoConfig) -> str:
-    """Where DuckDB spills when a query exceeds its memory limit."""
-    return str(config.data_dir / "tmp" / "duckdb")
-
-
 def _latest_rows(
-    config: RepoConfig, plan: ViewPlan, staged: list[StagedFile]
+    config: RepoConfig, plan: ResolvedView, staged: list[StagedFile]
 ) -> Iterator[duckdb.DuckDBPyRelation]:
     """Yields one relation: the latest staged row per entity key."""
-    con = duckdb.connect(
-        config={"memory_limit": MEMORY_LIMIT, "temp_directory": temp_directory(config)}
-    )
+    con = connect(memory_limit=config.job_memory_limit, spill_dir=config.spill_dir)
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.read_parquet([str(s.tmp_path) for s in staged]).create_view("staged")
         keys = ", ".join(quote_identifier(k) for k in plan.key_names)
         order = f"{EVENT_TIMESTAMP} DESC, {CREATED_TIMESTAMP} DESC NULLS LAST"
@@ -310,7 +281,7 @@ def _latest_rows(
 
 def _write_online(
     config: RepoConfig,
-    plan: ViewPlan,
+    plan: ResolvedView,
     staged: list[StagedFile],
     writer: OnlineWriter,
     report: Callable[[str, int], None],
@@ -336,7 +307,7 @@ def _write_online(
 def _materialize_online_only(
     config: RepoConfig,
     registry: registry_pb2.Registry,
-    plan: ViewPlan,
+    plan: ResolvedView,
     start: datetime,
     end: datetime,
     writer: OnlineWriter | None,
@@ -381,7 +352,7 @@ def _advance_watermark(config: RepoConfig, view: str, start: datetime, end: date
 def _materialize_view(
     config: RepoConfig,
     registry: registry_pb2.Registry,
-    plan: ViewPlan,
+    plan: ResolvedView,
     start: datetime,
     end: datetime,
     writer: OnlineWriter | None,
@@ -413,8 +384,7 @@ def _materialize_view(
         if plan.view.offline:
             commit_window(config, plan.name, start, end, staged)
     finally:
-        for item in staged:
-            item.tmp_path.unlink(missing_ok=True)
+        discard(staged)
     _advance_watermark(config, plan.name, start, end)
     return ViewResult(
         view=plan.name,
@@ -429,7 +399,7 @@ def _materialize_view(
 def _run(
     config: RepoConfig,
     registry: registry_pb2.Registry,
-    windows: list[tuple[ViewPlan, datetime, datetime]],
+    windows: list[tuple[ResolvedView, datetime, datetime]],
     progress: ProgressCallback | None,
     locks: ViewLocks | None,
     writer: OnlineWriter | None,
@@ -497,6 +467,7 @@ def materialize(
         raise InvalidArgumentError(
             f"the window ends ({end.isoformat()}) before it starts ({start.isoformat()})",
             field="end_time",
+            reason="WINDOW_REVERSED",
             metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
         )
     plans = _select(registry, views)

@@ -122,7 +122,7 @@ class Scheduler:
                 view,
                 state.failures,
                 delay,
-                result.error,
+                result.error.message if result.error else "",
             )
         return result
 

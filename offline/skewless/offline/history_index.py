@@ -27,9 +27,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.core.names import quote_identifier
+from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
 from skewless.core.types import arrow_type
-from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from skewless.registry.feature_refs import ViewPlan
 
 __all__ = [

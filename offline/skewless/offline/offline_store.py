@@ -3,7 +3,8 @@
 Layout under `<data_dir>/offline/<view>/`: Parquet files (at any depth) whose columns
 are the view's join keys, `event_timestamp` (timestamp[us, UTC], never null),
 `created_timestamp` (timestamp[us, UTC], may be null) and the view's features with
-their declared Arrow types. Files being written end in `.tmp` and are never read.
+their declared Arrow types. Files being written end in `.<writer pid>.tmp` and are never
+read.
 
 Writers put rows in one file per UTC day of event time, `date=YYYY-MM-DD/<id>.parquet`
 (ids start with the UTC write time, so paths sort in write order),
@@ -11,12 +12,14 @@ and record every committed file, with its event-time range, in `_manifest.json`.
 manifest is the truth: `history_files` returns exactly the files it lists (and can
 prune them by time). A commit (under `_manifest.lock`) renames the staged `.tmp` files
 into place, then atomically replaces the manifest, so a crash at any point leaves the
-previous manifest and therefore the previous history; files no manifest lists are
-removed by the next commit. Writing a window [start, end) drops the window's earlier
-rows (whole files inside it; files straddling a bound are rewritten without the window's
-rows), so re-running a window replaces it. Pushed rows are appended and never dropped
-by a window. A folder without a manifest (history written by other tools) is read by
-listing its Parquet files; the first commit adopts them.
+previous manifest and therefore the previous history. Every commit also removes what no
+committed state references: files no manifest lists, staged files whose writer process
+is gone, and replaced files past their grace period. Writing a window [start, end)
+drops the window's earlier rows (whole files inside it; files straddling a bound are
+rewritten without the window's rows), so re-running a window replaces it. Pushed rows
+are appended and never dropped by a window. A folder without a manifest (history
+written by other tools) is read by listing its Parquet files; the first commit adopts
+them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,30 +41,28 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skewless.core.config import RepoConfig
+from skewless.core.names import EVENT_TIMESTAMP
 
 __all__ = [
-    "CREATED_TIMESTAMP",
-    "EVENT_TIMESTAMP",
     "MANIFEST_FILE",
     "HistoryFile",
     "HistoryWriter",
     "StagedFile",
     "commit_append",
     "commit_window",
+    "discard",
     "history_dir",
     "history_files",
     "read_manifest",
 ]
 
-EVENT_TIMESTAMP = "event_timestamp"
-CREATED_TIMESTAMP = "created_timestamp"
 MANIFEST_FILE = "_manifest.json"
 _LOCK_FILE = "_manifest.lock"
-_DAY_US = 86_400_000_000
 #: Dropped files stay on disk this long so that queries that listed them can finish.
 RETIRE_GRACE_SECONDS = 600.0
-#: Staged files older than this were left by a crashed writer and are removed.
+#: Staged files without a writer pid in their name (older writers) are removed past this age.
 STALE_TMP_SECONDS = 3600.0
+_EPOCH_DAY = date(1970, 1, 1)
 
 ORIGIN_WINDOW = "window"
 ORIGIN_PUSH = "push"
@@ -95,12 +96,44 @@ class StagedFile:
     tmp_path: Path
 
 
+def _staged_path(root: Path, rel: str) -> Path:
+    """Where a writer stages `rel`: beside it, named with the writer's pid."""
+    return root / f"{rel}.{os.getpid()}.tmp"
+
+
+def _writer_gone(path: Path, now: float) -> bool:
+    """Whether a staged file's writer has exited (so nobody will commit it)."""
+    pid_text = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
+    if not pid_text.isdigit():
+        with contextlib.suppress(FileNotFoundError):
+            return now - path.stat().st_mtime > STALE_TMP_SECONDS
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def discard(staged: list[StagedFile]) -> None:
+    """Removes staged files that will not be committed."""
+    for item in staged:
+        item.tmp_path.unlink(missing_ok=True)
+
+
 def history_dir(config: RepoConfig, view: str) -> Path:
     """Returns the folder holding one view's history."""
     return config.offline_dir / view
 
 
-def _to_us(value: datetime) -> int:
+def _to_us(value: datetime | int) -> int:
+    if isinstance(value, int):
+        return value
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     delta = value - datetime(1970, 1, 1, tzinfo=UTC)
@@ -121,15 +154,16 @@ def history_files(
     config: RepoConfig,
     view: str,
     *,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: datetime | int | None = None,
+    end: datetime | int | None = None,
 ) -> list[Path]:
     """Returns the committed Parquet files of one view's history, sorted; [] if none.
 
     Args:
         config: The repository.
         view: The feature view.
-        start: Keep only files that may hold event times >= start.
+        start: Keep only files that may hold event times >= start (a datetime, or
+            microseconds since the epoch).
         end: Keep only files that may hold event times < end.
 
     """
@@ -178,9 +212,9 @@ class HistoryWriter:
     def _writer(self, day: int) -> tuple[pq.ParquetWriter, IO[bytes], str, list[int]]:
         entry = self._open.get(day)
         if entry is None:
-            date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
-            rel = f"date={date}/{self._run}.parquet"
-            path = self.root / (rel + ".tmp")
+            day_text = (_EPOCH_DAY + timedelta(days=day)).isoformat()
+            rel = f"date={day_text}/{self._run}.parquet"
+            path = _staged_path(self.root, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = path.open("wb")
             writer = pq.ParquetWriter(sink, self.schema)
@@ -193,10 +227,8 @@ class HistoryWriter:
         if batch.num_rows == 0:
             return
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        micros = pc.cast(table.column(EVENT_TIMESTAMP), pa.int64())
-        days = pc.cast(
-            pc.floor(pc.divide(pc.cast(micros, pa.float64()), float(_DAY_US))), pa.int64()
-        )
+        # Days since the epoch, floored (a UTC timestamp's date), exact for any instant.
+        days = pc.cast(pc.cast(table.column(EVENT_TIMESTAMP), pa.date32()), pa.int32())
         bounds = pc.min_max(days).as_py()
         day_values = (
             [bounds["min"]] if bounds["min"] == bounds["max"] else pc.unique(days).to_pylist()
@@ -214,8 +246,8 @@ class HistoryWriter:
 
     @property
     def staged_paths(self) -> list[Path]:
-        """The `.tmp` paths written so far."""
-        return [self.root / (rel + ".tmp") for _, _, rel, _ in self._open.values()]
+        """The staged paths written so far."""
+        return [_staged_path(self.root, rel) for _, _, rel, _ in self._open.values()]
 
     def close(self) -> list[StagedFile]:
         """Finishes and fsyncs every staged file."""
@@ -230,7 +262,7 @@ class HistoryWriter:
                     file=HistoryFile(
                         path=rel, min_event_us=lo, max_event_us=hi, rows=rows, origin=self.origin
                     ),
-                    tmp_path=self.root / (rel + ".tmp"),
+                    tmp_path=_staged_path(self.root, rel),
                 )
             )
         self._open.clear()
@@ -242,7 +274,7 @@ class HistoryWriter:
             with contextlib.suppress(Exception):
                 writer.close()
             sink.close()
-            (self.root / (rel + ".tmp")).unlink(missing_ok=True)
+            _staged_path(self.root, rel).unlink(missing_ok=True)
         self._open.clear()
 
 
@@ -308,7 +340,7 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
     # Sorts right after the original, so the kept rows keep their place in write order.
     original = Path(entry.path)
     rel = str(original.with_name(f"{original.stem}-kept{uuid.uuid4().hex[:6]}.parquet"))
-    tmp = root / (rel + ".tmp")
+    tmp = _staged_path(root, rel)
     with tmp.open("wb") as sink:
         pq.write_table(keep, sink)
         sink.flush()
@@ -344,9 +376,8 @@ def _clean(
         if str(path.relative_to(root)) not in held:
             path.unlink(missing_ok=True)  # renamed by a commit that crashed before its manifest
     for path in root.rglob("*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            if now - path.stat().st_mtime > STALE_TMP_SECONDS:
-                path.unlink()
+        if path.name != MANIFEST_FILE + ".tmp" and _writer_gone(path, now):
+            path.unlink(missing_ok=True)  # staged by a writer that died
     return keep_retired
 
 

@@ -55,7 +55,6 @@ the window: slower in DuckDB.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +66,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skewless.core.errors import InvalidArgumentError
-from skewless.core.names import quote_identifier
-from skewless.core.types import KEY_TYPES, arrow_type, value_type_name, value_type_of_arrow
+from skewless.core.duckdb_session import connect, spill_folder
+from skewless.core.names import EVENT_TIMESTAMP, quote_identifier
+from skewless.core.types import MAX_TIME_MICROS, MIN_TIME_MICROS
+from skewless.offline.entity_rows import (
+    label_times,
+    output_schema,
+    to_table,
+    validate_entity_schema,
+)
 from skewless.offline.history_index import (
     INDEX_POSITION,
     INDEX_TIME,
@@ -80,128 +85,25 @@ from skewless.offline.history_index import (
     arange,
     has_ties,
 )
-from skewless.offline.offline_store import EVENT_TIMESTAMP
 from skewless.registry.feature_refs import FeaturePlan
-from skewless.v1 import types_pb2
 
 __all__ = [
-    "DEFAULT_BATCH_ROWS",
     "DEFAULT_CHUNK_ROWS",
+    "OUTPUT_BATCH_ROWS",
     "STRATEGIES",
     "PointInTimeJoin",
     "ViewHistory",
-    "label_time_range",
-    "output_schema",
     "point_in_time_join",
-    "validate_entity_schema",
 ]
 
 #: Rows per output record batch unless the caller asks otherwise.
-DEFAULT_BATCH_ROWS = 65_536
+OUTPUT_BATCH_ROWS = 65_536
 #: Entity rows per DuckDB query (see `point_in_time_join`).
 DEFAULT_CHUNK_ROWS = 2_000_000
 
 _ROW = "__skewless_row"
 _LABEL = "__skewless_t"
 _UTC_US = pa.timestamp("us", tz="UTC")
-_VT = types_pb2.ValueType
-_INTEGER_KEYS = frozenset({_VT.VALUE_TYPE_INT32, _VT.VALUE_TYPE_INT64})
-
-
-def _keys_compatible(declared: int, actual: int | None) -> bool:
-    if actual is None or actual not in KEY_TYPES:
-        return False
-    if declared in _INTEGER_KEYS:
-        return actual in _INTEGER_KEYS
-    return actual == declared
-
-
-def validate_entity_schema(schema: pa.Schema, plan: FeaturePlan, label_time_column: str) -> None:
-    """Checks that entity rows carry every join key and a label time of usable types.
-
-    Raises:
-        InvalidArgumentError: A join key or the label time column is missing or has a
-            type the join cannot use, or a feature's output name clashes with an input
-            column.
-
-    """
-    names = set(schema.names)
-    if len(names) != len(schema.names):
-        dupes = sorted({n for n in schema.names if schema.names.count(n) > 1})
-        raise InvalidArgumentError(
-            f"entity rows have duplicate column names: {', '.join(dupes)}; rename them",
-            field="entity_rows",
-            reason="DUPLICATE_COLUMN",
-            metadata={"columns": ",".join(dupes)},
-        )
-    if label_time_column not in names:
-        raise InvalidArgumentError(
-            f"entity rows have no label time column {label_time_column!r} "
-            f"(columns: {', '.join(schema.names)}); add it or set label_time_column",
-            field="label_time_column",
-            reason="MISSING_LABEL_TIME_COLUMN",
-            metadata={"column": label_time_column},
-        )
-    label_type = schema.field(label_time_column).type
-    if not (pa.types.is_timestamp(label_type) or pa.types.is_date(label_type)):
-        raise InvalidArgumentError(
-            f"label time column {label_time_column!r} has type {label_type}; it must be a "
-            "timestamp (naive timestamps are read as UTC) or a date",
-            field="label_time_column",
-            reason="WRONG_COLUMN_TYPE",
-            metadata={"column": label_time_column, "type": str(label_type)},
-        )
-    for key in plan.join_keys:
-        if key.name not in names:
-            views = [v.name for v in plan.views if key.name in v.join_key_names]
-            raise InvalidArgumentError(
-                f"entity rows have no column {key.name!r}, the join key of feature view(s) "
-                f"{', '.join(views)}; add it (type {value_type_name(key.value_type)})",
-                field="entity_rows",
-                reason="MISSING_JOIN_KEY",
-                metadata={"column": key.name, "feature_views": ",".join(views)},
-            )
-        actual = schema.field(key.name).type
-        if not _keys_compatible(key.value_type, value_type_of_arrow(actual)):
-            raise InvalidArgumentError(
-                f"join key column {key.name!r} has type {actual}; the entity declares "
-                f"{value_type_name(key.value_type)}",
-                field="entity_rows",
-                reason="WRONG_COLUMN_TYPE",
-                metadata={
-                    "column": key.name,
-                    "type": str(actual),
-                    "expected": value_type_name(key.value_type),
-                },
-            )
-    for feature in plan.features:
-        if feature.output_name in names:
-            raise InvalidArgumentError(
-                f"feature {feature.view}:{feature.name} would be returned as "
-                f"{feature.output_name!r}, which is already an entity row column; rename "
-                "the column or set full_feature_names",
-                field="full_feature_names",
-                reason="DUPLICATE_OUTPUT_NAME",
-                metadata={"output_name": feature.output_name},
-            )
-
-
-def output_schema(
-    entity_schema: pa.Schema, plan: FeaturePlan, *, entity_columns: bool = True
-) -> pa.Schema:
-    """Returns the result schema: the entity row columns (if asked), then the features."""
-    fields = list(entity_schema) if entity_columns else []
-    fields.extend(pa.field(f.output_name, arrow_type(f.value_type)) for f in plan.features)
-    return pa.schema(fields)
-
-
-def _label_times(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_date(column.type):
-        return column.cast(pa.timestamp("us")).cast(_UTC_US)
-    if column.type.unit == "ns":
-        # Truncate to microseconds, the store's precision (Arrow refuses a lossy safe cast).
-        return column.cast(_UTC_US, safe=False)
-    return column.cast(_UTC_US)
 
 
 @dataclass
@@ -231,21 +133,6 @@ class PointInTimeJoin:
         self.reader.close()
         self._con.close()
         self._loaded.clear()  # the history features (in memory or memory-mapped)
-
-
-def _to_table(entity_rows: Any) -> pa.Table:
-    if isinstance(entity_rows, pa.Table):
-        return entity_rows
-    if isinstance(entity_rows, pa.RecordBatch):
-        return pa.Table.from_batches([entity_rows])
-    if isinstance(entity_rows, pa.RecordBatchReader):
-        return entity_rows.read_all()
-    if hasattr(entity_rows, "__arrow_c_stream__"):
-        return pa.RecordBatchReader.from_stream(entity_rows).read_all()
-    raise TypeError(
-        "entity rows must be a pyarrow Table, RecordBatch, RecordBatchReader or an object "
-        f"exporting an Arrow stream, got {type(entity_rows).__name__}"
-    )
 
 
 #: Gather features with the thread pool when a batch has at least this many values.
@@ -284,39 +171,31 @@ def _join_sql(views: Sequence[ViewHistory], loaded: Sequence[LoadedHistory | Non
 
 
 def _view_params(views: Sequence[ViewHistory], labels: pa.ChunkedArray) -> list[dict[str, Any]]:
-    """The bound parameters of each view's history scan for these label times."""
+    """The bound parameters of each view's history scan for these label times.
+
+    Bounds are kept inside the instants skewless stores (no history row lies outside
+    them), so that a label time near year 1 minus a TTL stays a valid timestamp.
+    """
     if len(labels):
-        bounds = pc.min_max(labels)
-        t_min: int = bounds["min"].cast(pa.int64()).as_py()
-        t_max: int = bounds["max"].cast(pa.int64()).as_py()
+        bounds = pc.min_max(labels.cast(pa.int64()))
+        t_min: int = bounds["min"].as_py()
+        t_max: int = bounds["max"].as_py()
     else:
         t_min = t_max = 0
     out: list[dict[str, Any]] = []
     for i, vh in enumerate(views):
         values: dict[str, Any] = {}
         if vh.files:
-            values[f"hi{i}"] = pa.scalar(t_max, pa.int64()).cast(_UTC_US).as_py()
+            values[f"hi{i}"] = _instant(t_max)
             if vh.view.ttl_micros > 0:
-                lo = pa.scalar(t_min - vh.view.ttl_micros, pa.int64()).cast(_UTC_US)
-                values[f"lo{i}"] = lo.as_py()
+                values[f"lo{i}"] = _instant(t_min - vh.view.ttl_micros)
         out.append(values)
     return out
 
 
-def label_time_range(
-    entity_rows: pa.Table, label_time_column: str = EVENT_TIMESTAMP
-) -> tuple[dt.datetime, dt.datetime] | None:
-    """Returns the earliest and latest label time (UTC), or None when there are no rows.
-
-    Callers use it to list only the history files that can hold candidates
-    (`history_files(..., start=earliest - ttl, end=latest + 1 µs)`). The column must
-    have passed `validate_entity_schema`.
-    """
-    labels = _label_times(entity_rows.column(label_time_column))
-    if len(labels) == labels.null_count:
-        return None
-    bounds = pc.min_max(labels)
-    return bounds["min"].as_py(), bounds["max"].as_py()
+def _instant(micros: int) -> Any:
+    clamped = min(max(micros, MIN_TIME_MICROS), MAX_TIME_MICROS)
+    return pa.scalar(clamped, pa.int64()).cast(_UTC_US).as_py()
 
 
 def point_in_time_join(
@@ -325,7 +204,7 @@ def point_in_time_join(
     histories: Sequence[ViewHistory],
     *,
     label_time_column: str = EVENT_TIMESTAMP,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = OUTPUT_BATCH_ROWS,
     threads: int | None = None,
     memory_limit: str | None = None,
     history_memory_limit: int | None = None,
@@ -363,37 +242,21 @@ def point_in_time_join(
 
     Raises:
         InvalidArgumentError: The entity rows lack a join key or label time column, have
-            unusable types, or null label times.
+            unusable types, or null or out-of-range label times.
 
     """
     if strategy is not None and strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    table = _to_table(entity_rows)
+    table = to_table(entity_rows)
     validate_entity_schema(table.schema, plan, label_time_column)
     by_name = {vh.view.name: vh for vh in histories}
     missing = [v.name for v in plan.views if v.name not in by_name]
     if missing:
         raise ValueError(f"no history given for view(s) {', '.join(missing)}")
     ordered = [by_name[v.name] for v in plan.views]
-    labels = _label_times(table.column(label_time_column))
-    if labels.null_count:
-        raise InvalidArgumentError(
-            f"label time column {label_time_column!r} has {labels.null_count} null value(s); "
-            "every entity row needs a label time",
-            field="label_time_column",
-            reason="NULL_LABEL_TIME",
-            metadata={"column": label_time_column, "null_count": str(labels.null_count)},
-        )
+    labels = label_times(table, label_time_column)
     schema = output_schema(table.schema, plan, entity_columns=entity_columns)
-    config: dict[str, Any] = {}
-    if threads:
-        config["threads"] = threads
-    if memory_limit:
-        config["memory_limit"] = memory_limit
-    if temp_directory is not None:
-        temp_directory.mkdir(parents=True, exist_ok=True)
-        config["temp_directory"] = str(temp_directory)
-    con = duckdb.connect(config=config)
+    con = connect(memory_limit=memory_limit, spill_dir=temp_directory, threads=threads)
     loaded: list[LoadedHistory | None] = []
     try:
         key_names = [k.name for k in plan.join_keys]
@@ -411,7 +274,8 @@ def point_in_time_join(
     ] or [(0, 0)]
 
     def run() -> Iterator[pa.RecordBatchReader]:
-        loader = HistoryLoader(con, history_memory_limit, temp_directory)
+        spill = spill_folder(temp_directory) if temp_directory is not None else None
+        loader = HistoryLoader(con, history_memory_limit, spill)
         whole = _view_params(ordered, labels)
         for i, vh in enumerate(ordered):
             if not vh.files:

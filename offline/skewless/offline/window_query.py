@@ -15,7 +15,6 @@ definitions and run as written.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,179 +26,30 @@ import duckdb
 import pyarrow as pa
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import DefinitionError, FailedPreconditionError, NotFoundError
-from skewless.core.names import quote_identifier
-from skewless.core.types import arrow_type, duckdb_type, list_element_type, value_type_name
-from skewless.offline.offline_store import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from skewless.core.duckdb_session import connect
+from skewless.core.errors import DefinitionError, FailedPreconditionError
+from skewless.core.names import (
+    CREATED_TIMESTAMP,
+    EVENT_TIMESTAMP,
+    SOURCE_RELATION,
+    check_identifier,
+    quote_identifier,
+)
+from skewless.core.types import (
+    TypeFamily,
+    duckdb_column_type,
+    duckdb_type,
+    duckdb_type_fits,
+    value_type_name,
+)
+from skewless.registry.feature_refs import ResolvedView
 from skewless.v1 import registry_pb2, types_pb2
 
-__all__ = [
-    "DEFAULT_BATCH_ROWS",
-    "ViewPlan",
-    "WindowQuery",
-    "check_identifier",
-    "open_window",
-    "plan_view",
-]
+__all__ = ["WINDOW_BATCH_ROWS", "WindowQuery", "open_window"]
 
 #: Rows per record batch streamed out of DuckDB.
-DEFAULT_BATCH_ROWS = 131_072
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+WINDOW_BATCH_ROWS = 131_072
 VT = types_pb2.ValueType
-
-_INTS = {
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "BIGINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "HUGEINT",
-    "UHUGEINT",
-}
-_FLOATS = {"FLOAT", "DOUBLE"}
-_TIMES = {
-    "TIMESTAMP",
-    "TIMESTAMP WITH TIME ZONE",
-    "TIMESTAMP_NS",
-    "TIMESTAMP_MS",
-    "TIMESTAMP_S",
-    "DATE",
-}
-
-
-def check_identifier(name: str, what: str) -> str:
-    """Returns `name` if it is a plain SQL identifier, else raises `DefinitionError`."""
-    if not _IDENTIFIER.match(name):
-        raise DefinitionError(
-            f"{what} {name!r} is not a valid identifier (letters, digits, underscore; "
-            "at most 63 characters, not starting with a digit)",
-            reason="INVALID_IDENTIFIER",
-            metadata={"name": name},
-        )
-    return name
-
-
-@dataclass(frozen=True)
-class ViewPlan:
-    """What materializing or pushing one feature view needs from the registry.
-
-    Attributes:
-        view: The feature view definition.
-        source: Its data source definition.
-        join_keys: (name, value type) of each join key, in entity order.
-        features: (name, value type) of each feature, in declaration order.
-
-    """
-
-    view: registry_pb2.FeatureView
-    source: registry_pb2.DataSource
-    join_keys: tuple[tuple[str, int], ...]
-    features: tuple[tuple[str, int], ...]
-
-    @property
-    def name(self) -> str:
-        """The view's name."""
-        return str(self.view.name)
-
-    @property
-    def timestamp_field(self) -> str:
-        """The source column holding event times."""
-        return str(self.source.timestamp_field)
-
-    @property
-    def created_timestamp_field(self) -> str | None:
-        """The source column holding created times, if any."""
-        return str(self.source.created_timestamp_field) or None
-
-    @property
-    def key_names(self) -> tuple[str, ...]:
-        """The join key column names."""
-        return tuple(name for name, _ in self.join_keys)
-
-    @property
-    def history_schema(self) -> pa.Schema:
-        """The Arrow schema of this view's history rows."""
-        fields = [pa.field(name, arrow_type(vt), nullable=False) for name, vt in self.join_keys]
-        fields.append(pa.field(EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False))
-        fields.append(pa.field(CREATED_TIMESTAMP, pa.timestamp("us", tz="UTC")))
-        fields.extend(pa.field(name, arrow_type(vt)) for name, vt in self.features)
-        return pa.schema(fields)
-
-
-def plan_view(registry: registry_pb2.Registry, name: str) -> ViewPlan:
-    """Resolves a feature view, its source and its entities' join keys.
-
-    Raises:
-        NotFoundError: No such view.
-        DefinitionError: The view names a missing source or entity, or a bad identifier.
-
-    """
-    view = next((v for v in registry.feature_views if v.name == name), None)
-    if view is None:
-        known = ", ".join(sorted(v.name for v in registry.feature_views)) or "none"
-        raise NotFoundError(
-            f"feature view {name!r} is not in the registry (known views: {known})",
-            reason="FEATURE_VIEW_NOT_FOUND",
-            metadata={"feature_view": name},
-        )
-    source = next((s for s in registry.data_sources if s.name == view.source), None)
-    if source is None:
-        raise DefinitionError(
-            f"feature view {name!r} reads source {view.source!r}, which is not registered",
-            reason="SOURCE_NOT_FOUND",
-            metadata={"feature_view": name, "source": view.source},
-        )
-    entities = {e.name: e for e in registry.entities}
-    join_keys: list[tuple[str, int]] = []
-    for entity_name in view.entities:
-        entity = entities.get(entity_name)
-        if entity is None:
-            raise DefinitionError(
-                f"feature view {name!r} uses entity {entity_name!r}, which is not registered",
-                reason="ENTITY_NOT_FOUND",
-                metadata={"feature_view": name, "entity": entity_name},
-            )
-        for key in entity.join_keys:
-            if key.name not in (k for k, _ in join_keys):
-                join_keys.append((check_identifier(key.name, "join key"), int(key.value_type)))
-    features = tuple(
-        (check_identifier(f.name, "feature"), int(f.value_type)) for f in view.features
-    )
-    check_identifier(source.timestamp_field, "timestamp field")
-    if source.created_timestamp_field:
-        check_identifier(source.created_timestamp_field, "created timestamp field")
-    return ViewPlan(view=view, source=source, join_keys=tuple(join_keys), features=features)
-
-
-def _base_type(sql_type: str) -> str:
-    sql_type = sql_type.upper()
-    if sql_type.startswith("DECIMAL"):
-        return "DECIMAL"
-    return sql_type
-
-
-def _compatible(sql_type: str, value_type: int) -> bool:
-    """Whether a DuckDB column type may be cast to a declared value type without loss of meaning."""
-    base = _base_type(sql_type)
-    if base.endswith("[]"):
-        element = list_element_type(value_type)
-        return element is not None and _compatible(base[:-2], element)
-    if value_type in (VT.VALUE_TYPE_INT32, VT.VALUE_TYPE_INT64):
-        return base in _INTS
-    if value_type in (VT.VALUE_TYPE_FLOAT32, VT.VALUE_TYPE_FLOAT64):
-        return base in _INTS or base in _FLOATS or base == "DECIMAL"
-    if value_type == VT.VALUE_TYPE_STRING:
-        return base == "VARCHAR"
-    if value_type == VT.VALUE_TYPE_BYTES:
-        return base == "BLOB"
-    if value_type == VT.VALUE_TYPE_BOOL:
-        return base == "BOOLEAN"
-    if value_type == VT.VALUE_TYPE_TIMESTAMP:
-        return base in _TIMES
-    return False
 
 
 def _register_file(
@@ -224,15 +74,9 @@ def _register_file(
 
 
 def _connect(
-    config: RepoConfig, registry: registry_pb2.Registry, plan: ViewPlan
+    config: RepoConfig, registry: registry_pb2.Registry, plan: ResolvedView
 ) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(
-        config={
-            "memory_limit": "1GB",
-            "temp_directory": str(config.data_dir / "tmp" / "duckdb"),
-        }
-    )
-    con.execute("SET TimeZone = 'UTC'")
+    con = connect(memory_limit=config.job_memory_limit, spill_dir=config.spill_dir)
     source = plan.source
     kind = source.WhichOneof("kind")
     if kind == "push":
@@ -247,7 +91,7 @@ def _connect(
             if other.WhichOneof("kind") == "file":
                 _register_file(con, config, other, check_identifier(other.name, "data source"))
         try:
-            con.execute(f"CREATE TEMP VIEW source AS {source.sql.query}")
+            con.execute(f"CREATE TEMP VIEW {SOURCE_RELATION} AS {source.sql.query}")
         except duckdb.Error as exc:
             raise DefinitionError(
                 f"data source {source.name!r}: its SQL query fails: {exc}",
@@ -255,7 +99,7 @@ def _connect(
                 metadata={"source": source.name},
             ) from exc
     elif kind == "file":
-        _register_file(con, config, source, "source")
+        _register_file(con, config, source, SOURCE_RELATION)
     else:
         raise DefinitionError(
             f"data source {source.name!r} has no kind (file, sql or push)",
@@ -281,7 +125,7 @@ class WindowQuery:
 
     """
 
-    plan: ViewPlan
+    plan: ResolvedView
     start: datetime
     end: datetime
     row_count: int
@@ -373,7 +217,7 @@ class WindowQuery:
         self.close()
 
 
-def _column_error(plan: ViewPlan, column: str, message: str, reason: str) -> DefinitionError:
+def _column_error(plan: ResolvedView, column: str, message: str, reason: str) -> DefinitionError:
     return DefinitionError(
         f"feature view {plan.name!r}, column {column!r}: {message}",
         reason=reason,
@@ -384,18 +228,18 @@ def _column_error(plan: ViewPlan, column: str, message: str, reason: str) -> Def
 def open_window(
     config: RepoConfig,
     registry: registry_pb2.Registry,
-    plan: ViewPlan,
+    plan: ResolvedView,
     start: datetime,
     end: datetime,
     *,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = WINDOW_BATCH_ROWS,
 ) -> WindowQuery:
     """Prepares the view's rows with event time in [start, end) and checks their columns.
 
     Args:
         config: The repository (relative source paths resolve against its root).
         registry: The registry (SQL sources may read other file sources by name).
-        plan: The view, from `plan_view`.
+        plan: The view, from `resolve_view`.
         start: Window start, inclusive; naive means UTC.
         end: Window end, exclusive; naive means UTC.
         batch_rows: Rows per streamed record batch (bounds memory).
@@ -410,7 +254,7 @@ def open_window(
     start, end = _to_utc(start), _to_utc(end)
     con = _connect(config, registry, plan)
     try:
-        body = plan.view.sql.strip().rstrip(";") or "SELECT * FROM source"
+        body = plan.view.sql.strip().rstrip(";") or f"SELECT * FROM {SOURCE_RELATION}"
         try:
             described = con.sql(f"SELECT * FROM ({body}) AS _view LIMIT 0")
         except duckdb.Error as exc:
@@ -425,10 +269,10 @@ def open_window(
         ts_field = plan.timestamp_field
         ct_field = plan.created_timestamp_field
         required: list[tuple[str, int | None]] = [
-            *plan.join_keys,
+            *((k.name, k.value_type) for k in plan.join_keys),
             (ts_field, None),
             *([(ct_field, None)] if ct_field else []),
-            *plan.features,
+            *((f.name, f.value_type) for f in plan.features),
         ]
         for column, value_type in required:
             if column not in types:
@@ -439,8 +283,8 @@ def open_window(
                     "COLUMN_MISSING",
                 )
             expected = value_type if value_type is not None else VT.VALUE_TYPE_TIMESTAMP
-            if not _compatible(types[column], expected) or (
-                value_type is None and _base_type(types[column]).endswith("[]")
+            if not duckdb_type_fits(expected, types[column]) or (
+                value_type is None and duckdb_column_type(types[column]).family == TypeFamily.LIST
             ):
                 raise _column_error(
                     plan,
@@ -450,13 +294,19 @@ def open_window(
                     "COLUMN_TYPE_MISMATCH",
                 )
         q = quote_identifier
-        cols = [f"CAST({q(k)} AS {duckdb_type(vt)}) AS {q(k)}" for k, vt in plan.join_keys]
+        cols = [
+            f"CAST({q(k.name)} AS {duckdb_type(k.value_type)}) AS {q(k.name)}"
+            for k in plan.join_keys
+        ]
         cols.append(f"CAST({q(ts_field)} AS TIMESTAMPTZ) AS {EVENT_TIMESTAMP}")
         if ct_field:
             cols.append(f"CAST({q(ct_field)} AS TIMESTAMPTZ) AS {CREATED_TIMESTAMP}")
         else:
             cols.append(f"CAST(NULL AS TIMESTAMPTZ) AS {CREATED_TIMESTAMP}")
-        cols.extend(f"CAST({q(f)} AS {duckdb_type(vt)}) AS {q(f)}" for f, vt in plan.features)
+        cols.extend(
+            f"CAST({q(f.name)} AS {duckdb_type(f.value_type)}) AS {q(f.name)}"
+            for f in plan.features
+        )
         aware = types[ts_field] == "TIMESTAMP WITH TIME ZONE"
         params: dict[str, Any] = {
             "start": start if aware else start.replace(tzinfo=None),
@@ -477,7 +327,8 @@ def open_window(
             _params=params,
             _batch_rows=batch_rows,
             _from_where=from_where,
-            _casts=tuple((c, duckdb_type(vt)) for c, vt in (*plan.join_keys, *plan.features)),
+            _casts=tuple((k.name, duckdb_type(k.value_type)) for k in plan.join_keys)
+            + tuple((f.name, duckdb_type(f.value_type)) for f in plan.features),
         )
     except BaseException:
         con.close()

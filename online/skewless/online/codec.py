@@ -16,7 +16,10 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
+from skewless.client._wire import field_tag
 from skewless.online.layout import view_key_prefix
 from skewless.v1 import types_pb2
 
@@ -32,15 +35,23 @@ _EMPTY = pa.scalar(b"", pa.binary())
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _SAFE_KEY_RE = r"^[A-Za-z0-9_.~-]*$"
 
-# Tag bytes: (field number << 3) | wire type, for the fields of `skewless.v1.Value`.
-_TAG_INT32 = 0x10
-_TAG_INT64 = 0x18
-_TAG_FLOAT = 0x25
-_TAG_DOUBLE = 0x29
-_TAG_STRING = 0x32
-_TAG_BYTES = 0x3A
-_TAG_BOOL = 0x40
-_TAG_TIMESTAMP = 0x4A
+
+def _tag(message: type[Message], field: str) -> int:
+    """The one-byte key of a `Value` (or `Timestamp`) field, from the descriptors."""
+    (tag,) = field_tag(message, field)
+    return tag
+
+
+_TAG_INT32 = _tag(types_pb2.Value, "int32_value")
+_TAG_INT64 = _tag(types_pb2.Value, "int64_value")
+_TAG_FLOAT = _tag(types_pb2.Value, "float_value")
+_TAG_DOUBLE = _tag(types_pb2.Value, "double_value")
+_TAG_STRING = _tag(types_pb2.Value, "string_value")
+_TAG_BYTES = _tag(types_pb2.Value, "bytes_value")
+_TAG_BOOL = _tag(types_pb2.Value, "bool_value")
+_TAG_TIMESTAMP = _tag(types_pb2.Value, "timestamp_value")
+_TAG_SECONDS = _tag(timestamp_pb2.Timestamp, "seconds")
+_TAG_NANOS = _tag(timestamp_pb2.Timestamp, "nanos")
 
 
 def _byte(value: int) -> pa.Scalar:
@@ -113,10 +124,12 @@ def _timestamp_body(micros: pa.Array) -> pa.Array:
     nanos = pc.multiply(rem, 1000)
     sec_part = pc.if_else(
         pc.not_equal(seconds_i, 0),
-        _join(_byte(0x08), _varint(seconds_i)),
+        _join(_byte(_TAG_SECONDS), _varint(seconds_i)),
         _EMPTY,
     )
-    nanos_part = pc.if_else(pc.not_equal(nanos, 0), _join(_byte(0x10), _varint(nanos)), _EMPTY)
+    nanos_part = pc.if_else(
+        pc.not_equal(nanos, 0), _join(_byte(_TAG_NANOS), _varint(nanos)), _EMPTY
+    )
     return _join(sec_part, nanos_part)
 
 

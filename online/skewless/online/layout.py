@@ -16,24 +16,46 @@ node and one request for one entity touches one node.
 
 A write replaces the hash only when its (event time, created time) is not older than
 the stored one; the comparison and the write happen atomically in a Lua script.
+
+A view tagged `skewless.online_expiry: "true"` with a TTL also gets Redis key expiry:
+each key expires `ttl` after its row's event time (`online_expiry`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from urllib.parse import quote
+
+from skewless.v1 import registry_pb2
 
 __all__ = [
     "CREATED_TIME_FIELD",
     "EVENT_TIME_FIELD",
+    "ONLINE_EXPIRY_TAG",
     "encode_key_part",
     "entity_key",
+    "online_expiry",
     "redis_key",
     "view_key_prefix",
 ]
 
 EVENT_TIME_FIELD = b"_ts"
 CREATED_TIME_FIELD = b"_ct"
+#: View tag that, set to "true", makes online keys expire `ttl` after their event time.
+ONLINE_EXPIRY_TAG = "skewless.online_expiry"
+
+
+def online_expiry(view: registry_pb2.FeatureView) -> timedelta | None:
+    """How long after its event time a view's online key expires (None: never).
+
+    Keys expire only when the view has a TTL and the tag `skewless.online_expiry` is
+    "true"; expired keys read as NOT_FOUND rather than OUTSIDE_MAX_AGE, so the tag
+    trades that status for memory.
+    """
+    if view.tags.get(ONLINE_EXPIRY_TAG, "").lower() == "true" and view.ttl.ToTimedelta():
+        return view.ttl.ToTimedelta()
+    return None
 
 
 def encode_key_part(value: int | str | bytes) -> str:

@@ -16,19 +16,21 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from skewless.client._wire import field_tag, length_delimited
 from skewless.core.errors import (
     FailedPreconditionError,
     ResourceExhaustedError,
     SkewlessError,
 )
 from skewless.online.layout import EVENT_TIME_FIELD, view_key_prefix
+from skewless.online.resp import bulk
 from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
     resolve_feature_service,
 )
 from skewless.registry.registry_store import registry_not_applied
-from skewless.v1 import registry_pb2, types_pb2
+from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 
 __all__ = [
     "MAX_FEATURE_REFS",
@@ -135,15 +137,7 @@ class LookupPlan:
     single_layout: tuple[tuple[int, int, bytes, int], ...] = ()
 
 
-def _string_field(number: int, text: str) -> bytes:
-    data = text.encode()
-    length = len(data)
-    prefix = bytearray([number << 3 | 2])
-    while length > 0x7F:
-        prefix.append((length & 0x7F) | 0x80)
-        length >>= 7
-    prefix.append(length)
-    return bytes(prefix) + data
+_NAME_TAG = field_tag(online_service_pb2.FeatureVector, "name")
 
 
 def compile_plan(
@@ -189,8 +183,8 @@ def compile_plan(
                 key_set=key_sets.index(key_set),
                 fields=tuple(fields),
                 ttl_micros=view.ttl_micros,
-                resp_head=b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2),
-                resp_fields=b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields),
+                resp_head=b"*%d\r\n%s" % (len(fields) + 2, bulk(b"HMGET")),
+                resp_fields=b"".join(bulk(f) for f in fields),
             )
         )
     outputs = tuple(
@@ -198,7 +192,7 @@ def compile_plan(
             lookup=position[f.view],
             column=lookups[position[f.view]].fields.index(f.name.encode()),
             name=f.output_name,
-            name_field=_string_field(1, f.output_name),
+            name_field=length_delimited(_NAME_TAG, f.output_name.encode()),
             fixed_width=f.value_type in _FIXED_WIDTH_TYPES,
         )
         for f in feature_plan.features

@@ -34,7 +34,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from skewless.core.errors import StoreUnavailableError
+from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from skewless.online.codec import encode_column, encode_redis_keys, encode_timestamps, to_micros
+from skewless.online.resp import bulk, bulk_strings, is_transient, store_unavailable
+from skewless.registry.feature_refs import FeatureSpec
 
 __all__ = [
     "CAS_SCRIPT",
@@ -137,9 +140,9 @@ def prepare_rows(
     table: pa.Table | pa.RecordBatch,
     *,
     join_keys: Sequence[str],
-    features: Sequence[tuple[str, int]],
-    event_column: str = "event_timestamp",
-    created_column: str | None = "created_timestamp",
+    features: Sequence[FeatureSpec],
+    event_column: str = EVENT_TIMESTAMP,
+    created_column: str | None = CREATED_TIMESTAMP,
 ) -> OnlineRows:
     """Encodes history-shaped rows (keys, times, typed features) for `OnlineWriter`.
 
@@ -148,7 +151,7 @@ def prepare_rows(
         view: The feature view name.
         table: Rows whose columns already have the declared Arrow types.
         join_keys: The view's join key columns, in order.
-        features: (name, value type) of each feature to write.
+        features: The features to write (name and declared type).
         event_column: The event time column.
         created_column: The created time column; None or absent when there is none.
 
@@ -163,8 +166,8 @@ def prepare_rows(
         keys=encode_redis_keys(project, view, [table.column(k) for k in join_keys]),
         event_micros=to_micros(table.column(event_column)),
         created_micros=created,
-        feature_names=tuple(name for name, _ in features),
-        values=tuple(encode_column(table.column(name), vt) for name, vt in features),
+        feature_names=tuple(f.name for f in features),
+        values=tuple(encode_column(table.column(f.name), f.value_type) for f in features),
     )
 
 
@@ -208,23 +211,6 @@ def _calls(
         yield keys[start : start + _KEYS_PER_CALL], argv
 
 
-_CRLF = pa.scalar(b"\r\n", pa.binary())
-_DOLLAR = pa.scalar(b"$", pa.binary())
-_NOSEP = pa.scalar(b"", pa.binary())
-
-
-def _bulk(values: pa.Array) -> pa.Array:
-    """RESP bulk strings (`$<len>`, CRLF, the bytes, CRLF) of a binary array, row by row."""
-    values = pc.fill_null(values, b"")
-    lengths = pc.cast(pc.cast(pc.binary_length(values), pa.string()), pa.binary())
-    return pc.binary_join_element_wise(_DOLLAR, lengths, _CRLF, values, _CRLF, _NOSEP)
-
-
-def _resp_arg(value: bytes | str | int) -> bytes:
-    data = value if isinstance(value, bytes) else str(value).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 def _slice_bytes(column: pa.Array, start: int, stop: int) -> bytes:
     """The concatenated bytes of rows [start, stop) of a binary array (one copy)."""
     offsets = column.buffers()[1]
@@ -247,21 +233,21 @@ def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) ->
     n = len(rows)
     if n == 0:
         return
-    keys = _bulk(rows.keys)
-    parts = [_bulk(encode_timestamps(rows.event_micros))]
+    keys = bulk_strings(rows.keys)
+    parts = [bulk_strings(encode_timestamps(rows.event_micros))]
     if rows.created_micros is not None:
-        parts.append(_bulk(encode_timestamps(rows.created_micros)))
+        parts.append(bulk_strings(encode_timestamps(rows.created_micros)))
     else:
         parts.append(pa.array([b"$0\r\n\r\n"] * n, pa.binary()))
-    parts.extend(_bulk(v) for v in rows.values)
-    records = pc.binary_join_element_wise(*parts, _NOSEP)
+    parts.extend(bulk_strings(v) for v in rows.values)
+    records = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
     if not isinstance(records, pa.Array) or records.null_count:
         raise ValueError("cannot pack rows")
     nf = len(rows.feature_names)
     expire_ms = int(expire_after.total_seconds() * 1000) if expire_after else 0
     head_args: tuple[int | str, ...] = (nf, expire_ms, *rows.feature_names)
-    head = b"".join(_resp_arg(a) for a in head_args)
-    command = _resp_arg("EVALSHA") + _resp_arg(sha)
+    head = b"".join(bulk(a) for a in head_args)
+    command = bulk("EVALSHA") + bulk(sha)
     for start in range(0, n, _KEYS_PER_CALL):
         stop = min(start + _KEYS_PER_CALL, n)
         count = stop - start
@@ -270,7 +256,7 @@ def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) ->
             (
                 b"*%d\r\n" % argc,
                 command,
-                _resp_arg(count),
+                bulk(count),
                 _slice_bytes(keys, start, stop),
                 head,
                 _slice_bytes(records, start, stop),
@@ -279,10 +265,8 @@ def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) ->
 
 
 def _unavailable(exc: Exception) -> StoreUnavailableError:
-    return StoreUnavailableError(
-        f"the online store (Redis) is unavailable: {exc}; the write can be retried safely",
-        reason="REDIS_UNAVAILABLE",
-        metadata={"error": str(exc)},
+    return store_unavailable(
+        exc, doing="could not be written", retry="the write can be retried safely"
     )
 
 
@@ -371,8 +355,10 @@ class OnlineWriter:
         if not self._cluster and len(rows):
             try:
                 packed = self._write_packed(rows, expire_after)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise _unavailable(exc) from exc
+            except redis.RedisError as exc:
+                if is_transient(exc):
+                    raise _unavailable(exc) from exc
+                raise
             if packed is not None:
                 return packed
             # A reply was an error (the script was flushed): the compare-and-set is
@@ -395,8 +381,10 @@ class OnlineWriter:
                 pending = None
             if batch:
                 written += self._flush(sha, batch)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise _unavailable(exc) from exc
+        except redis.RedisError as exc:
+            if is_transient(exc):
+                raise _unavailable(exc) from exc
+            raise
         finally:
             if pending is not None:
                 pending.cancel()
@@ -446,9 +434,38 @@ class AsyncOnlineWriter:
             calls = list(_calls(rows, expire_after, cluster=self._cluster))
             for start in range(0, len(calls), _CALLS_PER_PIPELINE):
                 written += await self._flush(sha, calls[start : start + _CALLS_PER_PIPELINE])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise _unavailable(exc) from exc
+        except redis.RedisError as exc:
+            if is_transient(exc):
+                raise _unavailable(exc) from exc
+            raise
         return written
+
+    async def write_atomically(self, items: Sequence[tuple[OnlineRows, timedelta | None]]) -> int:
+        """Writes several views' rows (each with its expiry) all at once, or none of them.
+
+        On a single Redis every script call goes into one MULTI/EXEC transaction, each
+        sending the script itself (EVAL), so a flushed script cache cannot fail one call
+        inside it. Redis Cluster cannot run a transaction across nodes: there the rows
+        are written as by `write`, node by node.
+
+        Returns:
+            How many keys were replaced.
+
+        """
+        if self._cluster:
+            return sum([await self.write(rows, expire_after=expire) for rows, expire in items])
+        calls = [call for rows, expire in items for call in _calls(rows, expire, cluster=False)]
+        if not calls:
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            for keys, argv in calls:
+                pipe.execute_command("EVAL", CAS_SCRIPT, len(keys), *keys, *argv)
+            return sum(int(r) for r in await pipe.execute())
+        except redis.RedisError as exc:
+            if is_transient(exc):
+                raise _unavailable(exc) from exc
+            raise
 
     async def _flush(self, sha: str, batch: list[tuple[list[bytes], list[Any]]]) -> int:
         for attempt in range(2):

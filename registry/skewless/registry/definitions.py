@@ -31,11 +31,12 @@ from pathlib import PurePath
 from google.protobuf import duration_pb2
 
 from skewless.core.errors import DefinitionError
+from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import parse_value_type
+from skewless.registry.feature_refs import parse_feature_ref
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
-    "DEFAULT_TIMESTAMP_FIELD",
     "DataSource",
     "Entity",
     "Feature",
@@ -48,12 +49,8 @@ __all__ = [
     "SqlSource",
     "file_format_of",
     "parse_duration",
-    "parse_feature_ref",
     "resolve_value_type",
 ]
-
-#: The event-time column a source uses when `timestamp_field` is not given.
-DEFAULT_TIMESTAMP_FIELD = "event_timestamp"
 
 _DURATION_PART = re.compile(r"(\d+)([wdhms])")
 _DURATION_FULL = re.compile(r"(?:\d+[wdhms])+")
@@ -142,18 +139,12 @@ def file_format_of(path: str, declared: str | None = None) -> int | None:
     return _FORMATS.get(suffix)
 
 
-def parse_feature_ref(ref: str) -> tuple[str, str | None]:
-    """Splits a feature-service item `view` or `view:feature` into (view, feature or None)."""
-    view, sep, feature = ref.partition(":")
-    return view.strip(), (feature.strip() if sep else None)
-
-
 def _duration_proto(value: DurationSpec, what: str) -> duration_pb2.Duration | None:
     """Returns the duration message, or None (field left unset) for zero."""
     try:
         delta = parse_duration(value)
     except ValueError as exc:
-        raise DefinitionError(f"{what}: {exc}") from exc
+        raise DefinitionError(f"{what}: {exc}", reason="INVALID_DEFINITION") from exc
     if not delta:
         return None
     proto = duration_pb2.Duration()
@@ -165,7 +156,7 @@ def _type_number(value: TypeSpec, what: str) -> int:
     try:
         return resolve_value_type(value)
     except ValueError as exc:
-        raise DefinitionError(f"{what}: {exc}") from exc
+        raise DefinitionError(f"{what}: {exc}", reason="INVALID_DEFINITION") from exc
 
 
 @dataclass(frozen=True)
@@ -226,7 +217,10 @@ class Entity:
         )
         for key in self.typed_join_keys():
             if key.value_type is None:
-                raise DefinitionError(f"entity {self.name!r}: join key {key.name!r} has no type")
+                raise DefinitionError(
+                    f"entity {self.name!r}: join key {key.name!r} has no type",
+                    reason="INVALID_DEFINITION",
+                )
             vt = _type_number(key.value_type, f"entity {self.name!r}")
             proto.join_keys.add(name=key.name, value_type=vt)
         return proto
@@ -235,7 +229,7 @@ class Entity:
 @dataclass(frozen=True)
 class _SourceBase:
     name: str
-    timestamp_field: str = DEFAULT_TIMESTAMP_FIELD
+    timestamp_field: str = EVENT_TIMESTAMP
     created_timestamp_field: str = ""
     description: str = ""
     owner: str = ""
@@ -284,7 +278,8 @@ class FileSource(_SourceBase):
         if fmt is None:
             raise DefinitionError(
                 f"source {self.name!r}: cannot tell the format of {self.path!r}; "
-                "use a .parquet or .csv path or set format: parquet|csv"
+                "use a .parquet or .csv path or set format: parquet|csv",
+                reason="INVALID_DEFINITION",
             )
         proto = self._base_proto()
         file_format = registry_pb2.FileFormat.ValueType(fmt)  # int at run time; the stubs' NewType
@@ -469,11 +464,24 @@ class FeatureService:
     origin: str = field(default="", compare=False)
 
     def refs(self) -> tuple[tuple[str, str | None], ...]:
-        """Returns the items as (view, feature or None for all features)."""
-        return tuple(
-            parse_feature_ref(item) if isinstance(item, str) else (item.name, None)
-            for item in self.features
-        )
+        """Returns the items as (view, feature or None for all features).
+
+        Raises:
+            DefinitionError: An item is not `view` or `view:feature`.
+
+        """
+        out: list[tuple[str, str | None]] = []
+        for item in self.features:
+            if not isinstance(item, str):
+                out.append((item.name, None))
+                continue
+            try:
+                out.append(parse_feature_ref(item))
+            except ValueError as exc:
+                raise DefinitionError(
+                    f"feature service {self.name!r}: {exc}", reason="INVALID_DEFINITION"
+                ) from None
+        return tuple(out)
 
     def to_proto(self) -> registry_pb2.FeatureService:
         """Returns the registry message: one projection per view, in first-mention order.

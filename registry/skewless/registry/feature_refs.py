@@ -1,9 +1,19 @@
-"""Resolving requested features against a registry into an ordered retrieval plan.
+"""Resolving names against a registry: the one resolver of views, features and keys.
 
-A request names its features either by feature service or by a list of references,
-each `view:feature` (one feature) or `view` (every feature of the view, in declared
-order). Resolution is pure (no I/O) and cheap, so historical retrieval and online
-serving share it.
+Two questions, one index (`_Index`), so that every path resolves and refuses alike:
+
+* *which features does a request want?* A request names its features either by feature
+  service or by a list of references, each `view:feature` (one feature) or `view`
+  (every feature of the view, in declared order): `resolve_feature_service` and
+  `resolve_feature_refs` return a `FeaturePlan`, shared by online serving and
+  historical retrieval;
+* *what does writing a view need?* `resolve_view` returns a `ResolvedView` (the view,
+  its source, its typed join keys and features, its history schema), shared by
+  materialization and pushes.
+
+Resolution is pure (no I/O) and cheap. A view that names a source or entity the
+registry lacks, or a name that is not an identifier, means the registry file was not
+written by `apply`: FAILED_PRECONDITION `REGISTRY_INCONSISTENT`.
 
 The plan lists each view once, in order of first mention, with the view's join keys
 (the join keys of its entities, in entity order), its TTL and the requested features;
@@ -16,18 +26,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from skewless.core.errors import InvalidArgumentError, NotFoundError
+import pyarrow as pa
+
+from skewless.core.errors import (
+    DefinitionError,
+    InvalidArgumentError,
+    NotFoundError,
+    listing,
+    quoted,
+)
+from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, check_identifier
+from skewless.core.types import arrow_type
 from skewless.v1 import registry_pb2
 
 __all__ = [
     "FeaturePlan",
+    "FeatureSpec",
     "JoinKeySpec",
     "ResolvedFeature",
+    "ResolvedView",
     "ViewPlan",
     "output_name",
     "parse_feature_ref",
     "resolve_feature_refs",
     "resolve_feature_service",
+    "resolve_view",
 ]
 
 _FULL_NAME_SEPARATOR = "__"
@@ -45,6 +68,69 @@ class JoinKeySpec:
 
     name: str
     value_type: int
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One declared feature of a feature view.
+
+    Attributes:
+        name: The feature's name (its column in the view's history).
+        value_type: Its declared `skewless.v1.ValueType`.
+
+    """
+
+    name: str
+    value_type: int
+
+
+@dataclass(frozen=True)
+class ResolvedView:
+    """What writing one feature view (materialization, push) needs from the registry.
+
+    Attributes:
+        view: The feature view definition.
+        source: Its data source definition.
+        join_keys: The view's join keys, in entity order.
+        features: The view's features, in declaration order.
+
+    """
+
+    view: registry_pb2.FeatureView
+    source: registry_pb2.DataSource
+    join_keys: tuple[JoinKeySpec, ...]
+    features: tuple[FeatureSpec, ...]
+
+    @property
+    def name(self) -> str:
+        """The view's name."""
+        return str(self.view.name)
+
+    @property
+    def timestamp_field(self) -> str:
+        """The source column holding event times."""
+        return str(self.source.timestamp_field)
+
+    @property
+    def created_timestamp_field(self) -> str | None:
+        """The source column holding created times, if any."""
+        return str(self.source.created_timestamp_field) or None
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        """The join key column names."""
+        return tuple(k.name for k in self.join_keys)
+
+    @property
+    def history_schema(self) -> pa.Schema:
+        """The Arrow schema of this view's history rows."""
+        fields = [
+            pa.field(k.name, arrow_type(k.value_type), nullable=False) for k in self.join_keys
+        ]
+        fields.append(pa.field(EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False))
+        fields.append(pa.field(CREATED_TIMESTAMP, pa.timestamp("us", tz="UTC")))
+        fields.extend(pa.field(f.name, arrow_type(f.value_type)) for f in self.features)
+        return pa.schema(fields)
 
 
 @dataclass(frozen=True)
@@ -124,26 +210,42 @@ def output_name(view: str, feature: str, *, full_feature_names: bool) -> str:
 def parse_feature_ref(ref: str) -> tuple[str, str | None]:
     """Splits a reference `view:feature` or `view` into (view, feature or None).
 
+    The one parser of feature references, for requests and definitions alike: no
+    surrounding spaces, no empty part, at most one `:`.
+
     Raises:
-        InvalidArgumentError: The reference is empty or not of either form.
+        ValueError: The reference is empty or not of either form (the message says why).
 
     """
     if not isinstance(ref, str) or not ref.strip():
+        raise ValueError("a feature reference is empty; use 'view:feature' or 'view'")
+    parts = ref.split(":")
+    if len(parts) > 2 or any(not p or p != p.strip() for p in parts):
+        raise ValueError(
+            f"feature reference {quoted(ref)} is malformed; use 'view:feature' or 'view'"
+        )
+    return parts[0], parts[1] if len(parts) == 2 else None
+
+
+def _request_ref(ref: str) -> tuple[str, str | None]:
+    try:
+        return parse_feature_ref(ref)
+    except ValueError as exc:
         raise InvalidArgumentError(
-            "a feature reference is empty; use 'view:feature' or 'view'",
+            str(exc),
             field="features",
             reason="MALFORMED_FEATURE_REF",
             metadata={"ref": str(ref)},
-        )
-    parts = ref.split(":")
-    if len(parts) > 2 or any(not p or p != p.strip() for p in parts):
-        raise InvalidArgumentError(
-            f"feature reference {ref!r} is malformed; use 'view:feature' or 'view'",
-            field="features",
-            reason="MALFORMED_FEATURE_REF",
-            metadata={"ref": ref},
-        )
-    return parts[0], parts[1] if len(parts) == 2 else None
+        ) from None
+
+
+def _inconsistent(message: str, **metadata: str) -> DefinitionError:
+    return DefinitionError(
+        f"{message}; the registry was not written by `skewless apply`: fix the definitions "
+        "and apply them",
+        reason="REGISTRY_INCONSISTENT",
+        metadata=metadata,
+    )
 
 
 class _Index:
@@ -153,32 +255,51 @@ class _Index:
         self.views = {v.name: v for v in registry.feature_views}
         self.entities = {e.name: e for e in registry.entities}
         self.services = {s.name: s for s in registry.feature_services}
+        self.sources = {s.name: s for s in registry.data_sources}
 
     def view(self, name: str) -> registry_pb2.FeatureView:
         view = self.views.get(name)
         if view is None:
-            known = ", ".join(sorted(self.views)) or "none"
             raise NotFoundError(
-                f"feature view {name!r} is not registered (known views: {known}); "
-                "check the name or run `skewless apply`",
+                f"feature view {quoted(name)} is not registered (known views: "
+                f"{listing(sorted(self.views))}); check the name or run `skewless apply`",
                 reason="FEATURE_VIEW_NOT_FOUND",
                 metadata={"feature_view": name},
             )
         return view
+
+    def source(self, view: registry_pb2.FeatureView) -> registry_pb2.DataSource:
+        source = self.sources.get(view.source)
+        if source is None:
+            raise _inconsistent(
+                f"feature view {view.name!r} reads source {view.source!r}, which is not registered",
+                feature_view=view.name,
+                source=view.source,
+            )
+        return source
 
     def join_keys(self, view: registry_pb2.FeatureView) -> tuple[JoinKeySpec, ...]:
         keys: list[JoinKeySpec] = []
         for entity_name in view.entities:
             entity = self.entities.get(entity_name)
             if entity is None:
-                raise NotFoundError(
+                raise _inconsistent(
                     f"feature view {view.name!r} uses entity {entity_name!r}, which is not "
-                    "registered; fix the definitions and run `skewless apply`",
-                    reason="ENTITY_NOT_FOUND",
-                    metadata={"feature_view": view.name, "entity": entity_name},
+                    "registered",
+                    feature_view=view.name,
+                    entity=entity_name,
                 )
-            keys.extend(JoinKeySpec(k.name, int(k.value_type)) for k in entity.join_keys)
+            keys.extend(
+                JoinKeySpec(check_identifier(k.name, "join key"), int(k.value_type))
+                for k in entity.join_keys
+            )
         return tuple(keys)
+
+    def features(self, view: registry_pb2.FeatureView) -> tuple[FeatureSpec, ...]:
+        return tuple(
+            FeatureSpec(check_identifier(f.name, "feature"), int(f.value_type))
+            for f in view.features
+        )
 
 
 def _build(
@@ -195,10 +316,9 @@ def _build(
         else:
             match = [f for f in view.features if f.name == feature_name]
             if not match:
-                known = ", ".join(f.name for f in view.features) or "none"
                 raise NotFoundError(
-                    f"feature {feature_name!r} is not in feature view {view_name!r} "
-                    f"(its features: {known})",
+                    f"feature {quoted(feature_name)} is not in feature view {quoted(view_name)} "
+                    f"(its features: {listing(f.name for f in view.features)})",
                     reason="FEATURE_NOT_FOUND",
                     metadata={"feature_view": view_name, "feature": feature_name},
                 )
@@ -206,7 +326,7 @@ def _build(
         features.extend(
             ResolvedFeature(
                 view=view_name,
-                name=f.name,
+                name=check_identifier(f.name, "feature"),
                 value_type=int(f.value_type),
                 output_name=output_name(view_name, f.name, full_feature_names=full_feature_names),
             )
@@ -280,7 +400,7 @@ def resolve_feature_refs(
         NotFoundError: A view, feature or entity is not registered.
 
     """
-    parsed = [parse_feature_ref(ref) for ref in refs]
+    parsed = [_request_ref(ref) for ref in refs]
     return _build(_Index(registry), parsed, full_feature_names=full_feature_names)
 
 
@@ -301,9 +421,9 @@ def resolve_feature_service(
     index = _Index(registry)
     service = index.services.get(name)
     if service is None:
-        known = ", ".join(sorted(index.services)) or "none"
         raise NotFoundError(
-            f"feature service {name!r} is not registered (known services: {known})",
+            f"feature service {quoted(name)} is not registered (known services: "
+            f"{listing(sorted(index.services))})",
             reason="FEATURE_SERVICE_NOT_FOUND",
             metadata={"feature_service": name},
         )
@@ -314,3 +434,26 @@ def resolve_feature_service(
         else:
             wanted.append((projection.feature_view, None))
     return _build(index, wanted, full_feature_names=full_feature_names)
+
+
+def resolve_view(registry: registry_pb2.Registry, name: str) -> ResolvedView:
+    """Resolves a feature view for writing: its source, typed join keys and features.
+
+    Raises:
+        NotFoundError: No such view.
+        DefinitionError: The view names a source or entity the registry lacks, or a name
+            that is not an identifier (`REGISTRY_INCONSISTENT`, `INVALID_IDENTIFIER`).
+
+    """
+    index = _Index(registry)
+    view = index.view(name)
+    source = index.source(view)
+    check_identifier(source.timestamp_field, "timestamp field")
+    if source.created_timestamp_field:
+        check_identifier(source.created_timestamp_field, "created timestamp field")
+    return ResolvedView(
+        view=view,
+        source=source,
+        join_keys=index.join_keys(view),
+        features=index.features(view),
+    )

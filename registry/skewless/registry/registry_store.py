@@ -77,7 +77,8 @@ class RegistryStore:
             registry.ParseFromString(data)
         except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
             raise DefinitionError(
-                f"{self.path}: the registry file is corrupt ({exc}); re-run `skewless apply`"
+                "the registry file is corrupt; re-run `skewless apply`",
+                reason="REGISTRY_CORRUPT",
             ) from exc
         return registry
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from skewless.core.names import EVENT_TIMESTAMP
 from skewless.registry.definitions import (
-    DEFAULT_TIMESTAMP_FIELD,
     DataSource,
     Entity,
     Feature,
@@ -318,7 +318,7 @@ class _Reader:
             f.problem("'format' applies only to file sources (with 'path')")
         common: dict[str, Any] = {
             "name": name,
-            "timestamp_field": f.text("timestamp_field", default=DEFAULT_TIMESTAMP_FIELD),
+            "timestamp_field": f.text("timestamp_field", default=EVENT_TIMESTAMP),
             "created_timestamp_field": f.text("created_timestamp_field"),
             "description": f.text("description"),
             "owner": f.text("owner"),

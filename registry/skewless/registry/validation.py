@@ -14,7 +14,6 @@ them into one `DefinitionProblemsError` listing all of them.
 from __future__ import annotations
 
 import glob
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,23 @@ from typing import Any
 
 import duckdb
 
-from skewless.core import names as sql
+from skewless.core.duckdb_session import connect
 from skewless.core.errors import DefinitionError
-from skewless.core.types import KEY_TYPES, duckdb_type, value_type_name
+from skewless.core.names import (
+    IDENTIFIER_RULE,
+    RESERVED_COLUMNS,
+    SOURCE_RELATION,
+    is_identifier,
+    quote_identifier,
+)
+from skewless.core.types import (
+    KEY_TYPES,
+    TypeFamily,
+    duckdb_column_type,
+    duckdb_type,
+    duckdb_type_fits,
+    value_type_name,
+)
 from skewless.registry.definitions import (
     DataSource,
     Entity,
@@ -39,31 +52,17 @@ from skewless.registry.definitions import (
     parse_duration,
     resolve_value_type,
 )
+from skewless.registry.feature_refs import parse_feature_ref
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
-    "MAX_NAME_LENGTH",
-    "RESERVED_COLUMNS",
     "DefinitionProblem",
     "DefinitionProblemsError",
-    "is_identifier",
-    "quote_identifier",
     "raise_for_problems",
     "resolve_source_files",
     "validate_definitions",
 ]
 
-#: Longest accepted name of any object, feature, join key or column.
-MAX_NAME_LENGTH = 63
-#: Column names the offline store uses itself; no feature or join key may take them.
-RESERVED_COLUMNS = frozenset({"event_timestamp", "created_timestamp"})
-#: The relation a view's `sql` reads; no source may take this name.
-SOURCE_RELATION = "source"
-
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_TIMESTAMP_TYPES = frozenset(
-    {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
-)
 _PYTHON_ORIGIN = "<python>"
 _VT = types_pb2.ValueType
 
@@ -97,23 +96,6 @@ class DefinitionProblemsError(DefinitionError):
             metadata={"problem_count": str(len(problems)), "files": ", ".join(files)},
         )
         self.problems = tuple(problems)
-
-
-def is_identifier(name: str) -> bool:
-    """Whether a name is safe everywhere: `^[a-z_][a-z0-9_]*$`, at most 63 characters."""
-    return len(name) <= MAX_NAME_LENGTH and bool(_IDENTIFIER.match(name))
-
-
-def quote_identifier(name: str) -> str:
-    """Double-quotes a validated identifier for SQL.
-
-    Raises:
-        ValueError: The name is not an identifier (and so was never validated).
-
-    """
-    if not is_identifier(name):
-        raise ValueError(f"refusing to put {name!r} into SQL: not a validated identifier")
-    return sql.quote_identifier(name)
 
 
 def resolve_source_files(root: Path, path: str) -> list[Path]:
@@ -236,8 +218,7 @@ class _Validator:
             self.add(
                 origin,
                 obj,
-                f"{what} {name!r} is not a safe identifier: use lower-case letters, digits "
-                f"and _, starting with a letter or _, at most {MAX_NAME_LENGTH} characters",
+                f"{what} {name!r:.80} is not a safe identifier: use {IDENTIFIER_RULE}",
             )
             return False
         return True
@@ -270,10 +251,7 @@ class _Validator:
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            config: dict[str, str | bool | int | float | list[str]] = {"threads": 1}
-            if self.root is not None:
-                config["file_search_path"] = str(self.root)
-            self._con = duckdb.connect(":memory:", config=config)
+            self._con = connect(threads=1, file_search_path=self.root)
         return self._con
 
     # -- entities ------------------------------------------------------------------
@@ -584,7 +562,7 @@ class _Validator:
                     f"{output} has no column {column!r} (the source's {field_name}); "
                     f"columns: {listed}",
                 )
-            elif columns[column] not in _TIMESTAMP_TYPES:
+            elif not _timestamp_column(columns[column]):
                 self.add(
                     origin,
                     obj,
@@ -599,7 +577,7 @@ class _Validator:
                 self.add(
                     origin, obj, f"{output} has no column for {what} {name!r}; columns: {listed}"
                 )
-            elif vt and not _type_matches(vt, columns[name]):
+            elif vt and not duckdb_type_fits(vt, columns[name]):
                 want = duckdb_type(vt)
                 self.add(
                     origin,
@@ -620,11 +598,18 @@ class _Validator:
             self.add(origin, obj, "missing required field 'features'")
         whole: set[str] = set()
         picked: set[tuple[str, str]] = set()
-        for view_name, feature in service.refs():
+        for item_ref in service.features:
+            if not isinstance(item_ref, str):
+                view_name, feature = item_ref.name, None
+            else:
+                try:
+                    view_name, feature = parse_feature_ref(item_ref)
+                except ValueError:
+                    self.add(
+                        origin, obj, f"bad item {item_ref!r:.80}: write 'view' or 'view:feature'"
+                    )
+                    continue
             item = view_name if feature is None else f"{view_name}:{feature}"
-            if not view_name or feature == "":
-                self.add(origin, obj, f"bad item {item!r}: write 'view' or 'view:feature'")
-                continue
             view = self.views.get(view_name)
             if view is None:
                 self.add(
@@ -661,11 +646,7 @@ def _add_referenced(listed: list[Any], obj: Any) -> None:
         listed.append(obj)
 
 
-def _type_matches(value_type: int, duck: str) -> bool:
-    if duck == duckdb_type(value_type):
-        return True
-    if value_type == _VT.VALUE_TYPE_TIMESTAMP:
-        return duck in _TIMESTAMP_TYPES
-    if value_type == _VT.VALUE_TYPE_TIMESTAMP_LIST:
-        return duck.endswith("[]") and duck[:-2] in _TIMESTAMP_TYPES
-    return False
+def _timestamp_column(duck: str) -> bool:
+    """Whether a column may be an event or created time: it fits TIMESTAMP, not a list."""
+    column = duckdb_column_type(duck)
+    return column.family != TypeFamily.LIST and duckdb_type_fits(_VT.VALUE_TYPE_TIMESTAMP, duck)

@@ -129,7 +129,8 @@ def _run(
     finally:
         bar.close()
     if final.state != JobState.SUCCEEDED:
-        print(f"materialization job {final.job_id} failed: {final.error}", file=sys.stderr)
+        error = final.error.message if final.error else "unknown error"
+        print(f"materialization job {final.job_id} failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(
         f"materialized {len(final.feature_views)} feature view(s): {final.rows_read:,} rows "
@@ -182,7 +183,7 @@ def _format(record: JobRecord) -> str:
         f"[{start}, {record.window_end.isoformat()})  rows {record.rows_read:,}/"
         f"{record.rows_written:,}  {record.progress:.0%}  ({record.trigger})"
     )
-    return line + (f"\n    error: {record.error}" if record.error else "")
+    return line + (f"\n    error: {record.error.message}" if record.error else "")
 
 
 def _jobs_command(repo: str | Path, feature_view: str = "", limit: int = 20) -> int:

@@ -9,40 +9,47 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
-from skewless.server.services.historical import HistoricalServicer, add_historical_servicer
+from skewless.server.rpc import register_service, register_wrapped
+from skewless.server.services.historical import HistoricalServicer
 from skewless.server.services.materialization import MaterializationServicer
-from skewless.server.services.online import OnlineServicer, add_online_servicer
+from skewless.server.services.online import OnlineServicer
 from skewless.server.services.registry import RegistryServicer
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
-    materialization_service_pb2_grpc,
     online_service_pb2,
     registry_service_pb2,
-    registry_service_pb2_grpc,
 )
 
 __all__ = ["SERVICE_NAMES", "SkewlessServer", "create_server", "open_redis", "serve"]
 
 _log = logging.getLogger(__name__)
 
+
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    descriptor: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    return descriptor
+
+
 #: Full names of the skewless services, taken from the descriptors.
 SERVICE_NAMES: tuple[str, ...] = (
-    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-    online_service_pb2.DESCRIPTOR.services_by_name["OnlineService"].full_name,
-    historical_service_pb2.DESCRIPTOR.services_by_name["HistoricalService"].full_name,
-    materialization_service_pb2.DESCRIPTOR.services_by_name["MaterializationService"].full_name,
+    _service(registry_service_pb2, "RegistryService").full_name,
+    _service(online_service_pb2, "OnlineService").full_name,
+    _service(historical_service_pb2, "HistoricalService").full_name,
+    _service(materialization_service_pb2, "MaterializationService").full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -156,23 +163,25 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
             ("grpc.so_reuseport", 1),
         ]
     )
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(ctx), server)
     online = OnlineServicer(ctx)
-    add_online_servicer(online, server)  # GetOnlineFeatures sends pre-serialized bytes
-    # GetHistoricalFeatures sends pre-serialized bytes
-    add_historical_servicer(HistoricalServicer(ctx), server)
-    materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server(
-        MaterializationServicer(ctx), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    for descriptor, servicer in (
+        (_service(registry_service_pb2, "RegistryService"), RegistryServicer(ctx)),
+        (_service(online_service_pb2, "OnlineService"), online),
+        (_service(historical_service_pb2, "HistoricalService"), HistoricalServicer(ctx)),
         (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
+            _service(materialization_service_pb2, "MaterializationService"),
+            MaterializationServicer(ctx),
         ),
-        server,
+    ):
+        register_service(server, descriptor, servicer.handlers())
+    health_servicer = health.aio.HealthServicer()
+    register_wrapped(
+        server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(health_servicer, s)
+    )
+    names = (*SERVICE_NAMES, _service(health_pb2, "Health").full_name, reflection.SERVICE_NAME)
+    reflector = reflection.aio.ReflectionServicer(names)
+    register_wrapped(
+        server, lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, s)
     )
     port = server.add_insecure_port(f"{config.server_host}:{config.server_port}")
     if port == 0:

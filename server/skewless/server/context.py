@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
 
 from skewless.core.config import RepoConfig
+from skewless.online.writer import AsyncOnlineWriter
 from skewless.server.registry_holder import RegistryHolder
 
 __all__ = ["ServerContext"]
@@ -18,10 +20,15 @@ class ServerContext:
     Attributes:
         config: The feature repository's configuration (`redis_url` is always set here).
         registry: The registry being served, reloaded on change.
-        redis: The asyncio Redis client (`redis.asyncio.Redis` or `RedisCluster`).
+        redis: The asyncio Redis client the reads and pushes share.
+        writer: The compare-and-set writer pushes use, over `redis`.
 
     """
 
     config: RepoConfig
     registry: RegistryHolder
-    redis: Any
+    redis: aioredis.Redis | aioredis.RedisCluster
+    writer: AsyncOnlineWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = AsyncOnlineWriter(self.redis)

@@ -1,47 +1,45 @@
-"""The one boundary where domain exceptions become gRPC statuses.
+"""Domain exceptions as gRPC statuses: code, an actionable message, `google.rpc` details.
 
-Servicers raise `skewless.core.errors` exceptions; `grpc_errors` turns each into a
-canonical status code, an actionable message and `google.rpc` details (`ErrorInfo`
-always, `BadRequest` for bad input, `RetryInfo` when the call may be retried).
+`to_status` builds the `google.rpc.Status` of a failed call (the boundary in
+`skewless.server.rpc` sends it): each `SkewlessError` subclass carries its code; the
+status always holds an `ErrorInfo` (reason, domain `skewless.dev`, metadata), plus a
+`BadRequest` naming the field for INVALID_ARGUMENT and a `RetryInfo` for UNAVAILABLE.
+Anything else is INTERNAL, logged with its traceback, and answered without internal
+text.
+
+Nothing in a status repeats much of the request: every metadata value is capped to
+`MAX_SHOWN` characters (with the full length), the message to `MAX_MESSAGE` and the
+metadata to `MAX_METADATA_ENTRIES` entries, so that a status stays under a few KiB even
+for a 1 MiB name and a default client can receive it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from skewless.core.errors import (
-    DefinitionError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    SkewlessError,
-    StoreUnavailableError,
-)
+from skewless.core.errors import MAX_SHOWN, InvalidArgumentError, SkewlessError, shown
 
-__all__ = ["ERROR_DOMAIN", "grpc_errors", "grpc_stream_errors", "to_status"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "MAX_MESSAGE",
+    "MAX_METADATA_ENTRIES",
+    "RETRY_DELAY_SECONDS",
+    "code_name",
+    "to_status",
+]
 
 ERROR_DOMAIN = "skewless.dev"
+#: Longest message a status carries, in characters.
+MAX_MESSAGE = 1024
+#: Most `ErrorInfo.metadata` entries a status carries.
+MAX_METADATA_ENTRIES = 16
+#: The `RetryInfo.retry_delay` of UNAVAILABLE answers.
+RETRY_DELAY_SECONDS = 0.2
 _log = logging.getLogger(__name__)
-
-_CODES: list[tuple[type[SkewlessError], int]] = [
-    (InvalidArgumentError, code_pb2.INVALID_ARGUMENT),
-    (DefinitionError, code_pb2.FAILED_PRECONDITION),
-    (NotFoundError, code_pb2.NOT_FOUND),
-    (PermissionDeniedError, code_pb2.PERMISSION_DENIED),
-    (FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
-    (ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
-    (StoreUnavailableError, code_pb2.UNAVAILABLE),
-]
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -50,83 +48,41 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def code_name(exc: BaseException | None) -> str:
+    """The gRPC status code name a call ending with `exc` gets (`OK` for None)."""
+    if exc is None:
+        return "OK"
+    if isinstance(exc, SkewlessError):
+        return exc.code
+    return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
+
+
 def to_status(exc: BaseException) -> status_pb2.Status:
     """Builds the `google.rpc.Status` sent for an exception."""
     if not isinstance(exc, SkewlessError):
-        _log.exception("internal error", exc_info=exc)
+        _log.error("internal error", exc_info=exc)
         return status_pb2.Status(
             code=code_pb2.INTERNAL,
             message="internal error; the server log has the details",
             details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
         )
-    code = next((c for cls, c in _CODES if isinstance(exc, cls)), code_pb2.INTERNAL)
+    message = shown(exc.message, MAX_MESSAGE)
+    metadata = {
+        shown(key, 64): shown(value, MAX_SHOWN)
+        for key, value in list(exc.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
     details = [
         _pack(
-            error_details_pb2.ErrorInfo(
-                reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
-            )
+            error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
     ]
     if isinstance(exc, InvalidArgumentError) and exc.field:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=exc.field, description=exc.message
-                        )
-                    ]
-                )
-            )
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=shown(exc.field, MAX_SHOWN), description=message
         )
-    if isinstance(exc, StoreUnavailableError):
-        details.append(
-            _pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=200_000_000)))
-        )
-    return status_pb2.Status(code=code, message=exc.message, details=details)
-
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Self = TypeVar("Self")
-
-
-def grpc_errors(
-    method: Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Wraps a unary servicer method so that exceptions end the call with a rich status."""
-
-    @functools.wraps(method)
-    async def wrapper(
-        self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
-    ) -> Resp:
-        try:
-            return await method(self, request, context)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:
-            await context.abort_with_status(rpc_status.to_status(to_status(exc)))
-            raise AssertionError("unreachable") from exc  # abort always raises
-
-    return wrapper
-
-
-def grpc_stream_errors(
-    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Resp]], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Resp]], AsyncIterator[Resp]]:
-    """Wraps a server-streaming servicer method like `grpc_errors`."""
-    # Any: for a bidi method `Req` is the request stream, not the context's message type.
-
-    @functools.wraps(method)
-    async def wrapper(
-        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Resp]
-    ) -> AsyncIterator[Resp]:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:
-            await context.abort_with_status(rpc_status.to_status(to_status(exc)))
-
-    return wrapper
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if exc.code == "UNAVAILABLE":
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(RETRY_DELAY_SECONDS * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status_pb2.Status(code=code_pb2.Code.Value(exc.code), message=message, details=details)

@@ -1,7 +1,8 @@
 """Prometheus metrics of the server, exposed on `server.metrics_port` (default 9464).
 
 Metrics (all prefixed `skewless_`):
-- `requests_total{rpc, feature_service, code}`: finished calls by status code name;
+- `requests_total{rpc, feature_service, code}`: finished calls by status code name (every
+  RPC of every skewless service, recorded once at the boundary in `skewless.server.rpc`);
 - `request_latency_seconds{rpc, feature_service}`: histogram of handler time;
 - `redis_roundtrip_seconds`: histogram of the one pipelined Redis round trip of a read;
 - `errors_total{rpc, code}`: failed calls by status code name.
@@ -15,16 +16,6 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from skewless.core.errors import (
-    DefinitionError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    StoreUnavailableError,
-)
-
 __all__ = [
     "ERRORS",
     "REDIS_ROUNDTRIP",
@@ -32,7 +23,6 @@ __all__ = [
     "REQUEST_LATENCY",
     "observe_request",
     "start_metrics_server",
-    "status_code_name",
 ]
 
 # Sub-millisecond resolution: online reads are expected well under a millisecond.
@@ -77,27 +67,6 @@ ERRORS = Counter(
     "Failed RPCs by method and status code.",
     ["rpc", "code"],
 )
-
-_CODES: tuple[tuple[type[Exception], str], ...] = (
-    (InvalidArgumentError, "INVALID_ARGUMENT"),
-    (DefinitionError, "FAILED_PRECONDITION"),
-    (NotFoundError, "NOT_FOUND"),
-    (PermissionDeniedError, "PERMISSION_DENIED"),
-    (FailedPreconditionError, "FAILED_PRECONDITION"),
-    (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
-    (StoreUnavailableError, "UNAVAILABLE"),
-)
-
-
-def status_code_name(exc: BaseException | None) -> str:
-    """Returns the gRPC status code name a call ending with `exc` gets (`OK` for None)."""
-    if exc is None:
-        return "OK"
-    for cls, name in _CODES:
-        if isinstance(exc, cls):
-            return name
-    return "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
-
 
 _children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 

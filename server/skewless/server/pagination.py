@@ -58,7 +58,9 @@ def paginate(
     """
     if page_size < 0:
         raise InvalidArgumentError(
-            f"page_size must not be negative, got {page_size}", field="page_size"
+            f"page_size must not be negative, got {page_size}",
+            field="page_size",
+            reason="INVALID_PAGE_SIZE",
         )
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     offset = _decode(page_token, scope) if page_token else 0

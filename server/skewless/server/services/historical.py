@@ -3,76 +3,56 @@
 One call: the first request carries the `HistoricalQuery`; the features are resolved
 and every requested view is checked for history before any entity row is read. Inline
 entity rows then arrive as `arrow_schema` + `entity_batch` messages (the schema is
-validated as soon as it arrives); `path` and `sql` sources are read by the server with
-DuckDB. The join runs in worker threads; the response stream carries the schema first,
-then one record batch per response, pulled from the join only as fast as gRPC sends
-them (flow control), so the server holds the result a few batches at a time. When the
-client cancels, the DuckDB query is interrupted and its memory released.
+validated as soon as it arrives, every batch in full: `skewless.offline.arrow_ipc`);
+`path` and `sql` sources are read by the server in a DuckDB sandbox
+(`skewless.offline.entity_rows`). The join (`skewless.offline.retrieval`) runs in worker
+threads; the response stream carries the schema first, then one record batch per
+response, pulled from the join only as fast as gRPC sends them (flow control), so the
+server holds the result a few batches at a time. When the client cancels, the DuckDB
+query is interrupted and its memory released.
 
-Responses go to the wire as pre-serialized bytes (registered by `add_historical_servicer`
-with an identity serializer): each record batch response is written directly in the
-protobuf wire format around the IPC message, whose column buffers are copied once, into
-the response bytes, instead of into an IPC buffer, a message and its serialization.
+Each record batch response is written directly in the protobuf wire format around the
+IPC message (field tags from the descriptors, `skewless.client._wire`), whose column
+buffers are copied once, into the response bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pyarrow as pa
 
-from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
-from skewless.core.errors import (
-    FailedPreconditionError,
-    InvalidArgumentError,
-)
-from skewless.offline.entity_rows import read_path, read_sql
-from skewless.offline.offline_store import EVENT_TIMESTAMP, history_files
-from skewless.offline.point_in_time import (
-    DEFAULT_BATCH_ROWS,
-    PointInTimeJoin,
-    ViewHistory,
-    label_time_range,
-    point_in_time_join,
-    validate_entity_schema,
-)
+from skewless.client._wire import encode_varint, field_tag
+from skewless.client.ipc_framing import IpcBatchWriter
+from skewless.core.errors import InvalidArgumentError
+from skewless.core.names import EVENT_TIMESTAMP
+from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
+from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
+from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS, PointInTimeJoin
+from skewless.offline.retrieval import check_history, start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
     resolve_feature_service,
 )
-from skewless.server import metrics
 from skewless.server.context import ServerContext
-from skewless.server.errors import grpc_stream_errors
-from skewless.v1 import historical_service_pb2, historical_service_pb2_grpc, registry_pb2
+from skewless.server.errors import code_name
+from skewless.server.rpc import BidiHandler, label_call
+from skewless.v1 import historical_service_pb2, registry_pb2
 
-__all__ = [
-    "JOIN_MEMORY_LIMIT",
-    "MAX_BATCH_ROWS",
-    "SOFT_MESSAGE_BYTES",
-    "HistoricalServicer",
-    "add_historical_servicer",
-]
+__all__ = ["MAX_BATCH_ROWS", "SOFT_MESSAGE_BYTES", "HistoricalServicer"]
 
 _log = logging.getLogger(__name__)
 _pb = historical_service_pb2
 
-#: DuckDB memory per retrieval; past it the join spills to `<data_dir>/tmp/duckdb`.
-JOIN_MEMORY_LIMIT = "1GB"
-#: History feature bytes a retrieval holds in memory; past it they are memory-mapped
-#: from a file under `<data_dir>/tmp/duckdb` (removed from the directory at once).
-HISTORY_MEMORY_LIMIT = 512 * 2**20
 #: Largest `batch_size` a query may ask for.
 MAX_BATCH_ROWS = 1_048_576
 #: With the default batch size, batches are cut so a response stays under this size
@@ -91,13 +71,9 @@ T = TypeVar("T")
 #: Threads that run the joins (DuckDB parallelizes each query itself).
 _WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="historical")
 
-
-#: Tags of `GetHistoricalFeaturesResponse.arrow_record_batch` (field 2, length-delimited)
-#: and of `ArrowRecordBatch.row_count` (2, varint) and `.serialized_record_batch` (1,
-#: length-delimited).
-_TAG_RECORD_BATCH = b"\x12"
-_TAG_ROW_COUNT = b"\x10"
-_TAG_SERIALIZED = b"\x0a"
+_TAG_RECORD_BATCH = field_tag(_pb.GetHistoricalFeaturesResponse, "arrow_record_batch")
+_TAG_ROW_COUNT = field_tag(_pb.ArrowRecordBatch, "row_count")
+_TAG_SERIALIZED = field_tag(_pb.ArrowRecordBatch, "serialized_record_batch")
 #: The header before the IPC message is 16 bytes: the tags, both lengths as 5-byte
 #: varints and the row count as a 3-byte one (`MAX_BATCH_ROWS` < 2**21). The IPC message
 #: (whose buffers are 8-byte aligned within it) then starts 8-byte aligned in the
@@ -146,9 +122,11 @@ class _BatchEncoder:
 def _plan(registry: registry_pb2.Registry, query: _pb.HistoricalQuery) -> FeaturePlan:
     kind = query.WhichOneof("kind")
     if kind == "feature_service":
-        return resolve_feature_service(
+        plan = resolve_feature_service(
             registry, query.feature_service, full_feature_names=query.full_feature_names
         )
+        label_call(query.feature_service)  # known to exist: a safe metrics label
+        return plan
     if kind == "features":
         return resolve_feature_refs(
             registry, list(query.features.features), full_feature_names=query.full_feature_names
@@ -164,25 +142,23 @@ def _batch_rows(query: _pb.HistoricalQuery) -> int:
     if query.batch_size < 0 or query.batch_size > MAX_BATCH_ROWS:
         raise InvalidArgumentError(
             f"batch_size {query.batch_size} is out of range; use 0 (default "
-            f"{DEFAULT_BATCH_ROWS}) up to {MAX_BATCH_ROWS}",
+            f"{OUTPUT_BATCH_ROWS}) up to {MAX_BATCH_ROWS}",
             field="query.batch_size",
             reason="OUT_OF_RANGE",
             metadata={"batch_size": str(query.batch_size), "max": str(MAX_BATCH_ROWS)},
         )
-    return query.batch_size or DEFAULT_BATCH_ROWS
+    return query.batch_size or OUTPUT_BATCH_ROWS
 
 
-def _plain_types(table: pa.Table) -> pa.Table:
-    """Decodes dictionary columns: each response carries one self-contained batch."""
-    if not any(pa.types.is_dictionary(f.type) for f in table.schema):
-        return table
-    fields = [
-        pa.field(f.name, f.type.value_type, f.nullable, f.metadata)
-        if pa.types.is_dictionary(f.type)
-        else f
-        for f in table.schema
-    ]
-    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+def _compression(query: _pb.HistoricalQuery) -> str | None:
+    if query.compression not in _COMPRESSION:
+        raise InvalidArgumentError(
+            f"compression {query.compression} is not an ArrowCompression value",
+            field="query.compression",
+            reason="OUT_OF_RANGE",
+            metadata={"compression": str(query.compression)},
+        )
+    return _COMPRESSION[query.compression]
 
 
 async def _receive_inline(
@@ -203,15 +179,10 @@ async def _receive_inline(
                     field="arrow_schema",
                     reason="DUPLICATE_SCHEMA",
                 )
-            try:
-                schema = pa.ipc.read_schema(pa.py_buffer(request.arrow_schema.serialized_schema))
-            except (pa.ArrowException, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"arrow_schema is not an Arrow IPC schema: {exc}",
-                    field="arrow_schema",
-                    reason="BAD_ARROW_DATA",
-                ) from exc
-            validate_entity_schema(schema, plan, label_time_column)
+            schema = read_ipc_schema(request.arrow_schema.serialized_schema, field="arrow_schema")
+            validate_entity_schema(
+                plain_types(schema.empty_table()).schema, plan, label_time_column
+            )
         if request.HasField("entity_batch"):
             if schema is None:
                 raise InvalidArgumentError(
@@ -220,18 +191,9 @@ async def _receive_inline(
                     reason="MISSING_SCHEMA",
                 )
             message = request.entity_batch
-            try:
-                batch = pa.ipc.read_record_batch(
-                    pa.py_buffer(message.serialized_record_batch), schema
-                )
-            except (pa.ArrowException, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"entity_batch {len(batches)} is not an Arrow IPC record batch of the "
-                    f"sent schema: {exc}",
-                    field="entity_batch",
-                    reason="BAD_ARROW_DATA",
-                    metadata={"batch": str(len(batches))},
-                ) from exc
+            batch = read_ipc_batch(
+                message.serialized_record_batch, schema, field="entity_batch", index=len(batches)
+            )
             if message.row_count != batch.num_rows:
                 raise InvalidArgumentError(
                     f"entity_batch {len(batches)} says row_count={message.row_count} but "
@@ -261,86 +223,48 @@ async def _receive_inline(
     return pa.Table.from_batches(batches, schema=schema)
 
 
-class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
+class HistoricalServicer:
     """Serves `GetHistoricalFeatures`."""
 
     def __init__(self, ctx: ServerContext) -> None:
         """Binds the servicer to the server's shared state."""
         self.ctx = ctx
 
-    def _check_history(self, plan: FeaturePlan) -> None:
-        for view in plan.views:
-            if not history_files(self.ctx.config, view.name):
-                raise FailedPreconditionError(
-                    f"feature view {view.name!r} has no offline history yet; run "
-                    f"`skewless materialize` (or push rows) for it first",
-                    reason="NOT_MATERIALIZED",
-                    metadata={"feature_view": view.name},
-                )
+    def handlers(self) -> dict[str, BidiHandler]:
+        """The handler of each RPC, for `skewless.server.rpc.register_service`."""
+        return {"GetHistoricalFeatures": self.get_historical_features}
 
-    def _histories(self, plan: FeaturePlan, table: pa.Table, label: str) -> list[ViewHistory]:
-        """Lists each view's files that may hold candidates for the entity rows."""
-        span = label_time_range(table, label)
-        histories = []
-        for view in plan.views:
-            if span is None:
-                files: list[Path] = []
-            else:
-                start = span[0] - dt.timedelta(microseconds=view.ttl_micros)
-                end = span[1] + dt.timedelta(microseconds=1)
-                files = history_files(
-                    self.ctx.config, view.name, start=start if view.ttl_micros else None, end=end
-                )
-            histories.append(ViewHistory(view, tuple(files)))
-        return histories
-
-    async def GetHistoricalFeatures(
+    async def get_historical_features(
         self,
-        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[_pb.GetHistoricalFeaturesResponse]:
-        """Streams the point-in-time join of the client's entity rows (see the proto)."""
-        async for data in self.get_historical_features_bytes(request_iterator, context):
-            yield _pb.GetHistoricalFeaturesResponse.FromString(data)
-
-    @grpc_stream_errors
-    async def get_historical_features_bytes(
-        self,
-        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
-        context: grpc.aio.ServicerContext,
+        requests: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
-        """Like `GetHistoricalFeatures`, yielding each response serialized."""
+        """Streams the point-in-time join of the entity rows (see the proto); logs one line."""
         started = time.perf_counter()
-        seen = _Seen()
+        rows: list[int] = []
         failure: BaseException | None = None
         try:
-            async with contextlib.aclosing(self._retrieve(request_iterator, context, seen)) as out:
-                async for response in out:
-                    yield response
+            async for response in self._retrieve(requests, context, rows):
+                yield response
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            seconds = time.perf_counter() - started
-            code = metrics.status_code_name(failure)
-            metrics.observe_request("GetHistoricalFeatures", seen.feature_service, code, seconds)
             _log.info(
-                "historical retrieval %s: %d entity rows in %.2f s (%s)",
-                code,
-                seen.rows,
-                seconds,
-                seen.feature_service or "feature list",
+                "historical retrieval %s: %d entity rows in %.2f s",
+                code_name(failure),
+                rows[0] if rows else 0,
+                time.perf_counter() - started,
             )
 
     async def _retrieve(
         self,
-        request_iterator: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
-        context: grpc.aio.ServicerContext,
-        seen: _Seen,
-    ) -> AsyncGenerator[bytes, None]:
-        """Yields the serialized responses; notes the feature service and row count."""
-        requests = aiter(request_iterator)
-        first = await anext(requests, None)
+        requests: AsyncIterator[_pb.GetHistoricalFeaturesRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+        rows: list[int],
+    ) -> AsyncIterator[bytes]:
+        config = self.ctx.config
+        first = await anext(aiter(requests), None)
         if first is None or not first.HasField("query"):
             raise InvalidArgumentError(
                 "the first request must carry the query", field="query", reason="MISSING_QUERY"
@@ -348,58 +272,40 @@ class HistoricalServicer(historical_service_pb2_grpc.HistoricalServiceServicer):
         query = first.query
         registry = self.ctx.registry.current
         plan = _plan(registry, query)
-        if query.WhichOneof("kind") == "feature_service":
-            seen.feature_service = query.feature_service  # known to exist: a safe label
-        self._check_history(plan)
+        check_history(config, plan)
         batch_rows = _batch_rows(query)
-        compression = _COMPRESSION.get(query.compression)
+        compression = _compression(query)
         label = query.label_time_column or EVENT_TIMESTAMP
         source = query.WhichOneof("entity_rows")
-        root = self.ctx.config.root
-        roots = self.ctx.config.entity_roots
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
         elif source == "path":
-            table = await asyncio.to_thread(read_path, roots, root, query.path)
+            table = await asyncio.to_thread(read_path, config, query.path)
         elif source == "sql":
-            table = await asyncio.to_thread(read_sql, roots, root, registry, query.sql)
+            table = await asyncio.to_thread(read_sql, config, registry, query.sql)
         else:
             raise InvalidArgumentError(
                 "the query names no entity rows; set inline, path or sql",
                 field="query.entity_rows",
                 reason="NO_ENTITY_ROWS",
             )
-        table = _plain_types(table)
-        validate_entity_schema(table.schema, plan, label)
-        histories = await asyncio.to_thread(self._histories, plan, table, label)
         join = await asyncio.to_thread(
-            point_in_time_join,
-            table,
+            start_retrieval,
+            config,
             plan,
-            histories,
+            plain_types(table),
             label_time_column=label,
             batch_rows=batch_rows,
-            memory_limit=JOIN_MEMORY_LIMIT,
-            history_memory_limit=HISTORY_MEMORY_LIMIT,
             entity_columns=not query.features_only,
-            temp_directory=self.ctx.config.data_dir / "tmp" / "duckdb",
         )
         del table
-        seen.rows = join.num_rows
+        rows.append(join.num_rows)
         running = _Running(join)
         # A cancelled call may leave this generator suspended at a `yield` that is never
         # resumed; the done callback stops DuckDB and frees the join in every case.
         context.add_done_callback(lambda _: running.release())
         async for response in _stream(running, compression, split=query.batch_size == 0):
             yield response
-
-
-@dataclass
-class _Seen:
-    """What a retrieval has learnt about itself, for its metrics and log line."""
-
-    feature_service: str = ""
-    rows: int = 0
 
 
 class _Running:
@@ -467,24 +373,3 @@ def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
 def _close_quietly(join: PointInTimeJoin) -> None:
     with contextlib.suppress(Exception):
         join.close()
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-def add_historical_servicer(servicer: HistoricalServicer, server: grpc.aio.Server) -> None:
-    """Registers `HistoricalService` so that its responses go out as pre-serialized bytes.
-
-    Use instead of `historical_service_pb2_grpc.add_HistoricalServiceServicer_to_server`:
-    the wire format is the same, without building and serializing a message per batch.
-    """
-    service = _pb.DESCRIPTOR.services_by_name["HistoricalService"].full_name
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "GetHistoricalFeatures": grpc.stream_stream_rpc_method_handler(
-            servicer.get_historical_features_bytes,
-            request_deserializer=_pb.GetHistoricalFeaturesRequest.FromString,
-            response_serializer=_identity,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

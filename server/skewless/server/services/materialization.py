@@ -9,7 +9,7 @@ a worker thread; the call returns immediately. Job records live under the data d
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -17,10 +17,10 @@ from google.protobuf import timestamp_pb2
 from skewless.core.errors import InvalidArgumentError
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
 from skewless.server.context import ServerContext
-from skewless.server.errors import grpc_errors
 from skewless.server.pagination import paginate
+from skewless.server.request_fields import timestamp_argument
+from skewless.server.rpc import UnaryHandler
 from skewless.v1 import materialization_service_pb2 as pb
-from skewless.v1 import materialization_service_pb2_grpc
 
 __all__ = ["MaterializationServicer", "job_to_proto"]
 
@@ -51,13 +51,13 @@ def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
         rows_read=record.rows_read,
         rows_written=record.rows_written,
         progress=record.progress,
-        error=record.error,
+        error=record.error.message if record.error else "",
         create_time=_timestamp(record.create_time),
         update_time=_timestamp(record.update_time),
     )
 
 
-class MaterializationServicer(materialization_service_pb2_grpc.MaterializationServiceServicer):
+class MaterializationServicer:
     """Starts materialization jobs and reports their progress."""
 
     def __init__(self, ctx: ServerContext) -> None:
@@ -66,7 +66,14 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
         self.jobs = JobStore(ctx.config)
         self._threads: list[threading.Thread] = []
 
-    @grpc_errors
+    def handlers(self) -> dict[str, UnaryHandler]:
+        """The handler of each RPC, for `skewless.server.rpc.register_service`."""
+        return {
+            "StartMaterialization": self.StartMaterialization,
+            "GetMaterializationJob": self.GetMaterializationJob,
+            "ListMaterializationJobs": self.ListMaterializationJobs,
+        }
+
     async def StartMaterialization(
         self,
         request: pb.StartMaterializationRequest,
@@ -77,19 +84,24 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
         """Validates the request, locks the views and starts the job in a worker thread."""
         registry = self.ctx.registry.current
         if not request.HasField("end_time"):
-            raise InvalidArgumentError("end_time is required", field="end_time")
-        end = request.end_time.ToDatetime(tzinfo=UTC)
+            raise InvalidArgumentError(
+                "end_time is required", field="end_time", reason="MISSING_END_TIME"
+            )
+        end = timestamp_argument(request.end_time, "end_time")
         start: datetime | None = None
         if not request.incremental:
             if not request.HasField("start_time"):
                 raise InvalidArgumentError(
-                    "start_time is required unless incremental is set", field="start_time"
+                    "start_time is required unless incremental is set",
+                    field="start_time",
+                    reason="MISSING_START_TIME",
                 )
-            start = request.start_time.ToDatetime(tzinfo=UTC)
+            start = timestamp_argument(request.start_time, "start_time")
             if end < start:
                 raise InvalidArgumentError(
                     f"end_time {end.isoformat()} is before start_time {start.isoformat()}",
                     field="end_time",
+                    reason="WINDOW_REVERSED",
                     metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
                 )
         started = start_job(
@@ -113,7 +125,6 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return pb.StartMaterializationResponse(job=job_to_proto(record))
 
-    @grpc_errors
     async def GetMaterializationJob(
         self,
         request: pb.GetMaterializationJobRequest,
@@ -122,11 +133,8 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
         ],
     ) -> pb.GetMaterializationJobResponse:
         """Returns one job; NOT_FOUND for an unknown ID."""
-        if not request.job_id:
-            raise InvalidArgumentError("job_id is required", field="job_id")
         return pb.GetMaterializationJobResponse(job=job_to_proto(self.jobs.get(request.job_id)))
 
-    @grpc_errors
     async def ListMaterializationJobs(
         self,
         request: pb.ListMaterializationJobsRequest,

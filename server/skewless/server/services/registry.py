@@ -7,12 +7,12 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
-from skewless.core.errors import InvalidArgumentError, NotFoundError
+from skewless.core.errors import InvalidArgumentError, NotFoundError, quoted
 from skewless.registry.search import search_features
 from skewless.server.context import ServerContext
-from skewless.server.errors import grpc_errors
 from skewless.server.pagination import paginate
-from skewless.v1 import registry_pb2, registry_service_pb2_grpc
+from skewless.server.rpc import UnaryHandler
+from skewless.v1 import registry_pb2
 from skewless.v1 import registry_service_pb2 as pb
 
 __all__ = ["RegistryServicer"]
@@ -29,31 +29,38 @@ T = TypeVar("T", bound=_Named)
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-def _find(items: Iterable[T], name: str, kind: str) -> T:
+def _find(items: Iterable[T], name: str, kind: str, *, reason: str, key: str) -> T:
+    """The item named `name`; NOT_FOUND with `reason` (and `key` in the metadata) if none."""
     if not name:
-        raise InvalidArgumentError(f"name is required: the {kind}'s name", field="name")
+        raise InvalidArgumentError(
+            f"name is required: the {kind}'s name", field="name", reason="EMPTY_NAME"
+        )
     for item in items:
         if item.name == name:
             return item
     raise NotFoundError(
-        f"no {kind} named {name!r} in the registry; see the List RPCs for what exists",
-        reason=f"{kind.upper().replace(' ', '_')}_NOT_FOUND",
-        metadata={kind.replace(" ", "_"): name},
+        f"no {kind} named {quoted(name)} in the registry; see the List RPCs for what exists",
+        reason=reason,
+        metadata={key: name},
     )
 
 
-class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
+class RegistryServicer:
     """Answers Get, List and Search over the registry being served."""
 
     def __init__(self, ctx: ServerContext) -> None:
         """Binds the servicer to the server's shared state."""
         self.ctx = ctx
 
+    def handlers(self) -> dict[str, UnaryHandler]:
+        """The handler of each RPC, for `skewless.server.rpc.register_service`."""
+        names = [m.name for m in pb.DESCRIPTOR.services_by_name["RegistryService"].methods]
+        return {name: getattr(self, name) for name in names}
+
     @property
     def _reg(self) -> registry_pb2.Registry:
         return self.ctx.registry.current
 
-    @grpc_errors
     async def GetRegistryInfo(
         self, request: pb.GetRegistryInfoRequest, context: Ctx
     ) -> pb.GetRegistryInfoResponse:
@@ -63,12 +70,14 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             project=reg.project, version=reg.version, update_time=reg.update_time, digest=reg.digest
         )
 
-    @grpc_errors
     async def GetEntity(self, request: pb.GetEntityRequest, context: Ctx) -> pb.GetEntityResponse:
         """Returns one entity."""
-        return pb.GetEntityResponse(entity=_find(self._reg.entities, request.name, "entity"))
+        return pb.GetEntityResponse(
+            entity=_find(
+                self._reg.entities, request.name, "entity", reason="ENTITY_NOT_FOUND", key="entity"
+            )
+        )
 
-    @grpc_errors
     async def ListEntities(
         self, request: pb.ListEntitiesRequest, context: Ctx
     ) -> pb.ListEntitiesResponse:
@@ -78,16 +87,20 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         )
         return pb.ListEntitiesResponse(entities=page, next_page_token=token)
 
-    @grpc_errors
     async def GetDataSource(
         self, request: pb.GetDataSourceRequest, context: Ctx
     ) -> pb.GetDataSourceResponse:
         """Returns one data source."""
         return pb.GetDataSourceResponse(
-            data_source=_find(self._reg.data_sources, request.name, "data source")
+            data_source=_find(
+                self._reg.data_sources,
+                request.name,
+                "data source",
+                reason="DATA_SOURCE_NOT_FOUND",
+                key="data_source",
+            )
         )
 
-    @grpc_errors
     async def ListDataSources(
         self, request: pb.ListDataSourcesRequest, context: Ctx
     ) -> pb.ListDataSourcesResponse:
@@ -97,16 +110,20 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         )
         return pb.ListDataSourcesResponse(data_sources=page, next_page_token=token)
 
-    @grpc_errors
     async def GetFeatureView(
         self, request: pb.GetFeatureViewRequest, context: Ctx
     ) -> pb.GetFeatureViewResponse:
         """Returns one feature view."""
         return pb.GetFeatureViewResponse(
-            feature_view=_find(self._reg.feature_views, request.name, "feature view")
+            feature_view=_find(
+                self._reg.feature_views,
+                request.name,
+                "feature view",
+                reason="FEATURE_VIEW_NOT_FOUND",
+                key="feature_view",
+            )
         )
 
-    @grpc_errors
     async def ListFeatureViews(
         self, request: pb.ListFeatureViewsRequest, context: Ctx
     ) -> pb.ListFeatureViewsResponse:
@@ -116,16 +133,20 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         )
         return pb.ListFeatureViewsResponse(feature_views=page, next_page_token=token)
 
-    @grpc_errors
     async def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: Ctx
     ) -> pb.GetFeatureServiceResponse:
         """Returns one feature service."""
         return pb.GetFeatureServiceResponse(
-            feature_service=_find(self._reg.feature_services, request.name, "feature service")
+            feature_service=_find(
+                self._reg.feature_services,
+                request.name,
+                "feature service",
+                reason="FEATURE_SERVICE_NOT_FOUND",
+                key="feature_service",
+            )
         )
 
-    @grpc_errors
     async def ListFeatureServices(
         self, request: pb.ListFeatureServicesRequest, context: Ctx
     ) -> pb.ListFeatureServicesResponse:
@@ -135,7 +156,6 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         )
         return pb.ListFeatureServicesResponse(feature_services=page, next_page_token=token)
 
-    @grpc_errors
     async def SearchFeatures(
         self, request: pb.SearchFeaturesRequest, context: Ctx
     ) -> pb.SearchFeaturesResponse:
@@ -143,7 +163,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         words = request.query.lower().split()
         if not words:
             raise InvalidArgumentError(
-                "query is required: one or more words to look for", field="query"
+                "query is required: one or more words to look for",
+                field="query",
+                reason="EMPTY_QUERY",
             )
         matches = [
             pb.FeatureMatch(

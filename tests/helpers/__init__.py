@@ -1,0 +1,1 @@
+"""Helpers the tests share: repositories built with the definitions API, data, servers."""
