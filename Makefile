@@ -18,7 +18,7 @@ GENERATED := $(PYGEN)/skewless/v1 clients/go/gen
 
 include clients/clients.mk
 
-.PHONY: help setup system-deps tools gen check-gen lint typecheck run apply materialize example-data test bench bench-tools clean
+.PHONY: help setup system-deps tools tools-s3 gen check-gen lint typecheck run apply materialize example-data test bench bench-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,25 @@ system-deps: ## Install redis-server and the gRPC Java generator when missing (D
 tools: ## Install grpcurl into .tools/bin (Go module proxy)
 	@test -x $(GOBIN)/grpcurl || GOBIN=$(GOBIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
-setup: system-deps $(VENV)/.installed tools tools-go ## Install everything: redis-server, the Python env, grpcurl
+# SeaweedFS (Apache-2.0): the S3-compatible server the object-storage tests start on loopback.
+# `go install` refuses it (its go.mod has replace directives), so build it from its module
+# source, once: several minutes on 2 cores. The version is stamped so a new pin rebuilds it.
+WEED_MODULE := github.com/seaweedfs/seaweedfs
+WEED_VERSION := v0.0.0-20261109003541-7506e5f91cd6
+WEED_COMMIT := $(lastword $(subst -, ,$(WEED_VERSION)))
+
+tools-s3: ## Build SeaweedFS's weed (S3 server for tests) into .tools/bin, once
+	@$(GOBIN)/weed version 2>/dev/null | grep -q ' $(WEED_COMMIT) ' || { set -e; \
+	  echo "building weed $(WEED_VERSION) into $(GOBIN) (once; several minutes)"; \
+	  mod=$$(go mod download -json $(WEED_MODULE)@$(WEED_VERSION)) || { echo "$$mod" >&2; exit 1; }; \
+	  src=$$(echo "$$mod" | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); test -d "$$src"; mkdir -p $(GOBIN); tmp=$$(mktemp -d $(CURDIR)/.tools/weed-build.XXXXXX); \
+	  trap 'chmod -R u+w "$$tmp"; rm -rf "$$tmp"' EXIT; trap 'exit 1' INT TERM HUP; \
+	  cp -r "$$src" "$$tmp/src"; chmod -R u+w "$$tmp/src"; \
+	  (cd "$$tmp/src" && go build -buildvcs=false -trimpath \
+	    -ldflags '-s -w -X $(WEED_MODULE)/weed/util/version.COMMIT=$(WEED_COMMIT)' -o "$$tmp/weed" ./weed); \
+	  mv -f "$$tmp/weed" $(GOBIN)/weed; }
+
+setup: system-deps $(VENV)/.installed tools tools-go tools-s3 ## Install everything: redis-server, the Python env, grpcurl, weed
 
 gen: $(VENV)/.installed gen-go ## Regenerate the Python and Go stubs from protos/ (Java generates at build)
 	$(PY) -m grpc_tools.protoc -I protos \

@@ -1,4 +1,4 @@
-"""Shared fixtures: real `redis-server` processes on free ports."""
+"""Shared fixtures: real `redis-server` processes and a real S3-compatible server on free ports."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from skewless.online.embedded_redis import EmbeddedRedis
+from tests.helpers.s3 import S3Server, S3ServerError, running_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,20 @@ def fresh_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3-compatible server (SeaweedFS `weed`) with a bucket, for the whole session.
+
+    Tests share the bucket: each writes under its own prefix. Fails (never skips) when `weed`
+    is missing: `make setup` builds it.
+    """
+    failure = None
+    try:
+        with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+            yield server
+    except S3ServerError as exc:
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)

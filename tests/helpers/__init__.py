@@ -1,1 +1,1 @@
-"""Helpers the tests share: repositories built with the definitions API, data, servers."""
+"""Helpers the tests share: repositories built with the definitions API, real servers."""
