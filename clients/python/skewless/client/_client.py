@@ -13,7 +13,7 @@ import pyarrow as pa
 from google.protobuf import timestamp_pb2
 
 from skewless.client.credentials import Token, bearer_header, channel_credentials, check_metadata
-from skewless.client.errors import from_rpc_error
+from skewless.client.errors import UnavailableError, from_rpc_error
 from skewless.client.online import (
     Entities,
     OnlineFeatures,
@@ -110,7 +110,8 @@ class Client:
                 server that requires client certificates (mutual TLS).
             token: A bearer token, or a zero-argument callable returning the current
                 one (called for every RPC, so it can refresh an expiring token); sent
-                as `authorization: Bearer <token>` on every call.
+                as `authorization: Bearer <token>` on every call. A callable that
+                raises fails the call with `UnavailableError`.
             metadata: Headers sent with every call.
             timeout: Default deadline of each call in seconds; None for no deadline.
             options: Extra gRPC channel options.
@@ -168,7 +169,13 @@ class Client:
         if self._plaintext_token is None:
             return headers
         check_metadata(headers, self._plaintext_token)
-        return (*headers, bearer_header(self._plaintext_token))
+        try:
+            header = bearer_header(self._plaintext_token)
+        except Exception as exc:  # as grpc reports a failing call credential on TLS
+            raise UnavailableError(
+                f"Getting metadata from plugin failed with error: {exc}"
+            ) from exc
+        return (*headers, header)
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         try:

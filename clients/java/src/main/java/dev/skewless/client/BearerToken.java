@@ -12,8 +12,9 @@ import java.util.function.Supplier;
  *
  * <p>The token comes from a supplier asked once per call (on gRPC's application executor, so it
  * may block to refresh an expiring token); a supplier that throws or returns an empty token fails
- * the call with UNAUTHENTICATED. The header is sent on plaintext channels too, since plaintext is
- * an explicit choice ({@code usePlaintext()}) for loopback or sidecar connections.
+ * the call with UNAVAILABLE before anything is sent, as the Go and Python clients do. The header
+ * is sent on plaintext channels too, since plaintext is an explicit choice ({@code
+ * usePlaintext()}) for loopback or sidecar connections.
  */
 public final class BearerToken extends CallCredentials {
   /** The header that carries the token. */
@@ -55,7 +56,7 @@ public final class BearerToken extends CallCredentials {
             token = check(tokens.get());
           } catch (RuntimeException e) {
             applier.fail(
-                Status.UNAUTHENTICATED
+                Status.UNAVAILABLE
                     .withDescription("could not get a bearer token: " + e.getMessage())
                     .withCause(e));
             return;

@@ -102,7 +102,7 @@ class CallCredentialsTest {
   }
 
   @Test
-  void failingSupplierIsUnauthenticated() {
+  void failingSupplierFailsTheCallUnavailable() {
     try (SkewlessClient client =
         client()
             .bearerToken(
@@ -111,7 +111,7 @@ class CallCredentialsTest {
                 })
             .build()) {
       SkewlessException e = assertThrows(SkewlessException.class, () -> lookUp(client));
-      assertEquals(Status.Code.UNAUTHENTICATED, e.code());
+      assertEquals(Status.Code.UNAVAILABLE, e.code());
     }
     assertEquals(List.of(), headers); // nothing reached the server
   }
