@@ -16,9 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import grpc
 import pyarrow as pa
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from skewless.client import Client, UnavailableError
 from skewless.core.config import RedisTLS, RepoConfig
@@ -186,8 +188,14 @@ def test_wrong_credentials_are_unavailable_not_internal(
     config = _repo(tmp_path, url, None)
     server = ServerThread(config).start()
     try:
+        target = f"127.0.0.1:{server.port}"
         with pytest.raises(UnavailableError):
-            _conv_rate(f"127.0.0.1:{server.port}", "driver_stats", 3)
+            _conv_rate(target, "driver_stats", 3)
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         server.stop()
     # The TLS port without the client certificate it requires: the job fails as unavailable.

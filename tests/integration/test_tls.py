@@ -316,3 +316,27 @@ def test_insecure_serves_plaintext_beyond_loopback_with_a_warning(
             proc.kill()
             proc.wait()
         reader.join(5)
+
+
+def test_rotated_client_ca_applies_to_new_connections(
+    tmp_path: Path, redis_url: str, certs: TLSFiles
+) -> None:
+    client_ca = tmp_path / "clients.pem"
+    shutil.copy(certs.ca, client_ca)
+    rotated = make_tls_files(tmp_path / "rotated")
+    tls = ServerTLS(
+        cert_file=certs.server_cert, key_file=certs.server_key, client_ca_file=client_ca
+    )
+
+    def with_client_cert(files: TLSFiles) -> grpc.ChannelCredentials:
+        # Trusts the server's CA, presents a client certificate issued by `files`' CA.
+        return grpc.ssl_channel_credentials(
+            certs.read("ca"), files.read("client_key"), files.read("client_cert")
+        )
+
+    with tls_server(tmp_path / "repo", redis_url, tls) as target:
+        assert _health(target, with_client_cert(certs)) == _SERVING
+        assert _health(target, with_client_cert(rotated)) == grpc.StatusCode.UNAVAILABLE
+        _replace(client_ca, rotated.read("ca"))
+        assert _health(target, with_client_cert(rotated)) == _SERVING
+        assert _health(target, with_client_cert(certs)) == grpc.StatusCode.UNAVAILABLE

@@ -9,7 +9,9 @@ import (
 	"os"
 	"strings"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 // WithTLSFiles connects over TLS, verifying the server with the PEM CA bundle in caFile
@@ -60,8 +62,8 @@ func WithToken(token string) Option {
 
 // WithTokenSource sends "authorization: Bearer <token>" with every call, asking source
 // for the token each time, so that it can refresh a token before it expires. An error
-// from source fails the call: return a gRPC status error (status.Error) to choose its
-// code, otherwise gRPC reports UNAVAILABLE.
+// from source fails the call before anything is sent, as UNAVAILABLE (as in the Python
+// and Java clients) unless it is a gRPC status error (status.Error), whose code is kept.
 func WithTokenSource(source func(ctx context.Context) (string, error)) Option {
 	return WithPerRPCCredentials(bearer{source: source})
 }
@@ -81,10 +83,13 @@ type bearer struct {
 func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
 	token, err := b.source(ctx)
 	if err != nil {
-		return nil, err
+		if _, ok := status.FromError(err); ok {
+			return nil, err
+		}
+		return nil, status.Errorf(codes.Unavailable, "skewless: could not get a bearer token: %v", err)
 	}
 	if token == "" || strings.TrimSpace(token) != token || strings.ContainsAny(token, "\r\n") {
-		return nil, errors.New("skewless: the bearer token is empty or has surrounding whitespace")
+		return nil, status.Error(codes.Unavailable, "skewless: the bearer token is empty or has surrounding whitespace")
 	}
 	return map[string]string{"authorization": "Bearer " + token}, nil
 }

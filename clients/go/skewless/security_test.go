@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -23,8 +24,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	skewlessv1 "github.com/skewless/skewless/clients/go/gen/skewless/v1"
 )
@@ -110,6 +113,23 @@ func TestWithTokenSourceIsAskedForEveryCall(t *testing.T) {
 	want := []string{"[Bearer token-1]", "[Bearer token-2]", "[Bearer token-3]"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("authorization headers = %v, want %v", got, want)
+	}
+}
+
+func TestFailingTokenSourceFailsTheCallUnavailable(t *testing.T) {
+	recorder, addr := startHeaderServer(t, nil)
+	source := func(context.Context) (string, error) { return "", errors.New("token service down") }
+	c, err := Dial(addr, WithInsecure(), WithTokenSource(source))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.OnlineFeatures(context.Background(), Features("v:f"), Int64s("k", 1))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("err = %v, want UNAVAILABLE", err)
+	}
+	if got := recorder.seen(); len(got) != 0 {
+		t.Fatalf("the call reached the server: %v", got)
 	}
 }
 
