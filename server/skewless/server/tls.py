@@ -218,7 +218,10 @@ def bind(server: grpc.aio.Server, config: RepoConfig) -> int:
         OSError: The address cannot be bound.
 
     """
-    address = f"{config.server_host}:{config.server_port}"
+    host = config.server_host
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
+    address = f"{host}:{config.server_port}"
     credentials = server_credentials(config)
     if credentials is not None:
         port = int(server.add_secure_port(address, credentials))
