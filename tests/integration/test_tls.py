@@ -220,6 +220,16 @@ def test_serve_refuses_unusable_tls_files_naming_the_setting(
     assert result.returncode == 2, result.stderr
     assert "are not a PEM certificate chain and its unencrypted private key" in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    bad_ca = _write_yaml(
+        tmp_path / "bad-ca",
+        redis_url,
+        f"server:\n  tls: {{cert_file: {certs.server_cert}, key_file: {certs.server_key}, "
+        f"client_ca_file: {tmp_path / 'not-a-ca.pem'}}}\n",
+    )
+    result = _serve_cli(str(bad_ca), "--metrics-port", "0")
+    assert result.returncode == 2, result.stderr
+    assert "server.tls.client_ca_file: " in result.stderr and "holds no PEM CA" in result.stderr
 
 
 @pytest.mark.parametrize("where", ["flag", "config"])
