@@ -8,8 +8,9 @@ entity rows of historical retrieval come from `contract_history`, and the real s
 runs in a subprocess on a free port. `LOOKUPS` are the questions every client asks and
 `canonical_*` turn an answer into the canonical JSON form described in docs/clients.md.
 
-Run as a script (`python client_harness.py serve DATA_DIR REDIS_URL`) it serves the
-fixture and prints `PORT <n>`; the tests use `serve_fixture` instead.
+Run as a script (`python client_harness.py serve DATA_DIR REDIS_URL [CERT KEY [CA]]`)
+it serves the fixture (over TLS, or mutual TLS with a client CA) and prints `PORT <n>`;
+the tests use `serve_fixture` instead.
 """
 
 from __future__ import annotations
@@ -280,29 +281,103 @@ def seed_online(redis_url: str) -> None:
 
 
 @dataclass(frozen=True)
+class ClientTLS:
+    """How clients reach a TLS fixture: the CA, and a client certificate for mutual TLS.
+
+    Attributes:
+        ca: PEM CA that signed the server's certificate.
+        cert: PEM client certificate, or None (plain TLS).
+        key: Its PKCS#8 private key, or None.
+        token: A bearer token every client sends, or None.
+
+    """
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials for the generated Python stubs."""
+        return grpc.ssl_channel_credentials(
+            self.ca.read_bytes(),
+            self.key.read_bytes() if self.key else None,
+            self.cert.read_bytes() if self.cert else None,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `skewless.client.Client`."""
+        kwargs: dict[str, Any] = {"root_certificates": self.ca.read_bytes(), "token": self.token}
+        if self.cert is not None and self.key is not None:
+            kwargs["client_cert"] = (self.cert.read_bytes(), self.key.read_bytes())
+        return kwargs
+
+    def flags(self, dashes: str) -> list[str]:
+        """Command-line flags of the Go (`-`) and Java (`--`) examples and grpcurl (`-`)."""
+        out = [f"{dashes}cacert", str(self.ca)]
+        if self.cert is not None and self.key is not None:
+            out += [f"{dashes}cert", str(self.cert), f"{dashes}key", str(self.key)]
+        return out
+
+    def token_flags(self, dashes: str) -> list[str]:
+        """The `-token T` flag of the examples, when a token is set."""
+        return [f"{dashes}token", self.token] if self.token else []
+
+    def grpcurl_flags(self) -> list[str]:
+        """grpcurl's TLS flags and the authorization header."""
+        header = ["-H", f"authorization: Bearer {self.token}"] if self.token else []
+        return [*self.flags("-"), *header]
+
+
+@dataclass(frozen=True)
 class Fixture:
     """A served fixture.
 
     Attributes:
         addr: `127.0.0.1:<port>` of the live server.
         data_dir: Its data folder (holds the registry).
+        tls: How clients connect when the fixture serves TLS; None for plaintext.
 
     """
 
     addr: str
     data_dir: Path
+    tls: ClientTLS | None = None
+
+    def go_flags(self) -> list[str]:
+        """Connection flags of the Go example (`-cacert`, `-cert`, `-key`, `-token`)."""
+        return [] if self.tls is None else [*self.tls.flags("-"), *self.tls.token_flags("-")]
+
+    def java_flags(self) -> list[str]:
+        """Connection flags of the Java example (`--cacert`, ...)."""
+        return [] if self.tls is None else [*self.tls.flags("--"), *self.tls.token_flags("--")]
 
 
 @contextmanager
-def serve_fixture(data_dir: Path, redis_url: str) -> Iterator[Fixture]:
-    """Saves the registry, seeds Redis and the offline history, runs the real server."""
+def serve_fixture(
+    data_dir: Path,
+    redis_url: str,
+    *,
+    server_tls: tuple[Path, ...] = (),
+    client_tls: ClientTLS | None = None,
+) -> Iterator[Fixture]:
+    """Saves the registry, seeds Redis and the offline history, runs the real server.
+
+    Args:
+        data_dir: The fixture's data folder.
+        redis_url: The Redis to seed and serve from.
+        server_tls: `(cert_file, key_file)` to serve TLS, plus a client CA file for
+            mutual TLS; empty serves plaintext.
+        client_tls: How the clients connect to the TLS port (required with `server_tls`).
+
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     RegistryStore(data_dir / "registry.pb").save(build_registry())
     seed_online(redis_url)
     seed_history(data_dir, PROJECT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", str(data_dir), redis_url],
+        [sys.executable, __file__, "serve", str(data_dir), redis_url, *map(str, server_tls)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -315,8 +390,8 @@ def serve_fixture(data_dir: Path, redis_url: str) -> Iterator[Fixture]:
             proc.kill()
             raise RuntimeError(f"server did not start (first line {line!r}); see stderr")
         addr = f"127.0.0.1:{int(line.split()[1])}"
-        _wait_serving(addr)
-        yield Fixture(addr=addr, data_dir=data_dir)
+        _wait_serving(addr, client_tls)
+        yield Fixture(addr=addr, data_dir=data_dir, tls=client_tls)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -326,15 +401,25 @@ def serve_fixture(data_dir: Path, redis_url: str) -> Iterator[Fixture]:
             proc.wait()
 
 
-def _wait_serving(addr: str, timeout: float = 15.0) -> None:
-    with grpc.insecure_channel(addr) as channel:
+def _channel(addr: str, tls: ClientTLS | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(addr)
+    return grpc.secure_channel(addr, tls.credentials())
+
+
+def _wait_serving(addr: str, tls: ClientTLS | None = None, timeout: float = 15.0) -> None:
+    with _channel(addr, tls) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
 
 
-async def _serve(data_dir: Path, redis_url: str) -> None:
-    from skewless.core.config import RepoConfig
+async def _serve(data_dir: Path, redis_url: str, tls_files: list[str]) -> None:
+    from skewless.core.config import RepoConfig, ServerTLS
     from skewless.server.app import create_server
 
+    server_tls = None
+    if tls_files:
+        cert, key, *client_ca = map(Path, tls_files)
+        server_tls = ServerTLS(cert, key, client_ca[0] if client_ca else None)
     config = RepoConfig(
         root=data_dir,
         project=PROJECT,
@@ -342,6 +427,7 @@ async def _serve(data_dir: Path, redis_url: str) -> None:
         redis_url=redis_url,
         server_port=0,
         metrics_port=0,
+        server_tls=server_tls,
     )
     server, port = create_server(config)
     await server.start()
@@ -418,10 +504,10 @@ def canonical_error(status: status_pb2.Status) -> dict[str, Any]:
     }
 
 
-def python_stub_answers(addr: str) -> dict[str, Any]:
+def python_stub_answers(addr: str, tls: ClientTLS | None = None) -> dict[str, Any]:
     """Asks `LOOKUPS` through the generated Python stub; returns the canonical form."""
     out = []
-    with grpc.insecure_channel(addr) as channel:
+    with _channel(addr, tls) as channel:
         stub = online_service_pb2_grpc.OnlineServiceStub(channel)
         for lookup in LOOKUPS:
             try:
@@ -457,12 +543,12 @@ def canonical_client_error(exc: Any) -> dict[str, Any]:
     }
 
 
-def python_client_answers(addr: str) -> dict[str, Any]:
+def python_client_answers(addr: str, tls: ClientTLS | None = None) -> dict[str, Any]:
     """Asks `LOOKUPS` through the Python client (`skewless.client.Client`)."""
     from skewless.client import Client, SkewlessClientError
 
     out = []
-    with Client(addr, timeout=10) as client:
+    with Client(addr, timeout=10, **(tls.client_kwargs() if tls else {})) as client:
         for lookup in LOOKUPS:
             try:
                 result = client.get_online_features(
@@ -487,9 +573,16 @@ def python_client_answers(addr: str) -> dict[str, Any]:
     return {"lookups": out}
 
 
-def grpcurl(addr: str, *args: str, body: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Runs grpcurl in plaintext against `addr` (reflection, no proto files)."""
-    command = [str(GRPCURL), "-plaintext", "-format-error", "-max-time", "10"]
+def grpcurl(
+    addr: str,
+    *args: str,
+    body: str | None = None,
+    tls: ClientTLS | None = None,
+    max_time: float = 10,
+) -> subprocess.CompletedProcess[str]:
+    """Runs grpcurl against `addr` (reflection, no proto files), plaintext unless `tls`."""
+    security = ["-plaintext"] if tls is None else tls.grpcurl_flags()
+    command = [str(GRPCURL), *security, "-format-error", "-max-time", str(max_time)]
     if body is not None:
         command += ["-d", body]
     return subprocess.run(
@@ -497,12 +590,13 @@ def grpcurl(addr: str, *args: str, body: str | None = None) -> subprocess.Comple
     )
 
 
-def grpcurl_answers(addr: str) -> dict[str, Any]:
+def grpcurl_answers(addr: str, tls: ClientTLS | None = None) -> dict[str, Any]:
     """Asks `LOOKUPS` with grpcurl and JSON bodies; returns the canonical form."""
     out = []
     for lookup in LOOKUPS:
         body = json_format.MessageToJson(lookup.request())
-        result = grpcurl(addr, "skewless.v1.OnlineService/GetOnlineFeatures", body=body)
+        method = "skewless.v1.OnlineService/GetOnlineFeatures"
+        result = grpcurl(addr, method, body=body, tls=tls)
         if result.returncode == 0:
             response = json_format.Parse(
                 result.stdout, online_service_pb2.GetOnlineFeaturesResponse()
@@ -559,6 +653,6 @@ def java_classpath() -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "serve":
-        sys.exit("usage: client_harness.py serve DATA_DIR REDIS_URL")
-    asyncio.run(_serve(Path(sys.argv[2]), sys.argv[3]))
+    if len(sys.argv) not in (4, 6, 7) or sys.argv[1] != "serve":
+        sys.exit("usage: client_harness.py serve DATA_DIR REDIS_URL [CERT KEY [CLIENT_CA]]")
+    asyncio.run(_serve(Path(sys.argv[2]), sys.argv[3], sys.argv[4:]))

@@ -65,6 +65,9 @@ def test_go_tests_pass_against_live_server(fixture: h.Fixture) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # The live tests ran rather than skipped.
     assert "--- PASS: TestLiveFeatureService" in result.stdout, result.stdout
+    # Tokens and TLS files, checked at a loopback server that records the header.
+    assert "--- PASS: TestWithTokenSourceIsAskedForEveryCall" in result.stdout, result.stdout
+    assert "--- PASS: TestTokenAndCallCredentialsOverTLSFiles" in result.stdout, result.stdout
     assert "SKIP" not in result.stdout, result.stdout
 
 

@@ -58,6 +58,10 @@ def test_junit_tests_pass_against_live_server(fixture: h.Fixture) -> None:
     assert historical["failures"] == historical["errors"] == 0, historical
     unit = h.surefire_counts("SkewlessClientTest")
     assert unit["tests"] >= 4 and unit["failures"] == unit["errors"] == 0, unit
+    # Bearer tokens and call credentials, checked at a loopback server that records them.
+    credentials = h.surefire_counts("CallCredentialsTest")
+    assert credentials["tests"] >= 5 and credentials["skipped"] == 0, credentials
+    assert credentials["failures"] == credentials["errors"] == 0, credentials
 
 
 def test_java_example_prints_the_canonical_answers(fixture: h.Fixture) -> None:

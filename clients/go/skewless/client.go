@@ -34,8 +34,10 @@ type Client struct {
 
 type options struct {
 	creds       credentials.TransportCredentials
+	perRPC      []credentials.PerRPCCredentials
 	timeout     time.Duration
 	dialOptions []grpc.DialOption
+	err         error
 }
 
 // Option configures Dial.
@@ -68,17 +70,25 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // Dial creates a client for the server at addr ("host:port"). The connection is made
-// lazily, on the first call. Exactly one of WithTLS or WithInsecure must be given, so
-// that plaintext is always a visible choice.
+// lazily, on the first call. One of WithTLS, WithTLSFiles or WithInsecure must be
+// given, so that plaintext is always a visible choice; WithToken, WithTokenSource or
+// WithPerRPCCredentials add credentials to every call.
 func Dial(addr string, opts ...Option) (*Client, error) {
 	o := options{timeout: DefaultTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.creds == nil {
-		return nil, errors.New("skewless: Dial needs WithTLS(...) or WithInsecure()")
+	if o.err != nil {
+		return nil, o.err
 	}
-	dialOptions := append([]grpc.DialOption{grpc.WithTransportCredentials(o.creds)}, o.dialOptions...)
+	if o.creds == nil {
+		return nil, errors.New("skewless: Dial needs WithTLS(...), WithTLSFiles(...) or WithInsecure()")
+	}
+	dialOptions := []grpc.DialOption{grpc.WithTransportCredentials(o.creds)}
+	for _, creds := range o.perRPC {
+		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(creds))
+	}
+	dialOptions = append(dialOptions, o.dialOptions...)
 	conn, err := grpc.NewClient(addr, dialOptions...)
 	if err != nil {
 		return nil, err

@@ -13,13 +13,58 @@ import yaml
 from skewless.core.errors import DefinitionError
 from skewless.core.names import IDENTIFIER_RULE, is_identifier
 
-__all__ = ["CONFIG_FILE", "DEFAULT_SERVER_PORT", "RepoConfig", "load_repo_config"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_SERVER_PORT",
+    "RedisTLS",
+    "RepoConfig",
+    "ServerTLS",
+    "load_repo_config",
+]
 
 CONFIG_FILE = "skewless.yaml"
 DEFAULT_SERVER_PORT = 6566
 DEFAULT_METRICS_PORT = 9464
 # An absolute POSIX path inside a message: a "/" not inside a word, then path characters.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>-])/[\w.@+~%=-]+(?:/[\w.@+~%=*?-]*)*")
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS on the gRPC port (`server.tls`); the files are re-read when they change.
+
+    Attributes:
+        cert_file: PEM certificate chain the server presents.
+        key_file: PEM private key of that certificate.
+        client_ca_file: PEM CA bundle that client certificates must chain to; set, it
+            turns on mutual TLS (every client must present a certificate).
+
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate (mTLS)."""
+        return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """TLS settings for a `rediss://` online store (`online_store.tls`).
+
+    Attributes:
+        ca_file: PEM CA bundle that verifies the Redis server; None uses the system roots.
+        cert_file: PEM client certificate, for a Redis that requires one.
+        key_file: PEM private key of `cert_file`.
+
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +79,7 @@ class RepoConfig:
         redis_url: URL of an existing Redis; None makes `skewless serve` start its own.
         redis_port: Port for the embedded Redis; 0 picks a free one.
         redis_cluster: Whether `redis_url` points at a Redis Cluster.
+        redis_tls: TLS files for a `rediss://` `redis_url`; None: defaults (system roots).
         server_host: Address the gRPC server binds.
         server_port: Port the gRPC server binds; 0 picks a free one.
         metrics_port: Port of the Prometheus endpoint; 0 disables it.
@@ -44,6 +90,8 @@ class RepoConfig:
         join_memory_limit: DuckDB's memory limit per historical retrieval.
         history_memory_limit: Bytes of history features one retrieval holds in memory;
             past it they are memory-mapped from a file under `spill_dir`.
+        server_tls: TLS (and mTLS) of the gRPC port; None serves plaintext.
+        server_insecure: Allow plaintext on an address other than loopback.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -55,6 +103,7 @@ class RepoConfig:
     redis_url: str | None = None
     redis_port: int = 0
     redis_cluster: bool = False
+    redis_tls: RedisTLS | None = None
     server_host: str = "127.0.0.1"
     server_port: int = DEFAULT_SERVER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -62,6 +111,8 @@ class RepoConfig:
     job_memory_limit: str = "1GB"
     join_memory_limit: str = "1GB"
     history_memory_limit: int = 512 * 2**20
+    server_tls: ServerTLS | None = None
+    server_insecure: bool = False
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -128,6 +179,81 @@ def _port(value: Any, name: str, path: Path) -> int:
     return value
 
 
+def _file_setting(
+    section: dict[str, Any], key: str, prefix: str, root: Path, path: Path
+) -> Path | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise DefinitionError(
+            f"{path}: {prefix}.{key} must be a file path, got {value!r}", reason="INVALID_CONFIG"
+        )
+    return (root / Path(value).expanduser()).resolve()
+
+
+def _tls_section(
+    parent: dict[str, Any], prefix: str, keys: tuple[str, ...], root: Path, path: Path
+) -> dict[str, Path | None] | None:
+    raw = parent.get("tls")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise DefinitionError(
+            f"{path}: {prefix} must be a mapping of file paths, got {raw!r}",
+            reason="INVALID_CONFIG",
+        )
+    unknown = set(raw) - set(keys)
+    if unknown:
+        raise DefinitionError(
+            f"{path}: unknown setting(s) in {prefix}: {', '.join(sorted(map(str, unknown)))} "
+            f"(expected {', '.join(keys)})",
+            reason="INVALID_CONFIG",
+        )
+    return {key: _file_setting(raw, key, prefix, root, path) for key in keys}
+
+
+def _server_tls(server: dict[str, Any], root: Path, path: Path) -> ServerTLS | None:
+    files = _tls_section(
+        server, "server.tls", ("cert_file", "key_file", "client_ca_file"), root, path
+    )
+    if files is None:
+        return None
+    cert, key = files["cert_file"], files["key_file"]
+    if cert is None or key is None:
+        raise DefinitionError(
+            f"{path}: server.tls needs both cert_file and key_file (PEM files; "
+            "client_ca_file is optional and turns on mutual TLS)",
+            reason="INVALID_CONFIG",
+        )
+    return ServerTLS(cert_file=cert, key_file=key, client_ca_file=files["client_ca_file"])
+
+
+def _redis_tls(
+    online: dict[str, Any], redis_url: str | None, root: Path, path: Path
+) -> RedisTLS | None:
+    files = _tls_section(
+        online, "online_store.tls", ("ca_file", "cert_file", "key_file"), root, path
+    )
+    if files is None:
+        return None
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise DefinitionError(
+            f"{path}: online_store.tls needs cert_file and key_file together (a client "
+            "certificate and its key), or neither",
+            reason="INVALID_CONFIG",
+        )
+    if redis_url is None or not redis_url.startswith("rediss://"):
+        raise DefinitionError(
+            f"{path}: online_store.tls needs a rediss:// online_store.redis_url (TLS), "
+            f"got {redis_url!r}",
+            reason="INVALID_CONFIG",
+        )
+    return RedisTLS(
+        ca_file=files["ca_file"], cert_file=files["cert_file"], key_file=files["key_file"]
+    )
+
+
 def load_repo_config(repo: str | Path) -> RepoConfig:
     """Reads `skewless.yaml` from a repository folder.
 
@@ -188,6 +314,17 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: server.entity_source_roots must be a list of folder paths, got {roots!r}",
             reason="INVALID_CONFIG",
         )
+    host = server.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise DefinitionError(
+            f"{path}: server.host must be an address to bind, got {host!r}", reason="INVALID_CONFIG"
+        )
+    insecure = server.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise DefinitionError(
+            f"{path}: server.insecure must be true or false, got {insecure!r}",
+            reason="INVALID_CONFIG",
+        )
     return RepoConfig(
         root=root,
         project=project,
@@ -195,10 +332,13 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         redis_url=redis_url,
         redis_port=_port(online.get("port", 0), "online_store.port", path),
         redis_cluster=bool(online.get("cluster", False)),
-        server_host=str(server.get("host", "127.0.0.1")),
+        redis_tls=_redis_tls(online, redis_url, root, path),
+        server_host=host,
         server_port=_port(server.get("port", DEFAULT_SERVER_PORT), "server.port", path),
         metrics_port=_port(
             server.get("metrics_port", DEFAULT_METRICS_PORT), "server.metrics_port", path
         ),
         entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
+        server_tls=_server_tls(server, root, path),
+        server_insecure=insecure,
     )

@@ -407,7 +407,9 @@ def _run(
     held = locks if locks is not None else ViewLocks(config, [p.name for p, _, _ in windows])
     own_writer = writer is None and any(p.view.online for p, _, _ in windows)
     if own_writer:
-        writer = OnlineWriter.from_url(resolve_redis_url(config), cluster=config.redis_cluster)
+        writer = OnlineWriter.from_url(
+            resolve_redis_url(config), cluster=config.redis_cluster, tls=config.redis_tls
+        )
     try:
         results = []
         for index, (plan, start, end) in enumerate(windows):

@@ -217,8 +217,8 @@ class RespPipeline:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         conn = _RespConnection(reader, writer, hiredis.Reader())
         setup: list[list[bytes]] = []
-        if self.password:
-            auth = [b"AUTH", self.password.encode()]
+        if self.username or self.password:  # an ACL user may have no password (nopass)
+            auth = [b"AUTH", (self.password or "").encode()]
             if self.username:
                 auth.insert(1, self.username.encode())
             setup.append(auth)

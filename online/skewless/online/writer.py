@@ -33,9 +33,11 @@ import redis.asyncio as aioredis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from skewless.core.config import RedisTLS
 from skewless.core.errors import StoreUnavailableError
 from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from skewless.online.codec import encode_column, encode_redis_keys, encode_timestamps, to_micros
+from skewless.online.connection import tls_options
 from skewless.online.resp import bulk, bulk_strings, is_transient, store_unavailable
 from skewless.registry.feature_refs import FeatureSpec
 
@@ -281,11 +283,22 @@ class OnlineWriter:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, cluster: bool = False) -> OnlineWriter:
-        """Opens a client for a Redis (or Redis Cluster) URL."""
+    def from_url(
+        cls, url: str, *, cluster: bool = False, tls: RedisTLS | None = None
+    ) -> OnlineWriter:
+        """Opens a client for a Redis (or Redis Cluster) URL.
+
+        Args:
+            url: `redis://`, `rediss://` (TLS) or `unix://`, with an ACL user and
+                password if the server needs them.
+            cluster: The URL points at a Redis Cluster.
+            tls: The TLS files of a `rediss://` URL (`online_store.tls`).
+
+        """
+        options = tls_options(url, tls)
         if cluster:
-            return cls(RedisCluster.from_url(url, socket_timeout=30.0))
-        return cls(redis.Redis.from_url(url, socket_timeout=30.0))
+            return cls(RedisCluster.from_url(url, socket_timeout=30.0, **options))
+        return cls(redis.Redis.from_url(url, socket_timeout=30.0, **options))
 
     def close(self) -> None:
         """Closes the client's connections."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from skewless.cli.exit_codes import EXIT_OK
 from skewless.core.config import RepoConfig, load_repo_config
+from skewless.core.errors import DefinitionError
 
 __all__ = ["add_commands"]
 
@@ -23,25 +24,38 @@ def _config(args: argparse.Namespace) -> RepoConfig:
         changes["redis_url"] = args.redis_url
     if args.metrics_port is not None:
         changes["metrics_port"] = args.metrics_port
+    if args.insecure:
+        changes["server_insecure"] = True
     return dataclasses.replace(config, **changes)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from skewless.online.connection import redacted_url
     from skewless.online.embedded_redis import online_store_config
     from skewless.server.app import serve
+    from skewless.server.tls import CertificateFiles, plaintext_refusal
     from skewless.server.workers import default_workers, serve_workers
 
     workers = args.workers if args.workers > 0 else default_workers()
-    with online_store_config(_config(args)) as (config, embedded):
+    requested = _config(args)
+    # Refuse before starting anything: plaintext beyond loopback, or unusable TLS files.
+    refusal = plaintext_refusal(requested)
+    if refusal is not None:
+        raise DefinitionError(refusal, reason="INSECURE_BIND_REFUSED")
+    if requested.server_tls is not None:
+        CertificateFiles(requested.server_tls)
+    with online_store_config(requested) as (config, embedded):
         if embedded is not None:
             print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
 
         def announce(served: RepoConfig) -> None:
             with_workers = f" with {workers} workers" if workers > 1 else ""
+            tls = served.server_tls
+            security = "plaintext" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
             print(
                 f"skewless serving project {served.project!r} on "
-                f"{served.server_host}:{served.server_port}{with_workers} "
-                f"(online store {served.redis_url})",
+                f"{served.server_host}:{served.server_port}{with_workers} over {security} "
+                f"(online store {redacted_url(served.redis_url or '')})",
                 flush=True,
             )
 
@@ -63,6 +77,12 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--port", type=int, help="port to bind (default 6566; 0 picks a free one)")
     p.add_argument("--redis-url", help="use this Redis instead of the configured/embedded one")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 = off)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on an address other than loopback (server.insecure); "
+        "configure server.tls instead",
+    )
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on stop")
     p.add_argument(
         "--workers",

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
+from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
@@ -27,6 +28,7 @@ from skewless.server.services.historical import HistoricalServicer
 from skewless.server.services.materialization import MaterializationServicer
 from skewless.server.services.online import OnlineServicer
 from skewless.server.services.registry import RegistryServicer
+from skewless.server.tls import bind
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
@@ -63,10 +65,15 @@ def open_redis(config: RepoConfig) -> aioredis.Redis | aioredis.RedisCluster:
     """Opens the asyncio Redis client the servicers share (no I/O until first use)."""
     if config.redis_url is None:
         raise ValueError("config.redis_url must be set before the server is created")
+    tls = tls_options(config.redis_url, config.redis_tls)  # rediss:// with the configured files
     if config.redis_cluster:
-        return aioredis.RedisCluster.from_url(config.redis_url, socket_timeout=2.0)
+        return aioredis.RedisCluster.from_url(config.redis_url, socket_timeout=2.0, **tls)
     return aioredis.Redis.from_url(
-        config.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=5
+        config.redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=5,
+        **tls,
     )
 
 
@@ -183,9 +190,7 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
     register_wrapped(
         server, lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, s)
     )
-    port = server.add_insecure_port(f"{config.server_host}:{config.server_port}")
-    if port == 0:
-        raise OSError(f"could not bind {config.server_host}:{config.server_port}")
+    port = bind(server, config)  # TLS when configured; plaintext only where allowed
     return (
         SkewlessServer(
             server=server,

@@ -3,6 +3,7 @@
 // form the Python, Java and grpcurl legs print.
 //
 //	go run ./cmd/example -addr 127.0.0.1:6566
+//	go run ./cmd/example -addr features.internal:6566 -cacert ca.pem -cert client.pem -key client.key -token "$TOKEN"
 package main
 
 import (
@@ -41,15 +42,22 @@ var lookups = []lookup{
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:6566", "server address host:port")
-	useTLS := flag.Bool("tls", false, "connect over TLS (system roots)")
+	useTLS := flag.Bool("tls", false, "connect over TLS (system roots unless -cacert)")
+	caFile := flag.String("cacert", "", "PEM CA bundle that verifies the server (implies -tls)")
+	certFile := flag.String("cert", "", "PEM client certificate, for mutual TLS (implies -tls)")
+	keyFile := flag.String("key", "", "PEM private key of -cert")
+	token := flag.String("token", "", "bearer token sent with every call")
 	timeout := flag.Duration("timeout", 5*time.Second, "deadline of each call")
 	flag.Parse()
 
-	mode := skewless.WithInsecure()
-	if *useTLS {
-		mode = skewless.WithTLS(nil)
+	opts := []skewless.Option{skewless.WithInsecure()}
+	if *useTLS || *caFile != "" || *certFile != "" {
+		opts = []skewless.Option{skewless.WithTLSFiles(*caFile, *certFile, *keyFile)}
 	}
-	client, err := skewless.Dial(*addr, mode)
+	if *token != "" {
+		opts = append(opts, skewless.WithToken(*token))
+	}
+	client, err := skewless.Dial(*addr, opts...)
 	if err != nil {
 		canonical.Fatal(err)
 	}

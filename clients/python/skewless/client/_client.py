@@ -12,7 +12,8 @@ import grpc
 import pyarrow as pa
 from google.protobuf import timestamp_pb2
 
-from skewless.client.errors import from_rpc_error
+from skewless.client.credentials import Token, bearer_header, channel_credentials, check_metadata
+from skewless.client.errors import UnavailableError, from_rpc_error
 from skewless.client.online import (
     Entities,
     OnlineFeatures,
@@ -73,6 +74,10 @@ class Client:
     or use the client as a context manager. Every failed call raises a subclass of
     `skewless.client.errors.SkewlessClientError`.
 
+    Over TLS with a client certificate and a refreshed token:
+    `Client("features.internal:6566", root_certificates=ca_pem,
+    client_cert=(cert_pem, key_pem), token=lambda: tokens.current())`.
+
     Example:
         >>> with Client("localhost:6566") as client:
         ...     result = client.get_online_features(
@@ -88,6 +93,8 @@ class Client:
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        token: Token | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
@@ -97,26 +104,41 @@ class Client:
         Args:
             target: `host:port` of the server.
             tls: Use TLS; `root_certificates` (PEM) verifies the server, the system
-                roots when None.
+                roots when None. Implied by `root_certificates` and `client_cert`.
             root_certificates: PEM-encoded root certificates for TLS.
-            metadata: Headers sent with every call (e.g. `("authorization", "Bearer ...")`).
+            client_cert: `(certificate_chain_pem, private_key_pem)` presented to a
+                server that requires client certificates (mutual TLS).
+            token: A bearer token, or a zero-argument callable returning the current
+                one (called for every RPC, so it can refresh an expiring token); sent
+                as `authorization: Bearer <token>` on every call. A callable that
+                raises fails the call with `UnavailableError`.
+            metadata: Headers sent with every call.
             timeout: Default deadline of each call in seconds; None for no deadline.
             options: Extra gRPC channel options.
 
+        Raises:
+            ValueError: `metadata` carries an `authorization` header and `token` is set.
+
         """
+        check_metadata(metadata, token)
         channel_options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             *options,
         ]
-        if tls or root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        self.tls = tls or root_certificates is not None or client_cert is not None
+        if self.tls:
+            credentials = channel_credentials(
+                root_certificates=root_certificates, client_cert=client_cert, token=token
+            )
             self.channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
             self.channel = grpc.insecure_channel(target, options=channel_options)
         self.target = target
         self.metadata = tuple(metadata)
         self.timeout = timeout
+        # TLS channels carry the token as call credentials; plaintext ones per call.
+        self._plaintext_token = None if self.tls else token
         self._online = online_service_pb2_grpc.OnlineServiceStub(self.channel)
         self._registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self._historical = historical_service_pb2_grpc.HistoricalServiceStub(self.channel)
@@ -141,12 +163,26 @@ class Client:
     ) -> None:
         self.close()
 
+    def _metadata(self, metadata: Sequence[tuple[str, str]] | None = None) -> tuple[Any, ...]:
+        """A call's metadata: `metadata` (the client's when None) and, on plaintext, the token."""
+        headers = tuple(self.metadata if metadata is None else metadata)
+        if self._plaintext_token is None:
+            return headers
+        check_metadata(headers, self._plaintext_token)
+        try:
+            header = bearer_header(self._plaintext_token)
+        except Exception as exc:  # as grpc reports a failing call credential on TLS
+            raise UnavailableError(
+                f"Getting metadata from plugin failed with error: {exc}"
+            ) from exc
+        return (*headers, header)
+
     def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         try:
             return method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=self.metadata,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -254,7 +290,7 @@ class Client:
 
         """
         module = self._historical_module()
-        kwargs.setdefault("metadata", self.metadata)
+        kwargs["metadata"] = self._metadata(kwargs.get("metadata"))
         try:
             table: pa.Table = module.get_historical_features(self.channel, *args, **kwargs)
         except grpc.RpcError as exc:
@@ -272,7 +308,7 @@ class Client:
 
         """
         module = self._historical_module()
-        kwargs.setdefault("metadata", self.metadata)
+        kwargs["metadata"] = self._metadata(kwargs.get("metadata"))
         try:
             yield from module.iter_historical_batches(self.channel, *args, **kwargs)
         except grpc.RpcError as exc:

@@ -5,12 +5,20 @@ import dev.skewless.v1.GetOnlineFeaturesResponse;
 import dev.skewless.v1.HistoricalServiceGrpc;
 import dev.skewless.v1.OnlineServiceGrpc;
 import dev.skewless.v1.RegistryServiceGrpc;
+import io.grpc.CallCredentials;
+import io.grpc.ChannelCredentials;
+import io.grpc.CompositeCallCredentials;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
-import io.grpc.ManagedChannelBuilder;
 import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
+import java.io.IOException;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Supplier;
 import org.apache.arrow.memory.BufferAllocator;
 
 /**
@@ -41,12 +49,22 @@ public final class SkewlessClient implements AutoCloseable {
   private final RegistryServiceGrpc.RegistryServiceBlockingStub registry;
   private final HistoricalServiceGrpc.HistoricalServiceStub historical;
 
-  private SkewlessClient(ManagedChannel channel, Duration defaultTimeout) {
+  private SkewlessClient(
+      ManagedChannel channel, Duration defaultTimeout, CallCredentials callCredentials) {
     this.channel = channel;
     this.defaultTimeout = defaultTimeout;
-    this.online = OnlineServiceGrpc.newBlockingStub(channel);
-    this.registry = RegistryServiceGrpc.newBlockingStub(channel);
-    this.historical = HistoricalServiceGrpc.newStub(channel);
+    OnlineServiceGrpc.OnlineServiceBlockingStub online = OnlineServiceGrpc.newBlockingStub(channel);
+    RegistryServiceGrpc.RegistryServiceBlockingStub registry =
+        RegistryServiceGrpc.newBlockingStub(channel);
+    HistoricalServiceGrpc.HistoricalServiceStub historical = HistoricalServiceGrpc.newStub(channel);
+    if (callCredentials != null) {
+      online = online.withCallCredentials(callCredentials);
+      registry = registry.withCallCredentials(callCredentials);
+      historical = historical.withCallCredentials(callCredentials);
+    }
+    this.online = online;
+    this.registry = registry;
+    this.historical = historical;
   }
 
   /** Starts building a client for {@code host:port}. */
@@ -54,10 +72,20 @@ public final class SkewlessClient implements AutoCloseable {
     return new Builder(target);
   }
 
-  /** Builds a {@link SkewlessClient}; choose plaintext or TLS explicitly. */
+  /**
+   * Builds a {@link SkewlessClient}; choose plaintext or TLS explicitly.
+   *
+   * <pre>{@code
+   * SkewlessClient client = SkewlessClient.builder("features.internal:6566")
+   *     .useTransportSecurity(Path.of("ca.pem"), Path.of("client.pem"), Path.of("client.key"))
+   *     .bearerToken(() -> tokens.current())   // asked on every call
+   *     .build();
+   * }</pre>
+   */
   public static final class Builder {
     private final String target;
-    private Boolean plaintext;
+    private ChannelCredentials credentials;
+    private CallCredentials callCredentials;
     private Duration defaultTimeout = DEFAULT_TIMEOUT;
 
     private Builder(String target) {
@@ -66,13 +94,84 @@ public final class SkewlessClient implements AutoCloseable {
 
     /** Connects without TLS (local development, or a trusted sidecar network). */
     public Builder usePlaintext() {
-      plaintext = true;
+      credentials = InsecureChannelCredentials.create();
       return this;
     }
 
     /** Connects over TLS, verifying the server with the JVM's trust store. */
     public Builder useTransportSecurity() {
-      plaintext = false;
+      credentials = TlsChannelCredentials.create();
+      return this;
+    }
+
+    /**
+     * Connects over TLS, verifying the server with the PEM CA bundle {@code trustCertificates}.
+     *
+     * @throws IllegalArgumentException the file cannot be read or holds no certificate
+     */
+    public Builder useTransportSecurity(Path trustCertificates) {
+      return useTransportSecurity(trustCertificates, null, null);
+    }
+
+    /**
+     * Connects over TLS and presents a client certificate, for a server that requires mutual TLS.
+     *
+     * @param trustCertificates PEM CA bundle that verifies the server; null for the JVM's trust
+     *     store
+     * @param clientCertChain PEM certificate chain of this client
+     * @param clientPrivateKey its PEM private key, in PKCS#8 ({@code BEGIN PRIVATE KEY})
+     * @throws IllegalArgumentException a file cannot be read or parsed
+     */
+    public Builder useTransportSecurity(
+        Path trustCertificates, Path clientCertChain, Path clientPrivateKey) {
+      if ((clientCertChain == null) != (clientPrivateKey == null)) {
+        throw new IllegalArgumentException(
+            "a client certificate needs its private key, and a key its certificate");
+      }
+      TlsChannelCredentials.Builder tls = TlsChannelCredentials.newBuilder();
+      try {
+        if (trustCertificates != null) {
+          tls.trustManager(trustCertificates.toFile());
+        }
+        if (clientCertChain != null) {
+          tls.keyManager(clientCertChain.toFile(), clientPrivateKey.toFile());
+        }
+      } catch (IOException | RuntimeException e) {
+        throw new IllegalArgumentException("cannot load the TLS files: " + e.getMessage(), e);
+      }
+      credentials = tls.build();
+      return this;
+    }
+
+    /** Connects with channel credentials of your own (for example from a key store). */
+    public Builder channelCredentials(ChannelCredentials credentials) {
+      this.credentials = Objects.requireNonNull(credentials, "credentials");
+      return this;
+    }
+
+    /** Sends {@code authorization: Bearer <token>} with every call. */
+    public Builder bearerToken(String token) {
+      return callCredentials(BearerToken.of(token));
+    }
+
+    /**
+     * Sends {@code authorization: Bearer <token>} with every call, asking {@code tokens} for the
+     * token each time, so that it can return a refreshed one before the current expires.
+     */
+    public Builder bearerToken(Supplier<String> tokens) {
+      return callCredentials(BearerToken.of(tokens));
+    }
+
+    /**
+     * Attaches call credentials to every call made by the client's stubs; given more than once
+     * (or with a bearer token), all of them are applied.
+     */
+    public Builder callCredentials(CallCredentials credentials) {
+      Objects.requireNonNull(credentials, "credentials");
+      callCredentials =
+          callCredentials == null
+              ? credentials
+              : new CompositeCallCredentials(callCredentials, credentials);
       return this;
     }
 
@@ -88,16 +187,11 @@ public final class SkewlessClient implements AutoCloseable {
      * @throws IllegalStateException neither usePlaintext nor useTransportSecurity was called
      */
     public SkewlessClient build() {
-      if (plaintext == null) {
+      if (credentials == null) {
         throw new IllegalStateException("call usePlaintext() or useTransportSecurity() first");
       }
-      ManagedChannelBuilder<?> builder = ManagedChannelBuilder.forTarget(target);
-      if (plaintext) {
-        builder.usePlaintext();
-      } else {
-        builder.useTransportSecurity();
-      }
-      return new SkewlessClient(builder.build(), defaultTimeout);
+      ManagedChannel channel = Grpc.newChannelBuilder(target, credentials).build();
+      return new SkewlessClient(channel, defaultTimeout, callCredentials);
     }
   }
 
@@ -176,7 +270,10 @@ public final class SkewlessClient implements AutoCloseable {
     return registry.withDeadlineAfter(defaultTimeout.toNanos(), TimeUnit.NANOSECONDS);
   }
 
-  /** The underlying channel (to build other stubs on it). */
+  /**
+   * The underlying channel (to build other stubs on it; add the builder's call credentials with
+   * {@code stub.withCallCredentials(...)}).
+   */
   public ManagedChannel channel() {
     return channel;
   }

@@ -6,6 +6,7 @@ import dev.skewless.client.SkewlessException;
 import dev.skewless.client.Selection;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -18,6 +19,8 @@ import java.util.Map;
  * <pre>
  * java -cp target/classes:$(cat target/classpath.txt) dev.skewless.client.example.Example \
  *     --addr 127.0.0.1:6566
+ * java ... Example --addr features.internal:6566 --cacert ca.pem --cert client.pem --key client.key \
+ *     --token "$TOKEN"
  * </pre>
  */
 public final class Example {
@@ -53,27 +56,46 @@ public final class Example {
   /**
    * Entry point.
    *
-   * @param args {@code --addr host:port} (default 127.0.0.1:6566), {@code --tls}, {@code
-   *     --timeout-ms N}
+   * @param args {@code --addr host:port} (default 127.0.0.1:6566), {@code --tls}, {@code --cacert
+   *     FILE}, {@code --cert FILE --key FILE} (mutual TLS), {@code --token T}, {@code --timeout-ms
+   *     N}
    */
   public static void main(String[] args) {
     String addr = "127.0.0.1:6566";
     boolean tls = false;
+    Path caFile = null;
+    Path certFile = null;
+    Path keyFile = null;
+    String token = null;
     Duration timeout = Duration.ofSeconds(5);
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "--addr" -> addr = args[++i];
         case "--tls" -> tls = true;
+        case "--cacert" -> caFile = Path.of(args[++i]);
+        case "--cert" -> certFile = Path.of(args[++i]);
+        case "--key" -> keyFile = Path.of(args[++i]);
+        case "--token" -> token = args[++i];
         case "--timeout-ms" -> timeout = Duration.ofMillis(Long.parseLong(args[++i]));
         default -> {
-          System.err.println("usage: Example [--addr host:port] [--tls] [--timeout-ms N]");
+          System.err.println(
+              "usage: Example [--addr host:port] [--tls] [--cacert FILE] [--cert FILE --key FILE]"
+                  + " [--token T] [--timeout-ms N]");
           System.exit(2);
         }
       }
     }
     SkewlessClient.Builder builder = SkewlessClient.builder(addr).defaultTimeout(timeout);
+    if (tls || caFile != null || certFile != null) {
+      builder.useTransportSecurity(caFile, certFile, keyFile);
+    } else {
+      builder.usePlaintext();
+    }
+    if (token != null) {
+      builder.bearerToken(token);
+    }
     List<Object> answers = new ArrayList<>();
-    try (SkewlessClient client = (tls ? builder.useTransportSecurity() : builder.usePlaintext()).build()) {
+    try (SkewlessClient client = builder.build()) {
       for (Lookup lookup : lookups()) {
         Map<String, Object> entry = new LinkedHashMap<>();
         entry.put("name", lookup.name());
