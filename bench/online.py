@@ -21,8 +21,9 @@ Usage:
     .venv/bin/python bench/online.py [--loadgen ghz|raw] [--duration 3] [--repeat 3]
         [--entities 10000] [--wide-entities 2000] [--shapes a,b,c,d] [--concurrency 1,8,32]
 
-`--loadgen raw` drives the load with a pass-through Go client embedded below (built once
-with `go build`), which uses far less CPU than ghz on wide responses.
+`--loadgen raw` drives the load with the pass-through Go client in `bench/loadgen/`
+(built with `go build` when its sources change), which uses far less CPU than ghz on wide
+responses.
 
 Needs ghz: GOBIN=$PWD/.tools/bin go install github.com/bojand/ghz/cmd/ghz@v0.120.0
 """
@@ -55,7 +56,8 @@ from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 
 PROJECT = "bench"
 VT = types_pb2.ValueType
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 GHZ = os.environ.get("GHZ", str(ROOT / ".tools" / "bin" / "ghz"))
 
 DRIVER_FEATURES = [f"d{i}" for i in range(10)]
@@ -371,143 +373,23 @@ def ghz(port: int, protoset: Path, data: Path, concurrency: int, duration: float
 # --- the raw load generator ---------------------------------------------------------------
 
 # ghz builds and decodes dynamic messages, which costs it most of a core on wide responses.
-# This Go client sends pre-serialized bytes and never decodes the answer, so that the
-# load generator's CPU stays small; it is built once into .tools/bin with `go build`.
+# bench/loadgen/ sends pre-serialized bytes and never decodes the answer, so that the load
+# generator's CPU stays small; it is built into .tools/bin with `go build`, with the module
+# versions pinned by its go.mod and go.sum, again whenever one of its files is newer.
+LOADGEN_SRC = HERE / "loadgen"
 LOADGEN = ROOT / ".tools" / "bin" / "skewless-loadgen"
-_LOADGEN_GO = r"""// A minimal gRPC load generator: sends one pre-serialized request with a
-// pass-through codec (no message encoding or decoding): its own CPU cost stays small.
-package main
-
-import (
-	"context"
-	"encoding/json"
-	"flag"
-	"os"
-	"sort"
-	"sync"
-	"syscall"
-	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-)
-
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	p := v.(*[]byte)
-	*p = append((*p)[:0], data...)
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
-
-func main() {
-	addr := flag.String("addr", "127.0.0.1:6566", "server address")
-	method := flag.String("method", "/skewless.v1.OnlineService/GetOnlineFeatures", "full method")
-	dataFile := flag.String("data", "", "file holding the serialized request")
-	concurrency := flag.Int("c", 1, "concurrent callers")
-	conns := flag.Int("conns", 1, "connections")
-	duration := flag.Duration("d", 3*time.Second, "duration")
-	flag.Parse()
-	req, err := os.ReadFile(*dataFile)
-	if err != nil {
-		panic(err)
-	}
-	clients := make([]*grpc.ClientConn, *conns)
-	for i := range clients {
-		clients[i], err = grpc.Dial(*addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(
-				grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(64<<20)))
-		if err != nil {
-			panic(err)
-		}
-	}
-	var mu sync.Mutex
-	latencies := make([]time.Duration, 0, 1<<16)
-	errors := map[string]int{}
-	var ru0 syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	start := time.Now()
-	deadline := start.Add(*duration)
-	var wg sync.WaitGroup
-	for w := 0; w < *concurrency; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			conn := clients[w%len(clients)]
-			local := make([]time.Duration, 0, 1024)
-			localErr := map[string]int{}
-			var resp []byte
-			for time.Now().Before(deadline) {
-				t0 := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := conn.Invoke(ctx, *method, &req, &resp)
-				cancel()
-				if err != nil {
-					localErr[status.Code(err).String()]++
-					continue
-				}
-				local = append(local, time.Since(t0))
-			}
-			mu.Lock()
-			latencies = append(latencies, local...)
-			for k, v := range localErr {
-				errors[k] += v
-			}
-			mu.Unlock()
-		}(w)
-	}
-	wg.Wait()
-	wall := time.Since(start).Seconds()
-	var ru1 syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	cpu := float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / 1e9
-	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-	pct := func(p float64) float64 {
-		if len(latencies) == 0 {
-			return -1
-		}
-		i := int(p * float64(len(latencies)))
-		if i >= len(latencies) {
-			i = len(latencies) - 1
-		}
-		return float64(latencies[i].Microseconds()) / 1000
-	}
-	json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"count": len(latencies), "errors": errors, "qps": float64(len(latencies)) / wall,
-		"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999), "cpu": cpu / wall,
-	})
-}
-"""
-_LOADGEN_MOD = """module skewless.dev/bench/loadgen
-
-go 1.21
-
-require google.golang.org/grpc v1.56.3
-
-require (
-	github.com/golang/protobuf v1.5.3 // indirect
-	golang.org/x/net v0.9.0 // indirect
-	golang.org/x/sys v0.7.0 // indirect
-	golang.org/x/text v0.9.0 // indirect
-	google.golang.org/genproto v0.0.0-20230410155749-daa745c078e1 // indirect
-	google.golang.org/protobuf v1.30.0 // indirect
-)
-"""
 
 
 def build_loadgen() -> Path:
-    if LOADGEN.exists():
+    sources = [p for p in LOADGEN_SRC.iterdir() if p.is_file()]
+    newest = max(p.stat().st_mtime for p in sources)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= newest:
         return LOADGEN
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "main.go").write_text(_LOADGEN_GO)
-        (Path(tmp) / "go.mod").write_text(_LOADGEN_MOD)
-        env = {**os.environ, "GOFLAGS": "-mod=mod"}
-        subprocess.run(["go", "mod", "tidy"], cwd=tmp, env=env, check=True)
-        subprocess.run(["go", "build", "-o", str(LOADGEN), "."], cwd=tmp, env=env, check=True)
+    subprocess.run(
+        ["go", "build", "-mod=readonly", "-buildvcs=false", "-o", str(LOADGEN), "."],
+        cwd=LOADGEN_SRC,
+        check=True,
+    )
     return LOADGEN
 
 
@@ -549,7 +431,7 @@ def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
 # of the very values loaded above, materialized by `feast materialize` into a second Redis
 # (Feast's own key layout), served by `feast serve` (HTTP, gunicorn + uvicorn workers) and
 # driven by wrk (compiled C, `apt-get install wrk`) with the JSON body in a Lua script.
-FEAST_PYTHON = ROOT / "bench" / ".venv-feast" / "bin" / "python"
+FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
 WRK = os.environ.get("WRK", shutil.which("wrk") or "/usr/bin/wrk")
 
 FEAST_DEFINITIONS = """
@@ -789,7 +671,7 @@ def main() -> None:
         "--loadgen",
         choices=["ghz", "raw"],
         default="ghz",
-        help="ghz, or the pass-through Go client built from this file (far less CPU)",
+        help="ghz, or the pass-through Go client built from bench/loadgen (far less CPU)",
     )
     parser.add_argument("--ideal-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -818,7 +700,7 @@ def main() -> None:
     if args.ideal_server:
         asyncio.run(ideal_server(args.ideal_server, args.redis_url))
         return
-    if not Path(GHZ).exists() and shutil.which("ghz") is None:
+    if args.loadgen == "ghz" and not Path(GHZ).exists() and shutil.which("ghz") is None:
         sys.exit(f"ghz not found at {GHZ}; see the module docstring")
     shapes = {
         "a": ("driver_customer", 1, "1 driver + 1 customer, 15 features"),
