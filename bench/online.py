@@ -8,7 +8,8 @@ the ideal server.
 
 The ideal server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way
 skewless does (pre-encoded RESP on a pooled socket, hiredis parsing) and returning the
-stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code).
+stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code but a
+varint encoder).
 `skewless-Nraw` registers OnlineService with `add_online_servicer` (pre-serialized
 responses), as `skewless.server.app` does; `skewless-N` uses the generated registration.
 
@@ -48,6 +49,7 @@ import grpc
 import redis
 from google.protobuf import descriptor_pb2, json_format
 
+from skewless.client.ipc_framing import encode_varint
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.registry.registry_store import RegistryStore
@@ -208,13 +210,14 @@ def write_protoset(path: Path) -> None:
 # --- the ideal server ----------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_LEN = 2  # the wire type of length-delimited fields
+_RESULTS = online_service_pb2.GetOnlineFeaturesResponse.DESCRIPTOR.fields_by_name["results"]
+#: The tag of the response's `results` (one `FeatureVector` per call here).
+RESULTS_TAG = encode_varint(_RESULTS.number << 3 | _LEN)
+#: The tag of a field that `FeatureVector` does not declare: any client skips it.
+_BLOB_FIELD = 15
+assert _BLOB_FIELD not in _RESULTS.message_type.fields_by_number
+BLOB_TAG = encode_varint(_BLOB_FIELD << 3 | _LEN)
 
 
 async def ideal_server(port: int, url: str) -> None:
@@ -262,11 +265,11 @@ async def ideal_server(port: int, url: str) -> None:
             else:
                 rows.append(reply)
         idle.append((reader, writer, parser))
-        # The stored bytes as they are, in one unknown field (15) of one FeatureVector:
-        # a valid response for any client, and no per-value work at all.
+        # The stored bytes as they are, in one unknown field of one FeatureVector: a
+        # valid response for any client, and no per-value work at all.
         blob = b"".join([x for row in rows for x in row[1:] if x])
-        inner = b"\x7a" + _varint(len(blob)) + blob
-        return b"\x0a" + _varint(len(inner)) + inner
+        inner = BLOB_TAG + encode_varint(len(blob)) + blob
+        return RESULTS_TAG + encode_varint(len(inner)) + inner
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     server.add_generic_rpc_handlers(
