@@ -10,8 +10,10 @@ The ideal server is a bare `grpc.aio` handler doing the same pipelined HMGETs th
 skewless does (pre-encoded RESP on a pooled socket, hiredis parsing) and returning the
 stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code but a
 varint encoder).
-`skewless-Nraw` registers OnlineService with `add_online_servicer` (pre-serialized
-responses), as `skewless.server.app` does; `skewless-N` uses the generated registration.
+`skewless-Nraw` is the server as `skewless.server.app` registers it (pre-serialized
+responses); `skewless-N` registers, from this file, the generated servicer with a typed
+`GetOnlineFeatures` that parses those bytes back into a message for grpc to serialize
+again (what a servicer that builds messages pays).
 
 All servers stay up and are measured back to back for each shape and concurrency (so
 load drift hits them alike); the load generator runs on the same machine and its CPU
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import resource
@@ -53,8 +56,9 @@ from skewless.client.ipc_framing import encode_varint
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.registry.registry_store import RegistryStore
+from skewless.server.services.online import OnlineServicer
 from skewless.server.workers import serve_workers
-from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
+from skewless.v1 import online_service_pb2, online_service_pb2_grpc, registry_pb2, types_pb2
 
 PROJECT = "bench"
 VT = types_pb2.ValueType
@@ -297,14 +301,36 @@ def serve_skewless(root: str, url: str, port: int, n: int) -> None:
     sys.exit(serve_workers(config, n))
 
 
-if "--raw-registration" in sys.argv:
-    # Runs in the bench process and, through multiprocessing's spawn (which re-imports this
-    # file), in every worker: registers OnlineService with `add_online_servicer`, as the
-    # proposed one-line change to skewless.server.app does.
-    from skewless.server.services.online import add_online_servicer
-    from skewless.v1 import online_service_pb2_grpc
+def add_typed_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> None:
+    """Registers OnlineService the generated way, `GetOnlineFeatures` returning a message.
 
-    online_service_pb2_grpc.add_OnlineServiceServicer_to_server = add_online_servicer
+    The typed method parses the raw-bytes handler's serialized response back into a
+    `GetOnlineFeaturesResponse`, which grpc serializes again: the same answer on the
+    wire, at the cost of a servicer that builds messages.
+    """
+    raw, push = servicer.get_online_features_bytes, servicer.PushFeatures
+    parse = online_service_pb2.GetOnlineFeaturesResponse.FromString
+
+    class TypedOnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
+        async def GetOnlineFeatures(self, request, context):
+            return parse(await raw(request, context))
+
+        async def PushFeatures(self, request, context):
+            return await push(request, context)
+
+    online_service_pb2_grpc.add_OnlineServiceServicer_to_server(TypedOnlineServicer(), server)
+    logging.getLogger(__name__).info("OnlineService registered with a typed GetOnlineFeatures")
+
+
+if "--typed-registration" in sys.argv:
+    # Runs in the `--serve` process and, through multiprocessing's spawn (which re-imports
+    # this file), in every worker before it builds its server: the server registers
+    # OnlineService with the typed servicer above instead of its own raw registration.
+    import skewless.server.app
+
+    if not hasattr(skewless.server.app, "add_online_servicer"):
+        sys.exit("skewless.server.app no longer calls add_online_servicer: update bench/online.py")
+    skewless.server.app.add_online_servicer = add_typed_online_servicer
 
 
 def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
@@ -313,9 +339,11 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
     else:
         n = kind.split("-")[1].removesuffix("raw")
         args = [sys.executable, __file__, "--serve", str(root), url, str(port), n]
-        if kind.endswith("raw"):
-            args.append("--raw-registration")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not kind.endswith("raw"):
+            args.append("--typed-registration")
+    log = root / f"{kind}.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -325,7 +353,8 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
             break
         except grpc.FutureTimeoutError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{kind} server did not start") from None
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{kind} server did not start:\n{tail}") from None
     time.sleep(1.0 if kind.startswith("skewless-2") else 0.3)  # let every worker bind
     return proc
 
@@ -679,7 +708,7 @@ def main() -> None:
     parser.add_argument("--ideal-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-registration", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--typed-registration", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--feast",
         action="store_true",
