@@ -6,14 +6,14 @@ shape drives load (ghz, or the lighter `--loadgen raw`) at concurrency 1, 8 and 
 prints QPS, p50/p99/p99.9 (medians of `--repeat` interleaved runs) and the ratios to
 the ideal server.
 
-The ideal server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way
-skewless does (pre-encoded RESP on a pooled socket, hiredis parsing) and returning the
-stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code but a
-varint encoder).
-`skewless-Nraw` is the server as `skewless.server.app` registers it (pre-serialized
-responses); `skewless-N` registers, from this file, the generated servicer with a typed
-`GetOnlineFeatures` that parses those bytes back into a message for grpc to serialize
-again (what a servicer that builds messages pays).
+The workload (registry, values, requests) comes from `bench/workload.py`. The ideal
+server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way skewless does
+(pre-encoded RESP on a pooled socket, hiredis parsing) and returning the stored bytes
+concatenated, unframed, inside one `FeatureVector` (no skewless code but a varint
+encoder). `skewless-Nraw` is the server as `skewless.server.app` registers it
+(pre-serialized responses); `skewless-N` registers, from this file, the generated
+servicer with a typed `GetOnlineFeatures` that parses those bytes back into a message for
+grpc to serialize again (what a servicer that builds messages pays).
 
 All servers stay up and are measured back to back for each shape and concurrency (so
 load drift hits them alike); the load generator runs on the same machine and its CPU
@@ -38,7 +38,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import resource
 import shutil
 import statistics
@@ -49,149 +48,29 @@ import time
 from pathlib import Path
 
 import grpc
-import redis
 from google.protobuf import descriptor_pb2, json_format
+from workload import (
+    PROJECT,
+    SERVICES,
+    load_online,
+    online_registry,
+    online_request,
+)
 
 from skewless.client.ipc_framing import encode_varint
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
+from skewless.online.layout import view_key_prefix
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.services.online import OnlineServicer
 from skewless.server.workers import serve_workers
-from skewless.v1 import online_service_pb2, online_service_pb2_grpc, registry_pb2, types_pb2
+from skewless.v1 import online_service_pb2, online_service_pb2_grpc
 
-PROJECT = "bench"
-VT = types_pb2.ValueType
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GHZ = os.environ.get("GHZ", str(ROOT / ".tools" / "bin" / "ghz"))
 
-DRIVER_FEATURES = [f"d{i}" for i in range(10)]
-CUSTOMER_FEATURES = [f"c{i}" for i in range(5)]
-WIDE_FEATURES = [f"w{i}" for i in range(250)]
-
-# (view, join key, features) per feature service; the ideal server hard-codes the same.
-SERVICES: dict[str, list[tuple[str, str, list[str]]]] = {
-    "driver_customer": [
-        ("driver_hourly", "driver_id", DRIVER_FEATURES),
-        ("customer_profile", "customer_id", CUSTOMER_FEATURES),
-    ],
-    "wide": [("wide", "item_id", WIDE_FEATURES)],
-}
-
-
-# --- data --------------------------------------------------------------------------------
-
-
-def make_registry() -> registry_pb2.Registry:
-    def entity(name: str, key: str) -> registry_pb2.Entity:
-        return registry_pb2.Entity(
-            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=VT.VALUE_TYPE_INT64)]
-        )
-
-    def view(name: str, ent: str, features: list[tuple[str, int]]) -> registry_pb2.FeatureView:
-        v = registry_pb2.FeatureView(
-            name=name,
-            entities=[ent],
-            source="events",
-            online=True,
-            offline=True,
-            features=[registry_pb2.Feature(name=f, value_type=t) for f, t in features],
-        )
-        v.ttl.FromSeconds(30 * 86400)
-        return v
-
-    driver = [
-        (f, VT.VALUE_TYPE_FLOAT64 if i % 2 == 0 else VT.VALUE_TYPE_INT64)
-        for i, f in enumerate(DRIVER_FEATURES)
-    ]
-    customer = [(f, VT.VALUE_TYPE_FLOAT64) for f in CUSTOMER_FEATURES]
-    wide = [(f, VT.VALUE_TYPE_INT64) for f in WIDE_FEATURES]
-    return registry_pb2.Registry(
-        project=PROJECT,
-        entities=[
-            entity("customer", "customer_id"),
-            entity("driver", "driver_id"),
-            entity("item", "item_id"),
-        ],
-        data_sources=[
-            registry_pb2.DataSource(
-                name="events", push=registry_pb2.PushSource(), timestamp_field="ts"
-            )
-        ],
-        feature_views=[
-            view("customer_profile", "customer", customer),
-            view("driver_hourly", "driver", driver),
-            view("wide", "item", wide),
-        ],
-        feature_services=[
-            registry_pb2.FeatureService(
-                name="driver_customer",
-                projections=[
-                    registry_pb2.FeatureProjection(feature_view="driver_hourly"),
-                    registry_pb2.FeatureProjection(feature_view="customer_profile"),
-                ],
-            ),
-            registry_pb2.FeatureService(
-                name="wide", projections=[registry_pb2.FeatureProjection(feature_view="wide")]
-            ),
-        ],
-    )
-
-
-def load(
-    url: str, entities: int, wide_entities: int, collect: dict[str, dict] | None = None
-) -> int:
-    """Writes the views into skewless's Redis layout; returns their event time (us).
-
-    With `collect`, also keeps every value (view -> column -> list), for Feast's copy.
-    """
-    client = redis.Redis.from_url(url)
-    ts_us = int(time.time() * 1_000_000)
-    ts = str(ts_us).encode()
-    rng = random.Random(7)
-
-    def value(feature: str) -> int | float:
-        if feature.startswith("w") or (feature.startswith("d") and int(feature[1:]) % 2):
-            return rng.randrange(1 << 40)
-        return rng.random()
-
-    def encode(v: int | float) -> bytes:
-        if isinstance(v, int):
-            return types_pb2.Value(int64_value=v).SerializeToString()
-        return types_pb2.Value(double_value=v).SerializeToString()
-
-    for view, features, count in (
-        ("driver_hourly", DRIVER_FEATURES, entities),
-        ("customer_profile", CUSTOMER_FEATURES, entities),
-        ("wide", WIDE_FEATURES, wide_entities),
-    ):
-        columns = None
-        if collect is not None:
-            columns = collect.setdefault(view, {"id": [], **{f: [] for f in features}})
-        pipe = client.pipeline(transaction=False)
-        for i in range(count):
-            row = {f: value(f) for f in features}
-            mapping = {b"_ts": ts, **{f.encode(): encode(v) for f, v in row.items()}}
-            pipe.hset(f"{PROJECT}:{view}:{{{i}}}".encode(), mapping=mapping)
-            if columns is not None:
-                columns["id"].append(i)
-                for f, v in row.items():
-                    columns[f].append(v)
-            if i % 200 == 199:
-                pipe.execute()
-        pipe.execute()
-    client.close()
-    return ts_us
-
-
-def request_json(service: str, rows: int, entities: int, wide_entities: int) -> str:
-    rng = random.Random(rows)
-    cols: dict[str, dict[str, list[dict[str, str]]]] = {}
-    for _view, key, _features in SERVICES[service]:
-        limit = wide_entities if service == "wide" else entities
-        cols[key] = {"values": [{"int64_value": str(rng.randrange(limit))} for _ in range(rows)]}
-    return json.dumps({"feature_service": service, "entities": cols})
+# --- ghz's descriptors ---------------------------------------------------------------------
 
 
 def write_protoset(path: Path) -> None:
@@ -237,7 +116,7 @@ async def ideal_server(port: int, url: str) -> None:
     plans = {
         name: [
             (
-                f"{PROJECT}:{view}:".encode(),
+                view_key_prefix(PROJECT, view),
                 key,
                 b"*%d\r\n$5\r\nHMGET\r\n" % (len(feats) + 3),
                 b"$3\r\n_ts\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(f), f.encode()) for f in feats),
@@ -764,7 +643,7 @@ def main() -> None:
         with EmbeddedRedis(root / "redis", persist=False) as rs:
             t0 = time.monotonic()
             collect: dict[str, dict] | None = {} if feast_kinds else None
-            ts_us = load(rs.url, args.entities, args.wide_entities, collect)
+            ts_us = load_online(rs.url, args.entities, args.wide_entities, collect)
             print(
                 f"loaded {args.entities} drivers, {args.entities} customers, "
                 f"{args.wide_entities} wide entities in {time.monotonic() - t0:.1f}s"
@@ -777,7 +656,7 @@ def main() -> None:
                 )
                 print(f"feast apply + materialize (same values, own Redis) in {secs:.1f}s")
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
-            RegistryStore(config.registry_path).save(make_registry())
+            RegistryStore(config.registry_path).save(online_registry())
             protoset = root / "online.protoset"
             write_protoset(protoset)
             results: dict[tuple[str, str, int], dict] = {}
@@ -800,7 +679,7 @@ def main() -> None:
                 for shape in args.shapes.split(","):
                     service, rows, _label = shapes[shape]
                     data = root / f"request-{shape}.bin"
-                    body = request_json(service, rows, args.entities, args.wide_entities)
+                    body = online_request(service, rows, args.entities, args.wide_entities)
                     data.write_bytes(
                         json_format.Parse(
                             body, online_service_pb2.GetOnlineFeaturesRequest()
