@@ -51,6 +51,7 @@ from workload import (
     DRIVER_TIMES,
     DRIVER_TTL,
     DRIVERS,
+    copy_feast_repo,
     historical_entity_rows,
     historical_registry,
     historical_views,
@@ -287,88 +288,43 @@ def _bare_once(scale: float, rows: int, ties: bool) -> dict:
 FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
 
 
-# Run by the Feast venv's Python: registers the two views over the same history files,
-# then times get_historical_features(...).to_arrow() on the entity rows (read before).
-FEAST_SCRIPT = """
-import json, resource, sys, time
-from datetime import timedelta
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource
-from feast.types import Float64, Int64
-
-repo, offline, entities_path = sys.argv[1], sys.argv[2], sys.argv[3]
-views = []
-for name, key, n, ttl in (("driver_stats", "driver_id", 10, timedelta(days=2)),
-                          ("customer_stats", "customer_id", 5, timedelta(days=7))):
-    entity = Entity(name=key.split("_")[0], join_keys=[key])
-    source = FileSource(name=name + "_src", path=f"{offline}/{name}/part-0.parquet",
-                        timestamp_field="event_timestamp",
-                        created_timestamp_column="created_timestamp")
-    views += [entity, FeatureView(
-        name=name, entities=[entity], ttl=ttl, source=source, online=False,
-        schema=[Field(name=f"f{i}", dtype=Int64 if i % 3 == 2 else Float64) for i in range(n)])]
-store = FeatureStore(repo_path=repo)
-store.apply(views)
-features = [f"driver_stats:f{i}" for i in range(10)] + [f"customer_stats:f{i}" for i in range(5)]
-entity_df = pq.read_table(entities_path).to_pandas()
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-cpu0 = time.process_time()
-start = time.perf_counter()
-table = store.get_historical_features(
-    entity_df=entity_df, features=features, full_feature_names=True).to_arrow()
-wall = time.perf_counter() - start
-cpu = time.process_time() - cpu0
-checksum = {}
-for name in [f.replace(":", "__") for f in features]:
-    col = table[name]
-    checksum[name] = round(float(pc.sum(pc.cast(col, pa.float64())).as_py() or 0.0), 3)
-    checksum[name + ":nulls"] = col.null_count
-print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rows": table.num_rows,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": rss0, "checksum": checksum}))
-"""
-
-
 def run_feast(
     python: str, scale: float, rows: int, store: str, timeout: float, max_gb: float = 0.0
 ) -> dict:
-    """Feast in a child of its venv; `max_gb` caps its address space (a MemoryError then)."""
-    import shutil
+    """Feast in a child of its venv; `max_gb` caps its address space (a MemoryError then).
 
+    The repository is a copy of bench/feast/historical with this offline `store`, over
+    the very history files skewless reads (linked into its data/); `feast apply` runs
+    first, then bench/feast/run_historical.py times the retrieval.
+    """
     offline = data_dir(scale) / "data" / "offline"
+    repo = copy_feast_repo(
+        "historical", data_dir(scale) / f"feast_repo_{store}", offline_store=store
+    )
     for view in ("driver_stats", "customer_stats"):
         parts = list((offline / view).rglob("*.parquet"))
         if parts != [offline / view / "part-0.parquet"]:
             raise SystemExit(f"expected exactly part-0.parquet under {offline / view}")
-    repo = data_dir(scale) / f"feast_repo_{store}"
-    shutil.rmtree(repo, ignore_errors=True)
-    (repo / "data").mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"offline_store:\n  type: {store}\n"
-        "online_store:\n  type: sqlite\n  path: data/online.db\n"
-        "entity_key_serialization_version: 3\n"
-    )
-    script = repo / "run_feast.py"
-    script.write_text(FEAST_SCRIPT)
-    args = [python, str(script), str(repo), str(offline), str(entity_path(scale, rows))]
+        (repo / "data" / f"{view}.parquet").symlink_to(parts[0])
+    apply = [str(Path(python).parent / "feast"), "apply"]
+    runner = HERE / "feast" / "run_historical.py"
+    args = [python, str(runner), str(repo), str(entity_path(scale, rows))]
 
     def cap() -> None:
         limit = int(max_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     try:
-        proc = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            cwd=repo,
-            timeout=timeout,
-            preexec_fn=cap if max_gb else None,
-        )
+        proc = subprocess.run(apply, capture_output=True, text=True, cwd=repo, timeout=timeout)
+        if not proc.returncode:
+            proc = subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                cwd=repo,
+                timeout=timeout,
+                preexec_fn=cap if max_gb else None,
+            )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     if proc.returncode:
@@ -495,6 +451,8 @@ def main() -> None:
         help="cap Feast's address space (GB); its file store needs ~13 GB RSS at 1M rows",
     )
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     t = time.perf_counter()
     generate(args.scale, args.rows)
     if args.feast:

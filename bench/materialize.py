@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from workload import (
     MATERIALIZE_END,
     MATERIALIZE_START,
+    copy_feast_repo,
     materialize_registry,
     materialize_views,
 )
@@ -112,56 +113,23 @@ def run_ceiling(url: str) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - start, "rows": rows, "online_keys": keys}
 
 
-FEAST_SCRIPT = """
-import json, resource, sys, time
-from datetime import datetime, timedelta, timezone
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource
-from feast.types import Bool, Float64, Int64, String
-
-repo, data, start, end = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-def view(name, key, fields):
-    entity = Entity(name=key.split("_")[0], join_keys=[key])
-    source = FileSource(path=f"{data}/{name}.parquet", timestamp_field="event_ts",
-                        created_timestamp_column="created_ts")
-    return entity, FeatureView(name=name, entities=[entity], ttl=timedelta(days=3650),
-                               schema=[Field(name=n, dtype=t) for n, t in fields],
-                               source=source, online=True)
-d_ent, d_view = view("driver_stats", "driver_id",
-                     [(f"f{i}", Int64 if i % 3 == 2 else Float64) for i in range(10)])
-c_ent, c_view = view("customer_profile", "customer_id",
-                     [("lifetime_value", Float64), ("orders", Int64), ("segment", String),
-                      ("is_active", Bool), ("churn_score", Float64)])
-store = FeatureStore(repo_path=repo)
-store.apply([d_ent, c_ent, d_view, c_view])
-t = time.perf_counter()
-store.materialize(datetime.fromisoformat(start), datetime.fromisoformat(end))
-wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def run_feast(python: str, url: str, rows: int) -> dict[str, float]:
+    """A copy of bench/feast/materialize over the same files, `feast apply`, then timed."""
     import redis
 
     host_port = url.removeprefix("redis://").split("/")[0]
-    repo = DATA / "feast_repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    (repo / "data").mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"online_store:\n  type: redis\n  connection_string: '{host_port}'\n"
-        "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
-    )
-    script = repo / "run_feast.py"
-    script.write_text(FEAST_SCRIPT)
+    repo = copy_feast_repo("materialize", DATA / "feast_repo", redis=host_port)
+    for view in ("driver_stats", "customer_profile"):
+        (repo / "data" / f"{view}.parquet").symlink_to(DATA / f"{view}.parquet")
+    runner = HERE / "feast" / "run_materialize.py"
     start, end = MATERIALIZE_START.isoformat(), MATERIALIZE_END.isoformat()
-    proc = subprocess.run(
-        [python, str(script), str(repo), str(DATA), start, end],
-        capture_output=True, text=True, cwd=repo,
-    )  # fmt: skip
-    if proc.returncode:
-        sys.exit(f"feast failed:\n{proc.stderr[-3000:]}")
+    for args in (
+        [str(Path(python).parent / "feast"), "apply"],
+        [python, str(runner), str(repo), start, end],
+    ):
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=repo)
+        if proc.returncode:
+            sys.exit(f"feast failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     client = redis.Redis.from_url(url)
     out["online_keys"] = client.dbsize()
@@ -189,6 +157,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--feast-python", default=str(HERE / ".venv-feast" / "bin" / "python"))
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     if args.child:
         child(args.child, args.url, args.workdir)
         return

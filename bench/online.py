@@ -52,6 +52,7 @@ from google.protobuf import descriptor_pb2, json_format
 from workload import (
     PROJECT,
     SERVICES,
+    copy_feast_repo,
     load_online,
     online_registry,
     online_request,
@@ -338,59 +339,25 @@ def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
 
 # --- Feast's feature server ------------------------------------------------------------
 
-# Feast 0.67 from its own venv (see bench/README.md), a repo generated over Parquet copies
-# of the very values loaded above, materialized by `feast materialize` into a second Redis
-# (Feast's own key layout), served by `feast serve` (HTTP, gunicorn + uvicorn workers) and
-# driven by wrk (compiled C, `apt-get install wrk`) with the JSON body in a Lua script.
+# Feast 0.67 from its own venv (see bench/README.md): the repo bench/feast/online over
+# Parquet copies of the very values loaded above, materialized by `feast materialize` into
+# a second Redis (Feast's own key layout), served by `feast serve` (HTTP, gunicorn +
+# uvicorn workers) and driven by wrk (compiled C, `apt-get install wrk`) with the JSON
+# body in a Lua script.
 FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
 WRK = os.environ.get("WRK", shutil.which("wrk") or "/usr/bin/wrk")
-
-FEAST_DEFINITIONS = """
-from datetime import timedelta
-from pathlib import Path
-
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
-from feast.types import Float64, Int64
-
-DATA = Path(__file__).parent / "data"
-driver = Entity(name="driver", join_keys=["driver_id"])
-customer = Entity(name="customer", join_keys=["customer_id"])
-item = Entity(name="item", join_keys=["item_id"])
-
-
-def view(name, entity, fields):
-    source = FileSource(name=name + "_src", path=str(DATA / (name + ".parquet")),
-                        timestamp_field="event_timestamp")
-    return FeatureView(name=name, entities=[entity], ttl=timedelta(days=30), online=True,
-                       schema=[Field(name=n, dtype=t) for n, t in fields], source=source)
-
-
-driver_hourly = view("driver_hourly", driver,
-                     [(f"d{i}", Int64 if i % 2 else Float64) for i in range(10)])
-customer_profile = view("customer_profile", customer, [(f"c{i}", Float64) for i in range(5)])
-wide = view("wide", item, [(f"w{i}", Int64) for i in range(250)])
-driver_customer = FeatureService(name="driver_customer",
-                                 features=[driver_hourly, customer_profile])
-wide_service = FeatureService(name="wide", features=[wide])
-"""
 
 FEAST_KEYS = {"driver_hourly": "driver_id", "customer_profile": "customer_id", "wide": "item_id"}
 
 
 def feast_setup(python: Path, repo: Path, redis_url: str, ts_us: int, collect: dict) -> float:
-    """Writes the Feast repo and its Parquet, `feast apply`, `feast materialize`; secs."""
+    """Copies bench/feast/online, writes its Parquet, `feast apply`, `feast materialize`; secs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     feast = str(python.parent / "feast")
-    (repo / "data").mkdir(parents=True, exist_ok=True)
     host_port = redis_url.removeprefix("redis://").split("/")[0]
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"online_store:\n  type: redis\n  connection_string: '{host_port}'\n"
-        "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
-    )
-    (repo / "definitions.py").write_text(FEAST_DEFINITIONS)
+    copy_feast_repo("online", repo, redis=host_port)
     for view, columns in collect.items():
         n = len(columns["id"])
         table = pa.table(
@@ -604,6 +571,8 @@ def main() -> None:
         "--feast-workers", default="1,2", help="`feast serve -w N` servers to measure"
     )
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     if args.serve:
         root, url, port, n = args.serve
         serve_skewless(root, url, int(port), int(n))

@@ -10,7 +10,9 @@ different runs, machines and branches are measured on the same values:
 * the online store's contents written into Redis (`load_online`) and the online requests
   (`online_request`);
 * the registry each benchmark serves (`historical_registry`, `materialize_registry`,
-  `online_registry`), built with the definitions API.
+  `online_registry`), built with the definitions API;
+* Feast's copy of each workload: the feature repositories under `bench/feast/`
+  (`copy_feast_repo`).
 
 Only pyarrow is imported with this module; skewless and redis-py are imported by the
 functions that need them, so that a baseline process that imports this module for its
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import string
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +41,7 @@ PROJECT = "bench"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 STEP = timedelta(hours=6)
 UTC_US = pa.timestamp("us", tz="UTC")
+FEAST_REPOS = Path(__file__).resolve().parent / "feast"
 
 # Entity counts at scale 1, and event times per entity, of the history workloads.
 DRIVERS, DRIVER_TIMES = 100_000, 30
@@ -358,3 +363,21 @@ def online_request(service: str, rows: int, entities: int, wide_entities: int) -
         limit = wide_entities if service == "wide" else entities
         cols[key] = {"values": [{"int64_value": str(rng.randrange(limit))} for _ in range(rows)]}
     return json.dumps({"feature_service": service, "entities": cols})
+
+
+# --- Feast's copy of the workloads ---------------------------------------------------------
+
+
+def copy_feast_repo(name: str, dest: Path, **settings: str) -> Path:
+    """Copies the Feast feature repository `bench/feast/<name>` to `dest`, filled in.
+
+    `settings` replace the `${...}` placeholders of its `feature_store.yaml` (every one
+    must be given); the benchmark then puts the data its definitions read into
+    `dest/data/`.
+    """
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(FEAST_REPOS / name, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    config = dest / "feature_store.yaml"
+    config.write_text(string.Template(config.read_text()).substitute(settings))
+    (dest / "data").mkdir(exist_ok=True)
+    return dest
