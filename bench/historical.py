@@ -44,38 +44,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from workload import (
+    CUSTOMER_TIMES,
+    CUSTOMER_TTL,
+    CUSTOMERS,
+    DRIVER_TIMES,
+    DRIVER_TTL,
+    DRIVERS,
+    copy_feast_repo,
+    historical_entity_rows,
+    historical_registry,
+    historical_views,
+)
+from workload import HISTORICAL_FEATURES as FEATURES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE / ".data" / "historical"
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-STEP = timedelta(hours=6)
-DRIVER_TTL = timedelta(days=2)
-CUSTOMER_TTL = timedelta(days=7)
-UTC_US = pa.timestamp("us", tz="UTC")
-
-
-def _feature(ids: pa.Array, t: int, a: int, b: int) -> pa.Array:
-    mixed = pc.add(pc.multiply(ids, a), t * b)
-    return pc.divide(pc.cast(pc.bit_wise_and(mixed, 0xFFFF), pa.float64()), 655.36)
-
-
-def _history(n_entities: int, n_times: int, key: str, n_features: int) -> pa.Table:
-    ids = pa.array(range(n_entities), pa.int64())
-    chunks = []
-    for t in range(n_times):
-        ts = pa.array([T0 + t * STEP] * n_entities, UTC_US)
-        cols: dict[str, pa.Array] = {
-            key: ids,
-            "event_timestamp": ts,
-            "created_timestamp": ts,
-        }
-        for i in range(n_features):
-            if i % 3 == 2:
-                cols[f"f{i}"] = pc.bit_wise_and(pc.add(pc.multiply(ids, i + 3), t), 4095)
-            else:
-                cols[f"f{i}"] = _feature(ids, t, 2 * i + 13, i + 5)
-        chunks.append(pa.table(cols))
-    return pa.concat_tables(chunks)
 
 
 def data_dir(scale: float) -> Path:
@@ -87,73 +71,16 @@ def entity_path(scale: float, rows: int) -> Path:
 
 
 def generate(scale: float, rows: int) -> None:
-    base = data_dir(scale)
-    drivers, customers = int(100_000 * scale), int(50_000 * scale)
-    offline = base / "data" / "offline"
+    """Writes the histories into the offline store's layout, and the entity rows, once."""
+    offline = data_dir(scale) / "data" / "offline"
     if not (offline / "customer_stats").exists():
-        for view, n, times, key, feats in (
-            ("driver_stats", drivers, 30, "driver_id", 10),
-            ("customer_stats", customers, 10, "customer_id", 5),
-        ):
+        for view, table in historical_views(scale).items():
             folder = offline / view
             folder.mkdir(parents=True, exist_ok=True)
-            table = _history(n, times, key, feats)
             pq.write_table(table, folder / "part-0.parquet", row_group_size=256_000)
     path = entity_path(scale, rows)
     if not path.exists():
-
-        def uniform(seed: int, high: int) -> pa.Array:
-            return pc.cast(
-                pc.floor(pc.multiply(pc.random(rows, initializer=seed), high)), pa.int64()
-            )
-
-        # 10% of the keys are unknown; label times span the history plus a day each side.
-        rng_ids = uniform(1, drivers + drivers // 10)
-        rng_cust = uniform(2, customers + customers // 10)
-        offsets = uniform(3, int((30 * STEP + timedelta(days=2)).total_seconds() * 1e6))
-        start = int(T0.timestamp() * 1e6) - 86_400_000_000
-        times = pc.add(offsets, start).cast(UTC_US)
-        table = pa.table(
-            {
-                "driver_id": rng_ids,
-                "customer_id": rng_cust,
-                "event_timestamp": times,
-                "label": pc.bit_wise_and(rng_ids, 1),
-            }
-        )
-        pq.write_table(table, path)
-
-
-def registry_proto():
-    from google.protobuf import duration_pb2
-
-    from skewless.v1 import registry_pb2, types_pb2
-
-    vt = types_pb2.ValueType
-    reg = registry_pb2.Registry(project="bench", version=1)
-    for name, key in (("driver", "driver_id"), ("customer", "customer_id")):
-        reg.entities.add(
-            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=vt.VALUE_TYPE_INT64)]
-        )
-    for view, entity, n, ttl in (
-        ("driver_stats", "driver", 10, DRIVER_TTL),
-        ("customer_stats", "customer", 5, CUSTOMER_TTL),
-    ):
-        v = reg.feature_views.add(
-            name=view,
-            entities=[entity],
-            ttl=duration_pb2.Duration(seconds=int(ttl.total_seconds())),
-            offline=True,
-        )
-        for i in range(n):
-            v.features.add(
-                name=f"f{i}",
-                value_type=vt.VALUE_TYPE_INT64 if i % 3 == 2 else vt.VALUE_TYPE_FLOAT64,
-            )
-    svc = reg.feature_services.add(name="training")
-    svc.projections.add(feature_view="driver_stats")
-    svc.projections.add(feature_view="customer_stats")
-    return reg
+        pq.write_table(historical_entity_rows(scale, rows), path)
 
 
 def _peak_rss_mb() -> float:
@@ -167,9 +94,6 @@ def _checksum(table: pa.Table, columns: list[str]) -> dict[str, float]:
         out[name] = round(float(pc.sum(pc.cast(col, pa.float64())).as_py() or 0.0), 3)
         out[name + ":nulls"] = col.null_count
     return out
-
-
-FEATURES = [f"driver_stats__f{i}" for i in range(10)] + [f"customer_stats__f{i}" for i in range(5)]
 
 
 # --------------------------------------------------------------------------- children
@@ -193,7 +117,7 @@ def child_serve(scale: float) -> None:
         server_port=0,
         metrics_port=0,
     )
-    RegistryStore(config.registry_path).save(registry_proto())
+    RegistryStore(config.registry_path).save(historical_registry())
 
     async def main() -> None:
         server, port = create_server(config)
@@ -311,13 +235,14 @@ def _bare_once(scale: float, rows: int, ties: bool) -> dict:
     customer_cols = ", ".join(f"f{i} AS customer_stats__f{i}" for i in range(5))
     select = ", ".join(
         [
-            f"CASE WHEN d.ts >= e.event_timestamp - INTERVAL 2 DAY THEN d.driver_stats__f{i} END "
+            f"CASE WHEN d.ts >= e.event_timestamp - INTERVAL {DRIVER_TTL.days} DAY "
+            f"THEN d.driver_stats__f{i} END "
             f"AS driver_stats__f{i}"
             for i in range(10)
         ]
         + [
-            f"CASE WHEN c.ts >= e.event_timestamp - INTERVAL 7 DAY THEN c.customer_stats__f{i} "
-            f"END AS customer_stats__f{i}"
+            f"CASE WHEN c.ts >= e.event_timestamp - INTERVAL {CUSTOMER_TTL.days} DAY "
+            f"THEN c.customer_stats__f{i} END AS customer_stats__f{i}"
             for i in range(5)
         ]
     )
@@ -362,88 +287,44 @@ def _bare_once(scale: float, rows: int, ties: bool) -> dict:
 
 FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
 
-# Run by the Feast venv's Python: registers the two views over the same history files,
-# then times get_historical_features(...).to_arrow() on the entity rows (read before).
-FEAST_SCRIPT = """
-import json, resource, sys, time
-from datetime import timedelta
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource
-from feast.types import Float64, Int64
-
-repo, offline, entities_path = sys.argv[1], sys.argv[2], sys.argv[3]
-views = []
-for name, key, n, ttl in (("driver_stats", "driver_id", 10, timedelta(days=2)),
-                          ("customer_stats", "customer_id", 5, timedelta(days=7))):
-    entity = Entity(name=key.split("_")[0], join_keys=[key])
-    source = FileSource(name=name + "_src", path=f"{offline}/{name}/part-0.parquet",
-                        timestamp_field="event_timestamp",
-                        created_timestamp_column="created_timestamp")
-    views += [entity, FeatureView(
-        name=name, entities=[entity], ttl=ttl, source=source, online=False,
-        schema=[Field(name=f"f{i}", dtype=Int64 if i % 3 == 2 else Float64) for i in range(n)])]
-store = FeatureStore(repo_path=repo)
-store.apply(views)
-features = [f"driver_stats:f{i}" for i in range(10)] + [f"customer_stats:f{i}" for i in range(5)]
-entity_df = pq.read_table(entities_path).to_pandas()
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-cpu0 = time.process_time()
-start = time.perf_counter()
-table = store.get_historical_features(
-    entity_df=entity_df, features=features, full_feature_names=True).to_arrow()
-wall = time.perf_counter() - start
-cpu = time.process_time() - cpu0
-checksum = {}
-for name in [f.replace(":", "__") for f in features]:
-    col = table[name]
-    checksum[name] = round(float(pc.sum(pc.cast(col, pa.float64())).as_py() or 0.0), 3)
-    checksum[name + ":nulls"] = col.null_count
-print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rows": table.num_rows,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": rss0, "checksum": checksum}))
-"""
-
 
 def run_feast(
     python: str, scale: float, rows: int, store: str, timeout: float, max_gb: float = 0.0
 ) -> dict:
-    """Feast in a child of its venv; `max_gb` caps its address space (a MemoryError then)."""
-    import shutil
+    """Feast in a child of its venv; `max_gb` caps its address space (a MemoryError then).
 
+    The repository is a copy of bench/feast/historical with this offline `store`, over
+    the very history files skewless reads (linked into its data/); `feast apply` runs
+    first, then bench/feast/run_historical.py times the retrieval.
+    """
     offline = data_dir(scale) / "data" / "offline"
+    repo = copy_feast_repo(
+        "historical", data_dir(scale) / f"feast_repo_{store}", offline_store=store
+    )
     for view in ("driver_stats", "customer_stats"):
         parts = list((offline / view).rglob("*.parquet"))
         if parts != [offline / view / "part-0.parquet"]:
             raise SystemExit(f"expected exactly part-0.parquet under {offline / view}")
-    repo = data_dir(scale) / f"feast_repo_{store}"
-    shutil.rmtree(repo, ignore_errors=True)
-    (repo / "data").mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"offline_store:\n  type: {store}\n"
-        "online_store:\n  type: sqlite\n  path: data/online.db\n"
-        "entity_key_serialization_version: 3\n"
-    )
-    script = repo / "run_feast.py"
-    script.write_text(FEAST_SCRIPT)
-    args = [python, str(script), str(repo), str(offline), str(entity_path(scale, rows))]
+        (repo / "data" / f"{view}.parquet").symlink_to(parts[0])
+    apply = [str(Path(python).parent / "feast"), "apply"]
+    runner = HERE / "feast" / "run_historical.py"
+    args = [python, str(runner), str(repo), str(entity_path(scale, rows))]
 
     def cap() -> None:
         limit = int(max_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     try:
-        proc = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            cwd=repo,
-            timeout=timeout,
-            preexec_fn=cap if max_gb else None,
-        )
+        proc = subprocess.run(apply, capture_output=True, text=True, cwd=repo, timeout=timeout)
+        if not proc.returncode:
+            proc = subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                cwd=repo,
+                timeout=timeout,
+                preexec_fn=cap if max_gb else None,
+            )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     if proc.returncode:
@@ -570,6 +451,8 @@ def main() -> None:
         help="cap Feast's address space (GB); its file store needs ~13 GB RSS at 1M rows",
     )
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     t = time.perf_counter()
     generate(args.scale, args.rows)
     if args.feast:
@@ -590,7 +473,8 @@ def main() -> None:
         for r in (best_bare, best_nt)
     )
     histories = (
-        f"driver {int(3_000_000 * args.scale):,} x 10, customer {int(500_000 * args.scale):,} x 5"
+        f"driver {int(DRIVERS * args.scale) * DRIVER_TIMES:,} x 10, "
+        f"customer {int(CUSTOMERS * args.scale) * CUSTOMER_TIMES:,} x 5"
     )
     print(f"\nworkload: {histories}; {args.rows:,} entity rows; {os.cpu_count()} cores")
     ours_cpu = best_ours["client_cpu_s"] + best_ours["server_cpu_s"]

@@ -1,9 +1,9 @@
 """Materialization benchmark: skewless vs a raw pipelined-HSET ceiling on the same Redis.
 
-Generates the issue's workload into bench/.data/ (a driver view of 100,000 entities x
-30 event times x 10 features and a customer view of 50,000 x 10 x 5 features with a
-string and a bool; `--scale` shrinks it), starts its own redis-server, then measures in
-one run, each in a child process (for its peak RSS):
+Generates the issue's workload (`bench/workload.py`) into bench/.data/ (a driver view of
+100,000 entities x 30 event times x 10 features and a customer view of 50,000 x 10 x 5
+features with a string and a bool; `--scale` shrinks it), starts its own redis-server,
+then measures in one run, each in a child process (for its peak RSS):
 
 * ours: `skewless.materialization.pipeline.materialize` of the full range (history files +
   compare-and-set Redis writes);
@@ -31,47 +31,20 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from workload import (
+    MATERIALIZE_END,
+    MATERIALIZE_START,
+    copy_feast_repo,
+    materialize_registry,
+    materialize_views,
+)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-STEP = timedelta(hours=6)
-
-
-def _feature(ids: pa.Array, times: pa.Array, a: int, b: int) -> pa.Array:
-    mixed = pc.add(pc.multiply(ids, a), pc.multiply(times, b))
-    return pc.divide(pc.cast(pc.bit_wise_and(mixed, 0xFFFF), pa.float64()), 655.36)
-
-
-def make_view(n_entities: int, n_times: int, key: str, *, customer: bool) -> pa.Table:
-    ids = pa.array(range(n_entities), pa.int64())
-    chunks = []
-    for t in range(n_times):
-        times = pa.array([t] * n_entities, pa.int64())
-        ts = pa.array([T0 + t * STEP] * n_entities, pa.timestamp("us", tz="UTC"))
-        cols: dict[str, pa.Array] = {key: ids, "event_ts": ts, "created_ts": ts}
-        if customer:
-            cols["lifetime_value"] = _feature(ids, times, 31, 7)
-            cols["orders"] = pc.cast(pc.bit_wise_and(pc.add(ids, times), 255), pa.int64())
-            cols["segment"] = pc.cast(pc.bit_wise_and(ids, 7), pa.string())
-            cols["is_active"] = pc.equal(pc.bit_wise_and(pc.add(ids, times), 1), 0)
-            cols["churn_score"] = _feature(ids, times, 17, 3)
-        else:
-            for i in range(10):
-                if i % 3 == 2:
-                    cols[f"f{i}"] = pc.cast(
-                        pc.bit_wise_and(pc.add(pc.multiply(ids, i + 3), times), 4095), pa.int64()
-                    )
-                else:
-                    cols[f"f{i}"] = _feature(ids, times, 2 * i + 13, i + 5)
-        chunks.append(pa.table(cols))
-    return pa.concat_tables(chunks)
 
 
 def generate(scale: float) -> dict[str, int]:
@@ -82,57 +55,15 @@ def generate(scale: float) -> dict[str, int]:
     if marker.exists():
         sizes = json.loads(marker.read_text())
         return {k: sizes[k] for k in ("driver_rows", "customer_rows")}
-    drivers, customers = int(100_000 * scale), int(50_000 * scale)
-    driver = make_view(drivers, 30, "driver_id", customer=False)
-    pq.write_table(driver, DATA / "driver_stats.parquet", row_group_size=1_000_000)
-    customer = make_view(customers, 10, "customer_id", customer=True)
-    pq.write_table(customer, DATA / "customer_profile.parquet", row_group_size=1_000_000)
-    sizes = {"driver_rows": driver.num_rows, "customer_rows": customer.num_rows}
+    views = materialize_views(scale)
+    for view, table in views.items():
+        pq.write_table(table, DATA / f"{view}.parquet", row_group_size=1_000_000)
+    sizes = {
+        "driver_rows": views["driver_stats"].num_rows,
+        "customer_rows": views["customer_profile"].num_rows,
+    }
     marker.write_text(json.dumps({**sizes, "scale": scale}))
     return sizes
-
-
-def registry(*, offline: bool = True):
-    from skewless.v1 import registry_pb2, types_pb2
-
-    vt = types_pb2.ValueType
-    reg = registry_pb2.Registry(project="bench", version=1)
-    for name, key in (("driver", "driver_id"), ("customer", "customer_id")):
-        reg.entities.add(
-            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=vt.VALUE_TYPE_INT64)]
-        )
-    for src in ("driver_stats", "customer_profile"):
-        s = reg.data_sources.add(
-            name=f"{src}_src", timestamp_field="event_ts", created_timestamp_field="created_ts"
-        )
-        s.file.path = str(DATA / f"{src}.parquet")
-    v = reg.feature_views.add(
-        name="driver_stats",
-        entities=["driver"],
-        source="driver_stats_src",
-        online=True,
-        offline=offline,
-    )
-    for i in range(10):
-        v.features.add(
-            name=f"f{i}", value_type=vt.VALUE_TYPE_INT64 if i % 3 == 2 else vt.VALUE_TYPE_FLOAT64
-        )
-    v = reg.feature_views.add(
-        name="customer_profile",
-        entities=["customer"],
-        source="customer_profile_src",
-        online=True,
-        offline=offline,
-    )
-    for name, t in (
-        ("lifetime_value", vt.VALUE_TYPE_FLOAT64),
-        ("orders", vt.VALUE_TYPE_INT64),
-        ("segment", vt.VALUE_TYPE_STRING),
-        ("is_active", vt.VALUE_TYPE_BOOL),
-        ("churn_score", vt.VALUE_TYPE_FLOAT64),
-    ):
-        v.features.add(name=name, value_type=t)
-    return reg
 
 
 def run_ours(url: str, workdir: Path, *, offline: bool = True) -> dict[str, float]:
@@ -140,8 +71,9 @@ def run_ours(url: str, workdir: Path, *, offline: bool = True) -> dict[str, floa
     from skewless.materialization.pipeline import materialize
 
     config = RepoConfig(root=workdir, project="bench", data_dir=workdir / "data", redis_url=url)
+    registry = materialize_registry(DATA, offline=offline)
     start = time.perf_counter()
-    result = materialize(config, registry(offline=offline), T0, T0 + 31 * STEP)
+    result = materialize(config, registry, MATERIALIZE_START, MATERIALIZE_END)
     wall = time.perf_counter() - start
     online = sum(v.online_rows_written for v in result.views)
     return {"wall_s": wall, "rows": result.rows_read, "online_keys": online}
@@ -181,56 +113,23 @@ def run_ceiling(url: str) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - start, "rows": rows, "online_keys": keys}
 
 
-FEAST_SCRIPT = """
-import json, resource, sys, time
-from datetime import datetime, timedelta, timezone
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource
-from feast.types import Bool, Float64, Int64, String
-
-repo, data, start, end = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-def view(name, key, fields):
-    entity = Entity(name=key.split("_")[0], join_keys=[key])
-    source = FileSource(path=f"{data}/{name}.parquet", timestamp_field="event_ts",
-                        created_timestamp_column="created_ts")
-    return entity, FeatureView(name=name, entities=[entity], ttl=timedelta(days=3650),
-                               schema=[Field(name=n, dtype=t) for n, t in fields],
-                               source=source, online=True)
-d_ent, d_view = view("driver_stats", "driver_id",
-                     [(f"f{i}", Int64 if i % 3 == 2 else Float64) for i in range(10)])
-c_ent, c_view = view("customer_profile", "customer_id",
-                     [("lifetime_value", Float64), ("orders", Int64), ("segment", String),
-                      ("is_active", Bool), ("churn_score", Float64)])
-store = FeatureStore(repo_path=repo)
-store.apply([d_ent, c_ent, d_view, c_view])
-t = time.perf_counter()
-store.materialize(datetime.fromisoformat(start), datetime.fromisoformat(end))
-wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def run_feast(python: str, url: str, rows: int) -> dict[str, float]:
+    """A copy of bench/feast/materialize over the same files, `feast apply`, then timed."""
     import redis
 
     host_port = url.removeprefix("redis://").split("/")[0]
-    repo = DATA / "feast_repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    (repo / "data").mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"online_store:\n  type: redis\n  connection_string: '{host_port}'\n"
-        "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
-    )
-    script = repo / "run_feast.py"
-    script.write_text(FEAST_SCRIPT)
-    end = T0 + 31 * STEP
-    proc = subprocess.run(
-        [python, str(script), str(repo), str(DATA), T0.isoformat(), end.isoformat()],
-        capture_output=True, text=True, cwd=repo,
-    )  # fmt: skip
-    if proc.returncode:
-        sys.exit(f"feast failed:\n{proc.stderr[-3000:]}")
+    repo = copy_feast_repo("materialize", DATA / "feast_repo", redis=host_port)
+    for view in ("driver_stats", "customer_profile"):
+        (repo / "data" / f"{view}.parquet").symlink_to(DATA / f"{view}.parquet")
+    runner = HERE / "feast" / "run_materialize.py"
+    start, end = MATERIALIZE_START.isoformat(), MATERIALIZE_END.isoformat()
+    for args in (
+        [str(Path(python).parent / "feast"), "apply"],
+        [python, str(runner), str(repo), start, end],
+    ):
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=repo)
+        if proc.returncode:
+            sys.exit(f"feast failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     client = redis.Redis.from_url(url)
     out["online_keys"] = client.dbsize()
@@ -258,6 +157,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--feast-python", default=str(HERE / ".venv-feast" / "bin" / "python"))
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     if args.child:
         child(args.child, args.url, args.workdir)
         return

@@ -6,11 +6,14 @@ shape drives load (ghz, or the lighter `--loadgen raw`) at concurrency 1, 8 and 
 prints QPS, p50/p99/p99.9 (medians of `--repeat` interleaved runs) and the ratios to
 the ideal server.
 
-The ideal server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way
-skewless does (pre-encoded RESP on a pooled socket, hiredis parsing) and returning the
-stored bytes concatenated, unframed, inside one `FeatureVector` (no skewless code).
-`skewless-Nraw` registers OnlineService with `add_online_servicer` (pre-serialized
-responses), as `skewless.server.app` does; `skewless-N` uses the generated registration.
+The workload (registry, values, requests) comes from `bench/workload.py`. The ideal
+server is a bare `grpc.aio` handler doing the same pipelined HMGETs the way skewless does
+(pre-encoded RESP on a pooled socket, hiredis parsing) and returning the stored bytes
+concatenated, unframed, inside one `FeatureVector` (no skewless code but a varint
+encoder). `skewless-Nraw` is the server as `skewless.server.app` registers it
+(pre-serialized responses); `skewless-N` registers, from this file, the generated
+servicer with a typed `GetOnlineFeatures` that parses those bytes back into a message for
+grpc to serialize again (what a servicer that builds messages pays).
 
 All servers stay up and are measured back to back for each shape and concurrency (so
 load drift hits them alike); the load generator runs on the same machine and its CPU
@@ -21,8 +24,9 @@ Usage:
     .venv/bin/python bench/online.py [--loadgen ghz|raw] [--duration 3] [--repeat 3]
         [--entities 10000] [--wide-entities 2000] [--shapes a,b,c,d] [--concurrency 1,8,32]
 
-`--loadgen raw` drives the load with a pass-through Go client embedded below (built once
-with `go build`), which uses far less CPU than ghz on wide responses.
+`--loadgen raw` drives the load with the pass-through Go client in `bench/loadgen/`
+(built with `go build` when its sources change), which uses far less CPU than ghz on wide
+responses.
 
 Needs ghz: GOBIN=$PWD/.tools/bin go install github.com/bojand/ghz/cmd/ghz@v0.120.0
 """
@@ -32,8 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
-import random
 import resource
 import shutil
 import statistics
@@ -44,146 +48,30 @@ import time
 from pathlib import Path
 
 import grpc
-import redis
 from google.protobuf import descriptor_pb2, json_format
+from workload import (
+    PROJECT,
+    SERVICES,
+    copy_feast_repo,
+    load_online,
+    online_registry,
+    online_request,
+)
 
+from skewless.client.ipc_framing import encode_varint
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
+from skewless.online.layout import view_key_prefix
 from skewless.registry.registry_store import RegistryStore
+from skewless.server.services.online import OnlineServicer
 from skewless.server.workers import serve_workers
-from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
+from skewless.v1 import online_service_pb2, online_service_pb2_grpc
 
-PROJECT = "bench"
-VT = types_pb2.ValueType
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 GHZ = os.environ.get("GHZ", str(ROOT / ".tools" / "bin" / "ghz"))
 
-DRIVER_FEATURES = [f"d{i}" for i in range(10)]
-CUSTOMER_FEATURES = [f"c{i}" for i in range(5)]
-WIDE_FEATURES = [f"w{i}" for i in range(250)]
-
-# (view, join key, features) per feature service; the ideal server hard-codes the same.
-SERVICES: dict[str, list[tuple[str, str, list[str]]]] = {
-    "driver_customer": [
-        ("driver_hourly", "driver_id", DRIVER_FEATURES),
-        ("customer_profile", "customer_id", CUSTOMER_FEATURES),
-    ],
-    "wide": [("wide", "item_id", WIDE_FEATURES)],
-}
-
-
-# --- data --------------------------------------------------------------------------------
-
-
-def make_registry() -> registry_pb2.Registry:
-    def entity(name: str, key: str) -> registry_pb2.Entity:
-        return registry_pb2.Entity(
-            name=name, join_keys=[registry_pb2.JoinKey(name=key, value_type=VT.VALUE_TYPE_INT64)]
-        )
-
-    def view(name: str, ent: str, features: list[tuple[str, int]]) -> registry_pb2.FeatureView:
-        v = registry_pb2.FeatureView(
-            name=name,
-            entities=[ent],
-            source="events",
-            online=True,
-            offline=True,
-            features=[registry_pb2.Feature(name=f, value_type=t) for f, t in features],
-        )
-        v.ttl.FromSeconds(30 * 86400)
-        return v
-
-    driver = [
-        (f, VT.VALUE_TYPE_FLOAT64 if i % 2 == 0 else VT.VALUE_TYPE_INT64)
-        for i, f in enumerate(DRIVER_FEATURES)
-    ]
-    customer = [(f, VT.VALUE_TYPE_FLOAT64) for f in CUSTOMER_FEATURES]
-    wide = [(f, VT.VALUE_TYPE_INT64) for f in WIDE_FEATURES]
-    return registry_pb2.Registry(
-        project=PROJECT,
-        entities=[
-            entity("customer", "customer_id"),
-            entity("driver", "driver_id"),
-            entity("item", "item_id"),
-        ],
-        data_sources=[
-            registry_pb2.DataSource(
-                name="events", push=registry_pb2.PushSource(), timestamp_field="ts"
-            )
-        ],
-        feature_views=[
-            view("customer_profile", "customer", customer),
-            view("driver_hourly", "driver", driver),
-            view("wide", "item", wide),
-        ],
-        feature_services=[
-            registry_pb2.FeatureService(
-                name="driver_customer",
-                projections=[
-                    registry_pb2.FeatureProjection(feature_view="driver_hourly"),
-                    registry_pb2.FeatureProjection(feature_view="customer_profile"),
-                ],
-            ),
-            registry_pb2.FeatureService(
-                name="wide", projections=[registry_pb2.FeatureProjection(feature_view="wide")]
-            ),
-        ],
-    )
-
-
-def load(
-    url: str, entities: int, wide_entities: int, collect: dict[str, dict] | None = None
-) -> int:
-    """Writes the views into skewless's Redis layout; returns their event time (us).
-
-    With `collect`, also keeps every value (view -> column -> list), for Feast's copy.
-    """
-    client = redis.Redis.from_url(url)
-    ts_us = int(time.time() * 1_000_000)
-    ts = str(ts_us).encode()
-    rng = random.Random(7)
-
-    def value(feature: str) -> int | float:
-        if feature.startswith("w") or (feature.startswith("d") and int(feature[1:]) % 2):
-            return rng.randrange(1 << 40)
-        return rng.random()
-
-    def encode(v: int | float) -> bytes:
-        if isinstance(v, int):
-            return types_pb2.Value(int64_value=v).SerializeToString()
-        return types_pb2.Value(double_value=v).SerializeToString()
-
-    for view, features, count in (
-        ("driver_hourly", DRIVER_FEATURES, entities),
-        ("customer_profile", CUSTOMER_FEATURES, entities),
-        ("wide", WIDE_FEATURES, wide_entities),
-    ):
-        columns = None
-        if collect is not None:
-            columns = collect.setdefault(view, {"id": [], **{f: [] for f in features}})
-        pipe = client.pipeline(transaction=False)
-        for i in range(count):
-            row = {f: value(f) for f in features}
-            mapping = {b"_ts": ts, **{f.encode(): encode(v) for f, v in row.items()}}
-            pipe.hset(f"{PROJECT}:{view}:{{{i}}}".encode(), mapping=mapping)
-            if columns is not None:
-                columns["id"].append(i)
-                for f, v in row.items():
-                    columns[f].append(v)
-            if i % 200 == 199:
-                pipe.execute()
-        pipe.execute()
-    client.close()
-    return ts_us
-
-
-def request_json(service: str, rows: int, entities: int, wide_entities: int) -> str:
-    rng = random.Random(rows)
-    cols: dict[str, dict[str, list[dict[str, str]]]] = {}
-    for _view, key, _features in SERVICES[service]:
-        limit = wide_entities if service == "wide" else entities
-        cols[key] = {"values": [{"int64_value": str(rng.randrange(limit))} for _ in range(rows)]}
-    return json.dumps({"feature_service": service, "entities": cols})
+# --- ghz's descriptors ---------------------------------------------------------------------
 
 
 def write_protoset(path: Path) -> None:
@@ -206,13 +94,14 @@ def write_protoset(path: Path) -> None:
 # --- the ideal server ----------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_LEN = 2  # the wire type of length-delimited fields
+_RESULTS = online_service_pb2.GetOnlineFeaturesResponse.DESCRIPTOR.fields_by_name["results"]
+#: The tag of the response's `results` (one `FeatureVector` per call here).
+RESULTS_TAG = encode_varint(_RESULTS.number << 3 | _LEN)
+#: The tag of a field that `FeatureVector` does not declare: any client skips it.
+_BLOB_FIELD = 15
+assert _BLOB_FIELD not in _RESULTS.message_type.fields_by_number
+BLOB_TAG = encode_varint(_BLOB_FIELD << 3 | _LEN)
 
 
 async def ideal_server(port: int, url: str) -> None:
@@ -228,7 +117,7 @@ async def ideal_server(port: int, url: str) -> None:
     plans = {
         name: [
             (
-                f"{PROJECT}:{view}:".encode(),
+                view_key_prefix(PROJECT, view),
                 key,
                 b"*%d\r\n$5\r\nHMGET\r\n" % (len(feats) + 3),
                 b"$3\r\n_ts\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(f), f.encode()) for f in feats),
@@ -260,11 +149,11 @@ async def ideal_server(port: int, url: str) -> None:
             else:
                 rows.append(reply)
         idle.append((reader, writer, parser))
-        # The stored bytes as they are, in one unknown field (15) of one FeatureVector:
-        # a valid response for any client, and no per-value work at all.
+        # The stored bytes as they are, in one unknown field of one FeatureVector: a
+        # valid response for any client, and no per-value work at all.
         blob = b"".join([x for row in rows for x in row[1:] if x])
-        inner = b"\x7a" + _varint(len(blob)) + blob
-        return b"\x0a" + _varint(len(inner)) + inner
+        inner = BLOB_TAG + encode_varint(len(blob)) + blob
+        return RESULTS_TAG + encode_varint(len(inner)) + inner
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     server.add_generic_rpc_handlers(
@@ -292,14 +181,36 @@ def serve_skewless(root: str, url: str, port: int, n: int) -> None:
     sys.exit(serve_workers(config, n))
 
 
-if "--raw-registration" in sys.argv:
-    # Runs in the bench process and, through multiprocessing's spawn (which re-imports this
-    # file), in every worker: registers OnlineService with `add_online_servicer`, as the
-    # proposed one-line change to skewless.server.app does.
-    from skewless.server.services.online import add_online_servicer
-    from skewless.v1 import online_service_pb2_grpc
+def add_typed_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> None:
+    """Registers OnlineService the generated way, `GetOnlineFeatures` returning a message.
 
-    online_service_pb2_grpc.add_OnlineServiceServicer_to_server = add_online_servicer
+    The typed method parses the raw-bytes handler's serialized response back into a
+    `GetOnlineFeaturesResponse`, which grpc serializes again: the same answer on the
+    wire, at the cost of a servicer that builds messages.
+    """
+    raw, push = servicer.get_online_features_bytes, servicer.PushFeatures
+    parse = online_service_pb2.GetOnlineFeaturesResponse.FromString
+
+    class TypedOnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
+        async def GetOnlineFeatures(self, request, context):
+            return parse(await raw(request, context))
+
+        async def PushFeatures(self, request, context):
+            return await push(request, context)
+
+    online_service_pb2_grpc.add_OnlineServiceServicer_to_server(TypedOnlineServicer(), server)
+    logging.getLogger(__name__).info("OnlineService registered with a typed GetOnlineFeatures")
+
+
+if "--typed-registration" in sys.argv:
+    # Runs in the `--serve` process and, through multiprocessing's spawn (which re-imports
+    # this file), in every worker before it builds its server: the server registers
+    # OnlineService with the typed servicer above instead of its own raw registration.
+    import skewless.server.app
+
+    if not hasattr(skewless.server.app, "add_online_servicer"):
+        sys.exit("skewless.server.app no longer calls add_online_servicer: update bench/online.py")
+    skewless.server.app.add_online_servicer = add_typed_online_servicer
 
 
 def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
@@ -308,9 +219,11 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
     else:
         n = kind.split("-")[1].removesuffix("raw")
         args = [sys.executable, __file__, "--serve", str(root), url, str(port), n]
-        if kind.endswith("raw"):
-            args.append("--raw-registration")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not kind.endswith("raw"):
+            args.append("--typed-registration")
+    log = root / f"{kind}.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -320,7 +233,8 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
             break
         except grpc.FutureTimeoutError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{kind} server did not start") from None
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{kind} server did not start:\n{tail}") from None
     time.sleep(1.0 if kind.startswith("skewless-2") else 0.3)  # let every worker bind
     return proc
 
@@ -371,143 +285,23 @@ def ghz(port: int, protoset: Path, data: Path, concurrency: int, duration: float
 # --- the raw load generator ---------------------------------------------------------------
 
 # ghz builds and decodes dynamic messages, which costs it most of a core on wide responses.
-# This Go client sends pre-serialized bytes and never decodes the answer, so that the
-# load generator's CPU stays small; it is built once into .tools/bin with `go build`.
+# bench/loadgen/ sends pre-serialized bytes and never decodes the answer, so that the load
+# generator's CPU stays small; it is built into .tools/bin with `go build`, with the module
+# versions pinned by its go.mod and go.sum, again whenever one of its files is newer.
+LOADGEN_SRC = HERE / "loadgen"
 LOADGEN = ROOT / ".tools" / "bin" / "skewless-loadgen"
-_LOADGEN_GO = r"""// A minimal gRPC load generator: sends one pre-serialized request with a
-// pass-through codec (no message encoding or decoding): its own CPU cost stays small.
-package main
-
-import (
-	"context"
-	"encoding/json"
-	"flag"
-	"os"
-	"sort"
-	"sync"
-	"syscall"
-	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-)
-
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	p := v.(*[]byte)
-	*p = append((*p)[:0], data...)
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
-
-func main() {
-	addr := flag.String("addr", "127.0.0.1:6566", "server address")
-	method := flag.String("method", "/skewless.v1.OnlineService/GetOnlineFeatures", "full method")
-	dataFile := flag.String("data", "", "file holding the serialized request")
-	concurrency := flag.Int("c", 1, "concurrent callers")
-	conns := flag.Int("conns", 1, "connections")
-	duration := flag.Duration("d", 3*time.Second, "duration")
-	flag.Parse()
-	req, err := os.ReadFile(*dataFile)
-	if err != nil {
-		panic(err)
-	}
-	clients := make([]*grpc.ClientConn, *conns)
-	for i := range clients {
-		clients[i], err = grpc.Dial(*addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(
-				grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(64<<20)))
-		if err != nil {
-			panic(err)
-		}
-	}
-	var mu sync.Mutex
-	latencies := make([]time.Duration, 0, 1<<16)
-	errors := map[string]int{}
-	var ru0 syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	start := time.Now()
-	deadline := start.Add(*duration)
-	var wg sync.WaitGroup
-	for w := 0; w < *concurrency; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			conn := clients[w%len(clients)]
-			local := make([]time.Duration, 0, 1024)
-			localErr := map[string]int{}
-			var resp []byte
-			for time.Now().Before(deadline) {
-				t0 := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := conn.Invoke(ctx, *method, &req, &resp)
-				cancel()
-				if err != nil {
-					localErr[status.Code(err).String()]++
-					continue
-				}
-				local = append(local, time.Since(t0))
-			}
-			mu.Lock()
-			latencies = append(latencies, local...)
-			for k, v := range localErr {
-				errors[k] += v
-			}
-			mu.Unlock()
-		}(w)
-	}
-	wg.Wait()
-	wall := time.Since(start).Seconds()
-	var ru1 syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	cpu := float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / 1e9
-	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-	pct := func(p float64) float64 {
-		if len(latencies) == 0 {
-			return -1
-		}
-		i := int(p * float64(len(latencies)))
-		if i >= len(latencies) {
-			i = len(latencies) - 1
-		}
-		return float64(latencies[i].Microseconds()) / 1000
-	}
-	json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"count": len(latencies), "errors": errors, "qps": float64(len(latencies)) / wall,
-		"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999), "cpu": cpu / wall,
-	})
-}
-"""
-_LOADGEN_MOD = """module skewless.dev/bench/loadgen
-
-go 1.21
-
-require google.golang.org/grpc v1.56.3
-
-require (
-	github.com/golang/protobuf v1.5.3 // indirect
-	golang.org/x/net v0.9.0 // indirect
-	golang.org/x/sys v0.7.0 // indirect
-	golang.org/x/text v0.9.0 // indirect
-	google.golang.org/genproto v0.0.0-20230410155749-daa745c078e1 // indirect
-	google.golang.org/protobuf v1.30.0 // indirect
-)
-"""
 
 
 def build_loadgen() -> Path:
-    if LOADGEN.exists():
+    sources = [p for p in LOADGEN_SRC.iterdir() if p.is_file()]
+    newest = max(p.stat().st_mtime for p in sources)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= newest:
         return LOADGEN
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "main.go").write_text(_LOADGEN_GO)
-        (Path(tmp) / "go.mod").write_text(_LOADGEN_MOD)
-        env = {**os.environ, "GOFLAGS": "-mod=mod"}
-        subprocess.run(["go", "mod", "tidy"], cwd=tmp, env=env, check=True)
-        subprocess.run(["go", "build", "-o", str(LOADGEN), "."], cwd=tmp, env=env, check=True)
+    subprocess.run(
+        ["go", "build", "-mod=readonly", "-buildvcs=false", "-o", str(LOADGEN), "."],
+        cwd=LOADGEN_SRC,
+        check=True,
+    )
     return LOADGEN
 
 
@@ -545,59 +339,25 @@ def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
 
 # --- Feast's feature server ------------------------------------------------------------
 
-# Feast 0.67 from its own venv (see bench/README.md), a repo generated over Parquet copies
-# of the very values loaded above, materialized by `feast materialize` into a second Redis
-# (Feast's own key layout), served by `feast serve` (HTTP, gunicorn + uvicorn workers) and
-# driven by wrk (compiled C, `apt-get install wrk`) with the JSON body in a Lua script.
-FEAST_PYTHON = ROOT / "bench" / ".venv-feast" / "bin" / "python"
+# Feast 0.67 from its own venv (see bench/README.md): the repo bench/feast/online over
+# Parquet copies of the very values loaded above, materialized by `feast materialize` into
+# a second Redis (Feast's own key layout), served by `feast serve` (HTTP, gunicorn +
+# uvicorn workers) and driven by wrk (compiled C, `apt-get install wrk`) with the JSON
+# body in a Lua script.
+FEAST_PYTHON = HERE / ".venv-feast" / "bin" / "python"
 WRK = os.environ.get("WRK", shutil.which("wrk") or "/usr/bin/wrk")
-
-FEAST_DEFINITIONS = """
-from datetime import timedelta
-from pathlib import Path
-
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
-from feast.types import Float64, Int64
-
-DATA = Path(__file__).parent / "data"
-driver = Entity(name="driver", join_keys=["driver_id"])
-customer = Entity(name="customer", join_keys=["customer_id"])
-item = Entity(name="item", join_keys=["item_id"])
-
-
-def view(name, entity, fields):
-    source = FileSource(name=name + "_src", path=str(DATA / (name + ".parquet")),
-                        timestamp_field="event_timestamp")
-    return FeatureView(name=name, entities=[entity], ttl=timedelta(days=30), online=True,
-                       schema=[Field(name=n, dtype=t) for n, t in fields], source=source)
-
-
-driver_hourly = view("driver_hourly", driver,
-                     [(f"d{i}", Int64 if i % 2 else Float64) for i in range(10)])
-customer_profile = view("customer_profile", customer, [(f"c{i}", Float64) for i in range(5)])
-wide = view("wide", item, [(f"w{i}", Int64) for i in range(250)])
-driver_customer = FeatureService(name="driver_customer",
-                                 features=[driver_hourly, customer_profile])
-wide_service = FeatureService(name="wide", features=[wide])
-"""
 
 FEAST_KEYS = {"driver_hourly": "driver_id", "customer_profile": "customer_id", "wide": "item_id"}
 
 
 def feast_setup(python: Path, repo: Path, redis_url: str, ts_us: int, collect: dict) -> float:
-    """Writes the Feast repo and its Parquet, `feast apply`, `feast materialize`; secs."""
+    """Copies bench/feast/online, writes its Parquet, `feast apply`, `feast materialize`; secs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     feast = str(python.parent / "feast")
-    (repo / "data").mkdir(parents=True, exist_ok=True)
     host_port = redis_url.removeprefix("redis://").split("/")[0]
-    (repo / "feature_store.yaml").write_text(
-        "project: bench\nregistry: data/registry.db\nprovider: local\n"
-        f"online_store:\n  type: redis\n  connection_string: '{host_port}'\n"
-        "offline_store:\n  type: file\nentity_key_serialization_version: 3\n"
-    )
-    (repo / "definitions.py").write_text(FEAST_DEFINITIONS)
+    copy_feast_repo("online", repo, redis=host_port)
     for view, columns in collect.items():
         n = len(columns["id"])
         table = pa.table(
@@ -789,12 +549,12 @@ def main() -> None:
         "--loadgen",
         choices=["ghz", "raw"],
         default="ghz",
-        help="ghz, or the pass-through Go client built from this file (far less CPU)",
+        help="ghz, or the pass-through Go client built from bench/loadgen (far less CPU)",
     )
     parser.add_argument("--ideal-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-registration", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--typed-registration", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--feast",
         action="store_true",
@@ -811,6 +571,8 @@ def main() -> None:
         "--feast-workers", default="1,2", help="`feast serve -w N` servers to measure"
     )
     args = parser.parse_args()
+    # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
+    args.feast_python = str(Path(args.feast_python).absolute())
     if args.serve:
         root, url, port, n = args.serve
         serve_skewless(root, url, int(port), int(n))
@@ -818,7 +580,7 @@ def main() -> None:
     if args.ideal_server:
         asyncio.run(ideal_server(args.ideal_server, args.redis_url))
         return
-    if not Path(GHZ).exists() and shutil.which("ghz") is None:
+    if args.loadgen == "ghz" and not Path(GHZ).exists() and shutil.which("ghz") is None:
         sys.exit(f"ghz not found at {GHZ}; see the module docstring")
     shapes = {
         "a": ("driver_customer", 1, "1 driver + 1 customer, 15 features"),
@@ -850,7 +612,7 @@ def main() -> None:
         with EmbeddedRedis(root / "redis", persist=False) as rs:
             t0 = time.monotonic()
             collect: dict[str, dict] | None = {} if feast_kinds else None
-            ts_us = load(rs.url, args.entities, args.wide_entities, collect)
+            ts_us = load_online(rs.url, args.entities, args.wide_entities, collect)
             print(
                 f"loaded {args.entities} drivers, {args.entities} customers, "
                 f"{args.wide_entities} wide entities in {time.monotonic() - t0:.1f}s"
@@ -863,7 +625,7 @@ def main() -> None:
                 )
                 print(f"feast apply + materialize (same values, own Redis) in {secs:.1f}s")
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
-            RegistryStore(config.registry_path).save(make_registry())
+            RegistryStore(config.registry_path).save(online_registry())
             protoset = root / "online.protoset"
             write_protoset(protoset)
             results: dict[tuple[str, str, int], dict] = {}
@@ -886,7 +648,7 @@ def main() -> None:
                 for shape in args.shapes.split(","):
                     service, rows, _label = shapes[shape]
                     data = root / f"request-{shape}.bin"
-                    body = request_json(service, rows, args.entities, args.wide_entities)
+                    body = online_request(service, rows, args.entities, args.wide_entities)
                     data.write_bytes(
                         json_format.Parse(
                             body, online_service_pb2.GetOnlineFeaturesRequest()
