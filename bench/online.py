@@ -58,14 +58,14 @@ from workload import (
     online_request,
 )
 
-from skewless.client.ipc_framing import encode_varint
+from skewless.client._wire import encode_varint
 from skewless.core.config import RepoConfig
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.online.layout import view_key_prefix
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.services.online import OnlineServicer
 from skewless.server.workers import serve_workers
-from skewless.v1 import online_service_pb2, online_service_pb2_grpc
+from skewless.v1 import online_service_pb2
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -181,36 +181,30 @@ def serve_skewless(root: str, url: str, port: int, n: int) -> None:
     sys.exit(serve_workers(config, n))
 
 
-def add_typed_online_servicer(servicer: OnlineServicer, server: grpc.aio.Server) -> None:
-    """Registers OnlineService the generated way, `GetOnlineFeatures` returning a message.
+def typed_handlers(servicer: OnlineServicer) -> dict:
+    """OnlineService's handlers with a typed `GetOnlineFeatures`, returning a message.
 
-    The typed method parses the raw-bytes handler's serialized response back into a
-    `GetOnlineFeaturesResponse`, which grpc serializes again: the same answer on the
-    wire, at the cost of a servicer that builds messages.
+    It parses the raw-bytes handler's serialized response back into a
+    `GetOnlineFeaturesResponse`, which the server's boundary serializes again: the same
+    answer on the wire, at the cost of a servicer that builds messages.
     """
-    raw, push = servicer.get_online_features_bytes, servicer.PushFeatures
+    handlers = _RAW_HANDLERS(servicer)
+    raw = handlers["GetOnlineFeatures"]
     parse = online_service_pb2.GetOnlineFeaturesResponse.FromString
 
-    class TypedOnlineServicer(online_service_pb2_grpc.OnlineServiceServicer):
-        async def GetOnlineFeatures(self, request, context):
-            return parse(await raw(request, context))
+    async def typed(request, context):
+        return parse(await raw(request, context))
 
-        async def PushFeatures(self, request, context):
-            return await push(request, context)
-
-    online_service_pb2_grpc.add_OnlineServiceServicer_to_server(TypedOnlineServicer(), server)
     logging.getLogger(__name__).info("OnlineService registered with a typed GetOnlineFeatures")
+    return {**handlers, "GetOnlineFeatures": typed}
 
 
+_RAW_HANDLERS = OnlineServicer.handlers
 if "--typed-registration" in sys.argv:
     # Runs in the `--serve` process and, through multiprocessing's spawn (which re-imports
     # this file), in every worker before it builds its server: the server registers
-    # OnlineService with the typed servicer above instead of its own raw registration.
-    import skewless.server.app
-
-    if not hasattr(skewless.server.app, "add_online_servicer"):
-        sys.exit("skewless.server.app no longer calls add_online_servicer: update bench/online.py")
-    skewless.server.app.add_online_servicer = add_typed_online_servicer
+    # OnlineService with the typed handler above instead of its own raw one.
+    OnlineServicer.handlers = typed_handlers
 
 
 def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
