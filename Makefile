@@ -84,6 +84,7 @@ bench: setup bench-tools ## Run all benchmarks (not part of `make test`; see ben
 	$(PY) bench/materialize.py --repeat 3
 	$(PY) bench/online.py --loadgen raw
 	$(PY) bench/historical.py --rows 1000000
+	$(PY) bench/console.py
 
 clean: ## Remove the virtualenv, tools and example data
 	rm -rf $(VENV) .tools $(REPO)/data $(REPO)/.skewless

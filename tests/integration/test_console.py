@@ -9,6 +9,7 @@ when unset); `docs/images/` holds a few of them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -91,7 +92,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerThread]:
-    config: RepoConfig = load_repo_config(repo)
+    config: RepoConfig = dataclasses.replace(load_repo_config(repo), server_port=0)
     thread = ServerThread(config, run_schedules=False).start()
     with Client(f"127.0.0.1:{thread.port}") as client:  # both views online, as `make run` does
         job = client.start_materialization(incremental=True, end_time=dt.datetime.now(dt.UTC))
@@ -238,7 +239,8 @@ def test_overview_then_search_then_a_view_and_its_lineage(
     expect(lineage.locator("path.edge")).to_have_count(1 + len(services))
     shoot(page, shots, "feature-view")
 
-    lineage.locator("a.node.service", has_text="driver_ranking").click()
+    lineage.locator("a.node.service", has_text="driver_ranking").focus()  # by keyboard
+    page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/services/driver_ranking"))
     expect(page.get_by_role("heading", level=1)).to_have_text("driver_ranking")
     service_views = page.locator("figure.lineage a.node.view")

@@ -82,7 +82,7 @@ class ConsoleServer:
         config = uvicorn.Config(
             create_app(settings, caller_metadata=caller_metadata),
             log_config=None,
-            log_level="warning",
+            log_level="info" if access_log else "warning",
             access_log=access_log,
             lifespan="on",
         )
