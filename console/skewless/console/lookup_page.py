@@ -107,7 +107,7 @@ async def lookup(request: Request) -> Response:
     status = 200
     try:
         if bool(feature_service) == bool(features):
-            raise EntityRowsError("choose a feature service or enter features, not both")
+            raise EntityRowsError("choose a feature service or enter features (one of the two)")
         rows = parse_entity_rows(text, {k.name: k.value_type for k in join_keys})
         online_request = online_service_pb2.GetOnlineFeaturesRequest(full_feature_names=full_names)
         if feature_service:
