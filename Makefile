@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GOBIN := $(CURDIR)/.tools/bin
 REPO ?= examples/rides
+UI_PORT ?= 8566
 PROTOS := $(wildcard protos/skewless/v1/*.proto)
 PYGEN := clients/python
 # The server distribution's source roots, one per stage of the data flow.
-PYROOTS := core registry offline online materialization server
+PYROOTS := core registry offline online materialization server console
 # The layering check (import-linter, contract in pyproject.toml) reads the source roots
 # themselves: the editable install's import hooks hide them from a file scan.
 LAYERS := PYTHONPATH=$(subst $() ,:,$(PYROOTS) clients/python) $(BIN)/lint-imports --no-cache
@@ -28,10 +29,10 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
-system-deps: ## Install redis-server and the gRPC Java generator when missing (Debian, needs root)
-	@{ command -v redis-server >/dev/null && test -x /usr/bin/grpc_java_plugin; } || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server protobuf-compiler-grpc-java-plugin >/dev/null; \
-	  else echo "install redis-server and protobuf-compiler-grpc-java-plugin (apt-get), or set online_store.redis_url" >&2; exit 1; fi; }
+system-deps: ## Install redis-server, the gRPC Java generator and headless Chromium when missing (Debian, needs root)
+	@{ command -v redis-server >/dev/null && test -x /usr/bin/grpc_java_plugin && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server protobuf-compiler-grpc-java-plugin chromium chromium-driver >/dev/null; \
+	  else echo "install redis-server, protobuf-compiler-grpc-java-plugin, chromium and chromium-driver (apt-get), or set online_store.redis_url" >&2; exit 1; fi; }
 
 tools: ## Install grpcurl into .tools/bin (Go module proxy)
 	@test -x $(GOBIN)/grpcurl || GOBIN=$(GOBIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
@@ -88,8 +89,8 @@ apply: example-data ## Apply the example repository
 materialize: apply ## Materialize the example from its watermark to now (both stores)
 	$(BIN)/skewless materialize-incremental --repo $(REPO)
 
-run: setup materialize ## The main job: apply and materialize the example, serve it on the embedded Redis
-	$(BIN)/skewless serve $(REPO)
+run: setup materialize ## The main job: apply and materialize the example, serve it (and the web console) on the embedded Redis
+	$(BIN)/skewless serve $(REPO) --ui-port $(UI_PORT)
 
 test: setup ## Run the whole test suite (starts its own Redis and servers)
 	$(BIN)/pytest -q
@@ -101,6 +102,7 @@ bench: setup bench-tools ## Run all benchmarks (not part of `make test`; see ben
 	$(PY) bench/materialize.py --repeat 3
 	$(PY) bench/online.py --loadgen raw
 	$(PY) bench/historical.py --rows 1000000
+	$(PY) bench/console.py
 
 clean: ## Remove the virtualenv, tools and example data
 	rm -rf $(VENV) .tools $(REPO)/data $(REPO)/.skewless

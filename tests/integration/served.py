@@ -97,8 +97,9 @@ def serve(repo: Path, *extra: str, timeout: float = 30.0) -> Iterator[ServedProc
 class ServerThread:
     """The real server on its own event loop in a background thread."""
 
-    def __init__(self, config: RepoConfig) -> None:
+    def __init__(self, config: RepoConfig, *, run_schedules: bool = True) -> None:
         self.config = config
+        self.run_schedules = run_schedules
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: SkewlessServer | None = None
@@ -111,7 +112,7 @@ class ServerThread:
         self.thread.start()
 
         async def _start() -> tuple[SkewlessServer, int]:
-            server, port = create_server(self.config)
+            server, port = create_server(self.config, run_schedules=self.run_schedules)
             await server.start()
             return server, port
 

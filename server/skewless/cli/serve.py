@@ -7,10 +7,14 @@ import dataclasses
 from typing import Any
 
 from skewless.cli.exit_codes import EXIT_OK
+from skewless.cli.ui import bind_console, console_target
 from skewless.core.config import RepoConfig, load_repo_config
 from skewless.core.errors import DefinitionError
 
 __all__ = ["add_commands"]
+
+#: `serve --ui-port` binds the console on loopback only.
+DEFAULT_UI_HOST = "127.0.0.1"
 
 
 def _config(args: argparse.Namespace) -> RepoConfig:
@@ -29,6 +33,15 @@ def _config(args: argparse.Namespace) -> RepoConfig:
     return dataclasses.replace(config, **changes)
 
 
+def _start_console(sock: Any, served: RepoConfig) -> Any:
+    from skewless.console import ConsoleServer, ConsoleSettings
+
+    target = console_target(served.server_host, served.server_port)
+    console = ConsoleServer(ConsoleSettings(target=target), sock=sock).start()
+    print(f"skewless console on {console.url}", flush=True)
+    return console
+
+
 def _serve(args: argparse.Namespace) -> int:
     from skewless.online.connection import redacted_url
     from skewless.online.embedded_redis import online_store_config
@@ -44,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise DefinitionError(refusal, reason="INSECURE_BIND_REFUSED")
     if requested.server_tls is not None:
         CertificateFiles(requested.server_tls)
+    ui_socket = None if args.ui_port is None else bind_console(DEFAULT_UI_HOST, args.ui_port)
+    consoles: list[Any] = []  # the console, once the gRPC port is known
     with online_store_config(requested) as (config, embedded):
         if embedded is not None:
             print(f"started embedded redis-server on {embedded.url} (data in {embedded.data_dir})")
@@ -58,12 +73,16 @@ def _serve(args: argparse.Namespace) -> int:
                 f"(online store {redacted_url(served.redis_url or '')})",
                 flush=True,
             )
+            if ui_socket is not None and not consoles:
+                consoles.append(_start_console(ui_socket, served))
 
         try:
             if workers > 1:
                 return serve_workers(config, workers, grace=args.grace, on_ready=announce)
             serve(config, grace=args.grace, on_ready=announce)
         finally:
+            for console in consoles:
+                console.stop()
             if embedded is not None:
                 print("stopping embedded redis-server")
     return EXIT_OK
@@ -89,5 +108,10 @@ def add_commands(commands: Any) -> None:
         type=int,
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); 0 = one per core (default 1)",
+    )
+    p.add_argument(
+        "--ui-port",
+        type=int,
+        help="also serve the web console on 127.0.0.1:PORT (0 picks a free one)",
     )
     p.set_defaults(func=_serve)
