@@ -68,11 +68,17 @@ check-gen: gen ## Fail when the committed generated code differs from protos/
 	@git diff --exit-code -- $(GENERATED) && test -z "$$(git status --porcelain -- $(GENERATED))" \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
 
-lint: $(VENV)/.installed typecheck ## buf lint, buf breaking (against the previous commit), ruff, mypy
+# `buf breaking` compares the contract with where this work started: the merge base with
+# main on a branch (every commit of it at once), the previous commit of main on main.
+BREAKING_BASE = $(shell base=$$(git merge-base HEAD main 2>/dev/null || git merge-base HEAD origin/main 2>/dev/null); \
+  if [ -n "$$base" ] && [ "$$base" != "$$(git rev-parse HEAD)" ]; then echo $$base; \
+  else git rev-parse -q --verify HEAD~1 2>/dev/null; fi)
+
+lint: $(VENV)/.installed typecheck ## buf lint, buf breaking (against main's merge base), ruff, mypy, layering
 	cd protos && ../$(BIN)/buf lint
-	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then \
-	  echo "buf breaking against HEAD~1"; cd protos && ../$(BIN)/buf breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
-	else echo "buf breaking: no previous commit with protos/, skipped"; fi
+	@base="$(BREAKING_BASE)"; if [ -n "$$base" ] && git cat-file -e $$base:protos/buf.yaml 2>/dev/null; then \
+	  echo "buf breaking against $$base"; cd protos && ../$(BIN)/buf breaking --against "../.git#ref=$$base,subdir=protos"; \
+	else echo "buf breaking: no earlier commit with protos/, skipped"; fi
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --no-cache --check .
 	$(LAYERS)

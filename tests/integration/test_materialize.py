@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -605,3 +605,50 @@ def test_history_is_written_in_time_then_key_order(tmp_path: Path, redis_url: st
     assert stored.num_rows == 7 * 30
     order = [(r["event_timestamp"], r["driver_id"]) for r in stored.to_pylist()]
     assert order == sorted(order)
+
+
+def test_a_failed_job_reports_a_status_with_a_reason_over_grpc(repo: RepoConfig) -> None:
+    """A job's failure is a google.rpc.Status: code, actionable message, ErrorInfo reason."""
+    import grpc
+    from google.protobuf import timestamp_pb2
+    from google.rpc import code_pb2, error_details_pb2
+
+    from skewless.registry.registry_store import RegistryStore
+    from skewless.server.app import create_server
+    from skewless.v1 import materialization_service_pb2 as pb
+    from skewless.v1 import materialization_service_pb2_grpc as pbg
+
+    RegistryStore(repo.registry_path).save(make_registry())
+    (repo.root / "data" / "driver.parquet").unlink()  # the view's source is gone
+
+    def ts(value: datetime) -> timestamp_pb2.Timestamp:
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(value)
+        return stamp
+
+    async def go() -> pb.MaterializationJob:
+        server, port = create_server(repo)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pbg.MaterializationServiceStub(channel)
+                request = pb.StartMaterializationRequest(start_time=ts(T0), end_time=ts(T0 + DAY))
+                job = (await stub.StartMaterialization(request)).job
+                deadline = time.monotonic() + 30
+                while job.state not in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                    get = pb.GetMaterializationJobRequest(job_id=job.job_id)
+                    job = (await stub.GetMaterializationJob(get)).job
+                return job
+        finally:
+            await server.stop(0)
+
+    job = asyncio.run(go())
+    assert job.state == pb.JOB_STATE_FAILED
+    status = job.error_status
+    assert code_pb2.Code.Name(status.code) == "FAILED_PRECONDITION"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "SOURCE_UNREADABLE"
+    assert "driver.parquet" in status.message and str(repo.root) not in status.message
+    assert job.error == status.message  # the deprecated string still says the same

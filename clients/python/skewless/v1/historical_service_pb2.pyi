@@ -113,9 +113,14 @@ class HistoricalQuery(_message.Message):
     feature_service: _builtins.str
     """The name of a registered feature service."""
     path: _builtins.str
-    """A Parquet or CSV file path or glob the server can read."""
+    """A Parquet or CSV file path or glob the server reads itself, relative to the
+    repository. Only files under `server.entity_source_roots` (the repository by
+    default) are readable; anything else is PERMISSION_DENIED.
+    """
     sql: _builtins.str
-    """A DuckDB SELECT over registered data sources (by name)."""
+    """A DuckDB SELECT over registered data sources (by name) and files under the same
+    roots. Functions that reveal server settings or run SQL from a string are refused.
+    """
     label_time_column: _builtins.str
     """Optional. The column holding each row's label time; `event_timestamp` when empty.
     Naive timestamps are UTC; others are converted to UTC.
@@ -199,15 +204,17 @@ class GetHistoricalFeaturesRequest(_message.Message):
     ENTITY_BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def query(self) -> Global___HistoricalQuery:
-        """Required in the first message only: the query."""
+        """Required in the first message, and only there: the query."""
 
     @_builtins.property
     def arrow_schema(self) -> Global___ArrowSchema:
-        """Required in the first message carrying `entity_batch`: the entity rows' schema."""
+        """Required in the first message carrying `entity_batch` (inline queries): the entity
+        rows' schema, sent once.
+        """
 
     @_builtins.property
     def entity_batch(self) -> Global___ArrowRecordBatch:
-        """Optional. A record batch of entity rows (inline queries only)."""
+        """Optional. A record batch of entity rows (inline queries only), validated in full."""
 
     def __init__(
         self,

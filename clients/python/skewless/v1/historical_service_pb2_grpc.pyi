@@ -44,9 +44,23 @@ class HistoricalServiceStub:
     The client sends one request carrying `query`, then, for inline entity rows, requests
     carrying `entity_batch` (the first of them with `arrow_schema`), then half-closes.
     The server answers with `arrow_schema` in the first response and one Arrow record
-    batch per response. Errors: INVALID_ARGUMENT (missing join key or label time column,
-    wrong column type, bad Arrow data), NOT_FOUND (unknown feature, view or service),
-    FAILED_PRECONDITION (a requested view has no offline history yet), CANCELLED.
+    batch per response. Bidirectional so that rows upload while the server checks them;
+    cancelling the call stops the server's query.
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+    query first (`MISSING_QUERY`), no features (`NO_FEATURES`) or entity rows
+    (`NO_ENTITY_ROWS`), a missing join key or label time column (`MISSING_JOIN_KEY`,
+    `MISSING_LABEL_TIME_COLUMN`), a column of the wrong type (`WRONG_COLUMN_TYPE`), null
+    or out-of-range label times (`NULL_LABEL_TIME`, `LABEL_TIME_OUT_OF_RANGE`), bad Arrow
+    data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
+    unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
+    (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
+    has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+    that reads outside `server.entity_source_roots` and the registered sources
+    (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
+    (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
+    DEADLINE_EXCEEDED.
     """
 
 @_typing.type_check_only
@@ -65,9 +79,23 @@ class HistoricalServiceAsyncStub(HistoricalServiceStub):
     The client sends one request carrying `query`, then, for inline entity rows, requests
     carrying `entity_batch` (the first of them with `arrow_schema`), then half-closes.
     The server answers with `arrow_schema` in the first response and one Arrow record
-    batch per response. Errors: INVALID_ARGUMENT (missing join key or label time column,
-    wrong column type, bad Arrow data), NOT_FOUND (unknown feature, view or service),
-    FAILED_PRECONDITION (a requested view has no offline history yet), CANCELLED.
+    batch per response. Bidirectional so that rows upload while the server checks them;
+    cancelling the call stops the server's query.
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+    query first (`MISSING_QUERY`), no features (`NO_FEATURES`) or entity rows
+    (`NO_ENTITY_ROWS`), a missing join key or label time column (`MISSING_JOIN_KEY`,
+    `MISSING_LABEL_TIME_COLUMN`), a column of the wrong type (`WRONG_COLUMN_TYPE`), null
+    or out-of-range label times (`NULL_LABEL_TIME`, `LABEL_TIME_OUT_OF_RANGE`), bad Arrow
+    data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
+    unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
+    (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
+    has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+    that reads outside `server.entity_source_roots` and the registered sources
+    (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
+    (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
+    DEADLINE_EXCEEDED.
     """
 
 class HistoricalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,9 +117,23 @@ class HistoricalServiceServicer(metaclass=_abc_1.ABCMeta):
         The client sends one request carrying `query`, then, for inline entity rows, requests
         carrying `entity_batch` (the first of them with `arrow_schema`), then half-closes.
         The server answers with `arrow_schema` in the first response and one Arrow record
-        batch per response. Errors: INVALID_ARGUMENT (missing join key or label time column,
-        wrong column type, bad Arrow data), NOT_FOUND (unknown feature, view or service),
-        FAILED_PRECONDITION (a requested view has no offline history yet), CANCELLED.
+        batch per response. Bidirectional so that rows upload while the server checks them;
+        cancelling the call stops the server's query.
+
+        Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+        query first (`MISSING_QUERY`), no features (`NO_FEATURES`) or entity rows
+        (`NO_ENTITY_ROWS`), a missing join key or label time column (`MISSING_JOIN_KEY`,
+        `MISSING_LABEL_TIME_COLUMN`), a column of the wrong type (`WRONG_COLUMN_TYPE`), null
+        or out-of-range label times (`NULL_LABEL_TIME`, `LABEL_TIME_OUT_OF_RANGE`), bad Arrow
+        data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
+        unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
+        (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
+        FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
+        has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+        that reads outside `server.entity_source_roots` and the registered sources
+        (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
+        (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
+        DEADLINE_EXCEEDED.
         """
 
 def add_HistoricalServiceServicer_to_server(servicer: HistoricalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

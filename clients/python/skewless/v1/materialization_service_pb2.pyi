@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -69,6 +75,7 @@ class MaterializationJob(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_STATUS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Output only. Unique ID of the job."""
     state: Global___JobState.ValueType
@@ -79,8 +86,20 @@ class MaterializationJob(_message.Message):
     """Output only. Feature rows written so far."""
     progress: _builtins.float
     """Output only. Estimated completion between 0 and 1."""
-    error: _builtins.str
-    """Output only. For FAILED jobs: what went wrong and what to do about it."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def error(self) -> _builtins.str:
+        """Output only. For FAILED jobs: `error_status.message`. Deprecated: read
+        `error_status`, which also carries the code and reason.
+        """
+
+    @error.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def error(self, value: _builtins.str) -> None:
+        """Output only. For FAILED jobs: `error_status.message`. Deprecated: read
+        `error_status`, which also carries the code and reason.
+        """
+
     @_builtins.property
     def feature_views(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Output only. The feature views the job materializes."""
@@ -101,6 +120,16 @@ class MaterializationJob(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the job last changed state or progress."""
 
+    @_builtins.property
+    def error_status(self) -> _status_pb2.Status:
+        """Output only. For FAILED jobs: why, as the status the job's work ended with. `code`
+        is a `google.rpc.Code` (e.g. FAILED_PRECONDITION for a view whose SQL fails,
+        UNAVAILABLE for an unreachable store, ABORTED when the process running the job
+        exited), `message` says what to do, and `details` holds an `ErrorInfo` with the
+        reason (e.g. `COLUMN_TYPE_MISMATCH`, `JOB_PROCESS_EXITED`) and its metadata. Unset
+        unless the job failed.
+        """
+
     def __init__(
         self,
         *,
@@ -115,10 +144,11 @@ class MaterializationJob(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        error_status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_status", b"error_status", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "feature_views", b"feature_views", "job_id", b"job_id", "progress", b"progress", "rows_read", b"rows_read", "rows_written", b"rows_written", "state", b"state", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "error_status", b"error_status", "feature_views", b"feature_views", "job_id", b"job_id", "progress", b"progress", "rows_read", b"rows_read", "rows_written", b"rows_written", "state", b"state", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,7 +203,7 @@ class StartMaterializationResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> Global___MaterializationJob:
-        """The job that was started."""
+        """Output only. The job that was started."""
 
     def __init__(
         self,
@@ -196,7 +226,9 @@ class GetMaterializationJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Required. The job's ID."""
+    """Required. The job's ID, as `StartMaterialization` or the list returned it
+    (`<UTC creation time>-<8 hex digits>`).
+    """
     def __init__(
         self,
         *,
@@ -219,7 +251,7 @@ class GetMaterializationJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> Global___MaterializationJob:
-        """The job."""
+        """Output only. The job."""
 
     def __init__(
         self,
@@ -273,10 +305,10 @@ class ListMaterializationJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaterializationJob]:
-        """The page of jobs, newest first."""
+        """Output only. The page of jobs, newest first."""
 
     def __init__(
         self,

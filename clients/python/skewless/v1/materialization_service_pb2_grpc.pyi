@@ -38,14 +38,25 @@ class MaterializationServiceStub:
     StartMaterialization: _grpc.UnaryUnaryMultiCallable[_materialization_service_pb2.StartMaterializationRequest, _materialization_service_pb2.StartMaterializationResponse]
     """Starts a job materializing feature views over [start_time, end_time), or, when
     `incremental` is set, from each view's watermark to `end_time`. Returns at once
-    with the job in state PENDING or RUNNING. Errors: INVALID_ARGUMENT (end before
-    start, missing times), NOT_FOUND (unknown view), FAILED_PRECONDITION (a job for
-    one of the views is already running; the message names it).
+    with the job in state PENDING; follow it with `GetMaterializationJob`.
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), a
+    missing time (`MISSING_START_TIME`, `MISSING_END_TIME`), a timestamp outside
+    0001-01-01..9999-12-31 or with nanos outside [0, 1e9) (`INVALID_TIMESTAMP`), an end
+    before the start (`WINDOW_REVERSED`). NOT_FOUND: an unknown view
+    (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+    (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
+    (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
+    (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
     """
     GetMaterializationJob: _grpc.UnaryUnaryMultiCallable[_materialization_service_pb2.GetMaterializationJobRequest, _materialization_service_pb2.GetMaterializationJobResponse]
-    """Returns one job with its progress. NOT_FOUND for an unknown job ID."""
+    """Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
+    that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
+    """
     ListMaterializationJobs: _grpc.UnaryUnaryMultiCallable[_materialization_service_pb2.ListMaterializationJobsRequest, _materialization_service_pb2.ListMaterializationJobsResponse]
-    """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
+    token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
+    """
 
 @_typing.type_check_only
 class MaterializationServiceAsyncStub(MaterializationServiceStub):
@@ -57,14 +68,25 @@ class MaterializationServiceAsyncStub(MaterializationServiceStub):
     StartMaterialization: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.StartMaterializationRequest, _materialization_service_pb2.StartMaterializationResponse]  # type: ignore[assignment]
     """Starts a job materializing feature views over [start_time, end_time), or, when
     `incremental` is set, from each view's watermark to `end_time`. Returns at once
-    with the job in state PENDING or RUNNING. Errors: INVALID_ARGUMENT (end before
-    start, missing times), NOT_FOUND (unknown view), FAILED_PRECONDITION (a job for
-    one of the views is already running; the message names it).
+    with the job in state PENDING; follow it with `GetMaterializationJob`.
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), a
+    missing time (`MISSING_START_TIME`, `MISSING_END_TIME`), a timestamp outside
+    0001-01-01..9999-12-31 or with nanos outside [0, 1e9) (`INVALID_TIMESTAMP`), an end
+    before the start (`WINDOW_REVERSED`). NOT_FOUND: an unknown view
+    (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+    (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
+    (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
+    (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
     """
     GetMaterializationJob: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.GetMaterializationJobRequest, _materialization_service_pb2.GetMaterializationJobResponse]  # type: ignore[assignment]
-    """Returns one job with its progress. NOT_FOUND for an unknown job ID."""
+    """Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
+    that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
+    """
     ListMaterializationJobs: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.ListMaterializationJobsRequest, _materialization_service_pb2.ListMaterializationJobsResponse]  # type: ignore[assignment]
-    """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
+    token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
+    """
 
 class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Materialization: jobs that compute feature views over a time window and write the
@@ -79,9 +101,16 @@ class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_materialization_service_pb2.StartMaterializationResponse, _abc.Awaitable[_materialization_service_pb2.StartMaterializationResponse]]:
         """Starts a job materializing feature views over [start_time, end_time), or, when
         `incremental` is set, from each view's watermark to `end_time`. Returns at once
-        with the job in state PENDING or RUNNING. Errors: INVALID_ARGUMENT (end before
-        start, missing times), NOT_FOUND (unknown view), FAILED_PRECONDITION (a job for
-        one of the views is already running; the message names it).
+        with the job in state PENDING; follow it with `GetMaterializationJob`.
+
+        Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), a
+        missing time (`MISSING_START_TIME`, `MISSING_END_TIME`), a timestamp outside
+        0001-01-01..9999-12-31 or with nanos outside [0, 1e9) (`INVALID_TIMESTAMP`), an end
+        before the start (`WINDOW_REVERSED`). NOT_FOUND: an unknown view
+        (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+        (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
+        (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
+        (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
         """
 
     @_abc_1.abstractmethod
@@ -90,7 +119,9 @@ class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _materialization_service_pb2.GetMaterializationJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_materialization_service_pb2.GetMaterializationJobResponse, _abc.Awaitable[_materialization_service_pb2.GetMaterializationJobResponse]]:
-        """Returns one job with its progress. NOT_FOUND for an unknown job ID."""
+        """Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
+        that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
+        """
 
     @_abc_1.abstractmethod
     def ListMaterializationJobs(
@@ -98,6 +129,8 @@ class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _materialization_service_pb2.ListMaterializationJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_materialization_service_pb2.ListMaterializationJobsResponse, _abc.Awaitable[_materialization_service_pb2.ListMaterializationJobsResponse]]:
-        """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page token."""
+        """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
+        token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
+        """
 
 def add_MaterializationServiceServicer_to_server(servicer: MaterializationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

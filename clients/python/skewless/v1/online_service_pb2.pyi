@@ -81,12 +81,12 @@ class GetOnlineFeaturesRequest(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
-    """The name of a registered feature service."""
+    """The name of a registered feature service; its features in its order."""
     full_feature_names: _builtins.bool
     """Optional. Name features `view__feature` instead of `feature` in the response."""
     @_builtins.property
     def features(self) -> _types_pb2.FeatureList:
-        """Explicit feature references (`view:feature` or `view`)."""
+        """Explicit feature references (`view:feature` or `view`), at most 1,000."""
 
     @_builtins.property
     def entities(self) -> _containers.MessageMap[_builtins.str, _types_pb2.RepeatedValue]:
@@ -124,19 +124,21 @@ class FeatureVector(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     EVENT_TIMES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The feature's name (`feature` or `view__feature`, per the request)."""
+    """Output only. The feature's name (`feature` or `view__feature`, per the request)."""
     @_builtins.property
     def values(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Value]:
-        """One value per entity row, in request order. Null unless the status is PRESENT."""
+        """Output only. One value per entity row, in request order. Null (an empty `Value`)
+        unless the status is PRESENT.
+        """
 
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.FeatureStatus.ValueType]:
-        """One status per entity row, in request order."""
+        """Output only. One status per entity row, in request order."""
 
     @_builtins.property
     def event_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
-        """One event time per entity row, in request order: the event time of the stored row,
-        unset when the status is NOT_FOUND.
+        """Output only. One event time per entity row, in request order: the event time of the
+        stored row (also for OUTSIDE_MAX_AGE), unset (the epoch) when the status is NOT_FOUND.
         """
 
     def __init__(
@@ -164,8 +166,8 @@ class GetOnlineFeaturesResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureVector]:
-        """One vector per requested feature, in request order (for a feature service, in the
-        service's order).
+        """Output only. One vector per requested feature, in request order (for a feature
+        service, in the service's order).
         """
 
     def __init__(
@@ -194,7 +196,7 @@ class PushFeaturesRequest(_message.Message):
     push_source: _builtins.str
     """A push source: the rows reach every feature view reading it."""
     feature_view: _builtins.str
-    """One feature view."""
+    """One feature view (of any source): the rows reach that view only."""
     arrow_ipc_stream: _builtins.bytes
     """Required. The rows as an Arrow IPC stream (schema, then record batches). Columns:
     the join keys, the source's timestamp field, optionally its created timestamp field,
@@ -229,9 +231,11 @@ class PushFeaturesResponse(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     ONLINE_ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
-    """The number of rows accepted."""
+    """Output only. The number of rows accepted."""
     online_rows_written: _builtins.int
-    """The number of online values replaced; rows older than the stored ones are not."""
+    """Output only. The number of online values replaced; rows older than the stored ones
+    are not.
+    """
     def __init__(
         self,
         *,

@@ -37,17 +37,40 @@ class OnlineServiceStub:
     def __new__(cls, channel: _aio.Channel) -> OnlineServiceAsyncStub: ...
     GetOnlineFeatures: _grpc.UnaryUnaryMultiCallable[_online_service_pb2.GetOnlineFeaturesRequest, _online_service_pb2.GetOnlineFeaturesResponse]
     """Returns, for every requested feature and entity, the latest value, its event time
-    and a status. Errors: INVALID_ARGUMENT (no features, missing join key, wrong key
-    type, unequal column lengths), NOT_FOUND (unknown feature service, view or feature),
-    RESOURCE_EXHAUSTED (more than 1,000 entity rows), UNAVAILABLE (online store
-    unreachable; retry with backoff), DEADLINE_EXCEEDED.
+    and a status. One pipelined round trip to the online store per call.
+
+    Errors (each with an `ErrorInfo` reason):
+    INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+    features (`NO_FEATURES`), a malformed reference (`MALFORMED_FEATURE_REF`), two
+    features with one output name (`DUPLICATE_OUTPUT_NAME`), no entities
+    (`NO_ENTITIES`), a missing join key (`MISSING_JOIN_KEY`), a key value that does not
+    fit the key's type (`WRONG_KEY_TYPE`) or columns of unequal length
+    (`UNEQUAL_ENTITY_COLUMNS`). NOT_FOUND: an unknown feature service, view or feature
+    (`FEATURE_SERVICE_NOT_FOUND`, `FEATURE_VIEW_NOT_FOUND`, `FEATURE_NOT_FOUND`).
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a view not
+    served online (`FEATURE_VIEW_NOT_ONLINE`) or an inconsistent registry
+    (`REGISTRY_INCONSISTENT`). RESOURCE_EXHAUSTED: more than 1,000 entity rows
+    (`TOO_MANY_ENTITY_ROWS`) or feature references (`TOO_MANY_FEATURES`). UNAVAILABLE:
+    the online store cannot answer now (`ONLINE_STORE_UNAVAILABLE`, with `RetryInfo`;
+    retry with backoff). DEADLINE_EXCEEDED.
     """
     PushFeatures: _grpc.UnaryUnaryMultiCallable[_online_service_pb2.PushFeaturesRequest, _online_service_pb2.PushFeaturesResponse]
     """Writes rows for a push source or feature view to the online store (never replacing
-    a newer event time) and appends them to the offline history. A refused batch writes
-    nothing. Errors: INVALID_ARGUMENT (bad Arrow data, missing or mistyped column, null
-    key or timestamp; the message names the row and column), NOT_FOUND (unknown push
-    source or view), UNAVAILABLE (a store is unreachable).
+    a newer event time) and appends them to the offline history. Every row is checked
+    against every target view before either store is written: a refused batch writes
+    nothing. On a single Redis the online write is one transaction; retrying a push that
+    failed with UNAVAILABLE is safe.
+
+    Errors: INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+    target (`NO_PUSH_TARGET`), the stream is not valid Arrow IPC (`BAD_ARROW_DATA`), or
+    a row does not fit a view (`INVALID_PUSH_ROWS`: a missing or mistyped column, a null
+    key or event time, a time outside 0001-01-01..9999-12-31; the metadata names the row
+    and column). NOT_FOUND: an unknown push source or view (`PUSH_SOURCE_NOT_FOUND`,
+    `FEATURE_VIEW_NOT_FOUND`) or a push source no view reads (`PUSH_SOURCE_UNUSED`).
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or an inconsistent
+    registry. UNAVAILABLE: a store cannot be written now (`ONLINE_STORE_UNAVAILABLE`,
+    `OFFLINE_STORE_UNAVAILABLE`, with `RetryInfo`). RESOURCE_EXHAUSTED: a request over
+    64 MiB.
     """
 
 @_typing.type_check_only
@@ -59,17 +82,40 @@ class OnlineServiceAsyncStub(OnlineServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetOnlineFeatures: _aio.UnaryUnaryMultiCallable[_online_service_pb2.GetOnlineFeaturesRequest, _online_service_pb2.GetOnlineFeaturesResponse]  # type: ignore[assignment]
     """Returns, for every requested feature and entity, the latest value, its event time
-    and a status. Errors: INVALID_ARGUMENT (no features, missing join key, wrong key
-    type, unequal column lengths), NOT_FOUND (unknown feature service, view or feature),
-    RESOURCE_EXHAUSTED (more than 1,000 entity rows), UNAVAILABLE (online store
-    unreachable; retry with backoff), DEADLINE_EXCEEDED.
+    and a status. One pipelined round trip to the online store per call.
+
+    Errors (each with an `ErrorInfo` reason):
+    INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+    features (`NO_FEATURES`), a malformed reference (`MALFORMED_FEATURE_REF`), two
+    features with one output name (`DUPLICATE_OUTPUT_NAME`), no entities
+    (`NO_ENTITIES`), a missing join key (`MISSING_JOIN_KEY`), a key value that does not
+    fit the key's type (`WRONG_KEY_TYPE`) or columns of unequal length
+    (`UNEQUAL_ENTITY_COLUMNS`). NOT_FOUND: an unknown feature service, view or feature
+    (`FEATURE_SERVICE_NOT_FOUND`, `FEATURE_VIEW_NOT_FOUND`, `FEATURE_NOT_FOUND`).
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a view not
+    served online (`FEATURE_VIEW_NOT_ONLINE`) or an inconsistent registry
+    (`REGISTRY_INCONSISTENT`). RESOURCE_EXHAUSTED: more than 1,000 entity rows
+    (`TOO_MANY_ENTITY_ROWS`) or feature references (`TOO_MANY_FEATURES`). UNAVAILABLE:
+    the online store cannot answer now (`ONLINE_STORE_UNAVAILABLE`, with `RetryInfo`;
+    retry with backoff). DEADLINE_EXCEEDED.
     """
     PushFeatures: _aio.UnaryUnaryMultiCallable[_online_service_pb2.PushFeaturesRequest, _online_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
     """Writes rows for a push source or feature view to the online store (never replacing
-    a newer event time) and appends them to the offline history. A refused batch writes
-    nothing. Errors: INVALID_ARGUMENT (bad Arrow data, missing or mistyped column, null
-    key or timestamp; the message names the row and column), NOT_FOUND (unknown push
-    source or view), UNAVAILABLE (a store is unreachable).
+    a newer event time) and appends them to the offline history. Every row is checked
+    against every target view before either store is written: a refused batch writes
+    nothing. On a single Redis the online write is one transaction; retrying a push that
+    failed with UNAVAILABLE is safe.
+
+    Errors: INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+    target (`NO_PUSH_TARGET`), the stream is not valid Arrow IPC (`BAD_ARROW_DATA`), or
+    a row does not fit a view (`INVALID_PUSH_ROWS`: a missing or mistyped column, a null
+    key or event time, a time outside 0001-01-01..9999-12-31; the metadata names the row
+    and column). NOT_FOUND: an unknown push source or view (`PUSH_SOURCE_NOT_FOUND`,
+    `FEATURE_VIEW_NOT_FOUND`) or a push source no view reads (`PUSH_SOURCE_UNUSED`).
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or an inconsistent
+    registry. UNAVAILABLE: a store cannot be written now (`ONLINE_STORE_UNAVAILABLE`,
+    `OFFLINE_STORE_UNAVAILABLE`, with `RetryInfo`). RESOURCE_EXHAUSTED: a request over
+    64 MiB.
     """
 
 class OnlineServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -84,10 +130,22 @@ class OnlineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_online_service_pb2.GetOnlineFeaturesResponse, _abc.Awaitable[_online_service_pb2.GetOnlineFeaturesResponse]]:
         """Returns, for every requested feature and entity, the latest value, its event time
-        and a status. Errors: INVALID_ARGUMENT (no features, missing join key, wrong key
-        type, unequal column lengths), NOT_FOUND (unknown feature service, view or feature),
-        RESOURCE_EXHAUSTED (more than 1,000 entity rows), UNAVAILABLE (online store
-        unreachable; retry with backoff), DEADLINE_EXCEEDED.
+        and a status. One pipelined round trip to the online store per call.
+
+        Errors (each with an `ErrorInfo` reason):
+        INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+        features (`NO_FEATURES`), a malformed reference (`MALFORMED_FEATURE_REF`), two
+        features with one output name (`DUPLICATE_OUTPUT_NAME`), no entities
+        (`NO_ENTITIES`), a missing join key (`MISSING_JOIN_KEY`), a key value that does not
+        fit the key's type (`WRONG_KEY_TYPE`) or columns of unequal length
+        (`UNEQUAL_ENTITY_COLUMNS`). NOT_FOUND: an unknown feature service, view or feature
+        (`FEATURE_SERVICE_NOT_FOUND`, `FEATURE_VIEW_NOT_FOUND`, `FEATURE_NOT_FOUND`).
+        FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a view not
+        served online (`FEATURE_VIEW_NOT_ONLINE`) or an inconsistent registry
+        (`REGISTRY_INCONSISTENT`). RESOURCE_EXHAUSTED: more than 1,000 entity rows
+        (`TOO_MANY_ENTITY_ROWS`) or feature references (`TOO_MANY_FEATURES`). UNAVAILABLE:
+        the online store cannot answer now (`ONLINE_STORE_UNAVAILABLE`, with `RetryInfo`;
+        retry with backoff). DEADLINE_EXCEEDED.
         """
 
     @_abc_1.abstractmethod
@@ -97,10 +155,21 @@ class OnlineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_online_service_pb2.PushFeaturesResponse, _abc.Awaitable[_online_service_pb2.PushFeaturesResponse]]:
         """Writes rows for a push source or feature view to the online store (never replacing
-        a newer event time) and appends them to the offline history. A refused batch writes
-        nothing. Errors: INVALID_ARGUMENT (bad Arrow data, missing or mistyped column, null
-        key or timestamp; the message names the row and column), NOT_FOUND (unknown push
-        source or view), UNAVAILABLE (a store is unreachable).
+        a newer event time) and appends them to the offline history. Every row is checked
+        against every target view before either store is written: a refused batch writes
+        nothing. On a single Redis the online write is one transaction; retrying a push that
+        failed with UNAVAILABLE is safe.
+
+        Errors: INVALID_ARGUMENT: the request does not parse (`MALFORMED_REQUEST`), names no
+        target (`NO_PUSH_TARGET`), the stream is not valid Arrow IPC (`BAD_ARROW_DATA`), or
+        a row does not fit a view (`INVALID_PUSH_ROWS`: a missing or mistyped column, a null
+        key or event time, a time outside 0001-01-01..9999-12-31; the metadata names the row
+        and column). NOT_FOUND: an unknown push source or view (`PUSH_SOURCE_NOT_FOUND`,
+        `FEATURE_VIEW_NOT_FOUND`) or a push source no view reads (`PUSH_SOURCE_UNUSED`).
+        FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or an inconsistent
+        registry. UNAVAILABLE: a store cannot be written now (`ONLINE_STORE_UNAVAILABLE`,
+        `OFFLINE_STORE_UNAVAILABLE`, with `RetryInfo`). RESOURCE_EXHAUSTED: a request over
+        64 MiB.
         """
 
 def add_OnlineServiceServicer_to_server(servicer: OnlineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -48,14 +48,14 @@ class GetRegistryInfoResponse(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     project: _builtins.str
-    """The project name."""
+    """Output only. The project name."""
     version: _builtins.int
-    """The registry version being served."""
+    """Output only. The registry version being served."""
     digest: _builtins.str
-    """SHA-256 (hex) of the definitions in that version."""
+    """Output only. SHA-256 (hex) of the definitions in that version."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When that version was applied."""
+        """Output only. When that version was applied."""
 
     def __init__(
         self,
@@ -104,7 +104,7 @@ class GetEntityResponse(_message.Message):
     ENTITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entity(self) -> _registry_pb2.Entity:
-        """The entity."""
+        """Output only. The entity."""
 
     def __init__(
         self,
@@ -156,10 +156,10 @@ class ListEntitiesResponse(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def entities(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.Entity]:
-        """The page of entities, sorted by name."""
+        """Output only. The page of entities, sorted by name."""
 
     def __init__(
         self,
@@ -183,7 +183,7 @@ class GetDataSourceRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. The data_source's name."""
+    """Required. The data source's name."""
     def __init__(
         self,
         *,
@@ -206,7 +206,7 @@ class GetDataSourceResponse(_message.Message):
     DATA_SOURCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def data_source(self) -> _registry_pb2.DataSource:
-        """The data_source."""
+        """Output only. The data source."""
 
     def __init__(
         self,
@@ -258,10 +258,10 @@ class ListDataSourcesResponse(_message.Message):
     DATA_SOURCES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def data_sources(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.DataSource]:
-        """The page of data_sources, sorted by name."""
+        """Output only. The page of data sources, sorted by name."""
 
     def __init__(
         self,
@@ -285,7 +285,7 @@ class GetFeatureViewRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. The feature_view's name."""
+    """Required. The feature view's name."""
     def __init__(
         self,
         *,
@@ -308,7 +308,7 @@ class GetFeatureViewResponse(_message.Message):
     FEATURE_VIEW_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def feature_view(self) -> _registry_pb2.FeatureView:
-        """The feature_view."""
+        """Output only. The feature view."""
 
     def __init__(
         self,
@@ -360,10 +360,10 @@ class ListFeatureViewsResponse(_message.Message):
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def feature_views(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.FeatureView]:
-        """The page of feature_views, sorted by name."""
+        """Output only. The page of feature views, sorted by name."""
 
     def __init__(
         self,
@@ -387,7 +387,7 @@ class GetFeatureServiceRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. The feature_service's name."""
+    """Required. The feature service's name."""
     def __init__(
         self,
         *,
@@ -410,7 +410,7 @@ class GetFeatureServiceResponse(_message.Message):
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def feature_service(self) -> _registry_pb2.FeatureService:
-        """The feature_service."""
+        """Output only. The feature service."""
 
     def __init__(
         self,
@@ -462,10 +462,10 @@ class ListFeatureServicesResponse(_message.Message):
     FEATURE_SERVICES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def feature_services(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.FeatureService]:
-        """The page of feature_services, sorted by name."""
+        """Output only. The page of feature services, sorted by name."""
 
     def __init__(
         self,
@@ -525,18 +525,18 @@ class FeatureMatch(_message.Message):
     ENTITIES_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
-    """The feature view holding the feature."""
+    """Output only. The feature view holding the feature."""
     reference: _builtins.str
-    """The full reference to use in requests: `view:feature`."""
+    """Output only. The full reference to use in requests: `view:feature`."""
     owner: _builtins.str
-    """The view's owner."""
+    """Output only. The view's owner."""
     @_builtins.property
     def feature(self) -> _registry_pb2.Feature:
-        """The feature itself."""
+        """Output only. The feature itself."""
 
     @_builtins.property
     def entities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The entities keying the view."""
+        """Output only. The entities keying the view."""
 
     def __init__(
         self,
@@ -564,10 +564,10 @@ class SearchFeaturesResponse(_message.Message):
     MATCHES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` to get the next page; empty on the last page."""
+    """Output only. Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureMatch]:
-        """The page of matches, sorted by reference."""
+        """Output only. The page of matches, sorted by reference."""
 
     def __init__(
         self,

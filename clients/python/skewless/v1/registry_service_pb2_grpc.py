@@ -97,62 +97,71 @@ class RegistryServiceServicer:
 
     def GetRegistryInfo(self, request, context):
         """Returns the version and digest of the registry the server is serving.
+        FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEntity(self, request, context):
-        """Returns one entity. NOT_FOUND if no entity has that name.
+        """Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEntities(self, request, context):
-        """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+        """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDataSource(self, request, context):
-        """Returns one data source. NOT_FOUND if no source has that name.
+        """Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDataSources(self, request, context):
-        """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+        """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFeatureView(self, request, context):
-        """Returns one feature view. NOT_FOUND if no view has that name.
+        """Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFeatureViews(self, request, context):
-        """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+        """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFeatureService(self, request, context):
-        """Returns one feature service. NOT_FOUND if no service has that name.
+        """Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFeatureServices(self, request, context):
-        """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+        """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +169,9 @@ class RegistryServiceServicer:
 
     def SearchFeatures(self, request, context):
         """Finds features whose name, description, view, owner or tags contain every word of
-        the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+        the query (case-insensitive); `skewless search` runs the same search.
+        INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+        FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,26 +37,46 @@ class RegistryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
     GetRegistryInfo: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetRegistryInfoRequest, _registry_service_pb2.GetRegistryInfoResponse]
-    """Returns the version and digest of the registry the server is serving."""
+    """Returns the version and digest of the registry the server is serving.
+    FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetEntity: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetEntityRequest, _registry_service_pb2.GetEntityResponse]
-    """Returns one entity. NOT_FOUND if no entity has that name."""
+    """Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListEntities: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListEntitiesRequest, _registry_service_pb2.ListEntitiesResponse]
-    """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetDataSource: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetDataSourceRequest, _registry_service_pb2.GetDataSourceResponse]
-    """Returns one data source. NOT_FOUND if no source has that name."""
+    """Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListDataSources: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListDataSourcesRequest, _registry_service_pb2.ListDataSourcesResponse]
-    """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetFeatureView: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureViewRequest, _registry_service_pb2.GetFeatureViewResponse]
-    """Returns one feature view. NOT_FOUND if no view has that name."""
+    """Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListFeatureViews: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureViewsRequest, _registry_service_pb2.ListFeatureViewsResponse]
-    """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetFeatureService: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureServiceRequest, _registry_service_pb2.GetFeatureServiceResponse]
-    """Returns one feature service. NOT_FOUND if no service has that name."""
+    """Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListFeatureServices: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureServicesRequest, _registry_service_pb2.ListFeatureServicesResponse]
-    """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     SearchFeatures: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SearchFeaturesRequest, _registry_service_pb2.SearchFeaturesResponse]
     """Finds features whose name, description, view, owner or tags contain every word of
-    the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+    the query (case-insensitive); `skewless search` runs the same search.
+    INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+    FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
     """
 
 @_typing.type_check_only
@@ -68,26 +88,46 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetRegistryInfo: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetRegistryInfoRequest, _registry_service_pb2.GetRegistryInfoResponse]  # type: ignore[assignment]
-    """Returns the version and digest of the registry the server is serving."""
+    """Returns the version and digest of the registry the server is serving.
+    FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetEntity: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetEntityRequest, _registry_service_pb2.GetEntityResponse]  # type: ignore[assignment]
-    """Returns one entity. NOT_FOUND if no entity has that name."""
+    """Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListEntities: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListEntitiesRequest, _registry_service_pb2.ListEntitiesResponse]  # type: ignore[assignment]
-    """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetDataSource: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetDataSourceRequest, _registry_service_pb2.GetDataSourceResponse]  # type: ignore[assignment]
-    """Returns one data source. NOT_FOUND if no source has that name."""
+    """Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListDataSources: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListDataSourcesRequest, _registry_service_pb2.ListDataSourcesResponse]  # type: ignore[assignment]
-    """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetFeatureView: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureViewRequest, _registry_service_pb2.GetFeatureViewResponse]  # type: ignore[assignment]
-    """Returns one feature view. NOT_FOUND if no view has that name."""
+    """Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListFeatureViews: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureViewsRequest, _registry_service_pb2.ListFeatureViewsResponse]  # type: ignore[assignment]
-    """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     GetFeatureService: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureServiceRequest, _registry_service_pb2.GetFeatureServiceResponse]  # type: ignore[assignment]
-    """Returns one feature service. NOT_FOUND if no service has that name."""
+    """Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+    INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     ListFeatureServices: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureServicesRequest, _registry_service_pb2.ListFeatureServicesResponse]  # type: ignore[assignment]
-    """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+    """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+    page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
     SearchFeatures: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SearchFeaturesRequest, _registry_service_pb2.SearchFeaturesResponse]  # type: ignore[assignment]
     """Finds features whose name, description, view, owner or tags contain every word of
-    the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+    the query (case-insensitive); `skewless search` runs the same search.
+    INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+    FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -102,7 +142,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetRegistryInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetRegistryInfoResponse, _abc.Awaitable[_registry_service_pb2.GetRegistryInfoResponse]]:
-        """Returns the version and digest of the registry the server is serving."""
+        """Returns the version and digest of the registry the server is serving.
+        FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def GetEntity(
@@ -110,7 +152,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetEntityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetEntityResponse, _abc.Awaitable[_registry_service_pb2.GetEntityResponse]]:
-        """Returns one entity. NOT_FOUND if no entity has that name."""
+        """Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def ListEntities(
@@ -118,7 +162,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.ListEntitiesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.ListEntitiesResponse, _abc.Awaitable[_registry_service_pb2.ListEntitiesResponse]]:
-        """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+        """Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def GetDataSource(
@@ -126,7 +172,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetDataSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetDataSourceResponse, _abc.Awaitable[_registry_service_pb2.GetDataSourceResponse]]:
-        """Returns one data source. NOT_FOUND if no source has that name."""
+        """Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def ListDataSources(
@@ -134,7 +182,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.ListDataSourcesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.ListDataSourcesResponse, _abc.Awaitable[_registry_service_pb2.ListDataSourcesResponse]]:
-        """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+        """Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def GetFeatureView(
@@ -142,7 +192,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetFeatureViewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetFeatureViewResponse, _abc.Awaitable[_registry_service_pb2.GetFeatureViewResponse]]:
-        """Returns one feature view. NOT_FOUND if no view has that name."""
+        """Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def ListFeatureViews(
@@ -150,7 +202,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.ListFeatureViewsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.ListFeatureViewsResponse, _abc.Awaitable[_registry_service_pb2.ListFeatureViewsResponse]]:
-        """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+        """Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def GetFeatureService(
@@ -158,7 +212,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.GetFeatureServiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetFeatureServiceResponse, _abc.Awaitable[_registry_service_pb2.GetFeatureServiceResponse]]:
-        """Returns one feature service. NOT_FOUND if no service has that name."""
+        """Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+        INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def ListFeatureServices(
@@ -166,7 +222,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.ListFeatureServicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.ListFeatureServicesResponse, _abc.Awaitable[_registry_service_pb2.ListFeatureServicesResponse]]:
-        """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token."""
+        """Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+        page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
 
     @_abc_1.abstractmethod
     def SearchFeatures(
@@ -175,7 +233,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.SearchFeaturesResponse, _abc.Awaitable[_registry_service_pb2.SearchFeaturesResponse]]:
         """Finds features whose name, description, view, owner or tags contain every word of
-        the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+        the query (case-insensitive); `skewless search` runs the same search.
+        INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+        FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,11 +12,13 @@ import threading
 from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from skewless.core.errors import InvalidArgumentError
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
 from skewless.server.context import ServerContext
+from skewless.server.errors import ERROR_DOMAIN
 from skewless.server.pagination import paginate
 from skewless.server.request_fields import timestamp_argument
 from skewless.server.rpc import UnaryHandler
@@ -40,6 +42,21 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
+def _error_status(record: JobRecord) -> status_pb2.Status | None:
+    """A failed job's error as the status its work ended with (ErrorInfo included)."""
+    if record.error is None:
+        return None
+    error = record.error
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = any_pb2.Any()
+    details.Pack(info)
+    return status_pb2.Status(
+        code=code_pb2.Code.Value(error.code), message=error.message, details=[details]
+    )
+
+
 def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
     """Converts a job record to its wire form."""
     return pb.MaterializationJob(
@@ -51,7 +68,8 @@ def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
         rows_read=record.rows_read,
         rows_written=record.rows_written,
         progress=record.progress,
-        error=record.error.message if record.error else "",
+        error=record.error.message if record.error else "",  # deprecated: error_status
+        error_status=_error_status(record),
         create_time=_timestamp(record.create_time),
         update_time=_timestamp(record.update_time),
     )

@@ -182,14 +182,14 @@ func (x *ArrowRecordBatch) GetRowCount() int64 {
 // What to retrieve, sent in the first request of a `GetHistoricalFeatures` call.
 type HistoricalQuery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. Which features to join.
+	// Required. Which features to join: one of these.
 	//
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*HistoricalQuery_FeatureService
 	//	*HistoricalQuery_Features
 	Kind isHistoricalQuery_Kind `protobuf_oneof:"kind"`
-	// Required. Where the entity rows come from.
+	// Required. Where the entity rows come from: one of these.
 	//
 	// Types that are valid to be assigned to EntityRows:
 	//
@@ -368,12 +368,15 @@ type HistoricalQuery_Inline struct {
 }
 
 type HistoricalQuery_Path struct {
-	// A Parquet or CSV file path or glob the server can read.
+	// A Parquet or CSV file path or glob the server reads itself, relative to the
+	// repository. Only files under `server.entity_source_roots` (the repository by
+	// default) are readable; anything else is PERMISSION_DENIED.
 	Path string `protobuf:"bytes,4,opt,name=path,proto3,oneof"`
 }
 
 type HistoricalQuery_Sql struct {
-	// A DuckDB SELECT over registered data sources (by name).
+	// A DuckDB SELECT over registered data sources (by name) and files under the same
+	// roots. Functions that reveal server settings or run SQL from a string are refused.
 	Sql string `protobuf:"bytes,5,opt,name=sql,proto3,oneof"`
 }
 
@@ -423,11 +426,12 @@ func (*InlineEntityRows) Descriptor() ([]byte, []int) {
 // One message of the client stream of `HistoricalService.GetHistoricalFeatures`.
 type GetHistoricalFeaturesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required in the first message only: the query.
+	// Required in the first message, and only there: the query.
 	Query *HistoricalQuery `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
-	// Required in the first message carrying `entity_batch`: the entity rows' schema.
+	// Required in the first message carrying `entity_batch` (inline queries): the entity
+	// rows' schema, sent once.
 	ArrowSchema *ArrowSchema `protobuf:"bytes,2,opt,name=arrow_schema,json=arrowSchema,proto3" json:"arrow_schema,omitempty"`
-	// Optional. A record batch of entity rows (inline queries only).
+	// Optional. A record batch of entity rows (inline queries only), validated in full.
 	EntityBatch   *ArrowRecordBatch `protobuf:"bytes,3,opt,name=entity_batch,json=entityBatch,proto3" json:"entity_batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

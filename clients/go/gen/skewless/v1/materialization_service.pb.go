@@ -7,6 +7,7 @@
 package skewlessv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -102,12 +103,22 @@ type MaterializationJob struct {
 	RowsWritten int64 `protobuf:"varint,7,opt,name=rows_written,json=rowsWritten,proto3" json:"rows_written,omitempty"`
 	// Output only. Estimated completion between 0 and 1.
 	Progress float64 `protobuf:"fixed64,8,opt,name=progress,proto3" json:"progress,omitempty"`
-	// Output only. For FAILED jobs: what went wrong and what to do about it.
+	// Output only. For FAILED jobs: `error_status.message`. Deprecated: read
+	// `error_status`, which also carries the code and reason.
+	//
+	// Deprecated: Marked as deprecated in skewless/v1/materialization_service.proto.
 	Error string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
 	// Output only. When the job was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only. When the job last changed state or progress.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only. For FAILED jobs: why, as the status the job's work ended with. `code`
+	// is a `google.rpc.Code` (e.g. FAILED_PRECONDITION for a view whose SQL fails,
+	// UNAVAILABLE for an unreachable store, ABORTED when the process running the job
+	// exited), `message` says what to do, and `details` holds an `ErrorInfo` with the
+	// reason (e.g. `COLUMN_TYPE_MISMATCH`, `JOB_PROCESS_EXITED`) and its metadata. Unset
+	// unless the job failed.
+	ErrorStatus   *status.Status `protobuf:"bytes,12,opt,name=error_status,json=errorStatus,proto3" json:"error_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +209,7 @@ func (x *MaterializationJob) GetProgress() float64 {
 	return 0
 }
 
+// Deprecated: Marked as deprecated in skewless/v1/materialization_service.proto.
 func (x *MaterializationJob) GetError() string {
 	if x != nil {
 		return x.Error
@@ -215,6 +227,13 @@ func (x *MaterializationJob) GetCreateTime() *timestamppb.Timestamp {
 func (x *MaterializationJob) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *MaterializationJob) GetErrorStatus() *status.Status {
+	if x != nil {
+		return x.ErrorStatus
 	}
 	return nil
 }
@@ -295,7 +314,7 @@ func (x *StartMaterializationRequest) GetIncremental() bool {
 // Response of `MaterializationService.StartMaterialization`.
 type StartMaterializationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The job that was started.
+	// Output only. The job that was started.
 	Job           *MaterializationJob `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -341,7 +360,8 @@ func (x *StartMaterializationResponse) GetJob() *MaterializationJob {
 // Request for `MaterializationService.GetMaterializationJob`.
 type GetMaterializationJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. The job's ID.
+	// Required. The job's ID, as `StartMaterialization` or the list returned it
+	// (`<UTC creation time>-<8 hex digits>`).
 	JobId         string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -387,7 +407,7 @@ func (x *GetMaterializationJobRequest) GetJobId() string {
 // Response of `MaterializationService.GetMaterializationJob`.
 type GetMaterializationJobResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The job.
+	// Output only. The job.
 	Job           *MaterializationJob `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -497,9 +517,9 @@ func (x *ListMaterializationJobsRequest) GetPageToken() string {
 // Response of `MaterializationService.ListMaterializationJobs`.
 type ListMaterializationJobsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of jobs, newest first.
+	// Output only. The page of jobs, newest first.
 	Jobs []*MaterializationJob `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -553,7 +573,7 @@ var File_skewless_v1_materialization_service_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_materialization_service_proto_rawDesc = "" +
 	"\n" +
-	")skewless/v1/materialization_service.proto\x12\vskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x03\n" +
+	")skewless/v1/materialization_service.proto\x12\vskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb0\x04\n" +
 	"\x12MaterializationJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n" +
 	"\rfeature_views\x18\x02 \x03(\tR\ffeatureViews\x12F\n" +
@@ -562,13 +582,14 @@ const file_skewless_v1_materialization_service_proto_rawDesc = "" +
 	"\x05state\x18\x05 \x01(\x0e2\x15.skewless.v1.JobStateR\x05state\x12\x1b\n" +
 	"\trows_read\x18\x06 \x01(\x03R\browsRead\x12!\n" +
 	"\frows_written\x18\a \x01(\x03R\vrowsWritten\x12\x1a\n" +
-	"\bprogress\x18\b \x01(\x01R\bprogress\x12\x14\n" +
-	"\x05error\x18\t \x01(\tR\x05error\x12;\n" +
+	"\bprogress\x18\b \x01(\x01R\bprogress\x12\x18\n" +
+	"\x05error\x18\t \x01(\tB\x02\x18\x01R\x05error\x12;\n" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xd6\x01\n" +
+	"updateTime\x125\n" +
+	"\ferror_status\x18\f \x01(\v2\x12.google.rpc.StatusR\verrorStatus\"\xd6\x01\n" +
 	"\x1bStartMaterializationRequest\x12#\n" +
 	"\rfeature_views\x18\x01 \x03(\tR\ffeatureViews\x129\n" +
 	"\n" +
@@ -625,6 +646,7 @@ var file_skewless_v1_materialization_service_proto_goTypes = []any{
 	(*ListMaterializationJobsRequest)(nil),  // 6: skewless.v1.ListMaterializationJobsRequest
 	(*ListMaterializationJobsResponse)(nil), // 7: skewless.v1.ListMaterializationJobsResponse
 	(*timestamppb.Timestamp)(nil),           // 8: google.protobuf.Timestamp
+	(*status.Status)(nil),                   // 9: google.rpc.Status
 }
 var file_skewless_v1_materialization_service_proto_depIdxs = []int32{
 	8,  // 0: skewless.v1.MaterializationJob.window_start_time:type_name -> google.protobuf.Timestamp
@@ -632,22 +654,23 @@ var file_skewless_v1_materialization_service_proto_depIdxs = []int32{
 	0,  // 2: skewless.v1.MaterializationJob.state:type_name -> skewless.v1.JobState
 	8,  // 3: skewless.v1.MaterializationJob.create_time:type_name -> google.protobuf.Timestamp
 	8,  // 4: skewless.v1.MaterializationJob.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 5: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 6: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
-	1,  // 7: skewless.v1.StartMaterializationResponse.job:type_name -> skewless.v1.MaterializationJob
-	1,  // 8: skewless.v1.GetMaterializationJobResponse.job:type_name -> skewless.v1.MaterializationJob
-	1,  // 9: skewless.v1.ListMaterializationJobsResponse.jobs:type_name -> skewless.v1.MaterializationJob
-	2,  // 10: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
-	4,  // 11: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
-	6,  // 12: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
-	3,  // 13: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
-	5,  // 14: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
-	7,  // 15: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	9,  // 5: skewless.v1.MaterializationJob.error_status:type_name -> google.rpc.Status
+	8,  // 6: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
+	8,  // 7: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: skewless.v1.StartMaterializationResponse.job:type_name -> skewless.v1.MaterializationJob
+	1,  // 9: skewless.v1.GetMaterializationJobResponse.job:type_name -> skewless.v1.MaterializationJob
+	1,  // 10: skewless.v1.ListMaterializationJobsResponse.jobs:type_name -> skewless.v1.MaterializationJob
+	2,  // 11: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
+	4,  // 12: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
+	6,  // 13: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
+	3,  // 14: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
+	5,  // 15: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
+	7,  // 16: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_materialization_service_proto_init() }

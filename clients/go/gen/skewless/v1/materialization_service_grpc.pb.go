@@ -33,13 +33,22 @@ const (
 type MaterializationServiceClient interface {
 	// Starts a job materializing feature views over [start_time, end_time), or, when
 	// `incremental` is set, from each view's watermark to `end_time`. Returns at once
-	// with the job in state PENDING or RUNNING. Errors: INVALID_ARGUMENT (end before
-	// start, missing times), NOT_FOUND (unknown view), FAILED_PRECONDITION (a job for
-	// one of the views is already running; the message names it).
+	// with the job in state PENDING; follow it with `GetMaterializationJob`.
+	//
+	// Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), a
+	// missing time (`MISSING_START_TIME`, `MISSING_END_TIME`), a timestamp outside
+	// 0001-01-01..9999-12-31 or with nanos outside [0, 1e9) (`INVALID_TIMESTAMP`), an end
+	// before the start (`WINDOW_REVERSED`). NOT_FOUND: an unknown view
+	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+	// (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
+	// (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
+	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
 	StartMaterialization(ctx context.Context, in *StartMaterializationRequest, opts ...grpc.CallOption) (*StartMaterializationResponse, error)
-	// Returns one job with its progress. NOT_FOUND for an unknown job ID.
+	// Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
+	// that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
 	GetMaterializationJob(ctx context.Context, in *GetMaterializationJobRequest, opts ...grpc.CallOption) (*GetMaterializationJobResponse, error)
-	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
+	// token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
 	ListMaterializationJobs(ctx context.Context, in *ListMaterializationJobsRequest, opts ...grpc.CallOption) (*ListMaterializationJobsResponse, error)
 }
 
@@ -90,13 +99,22 @@ func (c *materializationServiceClient) ListMaterializationJobs(ctx context.Conte
 type MaterializationServiceServer interface {
 	// Starts a job materializing feature views over [start_time, end_time), or, when
 	// `incremental` is set, from each view's watermark to `end_time`. Returns at once
-	// with the job in state PENDING or RUNNING. Errors: INVALID_ARGUMENT (end before
-	// start, missing times), NOT_FOUND (unknown view), FAILED_PRECONDITION (a job for
-	// one of the views is already running; the message names it).
+	// with the job in state PENDING; follow it with `GetMaterializationJob`.
+	//
+	// Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), a
+	// missing time (`MISSING_START_TIME`, `MISSING_END_TIME`), a timestamp outside
+	// 0001-01-01..9999-12-31 or with nanos outside [0, 1e9) (`INVALID_TIMESTAMP`), an end
+	// before the start (`WINDOW_REVERSED`). NOT_FOUND: an unknown view
+	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+	// (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
+	// (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
+	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
 	StartMaterialization(context.Context, *StartMaterializationRequest) (*StartMaterializationResponse, error)
-	// Returns one job with its progress. NOT_FOUND for an unknown job ID.
+	// Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
+	// that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
 	GetMaterializationJob(context.Context, *GetMaterializationJobRequest) (*GetMaterializationJobResponse, error)
-	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
+	// token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
 	ListMaterializationJobs(context.Context, *ListMaterializationJobsRequest) (*ListMaterializationJobsResponse, error)
 	mustEmbedUnimplementedMaterializationServiceServer()
 }

@@ -82,7 +82,7 @@ func (PushDestination) EnumDescriptor() ([]byte, []int) {
 // Request for `OnlineService.GetOnlineFeatures`.
 type GetOnlineFeaturesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. Which features to return.
+	// Required. Which features to return: one of these.
 	//
 	// Types that are valid to be assigned to Kind:
 	//
@@ -173,12 +173,12 @@ type isGetOnlineFeaturesRequest_Kind interface {
 }
 
 type GetOnlineFeaturesRequest_FeatureService struct {
-	// The name of a registered feature service.
+	// The name of a registered feature service; its features in its order.
 	FeatureService string `protobuf:"bytes,1,opt,name=feature_service,json=featureService,proto3,oneof"`
 }
 
 type GetOnlineFeaturesRequest_Features struct {
-	// Explicit feature references (`view:feature` or `view`).
+	// Explicit feature references (`view:feature` or `view`), at most 1,000.
 	Features *FeatureList `protobuf:"bytes,2,opt,name=features,proto3,oneof"`
 }
 
@@ -189,14 +189,15 @@ func (*GetOnlineFeaturesRequest_Features) isGetOnlineFeaturesRequest_Kind() {}
 // The values of one feature for every requested entity row.
 type FeatureVector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The feature's name (`feature` or `view__feature`, per the request).
+	// Output only. The feature's name (`feature` or `view__feature`, per the request).
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// One value per entity row, in request order. Null unless the status is PRESENT.
+	// Output only. One value per entity row, in request order. Null (an empty `Value`)
+	// unless the status is PRESENT.
 	Values []*Value `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
-	// One status per entity row, in request order.
+	// Output only. One status per entity row, in request order.
 	Statuses []FeatureStatus `protobuf:"varint,3,rep,packed,name=statuses,proto3,enum=skewless.v1.FeatureStatus" json:"statuses,omitempty"`
-	// One event time per entity row, in request order: the event time of the stored row,
-	// unset when the status is NOT_FOUND.
+	// Output only. One event time per entity row, in request order: the event time of the
+	// stored row (also for OUTSIDE_MAX_AGE), unset (the epoch) when the status is NOT_FOUND.
 	EventTimes    []*timestamppb.Timestamp `protobuf:"bytes,4,rep,name=event_times,json=eventTimes,proto3" json:"event_times,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -263,8 +264,8 @@ func (x *FeatureVector) GetEventTimes() []*timestamppb.Timestamp {
 // Response of `OnlineService.GetOnlineFeatures`.
 type GetOnlineFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// One vector per requested feature, in request order (for a feature service, in the
-	// service's order).
+	// Output only. One vector per requested feature, in request order (for a feature
+	// service, in the service's order).
 	Results       []*FeatureVector `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -310,7 +311,7 @@ func (x *GetOnlineFeaturesResponse) GetResults() []*FeatureVector {
 // Request for `OnlineService.PushFeatures`.
 type PushFeaturesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. Where the rows go.
+	// Required. Where the rows go: one of these.
 	//
 	// Types that are valid to be assigned to Target:
 	//
@@ -406,7 +407,7 @@ type PushFeaturesRequest_PushSource struct {
 }
 
 type PushFeaturesRequest_FeatureView struct {
-	// One feature view.
+	// One feature view (of any source): the rows reach that view only.
 	FeatureView string `protobuf:"bytes,2,opt,name=feature_view,json=featureView,proto3,oneof"`
 }
 
@@ -417,9 +418,10 @@ func (*PushFeaturesRequest_FeatureView) isPushFeaturesRequest_Target() {}
 // Response of `OnlineService.PushFeatures`.
 type PushFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The number of rows accepted.
+	// Output only. The number of rows accepted.
 	RowCount int64 `protobuf:"varint,1,opt,name=row_count,json=rowCount,proto3" json:"row_count,omitempty"`
-	// The number of online values replaced; rows older than the stored ones are not.
+	// Output only. The number of online values replaced; rows older than the stored ones
+	// are not.
 	OnlineRowsWritten int64 `protobuf:"varint,2,opt,name=online_rows_written,json=onlineRowsWritten,proto3" json:"online_rows_written,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

@@ -62,13 +62,13 @@ func (*GetRegistryInfoRequest) Descriptor() ([]byte, []int) {
 // Response of `RegistryService.GetRegistryInfo`.
 type GetRegistryInfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The project name.
+	// Output only. The project name.
 	Project string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
-	// The registry version being served.
+	// Output only. The registry version being served.
 	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// When that version was applied.
+	// Output only. When that version was applied.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// SHA-256 (hex) of the definitions in that version.
+	// Output only. SHA-256 (hex) of the definitions in that version.
 	Digest        string `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -181,7 +181,7 @@ func (x *GetEntityRequest) GetName() string {
 // Response of `RegistryService.GetEntity`.
 type GetEntityResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The entity.
+	// Output only. The entity.
 	Entity        *Entity `protobuf:"bytes,1,opt,name=entity,proto3" json:"entity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -283,9 +283,9 @@ func (x *ListEntitiesRequest) GetPageToken() string {
 // Response of `RegistryService.ListEntities`.
 type ListEntitiesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of entities, sorted by name.
+	// Output only. The page of entities, sorted by name.
 	Entities []*Entity `protobuf:"bytes,1,rep,name=entities,proto3" json:"entities,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -338,7 +338,7 @@ func (x *ListEntitiesResponse) GetNextPageToken() string {
 // Request for `RegistryService.GetDataSource`.
 type GetDataSourceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. The data_source's name.
+	// Required. The data source's name.
 	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -384,7 +384,7 @@ func (x *GetDataSourceRequest) GetName() string {
 // Response of `RegistryService.GetDataSource`.
 type GetDataSourceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The data_source.
+	// Output only. The data source.
 	DataSource    *DataSource `protobuf:"bytes,1,opt,name=data_source,json=dataSource,proto3" json:"data_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -486,9 +486,9 @@ func (x *ListDataSourcesRequest) GetPageToken() string {
 // Response of `RegistryService.ListDataSources`.
 type ListDataSourcesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of data_sources, sorted by name.
+	// Output only. The page of data sources, sorted by name.
 	DataSources []*DataSource `protobuf:"bytes,1,rep,name=data_sources,json=dataSources,proto3" json:"data_sources,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -541,7 +541,7 @@ func (x *ListDataSourcesResponse) GetNextPageToken() string {
 // Request for `RegistryService.GetFeatureView`.
 type GetFeatureViewRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. The feature_view's name.
+	// Required. The feature view's name.
 	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -587,7 +587,7 @@ func (x *GetFeatureViewRequest) GetName() string {
 // Response of `RegistryService.GetFeatureView`.
 type GetFeatureViewResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The feature_view.
+	// Output only. The feature view.
 	FeatureView   *FeatureView `protobuf:"bytes,1,opt,name=feature_view,json=featureView,proto3" json:"feature_view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -689,9 +689,9 @@ func (x *ListFeatureViewsRequest) GetPageToken() string {
 // Response of `RegistryService.ListFeatureViews`.
 type ListFeatureViewsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of feature_views, sorted by name.
+	// Output only. The page of feature views, sorted by name.
 	FeatureViews []*FeatureView `protobuf:"bytes,1,rep,name=feature_views,json=featureViews,proto3" json:"feature_views,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -744,7 +744,7 @@ func (x *ListFeatureViewsResponse) GetNextPageToken() string {
 // Request for `RegistryService.GetFeatureService`.
 type GetFeatureServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. The feature_service's name.
+	// Required. The feature service's name.
 	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -790,7 +790,7 @@ func (x *GetFeatureServiceRequest) GetName() string {
 // Response of `RegistryService.GetFeatureService`.
 type GetFeatureServiceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The feature_service.
+	// Output only. The feature service.
 	FeatureService *FeatureService `protobuf:"bytes,1,opt,name=feature_service,json=featureService,proto3" json:"feature_service,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -892,9 +892,9 @@ func (x *ListFeatureServicesRequest) GetPageToken() string {
 // Response of `RegistryService.ListFeatureServices`.
 type ListFeatureServicesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of feature_services, sorted by name.
+	// Output only. The page of feature services, sorted by name.
 	FeatureServices []*FeatureService `protobuf:"bytes,1,rep,name=feature_services,json=featureServices,proto3" json:"feature_services,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1012,15 +1012,15 @@ func (x *SearchFeaturesRequest) GetPageToken() string {
 // One feature found by `RegistryService.SearchFeatures`.
 type FeatureMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The feature view holding the feature.
+	// Output only. The feature view holding the feature.
 	FeatureView string `protobuf:"bytes,1,opt,name=feature_view,json=featureView,proto3" json:"feature_view,omitempty"`
-	// The feature itself.
+	// Output only. The feature itself.
 	Feature *Feature `protobuf:"bytes,2,opt,name=feature,proto3" json:"feature,omitempty"`
-	// The full reference to use in requests: `view:feature`.
+	// Output only. The full reference to use in requests: `view:feature`.
 	Reference string `protobuf:"bytes,3,opt,name=reference,proto3" json:"reference,omitempty"`
-	// The entities keying the view.
+	// Output only. The entities keying the view.
 	Entities []string `protobuf:"bytes,4,rep,name=entities,proto3" json:"entities,omitempty"`
-	// The view's owner.
+	// Output only. The view's owner.
 	Owner         string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1094,9 +1094,9 @@ func (x *FeatureMatch) GetOwner() string {
 // Response of `RegistryService.SearchFeatures`.
 type SearchFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page of matches, sorted by reference.
+	// Output only. The page of matches, sorted by reference.
 	Matches []*FeatureMatch `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
-	// Pass as `page_token` to get the next page; empty on the last page.
+	// Output only. Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -40,25 +40,36 @@ const (
 // Definitions are written by `skewless apply`; this service reads them.
 type RegistryServiceClient interface {
 	// Returns the version and digest of the registry the server is serving.
+	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetRegistryInfo(ctx context.Context, in *GetRegistryInfoRequest, opts ...grpc.CallOption) (*GetRegistryInfoResponse, error)
-	// Returns one entity. NOT_FOUND if no entity has that name.
+	// Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetEntity(ctx context.Context, in *GetEntityRequest, opts ...grpc.CallOption) (*GetEntityResponse, error)
-	// Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListEntities(ctx context.Context, in *ListEntitiesRequest, opts ...grpc.CallOption) (*ListEntitiesResponse, error)
-	// Returns one data source. NOT_FOUND if no source has that name.
+	// Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetDataSource(ctx context.Context, in *GetDataSourceRequest, opts ...grpc.CallOption) (*GetDataSourceResponse, error)
-	// Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListDataSources(ctx context.Context, in *ListDataSourcesRequest, opts ...grpc.CallOption) (*ListDataSourcesResponse, error)
-	// Returns one feature view. NOT_FOUND if no view has that name.
+	// Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetFeatureView(ctx context.Context, in *GetFeatureViewRequest, opts ...grpc.CallOption) (*GetFeatureViewResponse, error)
-	// Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListFeatureViews(ctx context.Context, in *ListFeatureViewsRequest, opts ...grpc.CallOption) (*ListFeatureViewsResponse, error)
-	// Returns one feature service. NOT_FOUND if no service has that name.
+	// Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetFeatureService(ctx context.Context, in *GetFeatureServiceRequest, opts ...grpc.CallOption) (*GetFeatureServiceResponse, error)
-	// Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListFeatureServices(ctx context.Context, in *ListFeatureServicesRequest, opts ...grpc.CallOption) (*ListFeatureServicesResponse, error)
 	// Finds features whose name, description, view, owner or tags contain every word of
-	// the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+	// the query (case-insensitive); `skewless search` runs the same search.
+	// INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	SearchFeatures(ctx context.Context, in *SearchFeaturesRequest, opts ...grpc.CallOption) (*SearchFeaturesResponse, error)
 }
 
@@ -179,25 +190,36 @@ func (c *registryServiceClient) SearchFeatures(ctx context.Context, in *SearchFe
 // Definitions are written by `skewless apply`; this service reads them.
 type RegistryServiceServer interface {
 	// Returns the version and digest of the registry the server is serving.
+	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetRegistryInfo(context.Context, *GetRegistryInfoRequest) (*GetRegistryInfoResponse, error)
-	// Returns one entity. NOT_FOUND if no entity has that name.
+	// Returns one entity by name. NOT_FOUND (`ENTITY_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetEntity(context.Context, *GetEntityRequest) (*GetEntityResponse, error)
-	// Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists entities, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListEntities(context.Context, *ListEntitiesRequest) (*ListEntitiesResponse, error)
-	// Returns one data source. NOT_FOUND if no source has that name.
+	// Returns one data source by name. NOT_FOUND (`DATA_SOURCE_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetDataSource(context.Context, *GetDataSourceRequest) (*GetDataSourceResponse, error)
-	// Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists data sources, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListDataSources(context.Context, *ListDataSourcesRequest) (*ListDataSourcesResponse, error)
-	// Returns one feature view. NOT_FOUND if no view has that name.
+	// Returns one feature view by name. NOT_FOUND (`FEATURE_VIEW_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetFeatureView(context.Context, *GetFeatureViewRequest) (*GetFeatureViewResponse, error)
-	// Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists feature views, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListFeatureViews(context.Context, *ListFeatureViewsRequest) (*ListFeatureViewsResponse, error)
-	// Returns one feature service. NOT_FOUND if no service has that name.
+	// Returns one feature service by name. NOT_FOUND (`FEATURE_SERVICE_NOT_FOUND`) if none has that name;
+	// INVALID_ARGUMENT (`EMPTY_NAME`) for an empty name; FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	GetFeatureService(context.Context, *GetFeatureServiceRequest) (*GetFeatureServiceResponse, error)
-	// Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad page token.
+	// Lists feature services, sorted by name, a page at a time. INVALID_ARGUMENT for a bad
+	// page size or token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`); FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	ListFeatureServices(context.Context, *ListFeatureServicesRequest) (*ListFeatureServicesResponse, error)
 	// Finds features whose name, description, view, owner or tags contain every word of
-	// the query (case-insensitive). INVALID_ARGUMENT for an empty query or a bad page token.
+	// the query (case-insensitive); `skewless search` runs the same search.
+	// INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
+	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	SearchFeatures(context.Context, *SearchFeaturesRequest) (*SearchFeaturesResponse, error)
 	mustEmbedUnimplementedRegistryServiceServer()
 }
