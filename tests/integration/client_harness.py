@@ -393,12 +393,9 @@ def serve_fixture(
         _wait_serving(addr, client_tls)
         yield Fixture(addr=addr, data_dir=data_dir, tls=client_tls)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from tests.helpers.processes import stop_process  # not at the top: run as a script too
+
+        stop_process(proc)
 
 
 def _channel(addr: str, tls: ClientTLS | None) -> grpc.Channel:

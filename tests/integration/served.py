@@ -92,6 +92,8 @@ def serve(repo: Path, *extra: str, timeout: float = 30.0) -> Iterator[ServedProc
                 proc.kill()
                 proc.wait()
         reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 class ServerThread:

@@ -33,6 +33,7 @@ from skewless.core.config import RepoConfig, load_repo_config
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.registry.apply import apply_repo
 from skewless.v1 import materialization_service_pb2 as mpb
+from tests.helpers.processes import stop_process
 from tests.integration.served import ServerThread, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -169,7 +170,8 @@ def get(url: str, **headers: str) -> tuple[int, str]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:  # its response holds the connection's socket
+            return exc.code, exc.read().decode()
 
 
 # --- browsing and search ---------------------------------------------------------------------
@@ -428,6 +430,7 @@ def test_api_errors_show_status_and_message_never_a_traceback(
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()  # its response holds the connection's socket
     assert refused.value.code == 403
 
 
@@ -465,8 +468,7 @@ def test_serve_with_ui_port_and_skewless_ui(
             status, body = get(found.group(1) + "/search?q=conv_rate")
             assert status == 200 and "driver_stats:conv_rate" in body
         finally:
-            ui.terminate()
-            ui.wait(10)
+            stop_process(ui)
 
     # A port in use: one error line and exit code 2, before anything starts.
     with socket.socket() as taken:

@@ -58,7 +58,8 @@ def overview(settings: ConsoleSettings) -> tuple[int, str]:
         with urllib.request.urlopen(console.url + "/", timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:  # its response holds the connection's socket
+            return exc.code, exc.read().decode()
     finally:
         console.stop()
 

@@ -97,7 +97,9 @@ def test_generated_go_code_is_up_to_date(tmp_path: Path) -> None:
             assert installed.returncode == 0, installed.stderr
         plugins = {name: gobin / name for name in plugins}
     module = "github.com/skewless/skewless/clients/go"
-    protos = sorted(str(p.relative_to(h.ROOT)) for p in (h.ROOT / "protos").rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(h.ROOT)) for p in (h.ROOT / "protos" / "skewless").rglob("*.proto")
+    )
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(

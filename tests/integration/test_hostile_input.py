@@ -39,6 +39,7 @@ from skewless.v1 import (
     online_service_pb2,
     registry_service_pb2,
 )
+from tests.helpers.processes import stop_process
 from tests.helpers.repos import live_definitions, repo_config, save_registry
 from tests.integration.served import ServerThread
 
@@ -630,8 +631,7 @@ def test_a_killed_materialization_leaves_nothing_after_the_rerun(
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "staged"
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        stop_process(proc, sig=signal.SIGKILL)
     root = history_dir(config, "driver_stats")
     assert any(p.name.endswith(".tmp") for p in root.rglob("*"))  # what the kill left
     materialize(config, make_registry(), M0, M0 + timedelta(days=20))

@@ -22,12 +22,8 @@ import redis
 from skewless.core.config import RepoConfig
 from skewless.core.errors import DefinitionError, FailedPreconditionError
 from skewless.materialization.jobs import JobState, JobStore
-from skewless.materialization.pipeline import (
-    ViewLocks,
-    materialize,
-    materialize_incremental,
-    read_watermark,
-)
+from skewless.materialization.pipeline import materialize, materialize_incremental
+from skewless.materialization.view_state import ViewLocks, read_watermark
 from skewless.offline.offline_store import history_files
 from skewless.online.codec import decode_value
 from tests.integration.matfixtures import (

@@ -567,7 +567,8 @@ def test_metrics_exposed(served: Served) -> None:
     with pytest.raises(NotFoundError):
         served.client.get_online_features({"driver_id": [1]}, feature_service="nope")
     port = start_metrics_server(0)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
     assert (
         'skewless_requests_total{code="OK",feature_service="ranking",rpc="GetOnlineFeatures"}'
         in body
@@ -621,7 +622,8 @@ def test_two_workers_share_one_port(tmp_path: Path, online_store: OnlineStore) -
     def served_by(i: int) -> float:
         try:
             url = f"http://127.0.0.1:{metrics + i}/metrics"
-            body = urllib.request.urlopen(url, timeout=5).read().decode()
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body = response.read().decode()
         except OSError:
             return 0.0
         lines = [

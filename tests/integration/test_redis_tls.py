@@ -28,6 +28,7 @@ from skewless.core.errors import StoreUnavailableError
 from skewless.materialization.pipeline import materialize
 from skewless.online.embedded_redis import find_redis_server, free_port
 from skewless.registry.registry_store import RegistryStore
+from tests.helpers.processes import stop_process
 
 from .certs import TLSFiles, make_tls_files
 from .matfixtures import T0, driver_rows, make_config, make_registry, write_source
@@ -99,12 +100,7 @@ def secure_redis(tmp_path: Path) -> Iterator[SecureRedis]:
         yield server
     finally:
         probe.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _repo(tmp_path: Path, url: str, tls: RedisTLS | None) -> RepoConfig:

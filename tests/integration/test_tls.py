@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skewless.client import Client, UnavailableError
 from skewless.core.config import RepoConfig, ServerTLS
 from skewless.registry.registry_store import RegistryStore
+from tests.helpers.processes import stop_process
 
 from . import client_harness as h
 from .certs import TLSFiles, make_tls_files
@@ -326,6 +327,7 @@ def test_insecure_serves_plaintext_beyond_loopback_with_a_warning(
             proc.kill()
             proc.wait()
         reader.join(5)
+        stop_process(proc)  # closes its pipe
 
 
 def test_rotated_client_ca_applies_to_new_connections(

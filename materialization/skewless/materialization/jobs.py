@@ -25,13 +25,14 @@ from typing import Any
 from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError, NotFoundError, SkewlessError, quoted
 from skewless.materialization.pipeline import (
+    Phase,
     Progress,
     ProgressCallback,
-    ViewLocks,
     materializable_views,
     materialize,
     materialize_incremental,
 )
+from skewless.materialization.view_state import ViewLocks
 from skewless.registry.feature_refs import resolve_view
 from skewless.v1 import registry_pb2
 
@@ -42,12 +43,21 @@ __all__ = [
     "JobStore",
     "ProgressThrottle",
     "StartedJob",
+    "Trigger",
     "is_job_id",
     "run_job",
     "start_job",
 ]
 
 _log = logging.getLogger(__name__)
+
+
+class Trigger(enum.StrEnum):
+    """Who started a job."""
+
+    CLI = "cli"
+    API = "api"
+    SCHEDULE = "schedule"
 
 
 class JobState(enum.StrEnum):
@@ -133,7 +143,7 @@ class JobRecord:
     create_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     update_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     pid: int = dataclasses.field(default_factory=os.getpid)
-    trigger: str = "api"
+    trigger: Trigger = Trigger.API
 
     @property
     def finished(self) -> bool:
@@ -146,6 +156,7 @@ class JobRecord:
         data["error"] = dataclasses.asdict(self.error) if self.error is not None else None
         data["feature_views"] = list(self.feature_views)
         data["state"] = self.state.value
+        data["trigger"] = Trigger(self.trigger).value
         for name in ("window_start", "window_end", "create_time", "update_time"):
             value = getattr(self, name)
             data[name] = value.isoformat() if value is not None else None
@@ -167,6 +178,7 @@ class JobRecord:
                 **times,
                 "feature_views": tuple(data["feature_views"]),
                 "state": JobState(data["state"]),
+                "trigger": Trigger(data.get("trigger", Trigger.API)),
                 "error": JobError(**error) if error else None,
             }
         )
@@ -195,7 +207,7 @@ class JobStore:
 
     def __init__(self, config: RepoConfig) -> None:
         """Binds the store to `<data_dir>/jobs`."""
-        self.root = config.data_dir / "jobs"
+        self.root = config.jobs_dir
         self._lock = threading.Lock()
 
     def _path(self, job_id: str) -> Path:
@@ -223,7 +235,7 @@ class JobStore:
         window_start: datetime | None,
         window_end: datetime,
         incremental: bool = False,
-        trigger: str = "api",
+        trigger: Trigger = Trigger.API,
     ) -> JobRecord:
         """Records a new PENDING job and returns it."""
         now = datetime.now(UTC)
@@ -236,7 +248,7 @@ class JobStore:
             state=JobState.PENDING,
             create_time=now,
             update_time=now,
-            trigger=trigger,
+            trigger=Trigger(trigger),
         )
         self._save(record)
         return record
@@ -341,7 +353,7 @@ def start_job(
     window_start: datetime | None,
     window_end: datetime,
     incremental: bool,
-    trigger: str,
+    trigger: Trigger,
 ) -> StartedJob:
     """Checks the views, takes their locks and records a PENDING job (the one way to start).
 
@@ -411,7 +423,7 @@ def run_job(
         if report.view != last_view:
             finished_rows += last_rows
             last_view, last_rows = report.view, 0
-        if report.phase in ("compute", "done"):
+        if report.phase in (Phase.COMPUTE, Phase.DONE):
             last_rows = report.rows_done
         if progress is not None:
             progress(report)

@@ -20,16 +20,10 @@ kernel releases when the holder dies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
+import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 import duckdb
 
@@ -40,6 +34,7 @@ from skewless.core.errors import (
     InvalidArgumentError,
 )
 from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
+from skewless.materialization.view_state import ViewLocks, advance_watermark, read_watermark
 from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
 from skewless.offline.window_query import open_window
 from skewless.online.layout import online_expiry
@@ -50,14 +45,13 @@ from skewless.v1 import registry_pb2
 __all__ = [
     "EPOCH",
     "MaterializeResult",
+    "Phase",
     "Progress",
     "ProgressCallback",
-    "ViewLocks",
     "ViewResult",
     "materializable_views",
     "materialize",
     "materialize_incremental",
-    "read_watermark",
     "resolve_redis_url",
 ]
 
@@ -66,13 +60,21 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONLINE_BATCH_ROWS = 50_000
 
 
+class Phase(enum.StrEnum):
+    """What a materialization is doing for a view."""
+
+    COMPUTE = "compute"  # the view's rows to staged history files
+    ONLINE = "online"  # the latest row per key to Redis
+    DONE = "done"
+
+
 @dataclass(frozen=True)
 class Progress:
     """A progress report.
 
     Attributes:
         view: The view being materialized.
-        phase: `compute` (rows to history files), `online` (latest rows to Redis) or `done`.
+        phase: What it is doing (`Phase`).
         rows_done: Rows handled in this phase so far.
         rows_total: Rows of the view's window.
         view_index: Position of the view in the job (0-based).
@@ -81,7 +83,7 @@ class Progress:
     """
 
     view: str
-    phase: str
+    phase: Phase
     rows_done: int
     rows_total: int
     view_index: int
@@ -90,11 +92,11 @@ class Progress:
     @property
     def fraction(self) -> float:
         """Estimated completion of the whole job, 0 to 1."""
-        if self.phase == "done":
+        if self.phase == Phase.DONE:
             inner = 1.0
         else:
             share = self.rows_done / self.rows_total if self.rows_total else 0.0
-            inner = 0.7 * share if self.phase == "compute" else 0.7 + 0.3 * min(share, 1.0)
+            inner = 0.7 * share if self.phase == Phase.COMPUTE else 0.7 + 0.3 * min(share, 1.0)
         return min(1.0, (self.view_index + inner) / max(self.view_count, 1))
 
 
@@ -138,82 +140,6 @@ class MaterializeResult:
     def rows_written(self) -> int:
         """Total history rows written."""
         return sum(v.rows_written for v in self.views)
-
-
-def _state_dir(config: RepoConfig, view: str) -> Path:
-    return config.data_dir / "materialization" / view
-
-
-class ViewLocks:
-    """Exclusive per-view job locks (`flock`), released on `release` or process death."""
-
-    def __init__(self, config: RepoConfig, views: Sequence[str]) -> None:
-        """Acquires every view's lock without waiting, in name order.
-
-        Raises:
-            FailedPreconditionError: Another job holds a view's lock (the message names it).
-
-        """
-        self.views = tuple(sorted(set(views)))
-        self._handles: list[IO[str]] = []
-        try:
-            for view in self.views:
-                folder = _state_dir(config, view)
-                folder.mkdir(parents=True, exist_ok=True)
-                handle = (folder / "job.lock").open("a+")
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.close()
-                    raise FailedPreconditionError(
-                        f"a materialization job for feature view {view!r} is already running; "
-                        "wait for it to finish (list jobs to see it)",
-                        reason="MATERIALIZATION_RUNNING",
-                        metadata={"feature_view": view},
-                    ) from None
-                self._handles.append(handle)
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Releases every lock held."""
-        for handle in self._handles:
-            with contextlib.suppress(OSError):
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-        self._handles.clear()
-
-    def __enter__(self) -> ViewLocks:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-def read_watermark(config: RepoConfig, view: str) -> datetime | None:
-    """Returns the end of the view's last contiguous materialized range, if any."""
-    try:
-        raw = json.loads((_state_dir(config, view) / "watermark.json").read_text())
-    except FileNotFoundError:
-        return None
-    return datetime.fromisoformat(raw["watermark"])
-
-
-def _write_watermark(config: RepoConfig, view: str, value: datetime) -> None:
-    folder = _state_dir(config, view)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "watermark.json.tmp"
-    with tmp.open("w") as handle:
-        json.dump({"watermark": value.isoformat()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / "watermark.json")
 
 
 def resolve_redis_url(config: RepoConfig) -> str:
@@ -284,7 +210,7 @@ def _write_online(
     plan: ResolvedView,
     staged: list[StagedFile],
     writer: OnlineWriter,
-    report: Callable[[str, int], None],
+    report: Callable[[Phase, int], None],
 ) -> int:
     expire = online_expiry(plan.view)
     written = done = 0
@@ -300,7 +226,7 @@ def _write_online(
             )
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
-            report("online", done)
+            report(Phase.ONLINE, done)
     return written
 
 
@@ -311,7 +237,7 @@ def _materialize_online_only(
     start: datetime,
     end: datetime,
     writer: OnlineWriter | None,
-    report: Callable[[str, int, int], None],
+    report: Callable[[Phase, int, int], None],
 ) -> ViewResult:
     """A view without history: DuckDB keeps the latest row per key; only Redis is written."""
     if writer is None:
@@ -330,8 +256,8 @@ def _materialize_online_only(
             )
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
-            report("online", done, total)
-    _advance_watermark(config, plan.name, start, end)
+            report(Phase.ONLINE, done, total)
+    advance_watermark(config, plan.name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -342,13 +268,6 @@ def _materialize_online_only(
     )
 
 
-def _advance_watermark(config: RepoConfig, view: str, start: datetime, end: datetime) -> None:
-    """Moves the watermark to `end` unless that would skip a gap or move it back."""
-    watermark = read_watermark(config, view)
-    if watermark is None or start <= watermark < end:
-        _write_watermark(config, view, end)
-
-
 def _materialize_view(
     config: RepoConfig,
     registry: registry_pb2.Registry,
@@ -356,7 +275,7 @@ def _materialize_view(
     start: datetime,
     end: datetime,
     writer: OnlineWriter | None,
-    report: Callable[[str, int, int], None],
+    report: Callable[[Phase, int, int], None],
 ) -> ViewResult:
     if not plan.view.offline:
         return _materialize_online_only(config, registry, plan, start, end, writer, report)
@@ -368,7 +287,7 @@ def _materialize_view(
             for batch in window.batches(time_ordered=True):
                 history.write(batch)
                 rows_read += batch.num_rows
-                report("compute", rows_read, total)
+                report(Phase.COMPUTE, rows_read, total)
             staged = history.close()
         except BaseException:
             history.abort()
@@ -385,7 +304,7 @@ def _materialize_view(
             commit_window(config, plan.name, start, end, staged)
     finally:
         discard(staged)
-    _advance_watermark(config, plan.name, start, end)
+    advance_watermark(config, plan.name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -415,7 +334,7 @@ def _run(
         for index, (plan, start, end) in enumerate(windows):
 
             def report(
-                phase: str, done: int, total: int, _i: int = index, _v: str = plan.name
+                phase: Phase, done: int, total: int, _i: int = index, _v: str = plan.name
             ) -> None:
                 if progress is not None:
                     progress(Progress(_v, phase, done, total, _i, len(windows)))
@@ -425,7 +344,7 @@ def _run(
             else:
                 result = _materialize_view(config, registry, plan, start, end, writer, report)
             results.append(result)
-            report("done", result.rows_read, result.rows_read)
+            report(Phase.DONE, result.rows_read, result.rows_read)
         return MaterializeResult(views=tuple(results))
     finally:
         if own_writer and writer is not None:

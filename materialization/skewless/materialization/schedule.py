@@ -20,8 +20,9 @@ from typing import Protocol
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
-from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
-from skewless.materialization.pipeline import EPOCH, materializable_views, read_watermark
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
+from skewless.materialization.pipeline import EPOCH, materializable_views
+from skewless.materialization.view_state import read_watermark
 from skewless.v1 import registry_pb2
 
 __all__ = ["RegistrySource", "Scheduler", "due_boundary", "run_scheduler"]
@@ -103,7 +104,7 @@ class Scheduler:
                 window_start=read_watermark(self.config, view) or EPOCH,
                 window_end=end,
                 incremental=True,
-                trigger="schedule",
+                trigger=Trigger.SCHEDULE,
             )
         except FailedPreconditionError:  # a CLI or API job holds the view
             return None

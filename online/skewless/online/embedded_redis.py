@@ -152,15 +152,20 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the process (SIGTERM, then SIGKILL after `timeout`); safe to call twice."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        self.url_file.unlink(missing_ok=True)
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if proc.poll() is None:
+                self.url_file.unlink(missing_ok=True)
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            if proc.stderr is not None:
+                proc.stderr.close()
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -200,7 +205,7 @@ def online_store_config(config: RepoConfig) -> Iterator[tuple[RepoConfig, Embedd
     if config.redis_url:
         yield config, None
         return
-    data_dir = config.data_dir / "redis"
+    data_dir = config.embedded_redis_dir
     running = _running_url(data_dir / "redis.url")
     if running is not None:
         yield replace(config, redis_url=running), None

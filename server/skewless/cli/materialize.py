@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from skewless.core.config import RepoConfig, load_repo_config
-from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
-from skewless.materialization.pipeline import Progress
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
+from skewless.materialization.pipeline import Phase, Progress
 from skewless.online.embedded_redis import online_store_config
 from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import registry_pb2
@@ -71,13 +71,13 @@ class _Bar:
             )
         if self.bar is None:
             return
-        if report.phase == "compute":
+        if report.phase == Phase.COMPUTE:
             self.bar.total = report.rows_total
             self.bar.n = report.rows_done
             self.bar.refresh()
-        elif report.phase == "online":
+        elif report.phase == Phase.ONLINE:
             self.bar.set_postfix_str(f"online {report.rows_done:,} keys", refresh=True)
-        elif report.phase == "done":
+        elif report.phase == Phase.DONE:
             self.bar.total = max(report.rows_total, 1)
             self.bar.n = report.rows_total
             self.bar.refresh()
@@ -114,7 +114,7 @@ def _run(
         window_start=start,
         window_end=end,
         incremental=incremental,
-        trigger="cli",
+        trigger=Trigger.CLI,
     )
     bar = _Bar(progress_bar)
     try:

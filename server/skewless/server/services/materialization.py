@@ -16,7 +16,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from skewless.core.errors import InvalidArgumentError
-from skewless.materialization.jobs import JobRecord, JobState, JobStore, run_job, start_job
+from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
 from skewless.server.context import ServerContext
 from skewless.server.errors import ERROR_DOMAIN
 from skewless.server.pagination import paginate
@@ -129,7 +129,7 @@ class MaterializationServicer:
             window_start=start,
             window_end=end,
             incremental=request.incremental,
-            trigger="api",
+            trigger=Trigger.API,
         )
         record = started.record
         thread = threading.Thread(

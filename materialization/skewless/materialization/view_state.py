@@ -1,0 +1,102 @@
+"""A view's materialization state: its job lock and its watermark.
+
+Both live in the view's state folder (`RepoConfig.state_dir(view)`). The lock is a file
+held with `flock` (the kernel releases it when the holder dies), so two jobs never
+materialize one view at once. The watermark is the end of the view's last contiguous
+materialized range, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import IO
+
+from skewless.core.config import RepoConfig
+from skewless.core.errors import FailedPreconditionError
+
+__all__ = ["ViewLocks", "advance_watermark", "read_watermark"]
+
+
+class ViewLocks:
+    """Exclusive per-view job locks (`flock`), released on `release` or process death."""
+
+    def __init__(self, config: RepoConfig, views: Sequence[str]) -> None:
+        """Acquires every view's lock without waiting, in name order.
+
+        Raises:
+            FailedPreconditionError: Another job holds a view's lock (the message names it).
+
+        """
+        self.views = tuple(sorted(set(views)))
+        self._handles: list[IO[str]] = []
+        try:
+            for view in self.views:
+                folder = config.state_dir(view)
+                folder.mkdir(parents=True, exist_ok=True)
+                handle = (folder / "job.lock").open("a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    raise FailedPreconditionError(
+                        f"a materialization job for feature view {view!r} is already running; "
+                        "wait for it to finish (list jobs to see it)",
+                        reason="MATERIALIZATION_RUNNING",
+                        metadata={"feature_view": view},
+                    ) from None
+                self._handles.append(handle)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Releases every lock held."""
+        for handle in self._handles:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> ViewLocks:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def read_watermark(config: RepoConfig, view: str) -> datetime | None:
+    """Returns the end of the view's last contiguous materialized range, if any."""
+    try:
+        raw = json.loads((config.state_dir(view) / "watermark.json").read_text())
+    except FileNotFoundError:
+        return None
+    return datetime.fromisoformat(raw["watermark"])
+
+
+def _write_watermark(config: RepoConfig, view: str, value: datetime) -> None:
+    folder = config.state_dir(view)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "watermark.json.tmp"
+    with tmp.open("w") as handle:
+        json.dump({"watermark": value.isoformat()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / "watermark.json")
+
+
+def advance_watermark(config: RepoConfig, view: str, start: datetime, end: datetime) -> None:
+    """Moves the watermark to `end` unless that would skip a gap or move it back."""
+    watermark = read_watermark(config, view)
+    if watermark is None or start <= watermark < end:
+        _write_watermark(config, view, end)
