@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from skewless.online.embedded_redis import EmbeddedRedis
+from tests.helpers.redis_cluster import RedisClusterNodes, start_cluster
 from tests.helpers.s3 import S3Server, S3ServerError, running_s3_server
 
 
@@ -52,3 +53,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         failure = str(exc)
     if failure is not None:
         pytest.fail(failure, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """One real three-node Redis Cluster for the session (flush it before use)."""
+    with start_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster

@@ -22,6 +22,7 @@ import grpc
 import pyarrow as pa
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from skewless.client import (
     Client,
@@ -76,11 +77,32 @@ class OnlineStore:
         return self.nodes or [self.client]
 
 
-@pytest.fixture
-def online_store(redis_url: str) -> Iterator[OnlineStore]:
-    client = redis.Redis.from_url(redis_url)
-    yield OnlineStore(url=redis_url, cluster=False, client=client)
-    client.close()
+@pytest.fixture(params=["single", "cluster"])
+def online_store(request: pytest.FixtureRequest) -> Iterator[OnlineStore]:
+    """The online store every contract test runs against: one Redis, then a Redis Cluster.
+
+    A test that uses `served` (or this fixture) runs on both without being listed
+    anywhere; `single_redis_only` restricts one to the single Redis.
+    """
+    if request.param == "single":
+        url = request.getfixturevalue("redis_url")
+        client = redis.Redis.from_url(url)
+        yield OnlineStore(url=url, cluster=False, client=client)
+        client.close()
+        return
+    cluster = request.getfixturevalue("redis_cluster")
+    nodes = [redis.Redis(port=n.port) for n in cluster.nodes]
+    for node in nodes:
+        node.flushall()
+    cluster_client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    yield OnlineStore(url=cluster.url, cluster=True, client=cluster_client, nodes=nodes)
+    cluster_client.close()
+    for node in nodes:
+        node.close()
+
+
+#: Restricts a test of this module to the single Redis (the contract runs on both).
+single_redis_only = pytest.mark.parametrize("online_store", ["single"], indirect=True)
 
 
 def _entity(name: str, *keys: tuple[str, int]) -> registry_pb2.Entity:
@@ -531,6 +553,7 @@ def test_hung_redis_answers_unavailable_before_deadline(
         server.stop()
 
 
+@single_redis_only
 def test_push_features_then_read_them_online(served: Served) -> None:
     table = pa.table(
         {
@@ -557,6 +580,7 @@ def test_push_features_then_read_them_online(served: Served) -> None:
     assert result.event_times()["trips"] == [NOW]
 
 
+@single_redis_only
 def test_metrics_exposed(served: Served) -> None:
     from skewless.server.metrics import start_metrics_server
 
@@ -605,6 +629,7 @@ def _two_free_ports() -> int:
     raise AssertionError("no two consecutive free ports")
 
 
+@single_redis_only
 def test_two_workers_share_one_port(tmp_path: Path, online_store: OnlineStore) -> None:
     config = _config(tmp_path, online_store.url, False)
     RegistryStore(config.registry_path).save(make_registry())
@@ -657,6 +682,7 @@ def test_two_workers_share_one_port(tmp_path: Path, online_store: OnlineStore) -
         assert proc.wait(20) == 0
 
 
+@single_redis_only
 def test_client_registry_helpers(served: Served) -> None:
     client = served.client
     assert client.get_registry_info().project == PROJECT
@@ -679,6 +705,7 @@ def test_client_registry_helpers(served: Served) -> None:
     assert info.value.metadata
 
 
+@single_redis_only
 def test_client_metadata_and_channel_reuse(served: Served) -> None:
     seed_drivers(served.store)
     with Client(

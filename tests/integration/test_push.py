@@ -297,62 +297,14 @@ def test_created_time_breaks_event_time_ties(config: RepoConfig) -> None:
 # --- Redis Cluster ---------------------------------------------------------------------------
 
 
-def _cluster_port() -> int:
-    from skewless.online.embedded_redis import free_port
-
-    for _ in range(200):
-        port = free_port()
-        if port <= 55535:  # Redis Cluster refuses ports above 55535 (bus port = port + 10000)
-            return port
-    raise RuntimeError("no free port at or below 55535")
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory):
-    import shutil
-    import subprocess
-    import time
-
-    from skewless.online.embedded_redis import EmbeddedRedis, free_port
-
-    if shutil.which("redis-cli") is None:
-        pytest.skip("needs redis-cli")
-    root = tmp_path_factory.mktemp("push-cluster")
-    nodes = []
-    try:
-        for i in range(3):
-            args = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()))
-            args += ("--cluster-config-file", str(root / f"n{i}" / "nodes.conf"))
-            nodes.append(
-                EmbeddedRedis(
-                    root / f"n{i}", port=_cluster_port(), persist=False, extra_args=args
-                ).start()
-            )
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in nodes),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 30
-        for node in nodes:
-            client = redis.Redis(port=node.port)
-            while client.cluster("info")["cluster_state"] != "ok":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            client.close()
-        yield f"redis://127.0.0.1:{nodes[0].port}"
-    finally:
-        for node in nodes:
-            node.stop()
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    """The session's Redis Cluster, flushed (its fixture is shared with the contract suite)."""
+    for node in redis_cluster.nodes:
+        client = redis.Redis(port=node.port)
+        client.flushall()
+        client.close()
+    return redis_cluster.url
 
 
 def test_materialize_and_push_on_redis_cluster(tmp_path: Path, cluster_url: str) -> None:
