@@ -16,11 +16,11 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
 from skewless.offline.entity_rows import label_time_range, label_times, validate_entity_schema
 from skewless.offline.history_index import ViewHistory
-from skewless.offline.offline_store import history_files
+from skewless.offline.offline_store import Snapshot, read_snapshot, snapshot_files
 from skewless.offline.point_in_time import PointInTimeJoin, point_in_time_join
 from skewless.registry.feature_refs import FeaturePlan
 
-__all__ = ["check_history", "start_retrieval", "view_histories"]
+__all__ = ["check_history", "read_snapshots", "start_retrieval", "view_histories"]
 
 
 def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
@@ -30,29 +30,55 @@ def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
         FailedPreconditionError: `NOT_MATERIALIZED`, naming the view.
 
     """
+    read_snapshots(config, plan)
+
+
+def read_snapshots(config: RepoConfig, plan: FeaturePlan) -> dict[str, Snapshot]:
+    """Each view's latest snapshot; refuses a view with no offline history yet.
+
+    Raises:
+        FailedPreconditionError: `NOT_MATERIALIZED`, naming the view.
+
+    """
+    snapshots = {}
     for view in plan.views:
-        if not history_files(config, view.name):
+        snapshot = read_snapshot(config, view.name)
+        if snapshot is None or not snapshot.files:
             raise FailedPreconditionError(
                 f"feature view {view.name!r} has no offline history yet; run "
                 "`skewless materialize` (or push rows) for it first",
                 reason="NOT_MATERIALIZED",
                 metadata={"feature_view": view.name},
             )
+        snapshots[view.name] = snapshot
+    return snapshots
 
 
 def view_histories(
-    config: RepoConfig, plan: FeaturePlan, labels: pa.ChunkedArray
+    config: RepoConfig,
+    plan: FeaturePlan,
+    labels: pa.ChunkedArray,
+    snapshots: dict[str, Snapshot] | None = None,
 ) -> list[ViewHistory]:
-    """Each view's committed files that may hold a candidate for these label times."""
+    """Each view's committed files that may hold a candidate for these label times.
+
+    Reads each view's latest snapshot unless `snapshots` gives the one to read.
+    """
     span = label_time_range(labels)
     histories = []
     for view in plan.views:
+        snapshot = (
+            snapshots[view.name]
+            if snapshots is not None and view.name in snapshots
+            else read_snapshot(config, view.name)
+        )
         if span is None:
             files = []
         else:
             start = span[0] - view.ttl_micros if view.ttl_micros else None
-            files = history_files(config, view.name, start=start, end=span[1] + 1)
-        histories.append(ViewHistory(view, tuple(files)))
+            files = snapshot_files(snapshot, start=start, end=span[1] + 1)
+        version = snapshot.version if snapshot is not None else None
+        histories.append(ViewHistory(view, tuple(files), version=version))
     return histories
 
 
