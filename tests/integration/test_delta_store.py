@@ -150,3 +150,79 @@ def test_concurrent_materialization_and_pushes_both_land(repo: RepoConfig) -> No
         for h in reversed(table.history())
     )
     assert "awa" in ops or "waw" in ops  # the writers did overlap
+
+
+def _old_layout_store(config: RepoConfig) -> pa.Table:
+    """Writes `driver_stats` as the manifest layout left it: day files and `_manifest.json`."""
+    import json
+
+    from skewless.registry.feature_refs import resolve_view
+
+    plan = resolve_view(make_registry(), "driver_stats")
+    rows = driver_rows(n_drivers=3, n_times=30)
+    table = pa.table(
+        {
+            "driver_id": rows["driver_id"],
+            "event_timestamp": rows["ts"].cast(pa.timestamp("us", tz="UTC")),
+            "created_timestamp": rows["created"],
+            "conv_rate": rows["conv_rate"],
+            "trips": rows["trips"].cast(pa.int64()),
+            "label": rows["label"],
+        }
+    ).cast(plan.history_schema)
+    folder = history_dir(config, "driver_stats")
+    entries = []
+    for n, (part, origin) in enumerate([(table.slice(0, 72), "window"), (table.slice(72), "push")]):
+        rel = f"date=2024-03-0{n + 1}/2024030{n + 1}T000000000000-0000000{n}.parquet"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, folder / rel)
+        micros = part["event_timestamp"].cast(pa.int64())
+        entries.append(
+            {
+                "path": rel,
+                "min_event_us": pa.compute.min(micros).as_py(),
+                "max_event_us": pa.compute.max(micros).as_py(),
+                "rows": part.num_rows,
+                "origin": origin,
+            }
+        )
+    (folder / "_manifest.json").write_text(json.dumps({"version": 1, "files": entries}))
+    return table
+
+
+def test_an_old_layout_store_is_refused_then_migrated_by_the_command(
+    repo: RepoConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skewless.cli import main
+    from skewless.core.errors import FailedPreconditionError
+
+    old = _old_layout_store(repo)
+    with pytest.raises(FailedPreconditionError) as info:
+        history_files(repo, "driver_stats")
+    assert info.value.reason == "OFFLINE_LAYOUT_OUTDATED"
+    assert "skewless migrate-offline" in info.value.message
+    assert "re-run `skewless materialize`" in info.value.message
+    (repo.root / "skewless.yaml").write_text(
+        f"project: mat\ndata_dir: .skewless\nonline_store: {{redis_url: '{repo.redis_url}'}}\n"
+    )
+    from skewless.registry.registry_store import RegistryStore
+
+    RegistryStore(repo.registry_path).save(make_registry())
+    assert main(["materialize", "2024-03-01", "2024-03-02", "--repo", str(repo.root)]) != 0
+    refused = capsys.readouterr()
+    assert "migrate-offline" in refused.err + refused.out
+    assert main(["migrate-offline", "--repo", str(repo.root)]) == 0
+    assert "driver_stats: 2 file(s), 90 row(s)" in capsys.readouterr().out
+    from skewless.offline.delta_log import forget_layout_check
+
+    forget_layout_check(repo)  # this process checked the old store before the command ran
+    assert stored(repo).equals(
+        old.sort_by([("event_timestamp", "ascending"), ("driver_id", "ascending")])
+    )
+    assert sorted(f.origin for f in read_files(repo, "driver_stats")) == ["push", "window"]
+    assert not (history_dir(repo, "driver_stats") / "_manifest.json").exists()
+    layout = (repo.offline_dir / "_layout.json").read_text()
+    assert '"layout": 2' in layout
+    # A re-run window replaces the migrated materialized rows and keeps the pushed ones.
+    materialize(repo, make_registry(), T0, T0 + DAY)
+    assert sum(f.origin == "push" for f in read_files(repo, "driver_stats")) == 1
