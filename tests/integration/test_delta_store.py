@@ -71,7 +71,9 @@ while not go.exists():
 for i in range(first, first + count):
     row = pa.table({
         "driver_id": pa.array([i], pa.int64()),
-        "event_timestamp": pa.array([T0 + timedelta(minutes=i % 2000)], pa.timestamp("us", tz="UTC")),
+        "event_timestamp": pa.array(
+            [T0 + timedelta(minutes=i % 2000)], pa.timestamp("us", tz="UTC")
+        ),
         "created_timestamp": pa.array([None], pa.timestamp("us", tz="UTC")),
         "conv_rate": pa.array([float(i)]),
         "trips": pa.array([i], pa.int64()),
