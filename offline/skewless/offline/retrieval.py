@@ -10,10 +10,13 @@ with the repository's memory limits.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 import pyarrow as pa
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import FailedPreconditionError
+from skewless.core.errors import FailedPreconditionError, InvalidArgumentError, quoted
 from skewless.offline.entity_rows import label_time_range, label_times, validate_entity_schema
 from skewless.offline.history_index import ViewHistory
 from skewless.offline.offline_store import Snapshot, read_snapshot, snapshot_files
@@ -33,16 +36,40 @@ def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
     read_snapshots(config, plan)
 
 
-def read_snapshots(config: RepoConfig, plan: FeaturePlan) -> dict[str, Snapshot]:
-    """Each view's latest snapshot; refuses a view with no offline history yet.
+def read_snapshots(
+    config: RepoConfig,
+    plan: FeaturePlan,
+    *,
+    versions: Mapping[str, int] | None = None,
+    as_of: datetime | None = None,
+) -> dict[str, Snapshot]:
+    """The snapshot each view is read at: pinned in `versions`, as of `as_of`, or latest.
 
     Raises:
-        FailedPreconditionError: `NOT_MATERIALIZED`, naming the view.
+        InvalidArgumentError: `BAD_OFFLINE_VERSION`: a pin for a view the plan does not
+            read, or a negative version.
+        NotFoundError: `OFFLINE_VERSION_NOT_FOUND` (see `read_snapshot`).
+        FailedPreconditionError: `NOT_MATERIALIZED`: a view without history (at that
+            version); `OFFLINE_VERSION_VACUUMED`: a pinned version's files are gone.
 
     """
+    pins = dict(versions or {})
+    names = {v.name for v in plan.views}
+    for name, version in pins.items():
+        if name not in names or version < 0:
+            raise InvalidArgumentError(
+                f"offline version {version} for feature view {quoted(name)}: "
+                + ("the query does not read that view" if name not in names else "negative"),
+                field="query.offline_versions",
+                reason="BAD_OFFLINE_VERSION",
+                metadata={"feature_view": name},
+            )
     snapshots = {}
     for view in plan.views:
-        snapshot = read_snapshot(config, view.name)
+        pinned = view.name in pins or as_of is not None
+        snapshot = read_snapshot(config, view.name, version=pins.get(view.name), as_of=as_of)
+        if pinned and snapshot is not None:
+            _check_not_vacuumed(view.name, snapshot)
         if snapshot is None or not snapshot.files:
             raise FailedPreconditionError(
                 f"feature view {view.name!r} has no offline history yet; run "
@@ -52,6 +79,17 @@ def read_snapshots(config: RepoConfig, plan: FeaturePlan) -> dict[str, Snapshot]
             )
         snapshots[view.name] = snapshot
     return snapshots
+
+
+def _check_not_vacuumed(view: str, snapshot: Snapshot) -> None:
+    for entry in snapshot.files:
+        if not (snapshot.root / entry.path).exists():
+            raise FailedPreconditionError(
+                f"offline version {snapshot.version} of feature view {view!r} can no longer "
+                "be read: `skewless vacuum` removed its files; pin a newer version",
+                reason="OFFLINE_VERSION_VACUUMED",
+                metadata={"feature_view": view, "version": str(snapshot.version)},
+            )
 
 
 def view_histories(
@@ -90,6 +128,7 @@ def start_retrieval(
     label_time_column: str,
     batch_rows: int,
     entity_columns: bool = True,
+    snapshots: dict[str, Snapshot] | None = None,
 ) -> PointInTimeJoin:
     """Validates the entity rows and starts their point-in-time join (reading runs it).
 
@@ -99,7 +138,7 @@ def start_retrieval(
 
     """
     validate_entity_schema(entity_rows.schema, plan, label_time_column)
-    histories = view_histories(config, plan, label_times(entity_rows, label_time_column))
+    histories = view_histories(config, plan, label_times(entity_rows, label_time_column), snapshots)
     return point_in_time_join(
         entity_rows,
         plan,
