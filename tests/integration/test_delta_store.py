@@ -228,3 +228,110 @@ def test_an_old_layout_store_is_refused_then_migrated_by_the_command(
     # A re-run window replaces the migrated materialized rows and keeps the pushed ones.
     materialize(repo, make_registry(), T0, T0 + DAY)
     assert sum(f.origin == "push" for f in read_files(repo, "driver_stats")) == 1
+
+
+def _push_rows(config: RepoConfig, drivers: list[int], at_minutes: list[int]) -> None:
+    from skewless.offline.offline_store import ORIGIN_PUSH, HistoryWriter, commit_append
+    from skewless.registry.feature_refs import resolve_view
+
+    plan = resolve_view(make_registry(push=True), "driver_live")
+    times = [T0 + timedelta(minutes=m) for m in at_minutes]
+    table = pa.table(
+        {
+            "driver_id": pa.array(drivers, pa.int64()),
+            "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "created_timestamp": pa.array([None] * len(drivers), pa.timestamp("us", tz="UTC")),
+            "conv_rate": pa.array(
+                [float(d * 10 + m) for d, m in zip(drivers, at_minutes, strict=True)]
+            ),
+            "trips": pa.array(at_minutes, pa.int64()),
+            "label": pa.array([f"{d}@{m}" for d, m in zip(drivers, at_minutes, strict=True)]),
+        }
+    ).cast(plan.history_schema)
+    writer = HistoryWriter(config, "driver_live", plan.history_schema, origin=ORIGIN_PUSH)
+    writer.write(table)
+    commit_append(config, "driver_live", writer.close())
+
+
+def _join(config: RepoConfig, rows: pa.Table) -> tuple[pa.Table, bool]:
+    """The in-process join of `driver_live`, and whether its history needed the tie step."""
+    import duckdb
+
+    from skewless.offline.history_index import HistoryLoader, ViewHistory, has_ties
+    from skewless.offline.point_in_time import point_in_time_join
+    from skewless.registry.feature_refs import resolve_feature_refs
+
+    plan = resolve_feature_refs(make_registry(push=True), ["driver_live"])
+    histories = [ViewHistory(v, tuple(history_files(config, v.name))) for v in plan.views]
+    join = point_in_time_join(rows, plan, histories)
+    try:
+        result = join.reader.read_all()
+    finally:
+        join.close()
+    con = duckdb.connect()
+    loader = HistoryLoader(con, None, None)
+    hi = {"hi0": T0 + 10 * DAY}
+    loaded = loader.load(0, histories[0], hi, dedupe=False)
+    ties = has_ties(con, loaded, plan.views[0])
+    from skewless.offline.history_index import _strictly_ordered
+
+    ordered = _strictly_ordered(loaded.index, plan.views[0].join_key_names)
+    con.close()
+    return result, ties or not ordered
+
+
+def test_compaction_restores_time_order_and_keeps_every_answer(
+    repo: RepoConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skewless.cli import main
+    from skewless.registry.registry_store import RegistryStore
+
+    RegistryStore(repo.registry_path).save(make_registry(push=True))
+    (repo.root / "skewless.yaml").write_text(
+        f"project: mat\ndata_dir: .skewless\nonline_store: {{redis_url: '{repo.redis_url}'}}\n"
+    )
+    _push_rows(repo, [3, 1, 2], [50, 10, 30])
+    _push_rows(repo, [2, 1], [20, 10])  # driver 1 at minute 10 again: a tie, newer file wins
+    _push_rows(repo, [1, 3], [60 * 30, 5])  # the next day, and an early row
+    labels = pa.table(
+        {
+            "driver_id": pa.array([1, 2, 3, 1, 3, 4], pa.int64()),
+            "event_timestamp": pa.array(
+                [T0 + timedelta(minutes=m) for m in (15, 25, 60, 60 * 31, 6, 1)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    before, slow = _join(repo, labels)
+    assert slow
+    assert main(["compact", "--repo", str(repo.root), "--views", "driver_live"]) == 0
+    assert "driver_live: 3 pushed file(s) rewritten as 1" in capsys.readouterr().out
+    after, slow_after = _join(repo, labels)
+    assert after.equals(before)
+    assert before["label"].to_pylist()[0] == "1@10"
+    files = read_files(repo, "driver_live")
+    assert len(files) == 2  # one per day (the second day had one file, in order)
+    assert main(["vacuum", "--retain", "0", "--repo", str(repo.root)]) == 0
+    assert "driver_live: 3 file(s) deleted" in capsys.readouterr().out
+    assert _join(repo, labels)[0].equals(before)
+    # A tie remains (driver 1, minute 10, twice): order is restored, the tie step stays.
+    assert slow_after
+
+
+def test_offline_retention_removes_old_files_on_the_sweep(repo: RepoConfig) -> None:
+    from google.protobuf import duration_pb2
+
+    from skewless.materialization.retention import sweep_retention
+
+    registry = make_registry()
+    materialize(repo, registry, T0, T0 + 2 * DAY)
+    registry.feature_views[0].offline_retention.CopyFrom(
+        duration_pb2.Duration(seconds=int(timedelta(days=1).total_seconds()))
+    )
+    results = sweep_retention(repo, registry, now=T0 + 2 * DAY + timedelta(hours=1))
+    assert [(r.view, r.files_removed) for r in results] == [("driver_stats", 1)]
+    remaining = stored(repo)
+    assert pa.compute.min(remaining["event_timestamp"]).as_py() == T0 + DAY
+    assert (
+        sweep_retention(repo, registry, now=T0 + 2 * DAY + timedelta(hours=1))[0].files_removed == 0
+    )

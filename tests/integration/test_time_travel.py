@@ -15,6 +15,7 @@ from skewless.client import Client, FailedPreconditionError, InvalidArgumentErro
 from skewless.client.historical import offline_versions
 from skewless.core.config import RepoConfig
 from skewless.materialization.pipeline import materialize
+from skewless.offline.maintenance import compact, vacuum
 from skewless.offline.offline_store import ORIGIN_PUSH, HistoryWriter, commit_append
 from skewless.registry.feature_refs import resolve_view
 from skewless.registry.registry_store import RegistryStore
@@ -98,9 +99,10 @@ def test_pinned_versions_and_as_of_replay_byte_identical_results(store: Store) -
     )
     write_source(config, changed)
     materialize(config, make_registry(), T0, T0 + 2 * DAY)
-    push(config, list(range(23)), T0 + timedelta(hours=9), 99.0)
+    push(config, list(range(22, -1, -1)), T0 + timedelta(hours=9), 99.0)
+    push(config, [5, 4, 3], T0 + timedelta(hours=8), 42.0)  # two pushed files in a row
     latest = client.get_historical_features(labels(), features=FEATURES)
-    assert offline_versions(latest)["driver_stats"] == versions["driver_stats"] + 2
+    assert offline_versions(latest)["driver_stats"] == versions["driver_stats"] + 3
     assert not latest.equals(first)
     replay = client.get_historical_features(labels(), features=FEATURES, offline_versions=versions)
     assert ipc_bytes(replay) == ipc_bytes(first)
@@ -108,6 +110,25 @@ def test_pinned_versions_and_as_of_replay_byte_identical_results(store: Store) -
     as_of = client.get_historical_features(labels(), features=FEATURES, offline_as_of=between)
     assert offline_versions(as_of) == versions
     assert ipc_bytes(as_of) == ipc_bytes(first)
+    # Compaction is a new version with the same answers; the pinned one still replays.
+    assert compact(config, "driver_stats", ["driver_id"]).files_removed == 2
+    compacted = client.get_historical_features(labels(), features=FEATURES)
+    assert offline_versions(compacted)["driver_stats"] == versions["driver_stats"] + 4
+    assert ipc_bytes(compacted.replace_schema_metadata()) == ipc_bytes(
+        latest.replace_schema_metadata()
+    )
+    again = client.get_historical_features(labels(), features=FEATURES, offline_versions=versions)
+    assert ipc_bytes(again) == ipc_bytes(first)
+    # Vacuum deletes what only old versions referenced: pinning one is then refused.
+    assert vacuum(config, "driver_stats", timedelta(0)).files_removed >= 3
+    with pytest.raises(FailedPreconditionError) as gone:
+        client.get_historical_features(labels(), features=FEATURES, offline_versions=versions)
+    assert gone.value.reason == "OFFLINE_VERSION_VACUUMED"
+    assert "vacuum" in str(gone.value)
+    current = client.get_historical_features(labels(), features=FEATURES)
+    assert ipc_bytes(current.replace_schema_metadata()) == ipc_bytes(
+        latest.replace_schema_metadata()
+    )
 
 
 def test_bad_pins_are_clear_errors(store: Store) -> None:

@@ -61,9 +61,12 @@ __all__ = [
     "discard",
     "history_dir",
     "history_files",
+    "publish_staged",
     "read_files",
     "read_snapshot",
     "snapshot_files",
+    "staged_path",
+    "unpublish",
 ]
 
 #: Staged files without a writer pid in their name (older writers) are removed past this age.
@@ -79,9 +82,13 @@ class StagedFile:
     tmp_path: Path
 
 
-def _staged_path(root: Path, rel: str) -> Path:
-    """Where a writer stages `rel`: beside it, named with the writer's pid."""
-    return root / f"{rel}.{os.getpid()}.tmp"
+def staged_path(root: Path, rel: str) -> Path:
+    """Where a writer stages `rel`: beside it, hidden, named with the writer's pid.
+
+    The leading `_` makes Delta tools skip it: vacuum never removes a file being written.
+    """
+    path = root / rel
+    return path.with_name(f"_{path.name}.{os.getpid()}.tmp")
 
 
 def _writer_gone(path: Path, now: float) -> bool:
@@ -205,7 +212,7 @@ class HistoryWriter:
             day_text = (_EPOCH_DAY + timedelta(days=day)).isoformat()
             suffix = PUSH_SUFFIX if self.origin == ORIGIN_PUSH else ".parquet"
             rel = f"{EVENT_DATE}={day_text}/{self._run}{suffix}"
-            path = _staged_path(self.root, rel)
+            path = staged_path(self.root, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = path.open("wb")
             writer = pq.ParquetWriter(sink, self.schema)
@@ -238,7 +245,7 @@ class HistoryWriter:
     @property
     def staged_paths(self) -> list[Path]:
         """The staged paths written so far."""
-        return [_staged_path(self.root, rel) for _, _, rel, _ in self._open.values()]
+        return [staged_path(self.root, rel) for _, _, rel, _ in self._open.values()]
 
     def close(self) -> list[StagedFile]:
         """Finishes and fsyncs every staged file."""
@@ -259,7 +266,7 @@ class HistoryWriter:
                         origin=self.origin,
                         size=size,
                     ),
-                    tmp_path=_staged_path(self.root, rel),
+                    tmp_path=staged_path(self.root, rel),
                 )
             )
         self._open.clear()
@@ -271,7 +278,7 @@ class HistoryWriter:
             with contextlib.suppress(Exception):
                 writer.close()
             sink.close()
-            _staged_path(self.root, rel).unlink(missing_ok=True)
+            staged_path(self.root, rel).unlink(missing_ok=True)
         self._open.clear()
 
 
@@ -285,7 +292,7 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
     # Sorts right after the original, so the kept rows keep their place in write order.
     original = Path(entry.path)
     rel = str(original.with_name(f"{original.stem}-kept{uuid.uuid4().hex[:6]}.parquet"))
-    tmp = _staged_path(root, rel)
+    tmp = staged_path(root, rel)
     with tmp.open("wb") as sink:
         pq.write_table(keep, sink)
         sink.flush()
@@ -306,11 +313,14 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
     )
 
 
-def _publish(root: Path, staged: list[StagedFile]) -> None:
+def publish_staged(root: Path, staged: list[StagedFile]) -> None:
     """Renames staged files to their committed names (invisible until the commit)."""
     for item in staged:
         if item.tmp_path.exists():
             os.replace(item.tmp_path, root / item.file.path)
+            # Vacuum spares unreferenced files younger than its retention: this one is
+            # about to be committed.
+            os.utime(root / item.file.path)
 
 
 def clean_staged(root: Path) -> None:
@@ -325,7 +335,7 @@ def _window_plan(
     root: Path, staged: list[StagedFile], lo: int, hi: int, extra: list[StagedFile]
 ) -> Plan:
     def plan(snapshot: Snapshot) -> tuple[list[AddAction], list[RemoveAction]]:
-        _unpublish(root, extra)  # a previous attempt's rewrites (its snapshot was stale)
+        unpublish(root, extra)  # a previous attempt's rewrites (its snapshot was stale)
         extra.clear()
         removes = []
         for entry in snapshot.files:
@@ -339,7 +349,7 @@ def _window_plan(
                 if rewritten is not None:
                     extra.append(rewritten)
             removes.append(file_remove(entry))
-        _publish(root, [*staged, *extra])
+        publish_staged(root, [*staged, *extra])
         adds = [file_add(root, item.file) for item in [*staged, *extra]]
         return adds, removes
 
@@ -373,13 +383,13 @@ def commit_window(
             window=True,
         )
     except BaseException:
-        _unpublish(root, [*staged, *extra])
+        unpublish(root, [*staged, *extra])
         raise
     clean_staged(root)
     return version
 
 
-def _unpublish(root: Path, items: list[StagedFile]) -> None:
+def unpublish(root: Path, items: list[StagedFile]) -> None:
     """After a failed commit: removes what it renamed into place (never committed)."""
     for item in items:
         (root / item.file.path).unlink(missing_ok=True)
@@ -404,13 +414,13 @@ def commit_append(config: RepoConfig, view: str, staged: list[StagedFile]) -> in
     schema = _schema_of(staged, root)
 
     def plan(snapshot: Snapshot) -> tuple[list[AddAction], list[RemoveAction]]:
-        _publish(root, staged)
+        publish_staged(root, staged)
         return [file_add(root, item.file) for item in staged], []
 
     try:
         version = commit_actions(config, view, schema, plan, operation="append")
     except BaseException:
-        _unpublish(root, staged)
+        unpublish(root, staged)
         raise
     clean_staged(root)
     return version

@@ -389,6 +389,8 @@ class FeatureView:
         description: What the view holds.
         owner: The responsible team or person.
         tags: Free-form labels.
+        offline_retention: How long offline history is kept (`90d`); zero or None means
+            forever.
         origin: The definition file this came from (for messages); not part of equality.
 
     """
@@ -405,6 +407,7 @@ class FeatureView:
     description: str = ""
     owner: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    offline_retention: DurationSpec = None
     origin: str = field(default="", compare=False)
 
     @property
@@ -438,6 +441,7 @@ class FeatureView:
             description=self.description,
             owner=self.owner,
             tags=dict(self.tags),
+            offline_retention=_duration_proto(self.offline_retention, f"{what}: offline_retention"),
         )
 
 

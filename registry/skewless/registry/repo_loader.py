@@ -59,6 +59,7 @@ _VIEW_KEYS = _COMMON | {
     "schedule",
     "online",
     "offline",
+    "offline_retention",
 }
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
 _SERVICE_KEYS = _COMMON | {"features"}
@@ -370,6 +371,7 @@ class _Reader:
                 description=f.text("description"),
                 owner=f.text("owner"),
                 tags=f.tags(),
+                offline_retention=f.duration("offline_retention"),
                 origin=f.origin,
             )
         )

@@ -452,7 +452,12 @@ class _Validator:
             except ValueError as exc:
                 self.add(origin, obj, f"feature {feature.name!r}: {exc}")
                 features_ok = False
-        for what, value in (("ttl", view.ttl), ("schedule", view.schedule)):
+        durations = (
+            ("ttl", view.ttl),
+            ("schedule", view.schedule),
+            ("offline_retention", view.offline_retention),
+        )
+        for what, value in durations:
             try:
                 parse_duration(value)
             except ValueError as exc:

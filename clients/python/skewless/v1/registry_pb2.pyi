@@ -387,6 +387,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    OFFLINE_RETENTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
     source: _builtins.str
@@ -425,6 +426,13 @@ class FeatureView(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def offline_retention(self) -> _duration_pb2.Duration:
+        """Optional. How long the view's offline history is kept: files whose rows are all
+        older than this (by event time) are removed from the offline table on a schedule
+        (and deleted by a later vacuum). Zero means forever.
+        """
+
     def __init__(
         self,
         *,
@@ -440,10 +448,11 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        offline_retention: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offline_retention", b"offline_retention", "schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline", b"offline", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline", b"offline", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -615,9 +615,13 @@ type FeatureView struct {
 	// Optional. The team or person responsible.
 	Owner string `protobuf:"bytes,11,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Optional. Free-form labels.
-	Tags          map[string]string `protobuf:"bytes,12,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tags map[string]string `protobuf:"bytes,12,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional. How long the view's offline history is kept: files whose rows are all
+	// older than this (by event time) are removed from the offline table on a schedule
+	// (and deleted by a later vacuum). Zero means forever.
+	OfflineRetention *durationpb.Duration `protobuf:"bytes,13,opt,name=offline_retention,json=offlineRetention,proto3" json:"offline_retention,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FeatureView) Reset() {
@@ -730,6 +734,13 @@ func (x *FeatureView) GetOwner() string {
 func (x *FeatureView) GetTags() map[string]string {
 	if x != nil {
 		return x.Tags
+	}
+	return nil
+}
+
+func (x *FeatureView) GetOfflineRetention() *durationpb.Duration {
+	if x != nil {
+		return x.OfflineRetention
 	}
 	return nil
 }
@@ -1029,7 +1040,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x04tags\x18\x04 \x03(\v2\x1e.skewless.v1.Feature.TagsEntryR\x04tags\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\x04\n" +
 	"\vFeatureView\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bentities\x18\x02 \x03(\tR\bentities\x120\n" +
@@ -1043,7 +1054,8 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\vdescription\x18\n" +
 	" \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\v \x01(\tR\x05owner\x126\n" +
-	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x12F\n" +
+	"\x11offline_retention\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10offlineRetention\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
@@ -1127,18 +1139,19 @@ var file_skewless_v1_registry_proto_depIdxs = []int32{
 	18, // 11: skewless.v1.FeatureView.ttl:type_name -> google.protobuf.Duration
 	18, // 12: skewless.v1.FeatureView.schedule:type_name -> google.protobuf.Duration
 	15, // 13: skewless.v1.FeatureView.tags:type_name -> skewless.v1.FeatureView.TagsEntry
-	9,  // 14: skewless.v1.FeatureService.projections:type_name -> skewless.v1.FeatureProjection
-	16, // 15: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
-	19, // 16: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 17: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
-	3,  // 18: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
-	8,  // 19: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
-	10, // 20: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	18, // 14: skewless.v1.FeatureView.offline_retention:type_name -> google.protobuf.Duration
+	9,  // 15: skewless.v1.FeatureService.projections:type_name -> skewless.v1.FeatureProjection
+	16, // 16: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
+	19, // 17: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 18: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
+	3,  // 19: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
+	8,  // 20: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
+	10, // 21: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_proto_init() }
