@@ -335,3 +335,64 @@ def test_offline_retention_removes_old_files_on_the_sweep(repo: RepoConfig) -> N
     assert (
         sweep_retention(repo, registry, now=T0 + 2 * DAY + timedelta(hours=1))[0].files_removed == 0
     )
+
+
+_DELTA_REPO = """
+entities:
+  - name: driver
+    join_keys: [{{name: driver_id, value_type: INT64}}]
+sources:
+  - name: trips
+    delta: data/trips_delta
+    {version}
+    timestamp_field: ts
+feature_views:
+  - name: trip_stats
+    entities: [driver]
+    source: trips
+    features:
+      - {{name: fare, type: FLOAT64}}
+"""
+
+
+def test_a_delta_table_is_a_source_at_a_pinned_or_latest_version(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from deltalake import write_deltalake
+
+    from skewless.registry.apply import apply_repo
+    from skewless.registry.validation import DefinitionProblemsError
+
+    repo = tmp_path / "repo"
+    (repo / "features").mkdir(parents=True)
+    (repo / "skewless.yaml").write_text(
+        f"project: mat\ndata_dir: .skewless\nonline_store: {{redis_url: '{redis_url}'}}\n"
+    )
+    table = repo / "data" / "trips_delta"
+
+    def rows(fare: float) -> pa.Table:
+        return pa.table(
+            {
+                "driver_id": pa.array([1, 2], pa.int64()),
+                "ts": pa.array([T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
+                "fare": [fare, fare + 1],
+            }
+        )
+
+    write_deltalake(str(table), rows(10.0))  # version 0
+    write_deltalake(str(table), rows(20.0), mode="overwrite")  # version 1
+    definitions = repo / "features" / "trips.yaml"
+    for version, fares in (("version: 0", [10.0, 11.0]), ("", [20.0, 21.0])):
+        definitions.write_text(_DELTA_REPO.format(version=version))
+        registry = apply_repo(repo).registry
+        config = make_config(repo, redis_url)
+        materialize(config, registry, T0, T0 + DAY)
+        assert stored(config, "trip_stats")["fare"].to_pylist() == fares
+    definitions.write_text(_DELTA_REPO.format(version="version: 7"))
+    with pytest.raises(DefinitionProblemsError) as bad:
+        apply_repo(repo)
+    assert "cannot read version 7 of the Delta table" in str(bad.value)
+    definitions.write_text(_DELTA_REPO.format(version="").replace("trips_delta", "missing"))
+    with pytest.raises(DefinitionProblemsError) as missing:
+        apply_repo(repo)
+    assert "no Delta table at 'data/missing'" in str(missing.value)
