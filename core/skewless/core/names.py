@@ -16,6 +16,7 @@ from skewless.core.errors import DefinitionError, quoted
 
 __all__ = [
     "CREATED_TIMESTAMP",
+    "EVENT_DATE",
     "EVENT_TIMESTAMP",
     "IDENTIFIER_RULE",
     "MAX_NAME_LENGTH",
@@ -39,8 +40,11 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 EVENT_TIMESTAMP = "event_timestamp"
 #: The created-time column of every history row (a tie breaker; may be null).
 CREATED_TIMESTAMP = "created_timestamp"
+#: The partition column of every offline Delta table: the UTC day of `event_timestamp`
+#: (stored in the Delta log and folder names, not inside the Parquet files).
+EVENT_DATE = "event_date"
 #: Column names the offline store uses itself; no feature or join key may take them.
-RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_DATE})
 #: The relation a view's `sql` reads; no source may take this name.
 SOURCE_RELATION = "source"
 

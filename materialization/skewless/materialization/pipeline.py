@@ -161,12 +161,12 @@ def resolve_redis_url(config: RepoConfig) -> str:
 
 
 def materializable_views(registry: registry_pb2.Registry) -> list[str]:
-    """Names of the views that read a batch (file or SQL) source and are stored somewhere."""
+    """Names of the views that read a batch (file, SQL or Delta) source and are stored somewhere."""
     kinds = {s.name: s.WhichOneof("kind") for s in registry.data_sources}
     return sorted(
         v.name
         for v in registry.feature_views
-        if kinds.get(v.source) in ("file", "sql") and (v.online or v.offline)
+        if kinds.get(v.source) in ("file", "sql", "delta") and (v.online or v.offline)
     )
 
 

@@ -107,11 +107,14 @@ class ViewHistory:
         view: The view's part of the plan.
         files: The view's committed history files (see `history_files`); empty when
             none can hold a candidate (its features are then null).
+        version: The offline table version the files were listed from (None when the
+            view has no table).
 
     """
 
     view: ViewPlan
     files: tuple[Path, ...]
+    version: int | None = None
 
 
 @dataclass

@@ -42,6 +42,7 @@ from skewless.core.types import (
     duckdb_type_fits,
     value_type_name,
 )
+from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import ResolvedView
 from skewless.v1 import registry_pb2, types_pb2
 
@@ -73,6 +74,14 @@ def _register_file(
     relation.create_view(as_name, replace=True)
 
 
+def _register_delta(
+    con: duckdb.DuckDBPyConnection, config: RepoConfig, source: Any, as_name: str
+) -> None:
+    version = source.delta.version if source.delta.HasField("version") else None
+    dataset = open_delta_source(config.root, source.name, source.delta.path, version)
+    con.register(as_name, dataset)
+
+
 def _connect(
     config: RepoConfig, registry: registry_pb2.Registry, plan: ResolvedView
 ) -> duckdb.DuckDBPyConnection:
@@ -90,6 +99,8 @@ def _connect(
         for other in registry.data_sources:
             if other.WhichOneof("kind") == "file":
                 _register_file(con, config, other, check_identifier(other.name, "data source"))
+            elif other.WhichOneof("kind") == "delta":
+                _register_delta(con, config, other, check_identifier(other.name, "data source"))
         try:
             con.execute(f"CREATE TEMP VIEW {SOURCE_RELATION} AS {source.sql.query}")
         except duckdb.Error as exc:
@@ -100,9 +111,11 @@ def _connect(
             ) from exc
     elif kind == "file":
         _register_file(con, config, source, SOURCE_RELATION)
+    elif kind == "delta":
+        _register_delta(con, config, source, SOURCE_RELATION)
     else:
         raise DefinitionError(
-            f"data source {source.name!r} has no kind (file, sql or push)",
+            f"data source {source.name!r} has no kind (file, sql, delta or push)",
             reason="SOURCE_INVALID",
             metadata={"source": source.name},
         )

@@ -15,6 +15,7 @@ from skewless.registry.apply import (
 )
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     Feature,
     FeatureService,
@@ -29,6 +30,7 @@ from skewless.registry.definitions import (
 __all__ = [
     "ApplyResult",
     "DataSource",
+    "DeltaSource",
     "Entity",
     "Feature",
     "FeatureService",

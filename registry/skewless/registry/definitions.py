@@ -38,6 +38,7 @@ from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
     "DataSource",
+    "DeltaSource",
     "Entity",
     "Feature",
     "FeatureService",
@@ -313,6 +314,33 @@ class SqlSource(_SourceBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeltaSource(_SourceBase):
+    """A Delta Lake table: its folder, relative to the repository root, and a version.
+
+    Attributes:
+        name: Unique identifier within the project.
+        path: The table's folder (holding `_delta_log`).
+        version: The table version to read; None reads the latest at each run.
+        timestamp_field: Column of each row's event time.
+        created_timestamp_field: Optional column of each row's creation time (tie breaker).
+        description: What the source holds.
+        owner: The responsible team or person.
+        tags: Free-form labels.
+        origin: The definition file this came from (for messages); not part of equality.
+
+    """
+
+    path: str
+    version: int | None = None
+
+    def to_proto(self) -> registry_pb2.DataSource:
+        """Returns the registry message."""
+        proto = self._base_proto()
+        proto.delta.CopyFrom(registry_pb2.DeltaSource(path=self.path, version=self.version))
+        return proto
+
+
+@dataclass(frozen=True, kw_only=True)
 class PushSource(_SourceBase):
     """Rows pushed by stream processors through `OnlineService.PushFeatures`.
 
@@ -335,7 +363,7 @@ class PushSource(_SourceBase):
 
 
 #: Any data source definition.
-DataSource = FileSource | SqlSource | PushSource
+DataSource = FileSource | SqlSource | PushSource | DeltaSource
 
 
 @dataclass(frozen=True)
@@ -389,6 +417,8 @@ class FeatureView:
         description: What the view holds.
         owner: The responsible team or person.
         tags: Free-form labels.
+        offline_retention: How long offline history is kept (`90d`); zero or None means
+            forever.
         origin: The definition file this came from (for messages); not part of equality.
 
     """
@@ -405,6 +435,7 @@ class FeatureView:
     description: str = ""
     owner: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    offline_retention: DurationSpec = None
     origin: str = field(default="", compare=False)
 
     @property
@@ -438,6 +469,7 @@ class FeatureView:
             description=self.description,
             owner=self.owner,
             tags=dict(self.tags),
+            offline_retention=_duration_proto(self.offline_retention, f"{what}: offline_retention"),
         )
 
 

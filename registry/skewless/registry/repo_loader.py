@@ -20,6 +20,7 @@ import yaml
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     Feature,
     FeatureService,
@@ -44,6 +45,8 @@ _JOIN_KEY_KEYS = {"name", "value_type"}
 _SOURCE_KEYS = _COMMON | {
     "type",
     "path",
+    "delta",
+    "version",
     "format",
     "sql",
     "push",
@@ -59,10 +62,11 @@ _VIEW_KEYS = _COMMON | {
     "schedule",
     "online",
     "offline",
+    "offline_retention",
 }
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
 _SERVICE_KEYS = _COMMON | {"features"}
-_SOURCE_TYPES = ("file", "sql", "push")
+_SOURCE_TYPES = ("file", "sql", "push", "delta")
 
 
 @dataclass(frozen=True)
@@ -301,14 +305,19 @@ class _Reader:
         if declared is not None and declared not in _SOURCE_TYPES:
             f.problem(f"unknown source type {declared!r}; use one of {', '.join(_SOURCE_TYPES)}")
             declared = None
-        kinds = [k for k in ("path", "sql") if f.raw.get(k) is not None]
+        kinds = [k for k in ("path", "sql", "delta") if f.raw.get(k) is not None]
         if f.flag("push", default=False) or declared == "push":
             kinds.append("push")
-        inferred = {"path": "file", "sql": "sql", "push": "push"}
+        inferred = {"path": "file", "sql": "sql", "push": "push", "delta": "delta"}
         if len(kinds) > 1:  # reported; read as the first kind so views are still checked
-            f.problem(f"set only one of 'path', 'sql' or 'push: true', got {', '.join(kinds)}")
+            f.problem(
+                f"set only one of 'path', 'sql', 'delta' or 'push: true', got {', '.join(kinds)}"
+            )
         if not kinds:
-            f.problem("missing required field: one of 'path' (file source), 'sql' or 'push: true'")
+            f.problem(
+                "missing required field: one of 'path' (file source), 'sql', 'delta' (a Delta "
+                "table folder) or 'push: true'"
+            )
             return
         kind = inferred[kinds[0]]
         if declared is not None and declared != kind:
@@ -316,6 +325,12 @@ class _Reader:
             return
         if kind != "file" and f.raw.get("format") is not None:
             f.problem("'format' applies only to file sources (with 'path')")
+        version = f.raw.get("version")
+        if version is not None and (
+            kind != "delta" or not isinstance(version, int) or isinstance(version, bool)
+        ):
+            f.problem("'version' is a whole number and applies only to Delta sources ('delta')")
+            version = None
         common: dict[str, Any] = {
             "name": name,
             "timestamp_field": f.text("timestamp_field", default=EVENT_TIMESTAMP),
@@ -332,6 +347,8 @@ class _Reader:
             source = FileSource(path=f.text("path"), format=f.text("format") or None, **common)
         elif kind == "sql":
             source = SqlSource(query=f.text("sql"), **common)
+        elif kind == "delta":
+            source = DeltaSource(path=f.text("delta"), version=version, **common)
         else:
             source = PushSource(**common)
         self.sources.append(source)
@@ -370,6 +387,7 @@ class _Reader:
                 description=f.text("description"),
                 owner=f.text("owner"),
                 tags=f.tags(),
+                offline_retention=f.duration("offline_retention"),
                 origin=f.origin,
             )
         )

@@ -40,6 +40,7 @@ from skewless.core.types import (
 )
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     FeatureService,
     FeatureView,
@@ -52,6 +53,7 @@ from skewless.registry.definitions import (
     parse_duration,
     resolve_value_type,
 )
+from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import parse_feature_ref
 from skewless.v1 import registry_pb2, types_pb2
 
@@ -182,6 +184,7 @@ class _Validator:
         self.valid_sources: set[str] = set()
         self.invalid_entities: set[str] = set()
         self.source_files: dict[str, list[Path]] = {}
+        self.delta_sets: dict[str, Any] = {}  # Delta sources' pyarrow datasets
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def run(self) -> list[DefinitionProblem]:
@@ -331,6 +334,8 @@ class _Validator:
                 ok = False
         if isinstance(source, FileSource):
             ok = self._file_source(origin, obj, source) and ok
+        elif isinstance(source, DeltaSource):
+            ok = self._delta_source(origin, obj, source) and ok
         elif isinstance(source, SqlSource):
             ok = self._sql_source(origin, obj, source) and ok
         if ok and self.sources.get(source.name) is source:
@@ -368,7 +373,27 @@ class _Validator:
         self.source_files[source.name] = files
         return True
 
-    def _relation(self, source: FileSource) -> duckdb.DuckDBPyRelation:
+    def _delta_source(self, origin: str, obj: str, source: DeltaSource) -> bool:
+        if not source.path:
+            self.add(origin, obj, "missing required field 'delta' (the table's folder)")
+            return False
+        if source.version is not None and source.version < 0:
+            self.add(origin, obj, f"version {source.version} is negative")
+            return False
+        if self.root is None:
+            return True
+        try:
+            self.delta_sets[source.name] = open_delta_source(
+                self.root, source.name, source.path, source.version
+            )
+        except DefinitionError as exc:
+            self.add(origin, obj, exc.message.split(": ", 1)[-1])
+            return False
+        return True
+
+    def _relation(self, source: FileSource | DeltaSource) -> duckdb.DuckDBPyRelation:
+        if isinstance(source, DeltaSource):
+            return self.con.from_arrow(self.delta_sets[source.name])
         files = [str(p) for p in self.source_files[source.name]]
         if file_format_of(source.path, source.format) == registry_pb2.FILE_FORMAT_CSV:
             # duckdb's stub types one path; read_csv takes a list of files at run time
@@ -409,7 +434,9 @@ class _Validator:
 
     def _register_file_sources(self) -> None:
         for name, source in self.sources.items():
-            if isinstance(source, FileSource) and name in self.source_files:
+            if (isinstance(source, FileSource) and name in self.source_files) or (
+                isinstance(source, DeltaSource) and name in self.delta_sets
+            ):
                 try:
                     self._relation(source).create_view(name, replace=True)
                 except duckdb.Error:
@@ -452,7 +479,12 @@ class _Validator:
             except ValueError as exc:
                 self.add(origin, obj, f"feature {feature.name!r}: {exc}")
                 features_ok = False
-        for what, value in (("ttl", view.ttl), ("schedule", view.schedule)):
+        durations = (
+            ("ttl", view.ttl),
+            ("schedule", view.schedule),
+            ("offline_retention", view.offline_retention),
+        )
+        for what, value in durations:
             try:
                 parse_duration(value)
             except ValueError as exc:
@@ -525,7 +557,7 @@ class _Validator:
         if view.sql and not self._single_select(origin, obj, view.sql, "sql"):
             return
         try:
-            if isinstance(source, FileSource):
+            if isinstance(source, FileSource | DeltaSource):
                 relation = self._relation(source)
             else:
                 assert isinstance(source, SqlSource)

@@ -108,10 +108,14 @@ class SkewlessServer:
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
         self._tasks.append(asyncio.create_task(self._watch_health()))
         if self.run_schedules:
+            from skewless.materialization.retention import run_retention
             from skewless.materialization.schedule import run_scheduler
 
             self._tasks.append(
                 asyncio.create_task(run_scheduler(self.ctx.config, self.ctx.registry))
+            )
+            self._tasks.append(
+                asyncio.create_task(run_retention(self.ctx.config, self.ctx.registry))
             )
 
     async def _set_health(self, status: int) -> None:  # a HealthCheckResponse.ServingStatus

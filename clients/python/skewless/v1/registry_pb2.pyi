@@ -170,6 +170,7 @@ class DataSource(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     SQL_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
     CREATED_TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -200,6 +201,10 @@ class DataSource(_message.Message):
         """Rows pushed by stream processors through `OnlineService.PushFeatures`."""
 
     @_builtins.property
+    def delta(self) -> Global___DeltaSource:
+        """A Delta Lake table."""
+
+    @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
@@ -210,17 +215,18 @@ class DataSource(_message.Message):
         file: Global___FileSource | None = ...,
         sql: Global___SqlSource | None = ...,
         push: Global___PushSource | None = ...,
+        delta: Global___DeltaSource | None = ...,
         timestamp_field: _builtins.str = ...,
         created_timestamp_field: _builtins.str = ...,
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "push", b"push", "sql", b"sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "file", b"file", "kind", b"kind", "push", b"push", "sql", b"sql"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_timestamp_field", b"created_timestamp_field", "description", b"description", "file", b"file", "kind", b"kind", "name", b"name", "owner", b"owner", "push", b"push", "sql", b"sql", "tags", b"tags", "timestamp_field", b"timestamp_field"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_timestamp_field", b"created_timestamp_field", "delta", b"delta", "description", b"description", "file", b"file", "kind", b"kind", "name", b"name", "owner", b"owner", "push", b"push", "sql", b"sql", "tags", b"tags", "timestamp_field", b"timestamp_field"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["file", "sql", "push"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["file", "sql", "push", "delta"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -251,6 +257,38 @@ class FileSource(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileSource: _TypeAlias = FileSource  # noqa: Y015
+
+@_typing.final
+class DeltaSource(_message.Message):
+    """A source that is a Delta Lake table (read through `deltalake`, exactly the files of
+    one version).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Required. The table's folder (holding `_delta_log`), relative to the feature
+    repository's root unless absolute.
+    """
+    version: _builtins.int
+    """Optional. The table version to read; unset reads the latest version at each run."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+
+Global___DeltaSource: _TypeAlias = DeltaSource  # noqa: Y015
 
 @_typing.final
 class SqlSource(_message.Message):
@@ -387,6 +425,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    OFFLINE_RETENTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
     source: _builtins.str
@@ -425,6 +464,13 @@ class FeatureView(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def offline_retention(self) -> _duration_pb2.Duration:
+        """Optional. How long the view's offline history is kept: files whose rows are all
+        older than this (by event time) are removed from the offline table on a schedule
+        (and deleted by a later vacuum). Zero means forever.
+        """
+
     def __init__(
         self,
         *,
@@ -440,10 +486,11 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        offline_retention: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offline_retention", b"offline_retention", "schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline", b"offline", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline", b"offline", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

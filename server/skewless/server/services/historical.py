@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -32,12 +33,12 @@ import pyarrow as pa
 
 from skewless.client._wire import encode_varint, field_tag
 from skewless.client.ipc_framing import IpcBatchWriter
-from skewless.core.errors import InvalidArgumentError
+from skewless.core.errors import InvalidArgumentError, quoted
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
 from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
 from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS, PointInTimeJoin
-from skewless.offline.retrieval import check_history, start_retrieval
+from skewless.offline.retrieval import read_snapshots, start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
@@ -45,6 +46,7 @@ from skewless.registry.feature_refs import (
 )
 from skewless.server.context import ServerContext
 from skewless.server.errors import code_name
+from skewless.server.request_fields import timestamp_argument
 from skewless.server.rpc import BidiHandler, label_call
 from skewless.v1 import historical_service_pb2, registry_pb2
 
@@ -272,7 +274,10 @@ class HistoricalServicer:
         query = first.query
         registry = self.ctx.registry.current
         plan = _plan(registry, query)
-        check_history(config, plan)
+        pins, as_of = _offline_pins(query)
+        snapshots = await asyncio.to_thread(
+            read_snapshots, config, plan, versions=pins, as_of=as_of
+        )
         batch_rows = _batch_rows(query)
         compression = _compression(query)
         label = query.label_time_column or EVENT_TIMESTAMP
@@ -297,6 +302,7 @@ class HistoricalServicer:
             label_time_column=label,
             batch_rows=batch_rows,
             entity_columns=not query.features_only,
+            snapshots=snapshots,
         )
         del table
         rows.append(join.num_rows)
@@ -304,7 +310,13 @@ class HistoricalServicer:
         # A cancelled call may leave this generator suspended at a `yield` that is never
         # resumed; the done callback stops DuckDB and frees the join in every case.
         context.add_done_callback(lambda _: running.release())
-        async for response in _stream(running, compression, split=query.batch_size == 0):
+        versions = [
+            _pb.OfflineVersion(feature_view=view.name, version=snapshots[view.name].version)
+            for view in plan.views
+        ]
+        async for response in _stream(
+            running, compression, split=query.batch_size == 0, versions=versions
+        ):
             yield response
 
 
@@ -342,15 +354,38 @@ class _Running:
             _close_quietly(self.join)
 
 
+def _offline_pins(query: _pb.HistoricalQuery) -> tuple[dict[str, int], datetime | None]:
+    """The query's pinned offline versions per view and its `offline_as_of_time`."""
+    pins: dict[str, int] = {}
+    for pin in query.offline_versions:
+        if pin.feature_view in pins:
+            raise InvalidArgumentError(
+                f"feature view {quoted(pin.feature_view)} is pinned twice",
+                field="query.offline_versions",
+                reason="BAD_OFFLINE_VERSION",
+                metadata={"feature_view": pin.feature_view},
+            )
+        pins[pin.feature_view] = pin.version
+    as_of = None
+    if query.HasField("offline_as_of_time"):
+        as_of = timestamp_argument(query.offline_as_of_time, "query.offline_as_of_time")
+    return pins, as_of
+
+
 async def _stream(
-    running: _Running, compression: str | None, *, split: bool
+    running: _Running,
+    compression: str | None,
+    *,
+    split: bool,
+    versions: Sequence[_pb.OfflineVersion] = (),
 ) -> AsyncIterator[bytes]:
     """Yields the serialized schema response, then one per batch; releases the join on exit."""
     join = running.join
     try:
         encoder = _BatchEncoder(join.schema, compression)
         yield _pb.GetHistoricalFeaturesResponse(
-            arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes())
+            arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes()),
+            offline_versions=versions,
         ).SerializeToString()
         while True:
             batch = await running.run(running.next_batch)
