@@ -193,6 +193,23 @@ def test_overlapped_halves_write_what_one_after_the_other_writes(
     assert seq_online[b"mat:driver_stats:{5}"][b"label"] == "driver-5-47"
 
 
+def test_overlapped_history_is_in_time_then_key_order_at_scale(
+    tmp_path: Path, redis_url: str, overlapped: None
+) -> None:
+    """The snapshot is stored sorted and scanned in order, over many row groups and threads."""
+    config = make_config(tmp_path / "repo", redis_url)
+    rows = driver_rows(n_drivers=2_500, n_times=100, step=timedelta(minutes=20))
+    write_source(config, rows.take(pa.array(range(rows.num_rows - 1, -1, -1))))  # reversed
+    materialize(config, make_registry(), T0, T0 + 2 * DAY)
+    files = history_files(config, "driver_stats")
+    stored = pa.concat_tables(pq.read_table(f) for f in files)  # path order, unsorted
+    assert stored.num_rows == rows.num_rows
+    micros = pc.cast(stored["event_timestamp"], pa.int64()).to_pylist()
+    order = list(zip(micros, stored["driver_id"].to_pylist(), strict=True))
+    assert order == sorted(order)
+    assert len(online(redis_url)) == 2_500
+
+
 def test_overlapped_progress_stays_in_phase_order(
     tmp_path: Path, redis_url: str, overlapped: None
 ) -> None:

@@ -165,9 +165,8 @@ class WindowQuery:
         select = self._select
         if latest_only:
             select = self._latest_select()
-        if time_ordered:
-            keys = ", ".join(quote_identifier(k) for k in self.plan.key_names)
-            select = f"SELECT * FROM ({select}) AS _rows ORDER BY {EVENT_TIMESTAMP}, {keys}"
+        if time_ordered and not self._snapshotted:  # the snapshot is stored in this order
+            select = f"SELECT * FROM ({select}) AS _rows ORDER BY {self._history_order()}"
         with self._errors():
             reader = self._con.sql(select, params=self._params).to_arrow_reader(
                 batch_rows or self._batch_rows
@@ -204,8 +203,10 @@ class WindowQuery:
 
         From then on `batches` of this query, and of the query returned, read that table:
         every reader sees the same rows even if the source changes meanwhile, and the
-        view's SQL runs once. The returned query has its own DuckDB cursor, so that it
-        can be read on another thread while this one is read; close both.
+        view's SQL runs once. The table holds the rows in (event time, key) order, so
+        that a time-ordered read is a plain scan. The returned query has its own DuckDB
+        cursor, so that it can be read on another thread while this one is read; close
+        both.
 
         Raises:
             DefinitionError: A value cannot be cast to its declared type.
@@ -213,11 +214,21 @@ class WindowQuery:
         """
         if not self._snapshotted:
             with self._errors():
-                self._con.execute(f"CREATE TABLE {_SNAPSHOT} AS {self._select}", self._params)
+                # Stored in history order, which a plain scan keeps (insertion order).
+                self._con.execute("SET preserve_insertion_order = true")
+                self._con.execute(
+                    f"CREATE TABLE {_SNAPSHOT} AS SELECT * FROM ({self._select}) AS _rows "
+                    f"ORDER BY {self._history_order()}",
+                    self._params,
+                )
             self._select = f"SELECT * FROM {_SNAPSHOT}"
             self._params = {}
             self._snapshotted = True
         return dataclasses.replace(self, _con=self._con.cursor())
+
+    def _history_order(self) -> str:
+        keys = ", ".join(quote_identifier(k) for k in self.plan.key_names)
+        return f"{EVENT_TIMESTAMP}, {keys}"
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
