@@ -188,12 +188,14 @@ class WindowQuery:
         keys = [q(k) for k in self.plan.key_names]
         key_list = ", ".join(keys)
         on = " AND ".join(f"_r.{k} = _m.{k}" for k in keys)
-        materialized = "" if self._snapshotted else " MATERIALIZED"
+        # The snapshot table is read as it is (a CTE of it would be copied first).
+        rows = _SNAPSHOT if self._snapshotted else "_rows"
+        head = "" if self._snapshotted else f"_rows AS MATERIALIZED ({self._select}), "
         return (
-            f"WITH _rows AS{materialized} ({self._select}), "
-            f"_m AS (SELECT {key_list}, max({EVENT_TIMESTAMP}) AS _latest FROM _rows "
+            f"WITH {head}"
+            f"_m AS (SELECT {key_list}, max({EVENT_TIMESTAMP}) AS _latest FROM {rows} "
             f"GROUP BY {key_list}) "
-            f"SELECT _r.* FROM _rows AS _r JOIN _m ON {on} AND _r.{EVENT_TIMESTAMP} = _m._latest "
+            f"SELECT _r.* FROM {rows} AS _r JOIN _m ON {on} AND _r.{EVENT_TIMESTAMP} = _m._latest "
             f"QUALIFY row_number() OVER (PARTITION BY {', '.join(f'_r.{k}' for k in keys)} "
             f"ORDER BY _r.{CREATED_TIMESTAMP} DESC NULLS LAST) = 1"
         )
