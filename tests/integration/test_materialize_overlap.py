@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.cluster import RedisCluster
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import StoreUnavailableError
@@ -41,6 +43,7 @@ from skewless.online.codec import decode_value
 from skewless.online.embedded_redis import EmbeddedRedis
 from skewless.online.writer import OnlineWriter
 from skewless.registry.feature_refs import resolve_view
+from tests.helpers.redis_cluster import RedisClusterNodes
 from tests.integration.matfixtures import T0, driver_rows, make_config, make_registry, write_source
 
 DAY = timedelta(days=1)
@@ -287,7 +290,8 @@ _KILLED_OVERLAPPED_JOB = textwrap.dedent(
     from pathlib import Path
     from datetime import timedelta
     sys.path.insert(0, {root!r})
-    from tests.integration.matfixtures import T0, make_config, make_registry
+    from tests.helpers.redis_cluster import RedisClusterNodes
+from tests.integration.matfixtures import T0, make_config, make_registry
     from skewless.materialization import pipeline as m
     from skewless.online import writer as w
     config = make_config(Path({repo!r}), {url!r})
@@ -343,3 +347,36 @@ def test_sigkill_while_both_halves_run_then_rerun_converges(tmp_path: Path, redi
     assert {k: v[b"conv_rate"] for k, v in online(redis_url).items()} == {
         f"mat:driver_stats:{{{d}}}".encode(): d * 1000 + 47.5 for d in range(20)
     }
+
+
+def test_overlapped_halves_on_redis_cluster_write_what_a_single_redis_gets(
+    tmp_path: Path, redis_url: str, redis_cluster: RedisClusterNodes, overlapped: None
+) -> None:
+    """Calls of the compare-and-set script stay within one hash slot on a cluster."""
+    for node in redis_cluster.nodes:
+        client = redis.Redis(port=node.port)
+        client.flushall()
+        client.close()
+    source = tied_rows()
+    single = make_config(tmp_path / "single", redis_url)
+    clustered = dataclasses.replace(
+        make_config(tmp_path / "cluster", redis_cluster.url), redis_cluster=True
+    )
+    for config in (single, clustered):
+        write_source(config, source)
+        materialize(config, make_registry(), T0 + DAY, T0 + 2 * DAY)
+        materialize(config, make_registry(), T0, T0 + DAY)  # older: never overwrites
+    assert history(clustered).equals(history(single))
+    cluster = RedisCluster.from_url(redis_cluster.url)
+    try:
+        on_cluster = {
+            key: {
+                f: (int(v) if f in (b"_ts", b"_ct") else decode_value(v))
+                for f, v in cluster.hgetall(key).items()
+            }
+            for key in online(redis_url)
+        }
+    finally:
+        cluster.close()
+    assert on_cluster == online(redis_url)
+    assert on_cluster[b"mat:driver_stats:{4}"][b"label"] == "driver-4-47-later"
