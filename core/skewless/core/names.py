@@ -17,6 +17,8 @@ from skewless.core.errors import DefinitionError, quoted
 __all__ = [
     "CREATED_TIMESTAMP",
     "EVENT_TIMESTAMP",
+    "FEATURE_LOG_COLUMNS",
+    "FEATURE_LOG_DIR",
     "IDENTIFIER_RULE",
     "MAX_NAME_LENGTH",
     "RESERVED_COLUMNS",
@@ -41,6 +43,11 @@ EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
 #: Column names the offline store uses itself; no feature or join key may take them.
 RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
+#: The columns of every feature log row besides the join keys and features (see
+#: `skewless.offline.feature_log`); a logged service's join keys may not take them.
+FEATURE_LOG_COLUMNS = ("request_id", "request_time", "registry_version")
+#: The folder of the offline store holding the feature logs; no feature view may take it.
+FEATURE_LOG_DIR = "_logs"
 #: The relation a view's `sql` reads; no source may take this name.
 SOURCE_RELATION = "source"
 
