@@ -144,6 +144,7 @@ class SkewlessServer:
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await asyncio.to_thread(self.online.logger.close)  # every logged call is written
         self.online.reader.close()
         await self.ctx.redis.aclose()
 
