@@ -221,3 +221,48 @@ def test_sigterm_mid_traffic_loses_no_logged_row(tmp_path: Path, redis_url: str)
     assert (
         timedelta(0) <= datetime.now(UTC) - table["request_time"][0].as_py() < timedelta(minutes=5)
     )
+
+
+def test_training_set_from_the_calls_that_were_served(config: RepoConfig) -> None:
+    from skewless.client import FailedPreconditionError, FeatureLog
+
+    server = ServerThread(config, run_schedules=False).start()
+    target = f"127.0.0.1:{server.port}"
+    try:
+        with Client(target) as client:
+            push_rows(client, [1, 2], T0)
+            before = datetime.now(UTC)
+            _, first = call(target, [1, 2, 3])
+            middle = datetime.now(UTC)
+            push_rows(client, [1], T0 + timedelta(hours=1))  # newer row, after the first call
+            _, second = call(target, [1])
+            time.sleep(0.6)  # the log is flushed every 0.2 s
+            table = client.get_historical_features(
+                FeatureLog("live", include_served_values=True), feature_service="live"
+            )
+            only_first = client.get_historical_features(
+                FeatureLog("live", start_time=before, end_time=middle), feature_service="live"
+            )
+            with pytest.raises(FailedPreconditionError) as info:
+                client.get_historical_features(FeatureLog("unlogged"), feature_service="unlogged")
+    finally:
+        server.stop()
+    assert info.value.reason == "FEATURE_LOGGING_DISABLED"
+    assert only_first.num_rows == 3 and set(only_first["request_id"].to_pylist()) == {first}
+    assert table.column_names[:4] == ["request_id", "request_time", "registry_version", "driver_id"]
+    rows = table.to_pylist()
+    assert [(r["request_id"], r["driver_id"]) for r in rows] == [
+        (first, 1),
+        (first, 2),
+        (first, 3),
+        (second, 1),
+    ]
+    # Trained on what the point-in-time join gives at request time: what was served.
+    assert [r["conv_rate"] for r in rows] == [1 / 3, 2 / 3, None, 1 / 3]
+    assert [r["served__driver_live__conv_rate"] for r in rows] == [1 / 3, 2 / 3, None, 1 / 3]
+    assert [r["served__driver_live__trips__status"] for r in rows] == [
+        "PRESENT",
+        "PRESENT",
+        "NOT_FOUND",
+        "PRESENT",
+    ]

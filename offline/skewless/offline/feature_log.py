@@ -37,22 +37,26 @@ import pyarrow.parquet as pq
 
 from skewless.core.config import RepoConfig
 from skewless.core.duckdb_session import connect
+from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
 from skewless.core.names import FEATURE_LOG_DIR
 from skewless.core.types import arrow_type, list_element_type
-from skewless.registry.feature_refs import FeaturePlan, ResolvedFeature
-from skewless.v1 import online_service_pb2, types_pb2
+from skewless.registry.feature_refs import FeaturePlan, ResolvedFeature, resolve_feature_service
+from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 
 __all__ = [
     "LOG_META_SCHEMA",
+    "SERVED_PREFIX",
     "STATUS_NAMES",
     "LogColumns",
     "LoggedCall",
     "decode_calls",
     "log_columns",
     "log_dir",
+    "log_entity_rows",
     "log_files",
     "log_schema",
     "read_log",
+    "require_log",
     "write_log_file",
 ]
 
@@ -399,3 +403,70 @@ def _columns_of(con: Any, files: Sequence[Path]) -> set[str]:
         params={"files": [str(p) for p in files]},
     )
     return {row[0] for row in relation.fetchall()}
+
+
+#: Prefix of the served columns `log_entity_rows` adds when asked.
+SERVED_PREFIX = "served__"
+
+
+def log_entity_rows(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    service: str,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    include_served_values: bool = False,
+) -> pa.Table:
+    """A service's logged rows as entity rows for historical retrieval.
+
+    Columns: `request_id`, `request_time`, `registry_version`, the join keys, and with
+    `include_served_values` per feature `served__<view>__<feature>` (the value) and
+    `served__<view>__<feature>__status`. Rows are in request-time order.
+
+    Raises:
+        NotFoundError: No such feature service.
+        InvalidArgumentError: The end is before the start.
+        FailedPreconditionError: The service has no log and logging is off.
+
+    """
+    if start_us is not None and end_us is not None and end_us < start_us:
+        raise InvalidArgumentError(
+            "feature_log.end_time is before its start_time; swap them",
+            field="query.feature_log.end_time",
+            reason="WINDOW_REVERSED",
+        )
+    plan = resolve_feature_service(registry, service, full_feature_names=True)
+    require_log(config, registry, service)
+    table = read_log(
+        config, service, plan, start_us=start_us, end_us=end_us, served=include_served_values
+    )
+    if not include_served_values:
+        return table
+    keep = len(LOG_META_SCHEMA) + len(plan.join_keys)
+    names = list(table.column_names[:keep])
+    columns = [table.column(n) for n in names]
+    for c in log_columns(plan):
+        names += [SERVED_PREFIX + c.value, SERVED_PREFIX + c.status]
+        columns += [table.column(c.value), table.column(c.status)]
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def require_log(config: RepoConfig, registry: registry_pb2.Registry, service: str) -> None:
+    """Refuses a service that has no log at all while its logging is off.
+
+    Raises:
+        FailedPreconditionError: `FEATURE_LOGGING_DISABLED`.
+
+    """
+    for s in registry.feature_services:
+        if s.name == service and s.HasField("logging") and s.logging.sample_rate > 0:
+            return
+    if log_files(config, service):
+        return
+    raise FailedPreconditionError(
+        f"feature service {service!r} has no feature log: set logging.sample_rate in its "
+        "definition, apply, and serve some calls first",
+        reason="FEATURE_LOGGING_DISABLED",
+        metadata={"feature_service": service},
+    )

@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
+from skewless.core.errors import InvalidArgumentError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import list_element_type
-from skewless.offline.feature_log import LogColumns, log_columns, log_files, read_log
+from skewless.offline.feature_log import LogColumns, log_columns, read_log, require_log
 from skewless.offline.retrieval import start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
@@ -367,13 +367,6 @@ def _check_range(start_us: int | None, end_us: int | None, tolerance: float, exa
         )
 
 
-def _logging_on(registry: registry_pb2.Registry, service: str) -> bool:
-    for s in registry.feature_services:
-        if s.name == service:
-            return s.HasField("logging") and s.logging.sample_rate > 0
-    return False
-
-
 def skew_report(
     config: RepoConfig,
     registry: registry_pb2.Registry,
@@ -405,13 +398,7 @@ def skew_report(
     _check_range(start_us, end_us, float_tolerance, max_examples)
     examples_wanted = max_examples or DEFAULT_EXAMPLES
     plan = resolve_feature_service(registry, service, full_feature_names=True)
-    if not _logging_on(registry, service) and not log_files(config, service):
-        raise FailedPreconditionError(
-            f"feature service {service!r} has no feature log: set logging.sample_rate in its "
-            "definition, apply, and serve some calls first",
-            reason="FEATURE_LOGGING_DISABLED",
-            metadata={"feature_service": service},
-        )
+    require_log(config, registry, service)
     log = read_log(config, service, plan, start_us=start_us, end_us=end_us)
     response = _pb.GetSkewReportResponse(
         feature_service=service,
