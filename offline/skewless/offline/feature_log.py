@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -33,10 +33,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from skewless.core.config import RepoConfig
-from skewless.core.duckdb_session import connect
 from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
 from skewless.core.names import FEATURE_LOG_DIR
 from skewless.core.types import arrow_type, list_element_type
@@ -338,8 +338,9 @@ def read_log(
     start_us: int | None = None,
     end_us: int | None = None,
     served: bool = True,
+    ordered: bool = False,
 ) -> pa.Table:
-    """Reads a service's log rows with request time in [start, end), by request time.
+    """Reads a service's log rows with request time in [start, end).
 
     Args:
         config: The repository.
@@ -349,10 +350,11 @@ def read_log(
         start_us: Earliest request time (inclusive), or None.
         end_us: Latest request time (exclusive), or None.
         served: Also return the served columns of every feature (else meta and keys).
+        ordered: Sort by request time (else rows come in file order: by flush, then as
+            written).
 
     Returns:
-        The rows in `log_schema(plan)` (or its meta and key columns), ordered by
-        request time then request id (rows of one call keep their order).
+        The rows in `log_schema(plan)` (or its meta and key columns).
 
     """
     schema = log_schema(plan)
@@ -361,48 +363,18 @@ def read_log(
     files = log_files(config, service, start_us=start_us, end_us=end_us)
     if not files:
         return schema.empty_table()
-    con = connect()
-    try:
-        present = _columns_of(con, files)
-        select = []
-        for f in schema:
-            if f.name in present:
-                select.append(f'"{f.name}"')
-        where: list[str] = []
-        params: dict[str, Any] = {"files": [str(p) for p in files]}
-        if start_us is not None:
-            where.append("request_time >= $start")
-            params["start"] = _instant(start_us)
-        if end_us is not None:
-            where.append("request_time < $end")
-            params["end"] = _instant(end_us)
-        sql = (
-            f"SELECT {', '.join(select)} FROM read_parquet($files, union_by_name = true, "
-            "file_row_number = true, filename = true)"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
-            + " ORDER BY request_time, filename, file_row_number"
-        )
-        relation = con.sql(sql, params=params)
-        assert relation is not None
-        table = relation.to_arrow_table()
-    finally:
-        con.close()
-    arrays = []
-    for f in schema:
-        if f.name in table.column_names:
-            column = table.column(f.name)
-            arrays.append(column if column.type == f.type else column.cast(f.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _columns_of(con: Any, files: Sequence[Path]) -> set[str]:
-    relation = con.sql(
-        "SELECT DISTINCT name FROM parquet_schema($files)",
-        params={"files": [str(p) for p in files]},
-    )
-    return {row[0] for row in relation.fetchall()}
+    dataset = ds.dataset([str(p) for p in files], schema=schema, format="parquet")
+    condition = None
+    time = ds.field("request_time")
+    if start_us is not None:
+        condition = time >= pa.scalar(start_us, pa.int64()).cast(_UTC_US)
+    if end_us is not None:
+        before = time < pa.scalar(end_us, pa.int64()).cast(_UTC_US)
+        condition = before if condition is None else condition & before
+    table = dataset.to_table(filter=condition)
+    if ordered and table.num_rows:
+        table = table.take(pc.sort_indices(table.column("request_time")))
+    return table
 
 
 #: Prefix of the served columns `log_entity_rows` adds when asked.
@@ -439,7 +411,13 @@ def log_entity_rows(
     plan = resolve_feature_service(registry, service, full_feature_names=True)
     require_log(config, registry, service)
     table = read_log(
-        config, service, plan, start_us=start_us, end_us=end_us, served=include_served_values
+        config,
+        service,
+        plan,
+        start_us=start_us,
+        end_us=end_us,
+        served=include_served_values,
+        ordered=True,
     )
     if not include_served_values:
         return table

@@ -403,7 +403,7 @@ def skew_report(
     response = _pb.GetSkewReportResponse(
         feature_service=service,
         logged_rows=log.num_rows,
-        logged_requests=len(pc.unique(log.column("request_id"))) if log.num_rows else 0,
+        logged_requests=pc.count_distinct(log.column("request_id")).as_py() if log.num_rows else 0,
         float_tolerance=float_tolerance,
     )
     times = pc.cast(log.column("request_time"), pa.int64())
@@ -417,7 +417,7 @@ def skew_report(
         response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
     offline = _offline_values(config, plan, log)
     total = bad = 0
-    order = pc.sort_indices(log, sort_keys=[("request_time", "descending")])
+    request_times = log.column("request_time")
     view_lag: dict[str, pa.Array] = {}
     not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
     for columns in log_columns(plan):
@@ -452,8 +452,9 @@ def skew_report(
         stale = pc.equal(category, _cat(Cat.SKEW_CATEGORY_SERVED_STALE))
         feature.stale_lag.CopyFrom(_lag(_one(pc.filter(lag, stale))))
         if not_matching:
-            flagged = pc.is_in(category.take(order), value_set=not_matching_set)
-            picked = _one(pc.filter(order, flagged)).slice(0, examples_wanted)
+            flagged = pc.indices_nonzero(pc.is_in(category, value_set=not_matching_set))
+            newest = pc.sort_indices(request_times.take(flagged), sort_keys=[("", "descending")])
+            picked = _one(flagged.take(newest.slice(0, examples_wanted)))
             feature.examples.extend(_examples(picked, log, offline, plan, columns, category))
         if f.view not in view_lag:
             view_lag[f.view] = _view_lag(
