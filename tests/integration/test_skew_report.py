@@ -256,6 +256,8 @@ def test_each_induced_difference_is_found_and_nothing_else(scenario) -> None:
     assert lag5 == timedelta(minutes=20)
     assert stale[6].offline_event_time.ToDatetime(UTC) == after
     assert conv.stale_lag.count == 2
+    assert conv.stale_lag.p50.ToTimedelta() == lag5  # nearest rank: the 1st of 2
+    assert conv.stale_lag.p99.ToTimedelta() == conv.stale_lag.max.ToTimedelta()
     assert conv.stale_lag.max.ToTimedelta() == max(lag5, after - (boundary - timedelta(minutes=30)))
     freshness = {v.feature_view: v for v in report.views}
     assert freshness["driver_stats"].stale_rows == 2

@@ -22,6 +22,7 @@ CLI prints it as a table or JSON, and the server's schedule turns it into gauges
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -244,14 +245,20 @@ def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
 
 
 def _lag(values: pa.Array) -> _pb.LagDistribution:
-    if len(values) == 0:
+    """Nearest-rank quantiles: the p-quantile of n values is the ceil(p * n)-th smallest."""
+    n = len(values)
+    if n == 0:
         return _pb.LagDistribution(count=0)
-    p50, p90, p99 = pc.quantile(values, q=[0.5, 0.9, 0.99], interpolation="lower").to_pylist()
+    ordered = pc.array_sort_indices(values)
+
+    def rank(p: float) -> int:
+        return int(values[ordered[max(0, math.ceil(p * n) - 1)].as_py()].as_py())
+
     return _pb.LagDistribution(
-        count=len(values),
-        p50=_duration(p50),
-        p90=_duration(p90),
-        p99=_duration(p99),
+        count=n,
+        p50=_duration(rank(0.5)),
+        p90=_duration(rank(0.9)),
+        p99=_duration(rank(0.99)),
         max=_duration(pc.max(values).as_py()),
     )
 
@@ -344,6 +351,14 @@ def _examples(
     return out
 
 
+def _distinct(column: pa.ChunkedArray) -> int:
+    if not len(column):
+        return 0
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return int(pc.count_distinct(column).as_py())
+
+
 def _check_range(start_us: int | None, end_us: int | None, tolerance: float, examples: int) -> None:
     if start_us is not None and end_us is not None and end_us < start_us:
         raise InvalidArgumentError(
@@ -403,7 +418,7 @@ def skew_report(
     response = _pb.GetSkewReportResponse(
         feature_service=service,
         logged_rows=log.num_rows,
-        logged_requests=pc.count_distinct(log.column("request_id")).as_py() if log.num_rows else 0,
+        logged_requests=_distinct(log.column("request_id")),
         float_tolerance=float_tolerance,
     )
     times = pc.cast(log.column("request_time"), pa.int64())
