@@ -92,6 +92,10 @@ class RepoConfig:
             past it they are memory-mapped from a file under `spill_dir`.
         server_tls: TLS (and mTLS) of the gRPC port; None serves plaintext.
         server_insecure: Allow plaintext on an address other than loopback.
+        feature_log_flush_seconds: Seconds between writes of the feature log (at most
+            this much of the log is lost if the server process crashes).
+        feature_log_queue_calls: Most sampled calls waiting to be written; past it
+            calls are dropped (and counted), never delayed.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -113,6 +117,8 @@ class RepoConfig:
     history_memory_limit: int = 512 * 2**20
     server_tls: ServerTLS | None = None
     server_insecure: bool = False
+    feature_log_flush_seconds: float = 5.0
+    feature_log_queue_calls: int = 10_000
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -254,6 +260,29 @@ def _redis_tls(
     )
 
 
+def _feature_log(server: dict[str, Any], path: Path) -> tuple[float, int]:
+    """`server.feature_log: {flush_interval: 5, queue_calls: 10000}` (seconds, calls)."""
+    raw = _section(server, "feature_log", path)
+    unknown = set(raw) - {"flush_interval", "queue_calls"}
+    flush = raw.get("flush_interval", 5.0)
+    queue = raw.get("queue_calls", 10_000)
+    if (
+        unknown
+        or isinstance(flush, bool)
+        or not isinstance(flush, (int, float))
+        or not 0 < flush <= 3600
+        or isinstance(queue, bool)
+        or not isinstance(queue, int)
+        or queue < 1
+    ):
+        raise DefinitionError(
+            f"{path}: server.feature_log takes flush_interval (seconds, up to 3600) and "
+            f"queue_calls (at least 1), got {raw!r:.200}",
+            reason="INVALID_CONFIG",
+        )
+    return float(flush), queue
+
+
 def load_repo_config(repo: str | Path) -> RepoConfig:
     """Reads `skewless.yaml` from a repository folder.
 
@@ -325,7 +354,10 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: server.insecure must be true or false, got {insecure!r}",
             reason="INVALID_CONFIG",
         )
+    flush, queue = _feature_log(server, path)
     return RepoConfig(
+        feature_log_flush_seconds=flush,
+        feature_log_queue_calls=queue,
         root=root,
         project=project,
         data_dir=data_dir.resolve(),

@@ -18,6 +18,8 @@ __all__ = [
     "CREATED_TIMESTAMP",
     "EVENT_DATE",
     "EVENT_TIMESTAMP",
+    "FEATURE_LOG_COLUMNS",
+    "FEATURE_LOG_DIR",
     "IDENTIFIER_RULE",
     "MAX_NAME_LENGTH",
     "RESERVED_COLUMNS",
@@ -45,6 +47,11 @@ CREATED_TIMESTAMP = "created_timestamp"
 EVENT_DATE = "event_date"
 #: Column names the offline store uses itself; no feature or join key may take them.
 RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_DATE})
+#: The columns of every feature log row besides the join keys and features (see
+#: `skewless.offline.feature_log`); a logged service's join keys may not take them.
+FEATURE_LOG_COLUMNS = ("request_id", "request_time", "registry_version")
+#: The folder of the offline store holding the feature logs; no feature view may take it.
+FEATURE_LOG_DIR = "_logs"
 #: The relation a view's `sql` reads; no source may take this name.
 SOURCE_RELATION = "source"
 

@@ -41,6 +41,7 @@ __all__ = [
     "DeltaSource",
     "Entity",
     "Feature",
+    "FeatureLogging",
     "FeatureService",
     "FeatureView",
     "FileSource",
@@ -473,6 +474,46 @@ class FeatureView:
         )
 
 
+#: Shortest `report_schedule` of feature logging (the report joins the whole period).
+MIN_REPORT_SCHEDULE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class FeatureLogging:
+    """Feature logging of a feature service: which served calls the skew report replays.
+
+    Attributes:
+        sample_rate: The share of `GetOnlineFeatures` calls logged, in [0, 1]; 0 is off.
+        report_schedule: How often the server computes the skew report over the last
+            period and exposes it as Prometheus gauges (`1h`); zero or None means never.
+
+    """
+
+    sample_rate: float = 0.0
+    report_schedule: DurationSpec = None
+
+    def to_proto(self, what: str) -> registry_pb2.FeatureLogging:
+        """Returns the registry message.
+
+        Raises:
+            DefinitionError: The sample rate is not in [0, 1] or the schedule is invalid.
+
+        """
+        rate = self.sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise DefinitionError(
+                f"{what}: logging.sample_rate must be a number from 0 to 1, got {rate!r}",
+                reason="INVALID_DEFINITION",
+            )
+        schedule = _duration_proto(self.report_schedule, f"{what}: logging.report_schedule")
+        if schedule is not None and schedule.ToTimedelta() < MIN_REPORT_SCHEDULE:
+            raise DefinitionError(
+                f"{what}: logging.report_schedule must be at least 1m (or 0 for never)",
+                reason="INVALID_DEFINITION",
+            )
+        return registry_pb2.FeatureLogging(sample_rate=float(rate), report_schedule=schedule)
+
+
 @dataclass(frozen=True)
 class FeatureService:
     """A named set of features a model consumes.
@@ -484,6 +525,7 @@ class FeatureService:
         description: What the service is for.
         owner: The responsible team or person.
         tags: Free-form labels.
+        logging: Feature logging of the served calls (None: off).
         origin: The definition file this came from (for messages); not part of equality.
 
     """
@@ -493,6 +535,7 @@ class FeatureService:
     description: str = ""
     owner: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    logging: FeatureLogging | None = None
     origin: str = field(default="", compare=False)
 
     def refs(self) -> tuple[tuple[str, str | None], ...]:
@@ -540,6 +583,11 @@ class FeatureService:
             description=self.description,
             owner=self.owner,
             tags=dict(self.tags),
+            logging=(
+                self.logging.to_proto(f"feature service {self.name!r}")
+                if self.logging is not None
+                else None
+            ),
         )
 
 

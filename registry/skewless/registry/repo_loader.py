@@ -23,6 +23,7 @@ from skewless.registry.definitions import (
     DeltaSource,
     Entity,
     Feature,
+    FeatureLogging,
     FeatureService,
     FeatureView,
     FileSource,
@@ -65,7 +66,8 @@ _VIEW_KEYS = _COMMON | {
     "offline_retention",
 }
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
-_SERVICE_KEYS = _COMMON | {"features"}
+_SERVICE_KEYS = _COMMON | {"features", "logging"}
+_LOGGING_KEYS = {"sample_rate", "report_schedule"}
 _SOURCE_TYPES = ("file", "sql", "push", "delta")
 
 
@@ -396,6 +398,7 @@ class _Reader:
         f.check_keys(_SERVICE_KEYS)
         name = f.text("name", required=True)
         features = f.names("features", required=True)
+        logging = self._logging(f)
         if not name:
             return
         self.services.append(
@@ -405,8 +408,26 @@ class _Reader:
                 description=f.text("description"),
                 owner=f.text("owner"),
                 tags=f.tags(),
+                logging=logging,
                 origin=f.origin,
             )
+        )
+
+    def _logging(self, f: _Fields) -> FeatureLogging | None:
+        raw = f.raw.get("logging")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            f.problem("'logging' must be a mapping with sample_rate and report_schedule")
+            return None
+        sub = _Fields(raw, f.origin, f"{f.obj}, logging", f.problems)
+        sub.check_keys(_LOGGING_KEYS)
+        rate = sub.raw.get("sample_rate", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            sub.problem(f"'sample_rate' must be a number from 0 to 1, got {rate!r}")
+            return None
+        return FeatureLogging(
+            sample_rate=float(rate), report_schedule=sub.duration("report_schedule")
         )
 
 

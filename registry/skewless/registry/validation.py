@@ -24,6 +24,8 @@ import duckdb
 from skewless.core.duckdb_session import connect
 from skewless.core.errors import DefinitionError
 from skewless.core.names import (
+    FEATURE_LOG_COLUMNS,
+    FEATURE_LOG_DIR,
     IDENTIFIER_RULE,
     RESERVED_COLUMNS,
     SOURCE_RELATION,
@@ -448,6 +450,8 @@ class _Validator:
         origin, obj = _origin(view), f"feature view {view.name!r}"
         if self.check_name(origin, obj, view.name):
             self.register(self.views, view, "feature view", obj)
+            if view.name == FEATURE_LOG_DIR:
+                self.add(origin, obj, f"{FEATURE_LOG_DIR!r} is the feature logs' folder; rename it")
         keys = self._view_keys(origin, obj, view)
         source = self._view_source(origin, obj, view)
         reserved: dict[str, str] = {}
@@ -670,6 +674,34 @@ class _Validator:
                     f"{item!r} is already included by {view_name!r} (all of its features)",
                 )
             picked.add((view_name, feature))
+        if service.logging is not None:
+            self._logging(origin, obj, service)
+
+    def _logging(self, origin: str, obj: str, service: FeatureService) -> None:
+        assert service.logging is not None
+        try:
+            service.logging.to_proto(obj)
+        except DefinitionError as exc:
+            self.add(origin, obj, exc.message.removeprefix(f"{obj}: "))
+            return
+        if not service.logging.sample_rate:
+            return
+        for item in service.features:
+            view = self.views.get(item if isinstance(item, str) else item.name)
+            if view is None and isinstance(item, str):
+                view = self.views.get(item.split(":", 1)[0])
+            for entity in view.entities if view is not None else ():
+                found = self.entities.get(entity if isinstance(entity, str) else entity.name)
+                keys = found.typed_join_keys() if found is not None else ()
+                for key in keys:
+                    if key.name in FEATURE_LOG_COLUMNS:
+                        self.add(
+                            origin,
+                            obj,
+                            f"join key {key.name!r} is a column of the feature log "
+                            f"({', '.join(FEATURE_LOG_COLUMNS)}); rename it or turn logging off",
+                        )
+                        return
 
 
 def _add_referenced(listed: list[Any], obj: Any) -> None:

@@ -26,12 +26,14 @@ from skewless.server.registry_holder import RegistryHolder
 from skewless.server.rpc import register_service, register_wrapped
 from skewless.server.services.historical import HistoricalServicer
 from skewless.server.services.materialization import MaterializationServicer
+from skewless.server.services.monitoring import MonitoringServicer, SkewReportSchedule
 from skewless.server.services.online import OnlineServicer
 from skewless.server.services.registry import RegistryServicer
 from skewless.server.tls import bind
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
+    monitoring_service_pb2,
     online_service_pb2,
     registry_service_pb2,
 )
@@ -52,6 +54,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     _service(online_service_pb2, "OnlineService").full_name,
     _service(historical_service_pb2, "HistoricalService").full_name,
     _service(materialization_service_pb2, "MaterializationService").full_name,
+    _service(monitoring_service_pb2, "MonitoringService").full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -117,6 +120,7 @@ class SkewlessServer:
             self._tasks.append(
                 asyncio.create_task(run_retention(self.ctx.config, self.ctx.registry))
             )
+            self._tasks.append(asyncio.create_task(SkewReportSchedule(self.ctx).run()))
 
     async def _set_health(self, status: int) -> None:  # a HealthCheckResponse.ServingStatus
         for name in ("", *SERVICE_NAMES):
@@ -148,6 +152,7 @@ class SkewlessServer:
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await asyncio.to_thread(self.online.logger.close)  # every logged call is written
         self.online.reader.close()
         await self.ctx.redis.aclose()
 
@@ -183,6 +188,7 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
             _service(materialization_service_pb2, "MaterializationService"),
             MaterializationServicer(ctx),
         ),
+        (_service(monitoring_service_pb2, "MonitoringService"), MonitoringServicer(ctx)),
     ):
         register_service(server, descriptor, servicer.handlers())
     health_servicer = health.aio.HealthServicer()

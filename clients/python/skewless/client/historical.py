@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
+from skewless.client.feature_log import FeatureLog
 from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
 from skewless.v1 import historical_service_pb2 as pb
 from skewless.v1 import types_pb2
@@ -403,8 +404,9 @@ def iter_historical_batches(
     Args:
         channel: A channel to the skewless server.
         entity_rows: The entity rows (join keys, the label time column, any other
-            columns), or a path/glob of a Parquet or CSV file the server reads. None
-            when `sql` is given.
+            columns), a path/glob of a Parquet or CSV file the server reads, or a
+            `FeatureLog` (the calls a feature service served, labelled with their
+            request time). None when `sql` is given.
         feature_service: The feature service to retrieve; or give `features`.
         features: Feature references `view:feature` or `view`, in output order.
         label_time_column: The column with each row's label time (naive = UTC).
@@ -461,6 +463,10 @@ def iter_historical_batches(
     total: int | None = None
     if sql is not None:
         query.sql = sql
+    elif isinstance(entity_rows, FeatureLog):
+        query.feature_log.CopyFrom(entity_rows.to_proto())
+        if label_time_column == "event_timestamp":  # the default: the log's request time
+            query.label_time_column = "request_time"
     elif isinstance(entity_rows, str | os.PathLike):
         query.path = os.fspath(entity_rows)
     else:

@@ -555,6 +555,7 @@ class FeatureService(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    LOGGING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
     description: _builtins.str
@@ -569,6 +570,12 @@ class FeatureService(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def logging(self) -> Global___FeatureLogging:
+        """Optional. Feature logging: which served requests are recorded for the skew report
+        (`MonitoringService.GetSkewReport`). Unset, or a sample rate of 0, logs nothing.
+        """
+
     def __init__(
         self,
         *,
@@ -577,14 +584,51 @@ class FeatureService(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        logging: Global___FeatureLogging | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logging", b"logging"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "logging", b"logging", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureService: _TypeAlias = FeatureService  # noqa: Y015
+
+@_typing.final
+class FeatureLogging(_message.Message):
+    """Feature logging of one feature service: a sample of its `GetOnlineFeatures` calls is
+    written, off the request path, to a log table in the offline store
+    (`<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/*.parquet`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    REPORT_SCHEDULE_FIELD_NUMBER: _builtins.int
+    sample_rate: _builtins.float
+    """Optional. The share of calls logged, in [0, 1]: 0 logs nothing, 1 logs every call,
+    0.1 about one call in ten (chosen at random per call).
+    """
+    @_builtins.property
+    def report_schedule(self) -> _duration_pb2.Duration:
+        """Optional. How often the server computes the skew report of the service over the
+        last period and exposes it as Prometheus gauges. Zero (or unset) means never; at
+        least one minute otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: _builtins.float = ...,
+        report_schedule: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report_schedule", b"report_schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_schedule", b"report_schedule", "sample_rate", b"sample_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureLogging: _TypeAlias = FeatureLogging  # noqa: Y015
 
 @_typing.final
 class Registry(_message.Message):

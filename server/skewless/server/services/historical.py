@@ -33,10 +33,12 @@ import pyarrow as pa
 
 from skewless.client._wire import encode_varint, field_tag
 from skewless.client.ipc_framing import IpcBatchWriter
+from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError, quoted
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
 from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
+from skewless.offline.feature_log import log_entity_rows
 from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS, PointInTimeJoin
 from skewless.offline.retrieval import read_snapshots, start_retrieval
 from skewless.registry.feature_refs import (
@@ -225,6 +227,36 @@ async def _receive_inline(
     return pa.Table.from_batches(batches, schema=schema)
 
 
+REQUEST_TIME = "request_time"
+
+
+def _feature_log_rows(
+    config: RepoConfig, registry: registry_pb2.Registry, query: _pb.HistoricalQuery
+) -> pa.Table:
+    source = query.feature_log
+    if not source.feature_service:
+        raise InvalidArgumentError(
+            "feature_log.feature_service is required: name the service whose log to read",
+            field="query.feature_log.feature_service",
+            reason="MISSING_FEATURE_SERVICE",
+        )
+    start = end = None
+    if source.HasField("start_time"):
+        timestamp_argument(source.start_time, "query.feature_log.start_time")
+        start = source.start_time.seconds * 1_000_000 + source.start_time.nanos // 1000
+    if source.HasField("end_time"):
+        timestamp_argument(source.end_time, "query.feature_log.end_time")
+        end = source.end_time.seconds * 1_000_000 + source.end_time.nanos // 1000
+    return log_entity_rows(
+        config,
+        registry,
+        source.feature_service,
+        start_us=start,
+        end_us=end,
+        include_served_values=source.include_served_values,
+    )
+
+
 class HistoricalServicer:
     """Serves `GetHistoricalFeatures`."""
 
@@ -280,17 +312,20 @@ class HistoricalServicer:
         )
         batch_rows = _batch_rows(query)
         compression = _compression(query)
-        label = query.label_time_column or EVENT_TIMESTAMP
         source = query.WhichOneof("entity_rows")
+        default_label = REQUEST_TIME if source == "feature_log" else EVENT_TIMESTAMP
+        label = query.label_time_column or default_label
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
         elif source == "path":
             table = await asyncio.to_thread(read_path, config, query.path)
         elif source == "sql":
             table = await asyncio.to_thread(read_sql, config, registry, query.sql)
+        elif source == "feature_log":
+            table = await asyncio.to_thread(_feature_log_rows, config, registry, query)
         else:
             raise InvalidArgumentError(
-                "the query names no entity rows; set inline, path or sql",
+                "the query names no entity rows; set inline, path, sql or feature_log",
                 field="query.entity_rows",
                 reason="NO_ENTITY_ROWS",
             )

@@ -13,6 +13,7 @@ history (`skewless.materialization.push`): a refused push writes nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, TypeAlias
 
 import grpc
@@ -23,6 +24,7 @@ from skewless.online.plan import LookupPlan, PlanCatalog
 from skewless.online.reader import OnlineReader, ReadStats
 from skewless.server import metrics
 from skewless.server.context import ServerContext
+from skewless.server.feature_logger import REQUEST_ID_KEY, FeatureLogger
 from skewless.server.rpc import UnaryHandler, label_call
 from skewless.v1 import online_service_pb2
 
@@ -37,6 +39,13 @@ def _observe_read(stats: ReadStats) -> None:
     metrics.REDIS_ROUNDTRIP.observe(stats.redis_seconds)
 
 
+def _caller_request_id(context: Ctx) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return None
+
+
 class OnlineServicer:
     """Serves `GetOnlineFeatures` and `PushFeatures`."""
 
@@ -45,7 +54,9 @@ class OnlineServicer:
         self.ctx = ctx
         self.plans = PlanCatalog(ctx.config.project)
         self.reader = OnlineReader(ctx.redis, observe=_observe_read)
+        self.logger = FeatureLogger(ctx.config)
         ctx.registry.subscribe(self.plans.load)
+        ctx.registry.subscribe(self.logger.load)
 
     def handlers(self) -> dict[str, UnaryHandler]:
         """The handler of each RPC, for `skewless.server.rpc.register_service`."""
@@ -62,10 +73,38 @@ class OnlineServicer:
     async def get_online_features(
         self, request: _pb.GetOnlineFeaturesRequest, context: Ctx
     ) -> bytes:
-        """Returns the serialized response: value, event time and status per feature and row."""
-        return await self.reader.read(
-            self._plan(request), request.entities, time_remaining=context.time_remaining()
+        """Returns the serialized response: value, event time and status per feature and row.
+
+        A sampled call of a logged feature service is handed to the feature logger as it
+        is (request object, response bytes), with its request id echoed in the trailing
+        metadata.
+        """
+        plan = self._plan(request)
+        logger = self.logger
+        if not logger.rates or not request.feature_service:
+            return await self.reader.read(
+                plan, request.entities, time_remaining=context.time_remaining()
+            )
+        service = request.feature_service
+        if not logger.sampled(service):
+            return await self.reader.read(
+                plan, request.entities, time_remaining=context.time_remaining()
+            )
+        version = self.plans.version
+        request_time_us = time.time_ns() // 1000
+        response = await self.reader.read(
+            plan, request.entities, time_remaining=context.time_remaining()
         )
+        request_id = logger.offer(
+            service,
+            request,
+            response,
+            request_time_us=request_time_us,
+            registry_version=version,
+            request_id=_caller_request_id(context),
+        )
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        return response
 
     async def push_features(
         self, request: _pb.PushFeaturesRequest, context: Ctx

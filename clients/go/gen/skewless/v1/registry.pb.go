@@ -886,7 +886,10 @@ type FeatureService struct {
 	// Optional. The team or person responsible.
 	Owner string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Optional. Free-form labels.
-	Tags          map[string]string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Tags map[string]string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional. Feature logging: which served requests are recorded for the skew report
+	// (`MonitoringService.GetSkewReport`). Unset, or a sample rate of 0, logs nothing.
+	Logging       *FeatureLogging `protobuf:"bytes,6,opt,name=logging,proto3" json:"logging,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -956,6 +959,73 @@ func (x *FeatureService) GetTags() map[string]string {
 	return nil
 }
 
+func (x *FeatureService) GetLogging() *FeatureLogging {
+	if x != nil {
+		return x.Logging
+	}
+	return nil
+}
+
+// Feature logging of one feature service: a sample of its `GetOnlineFeatures` calls is
+// written, off the request path, to a log table in the offline store
+// (`<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/*.parquet`).
+type FeatureLogging struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional. The share of calls logged, in [0, 1]: 0 logs nothing, 1 logs every call,
+	// 0.1 about one call in ten (chosen at random per call).
+	SampleRate float64 `protobuf:"fixed64,1,opt,name=sample_rate,json=sampleRate,proto3" json:"sample_rate,omitempty"`
+	// Optional. How often the server computes the skew report of the service over the
+	// last period and exposes it as Prometheus gauges. Zero (or unset) means never; at
+	// least one minute otherwise.
+	ReportSchedule *durationpb.Duration `protobuf:"bytes,2,opt,name=report_schedule,json=reportSchedule,proto3" json:"report_schedule,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FeatureLogging) Reset() {
+	*x = FeatureLogging{}
+	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureLogging) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureLogging) ProtoMessage() {}
+
+func (x *FeatureLogging) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureLogging.ProtoReflect.Descriptor instead.
+func (*FeatureLogging) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeatureLogging) GetSampleRate() float64 {
+	if x != nil {
+		return x.SampleRate
+	}
+	return 0
+}
+
+func (x *FeatureLogging) GetReportSchedule() *durationpb.Duration {
+	if x != nil {
+		return x.ReportSchedule
+	}
+	return nil
+}
+
 // A complete, versioned snapshot of a project's definitions, as written by `skewless apply`.
 type Registry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -981,7 +1051,7 @@ type Registry struct {
 
 func (x *Registry) Reset() {
 	*x = Registry{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	mi := &file_skewless_v1_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1063,7 @@ func (x *Registry) String() string {
 func (*Registry) ProtoMessage() {}
 
 func (x *Registry) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	mi := &file_skewless_v1_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1076,7 @@ func (x *Registry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registry.ProtoReflect.Descriptor instead.
 func (*Registry) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{11}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Registry) GetProject() string {
@@ -1142,16 +1212,21 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
 	"\x11FeatureProjection\x12!\n" +
 	"\ffeature_view\x18\x01 \x01(\tR\vfeatureView\x12\x1a\n" +
-	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"\x92\x02\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"\xc9\x02\n" +
 	"\x0eFeatureService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12@\n" +
 	"\vprojections\x18\x02 \x03(\v2\x1e.skewless.v1.FeatureProjectionR\vprojections\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\x04 \x01(\tR\x05owner\x129\n" +
-	"\x04tags\x18\x05 \x03(\v2%.skewless.v1.FeatureService.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\x05 \x03(\v2%.skewless.v1.FeatureService.TagsEntryR\x04tags\x125\n" +
+	"\alogging\x18\x06 \x01(\v2\x1b.skewless.v1.FeatureLoggingR\alogging\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"u\n" +
+	"\x0eFeatureLogging\x12\x1f\n" +
+	"\vsample_rate\x18\x01 \x01(\x01R\n" +
+	"sampleRate\x12B\n" +
+	"\x0freport_schedule\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ereportSchedule\"\x87\x03\n" +
 	"\bRegistry\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12;\n" +
@@ -1182,7 +1257,7 @@ func file_skewless_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_skewless_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skewless_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_skewless_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_skewless_v1_registry_proto_goTypes = []any{
 	(FileFormat)(0),               // 0: skewless.v1.FileFormat
 	(*Entity)(nil),                // 1: skewless.v1.Entity
@@ -1196,45 +1271,48 @@ var file_skewless_v1_registry_proto_goTypes = []any{
 	(*FeatureView)(nil),           // 9: skewless.v1.FeatureView
 	(*FeatureProjection)(nil),     // 10: skewless.v1.FeatureProjection
 	(*FeatureService)(nil),        // 11: skewless.v1.FeatureService
-	(*Registry)(nil),              // 12: skewless.v1.Registry
-	nil,                           // 13: skewless.v1.Entity.TagsEntry
-	nil,                           // 14: skewless.v1.DataSource.TagsEntry
-	nil,                           // 15: skewless.v1.Feature.TagsEntry
-	nil,                           // 16: skewless.v1.FeatureView.TagsEntry
-	nil,                           // 17: skewless.v1.FeatureService.TagsEntry
-	(ValueType)(0),                // 18: skewless.v1.ValueType
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*FeatureLogging)(nil),        // 12: skewless.v1.FeatureLogging
+	(*Registry)(nil),              // 13: skewless.v1.Registry
+	nil,                           // 14: skewless.v1.Entity.TagsEntry
+	nil,                           // 15: skewless.v1.DataSource.TagsEntry
+	nil,                           // 16: skewless.v1.Feature.TagsEntry
+	nil,                           // 17: skewless.v1.FeatureView.TagsEntry
+	nil,                           // 18: skewless.v1.FeatureService.TagsEntry
+	(ValueType)(0),                // 19: skewless.v1.ValueType
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_skewless_v1_registry_proto_depIdxs = []int32{
 	2,  // 0: skewless.v1.Entity.join_keys:type_name -> skewless.v1.JoinKey
-	13, // 1: skewless.v1.Entity.tags:type_name -> skewless.v1.Entity.TagsEntry
-	18, // 2: skewless.v1.JoinKey.value_type:type_name -> skewless.v1.ValueType
+	14, // 1: skewless.v1.Entity.tags:type_name -> skewless.v1.Entity.TagsEntry
+	19, // 2: skewless.v1.JoinKey.value_type:type_name -> skewless.v1.ValueType
 	4,  // 3: skewless.v1.DataSource.file:type_name -> skewless.v1.FileSource
 	6,  // 4: skewless.v1.DataSource.sql:type_name -> skewless.v1.SqlSource
 	7,  // 5: skewless.v1.DataSource.push:type_name -> skewless.v1.PushSource
 	5,  // 6: skewless.v1.DataSource.delta:type_name -> skewless.v1.DeltaSource
-	14, // 7: skewless.v1.DataSource.tags:type_name -> skewless.v1.DataSource.TagsEntry
+	15, // 7: skewless.v1.DataSource.tags:type_name -> skewless.v1.DataSource.TagsEntry
 	0,  // 8: skewless.v1.FileSource.format:type_name -> skewless.v1.FileFormat
-	18, // 9: skewless.v1.Feature.value_type:type_name -> skewless.v1.ValueType
-	15, // 10: skewless.v1.Feature.tags:type_name -> skewless.v1.Feature.TagsEntry
+	19, // 9: skewless.v1.Feature.value_type:type_name -> skewless.v1.ValueType
+	16, // 10: skewless.v1.Feature.tags:type_name -> skewless.v1.Feature.TagsEntry
 	8,  // 11: skewless.v1.FeatureView.features:type_name -> skewless.v1.Feature
-	19, // 12: skewless.v1.FeatureView.ttl:type_name -> google.protobuf.Duration
-	19, // 13: skewless.v1.FeatureView.schedule:type_name -> google.protobuf.Duration
-	16, // 14: skewless.v1.FeatureView.tags:type_name -> skewless.v1.FeatureView.TagsEntry
-	19, // 15: skewless.v1.FeatureView.offline_retention:type_name -> google.protobuf.Duration
+	20, // 12: skewless.v1.FeatureView.ttl:type_name -> google.protobuf.Duration
+	20, // 13: skewless.v1.FeatureView.schedule:type_name -> google.protobuf.Duration
+	17, // 14: skewless.v1.FeatureView.tags:type_name -> skewless.v1.FeatureView.TagsEntry
+	20, // 15: skewless.v1.FeatureView.offline_retention:type_name -> google.protobuf.Duration
 	10, // 16: skewless.v1.FeatureService.projections:type_name -> skewless.v1.FeatureProjection
-	17, // 17: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
-	20, // 18: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 19: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
-	3,  // 20: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
-	9,  // 21: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
-	11, // 22: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	18, // 17: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
+	12, // 18: skewless.v1.FeatureService.logging:type_name -> skewless.v1.FeatureLogging
+	20, // 19: skewless.v1.FeatureLogging.report_schedule:type_name -> google.protobuf.Duration
+	21, // 20: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
+	3,  // 22: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
+	9,  // 23: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
+	11, // 24: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_proto_init() }
@@ -1256,7 +1334,7 @@ func file_skewless_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_registry_proto_rawDesc), len(file_skewless_v1_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
