@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from skewless.core.auth_config import AuthConfig, parse_auth_section
 from skewless.core.errors import DefinitionError
 from skewless.core.names import IDENTIFIER_RULE, is_identifier
 
@@ -92,6 +93,7 @@ class RepoConfig:
             past it they are memory-mapped from a file under `spill_dir`.
         server_tls: TLS (and mTLS) of the gRPC port; None serves plaintext.
         server_insecure: Allow plaintext on an address other than loopback.
+        auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -113,6 +115,7 @@ class RepoConfig:
     history_memory_limit: int = 512 * 2**20
     server_tls: ServerTLS | None = None
     server_insecure: bool = False
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -282,7 +285,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         raise DefinitionError(
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
-    unknown = set(raw) - {"project", "data_dir", "online_store", "server"}
+    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth"}
     if unknown:
         raise DefinitionError(
             f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
@@ -325,6 +328,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: server.insecure must be true or false, got {insecure!r}",
             reason="INVALID_CONFIG",
         )
+    server_tls = _server_tls(server, root, path)
     return RepoConfig(
         root=root,
         project=project,
@@ -339,6 +343,12 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             server.get("metrics_port", DEFAULT_METRICS_PORT), "server.metrics_port", path
         ),
         entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
-        server_tls=_server_tls(server, root, path),
+        server_tls=server_tls,
         server_insecure=insecure,
+        auth=parse_auth_section(
+            raw.get("auth"),
+            root=root,
+            path=path,
+            mutual_tls=server_tls is not None and server_tls.mutual,
+        ),
     )

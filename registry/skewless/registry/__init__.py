@@ -25,6 +25,7 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 
 __all__ = [
     "ApplyResult",
@@ -35,6 +36,7 @@ __all__ = [
     "FeatureView",
     "FileSource",
     "JoinKey",
+    "Policy",
     "PushSource",
     "RepoDefinitions",
     "SqlSource",

@@ -30,6 +30,7 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 from skewless.registry.validation import DefinitionProblem
 
 __all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definitions"]
@@ -37,7 +38,7 @@ __all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definition
 #: The folder of a repository that holds the definition files.
 DEFINITIONS_DIR = "features"
 
-_SECTIONS = ("entities", "sources", "feature_views", "feature_services")
+_SECTIONS = ("entities", "sources", "feature_views", "feature_services", "policies")
 _COMMON = {"name", "description", "owner", "tags"}
 _ENTITY_KEYS = _COMMON | {"join_keys", "value_type"}
 _JOIN_KEY_KEYS = {"name", "value_type"}
@@ -62,6 +63,7 @@ _VIEW_KEYS = _COMMON | {
 }
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
 _SERVICE_KEYS = _COMMON | {"features"}
+_POLICY_KEYS = {"name", "description", "subjects", "groups", "actions", "resources"}
 _SOURCE_TYPES = ("file", "sql", "push")
 
 
@@ -118,6 +120,7 @@ def load_definitions(root: Path) -> LoadedRepo:
             sources=tuple(reader.sources),
             feature_views=tuple(reader.views),
             feature_services=tuple(reader.services),
+            policies=tuple(reader.policies),
         ),
         problems=tuple(reader.problems),
         files=tuple(names),
@@ -207,6 +210,7 @@ class _Reader:
         self.sources: list[DataSource] = []
         self.views: list[FeatureView] = []
         self.services: list[FeatureService] = []
+        self.policies: list[Policy] = []
         self.problems: list[DefinitionProblem] = []
 
     def read_file(self, path: Path, origin: str) -> None:
@@ -241,6 +245,7 @@ class _Reader:
             "sources": ("source", self._source),
             "feature_views": ("feature view", self._view),
             "feature_services": ("feature service", self._service),
+            "policies": ("policy", self._policy),
         }
         for section, (kind, read) in readers.items():
             items = raw.get(section)
@@ -374,6 +379,11 @@ class _Reader:
             )
         )
 
+    def _policy(self, f: _Fields) -> None:
+        policy = _read_policy(f)
+        if policy is not None:
+            self.policies.append(policy)
+
     def _service(self, f: _Fields) -> None:
         f.check_keys(_SERVICE_KEYS)
         name = f.text("name", required=True)
@@ -390,6 +400,21 @@ class _Reader:
                 origin=f.origin,
             )
         )
+
+
+def _read_policy(f: _Fields) -> Policy | None:
+    f.check_keys(_POLICY_KEYS)
+    name = f.text("name", required=True)
+    policy = Policy(
+        name=name,
+        description=f.text("description"),
+        subjects=f.names("subjects"),
+        groups=f.names("groups"),
+        actions=f.names("actions", required=True),
+        resources=f.names("resources", required=True),
+        origin=f.origin,
+    )
+    return policy if name and f.ok else None
 
 
 def _feature(f: _Fields) -> Feature | None:

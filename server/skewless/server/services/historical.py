@@ -43,6 +43,7 @@ from skewless.registry.feature_refs import (
     resolve_feature_refs,
     resolve_feature_service,
 )
+from skewless.server.auth.permissions import Access, Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.errors import code_name
 from skewless.server.rpc import BidiHandler, label_call
@@ -223,6 +224,14 @@ async def _receive_inline(
     return pa.Table.from_batches(batches, schema=schema)
 
 
+def _require_rows(access: Access, query: _pb.HistoricalQuery, plan: FeaturePlan) -> None:
+    """`read_historical` on each view of a feature list; `server_entity_rows` for path/sql."""
+    if query.WhichOneof("kind") != "feature_service":
+        access.require(Action.READ_HISTORICAL, [Resource.view(v.name) for v in plan.views])
+    if query.WhichOneof("entity_rows") in ("path", "sql"):
+        access.require(Action.SERVER_ENTITY_ROWS, (Resource.project(),))
+
+
 class HistoricalServicer:
     """Serves `GetHistoricalFeatures`."""
 
@@ -271,7 +280,12 @@ class HistoricalServicer:
             )
         query = first.query
         registry = self.ctx.registry.current
+        access = self.ctx.access
+        if access.enabled and query.WhichOneof("kind") == "feature_service":
+            access.require(Action.READ_HISTORICAL, (Resource.service(query.feature_service),))
         plan = _plan(registry, query)
+        if access.enabled:
+            _require_rows(access, query, plan)
         check_history(config, plan)
         batch_rows = _batch_rows(query)
         compression = _compression(query)

@@ -890,8 +890,11 @@ type Registry struct {
 	FeatureViews []*FeatureView `protobuf:"bytes,7,rep,name=feature_views,json=featureViews,proto3" json:"feature_views,omitempty"`
 	// Output only. All feature services, sorted by name.
 	FeatureServices []*FeatureService `protobuf:"bytes,8,rep,name=feature_services,json=featureServices,proto3" json:"feature_services,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Output only. Who may do what once the server authenticates callers, sorted by
+	// name. Versioned with the definitions: changing a policy is a new version.
+	Policies      []*Policy `protobuf:"bytes,16,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registry) Reset() {
@@ -980,11 +983,18 @@ func (x *Registry) GetFeatureServices() []*FeatureService {
 	return nil
 }
 
+func (x *Registry) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 var File_skewless_v1_registry_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
+	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18skewless/v1/policy.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\tjoin_keys\x18\x02 \x03(\v2\x14.skewless.v1.JoinKeyR\bjoinKeys\x12 \n" +
@@ -1058,7 +1068,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x04tags\x18\x05 \x03(\v2%.skewless.v1.FeatureService.TagsEntryR\x04tags\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x03\n" +
 	"\bRegistry\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12;\n" +
@@ -1068,7 +1078,8 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\bentities\x18\x05 \x03(\v2\x13.skewless.v1.EntityR\bentities\x12:\n" +
 	"\fdata_sources\x18\x06 \x03(\v2\x17.skewless.v1.DataSourceR\vdataSources\x12=\n" +
 	"\rfeature_views\x18\a \x03(\v2\x18.skewless.v1.FeatureViewR\ffeatureViews\x12F\n" +
-	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices*W\n" +
+	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices\x12/\n" +
+	"\bpolicies\x18\x10 \x03(\v2\x13.skewless.v1.PolicyR\bpolicies*W\n" +
 	"\n" +
 	"FileFormat\x12\x1b\n" +
 	"\x17FILE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1111,6 +1122,7 @@ var file_skewless_v1_registry_proto_goTypes = []any{
 	(ValueType)(0),                // 17: skewless.v1.ValueType
 	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*Policy)(nil),                // 20: skewless.v1.Policy
 }
 var file_skewless_v1_registry_proto_depIdxs = []int32{
 	2,  // 0: skewless.v1.Entity.join_keys:type_name -> skewless.v1.JoinKey
@@ -1134,11 +1146,12 @@ var file_skewless_v1_registry_proto_depIdxs = []int32{
 	3,  // 18: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
 	8,  // 19: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
 	10, // 20: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	20, // 21: skewless.v1.Registry.policies:type_name -> skewless.v1.Policy
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_proto_init() }
@@ -1146,6 +1159,7 @@ func file_skewless_v1_registry_proto_init() {
 	if File_skewless_v1_registry_proto != nil {
 		return
 	}
+	file_skewless_v1_policy_proto_init()
 	file_skewless_v1_types_proto_init()
 	file_skewless_v1_registry_proto_msgTypes[2].OneofWrappers = []any{
 		(*DataSource_File)(nil),
