@@ -293,10 +293,20 @@ class HistoricalServicer:
         source = query.WhichOneof("entity_rows")
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
-        elif source == "path":
-            table = await asyncio.to_thread(read_path, config, query.path)
-        elif source == "sql":
-            table = await asyncio.to_thread(read_sql, config, registry, query.sql)
+        elif source in ("path", "sql"):
+            # The read runs in a thread; a cancelled call or a passed deadline interrupts
+            # its DuckDB query instead of leaving it to run (and hold memory) to the end.
+            reading = _Interruptible()
+            context.add_done_callback(lambda _: reading.interrupt())
+            if source == "path":
+                read = functools.partial(
+                    read_path, config, query.path, on_connection=reading.attach
+                )
+            else:
+                read = functools.partial(
+                    read_sql, config, registry, query.sql, on_connection=reading.attach
+                )
+            table = await asyncio.to_thread(read)
         else:
             raise InvalidArgumentError(
                 "the query names no entity rows; set inline, path or sql",
@@ -320,6 +330,25 @@ class HistoricalServicer:
         context.add_done_callback(lambda _: running.release())
         async for response in _stream(running, compression, split=query.batch_size == 0):
             yield response
+
+
+class _Interruptible:
+    """The DuckDB connection of an entity-row read, interrupted when the call ends."""
+
+    def __init__(self) -> None:
+        self.con: Any = None
+        self.done = False
+
+    def attach(self, con: Any) -> None:
+        self.con = con
+        if self.done:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        self.done = True
+        if self.con is not None:
+            with contextlib.suppress(Exception):
+                self.con.interrupt()
 
 
 class _Running:
