@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from skewless.core.auth_config import AuthConfig, parse_auth_section
 from skewless.core.errors import DefinitionError
 from skewless.core.names import IDENTIFIER_RULE, is_identifier
 
@@ -96,6 +97,7 @@ class RepoConfig:
             this much of the log is lost if the server process crashes).
         feature_log_queue_calls: Most sampled calls waiting to be written; past it
             calls are dropped (and counted), never delayed.
+        auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -119,6 +121,7 @@ class RepoConfig:
     server_insecure: bool = False
     feature_log_flush_seconds: float = 5.0
     feature_log_queue_calls: int = 10_000
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -311,7 +314,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         raise DefinitionError(
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
-    unknown = set(raw) - {"project", "data_dir", "online_store", "server"}
+    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth"}
     if unknown:
         raise DefinitionError(
             f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
@@ -355,6 +358,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             reason="INVALID_CONFIG",
         )
     flush, queue = _feature_log(server, path)
+    server_tls = _server_tls(server, root, path)
     return RepoConfig(
         feature_log_flush_seconds=flush,
         feature_log_queue_calls=queue,
@@ -371,6 +375,12 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             server.get("metrics_port", DEFAULT_METRICS_PORT), "server.metrics_port", path
         ),
         entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
-        server_tls=_server_tls(server, root, path),
+        server_tls=server_tls,
         server_insecure=insecure,
+        auth=parse_auth_section(
+            raw.get("auth"),
+            root=root,
+            path=path,
+            mutual_tls=server_tls is not None and server_tls.mutual,
+        ),
     )

@@ -27,6 +27,7 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 
 __all__ = [
     "ApplyResult",
@@ -39,6 +40,7 @@ __all__ = [
     "FeatureView",
     "FileSource",
     "JoinKey",
+    "Policy",
     "PushSource",
     "RepoDefinitions",
     "SqlSource",

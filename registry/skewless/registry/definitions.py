@@ -34,6 +34,7 @@ from skewless.core.errors import DefinitionError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import parse_value_type
 from skewless.registry.feature_refs import parse_feature_ref
+from skewless.registry.policies import Policy
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
@@ -600,6 +601,7 @@ class RepoDefinitions:
         sources: The data sources.
         feature_views: The feature views.
         feature_services: The feature services.
+        policies: Who may do what once the server authenticates callers.
 
     """
 
@@ -607,6 +609,7 @@ class RepoDefinitions:
     sources: tuple[DataSource, ...] = ()
     feature_views: tuple[FeatureView, ...] = ()
     feature_services: tuple[FeatureService, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
     def to_registry(self, project: str) -> registry_pb2.Registry:
         """Returns the registry (version 0, no digest) with every list sorted by name.
@@ -632,6 +635,7 @@ class RepoDefinitions:
             data_sources=[sources[n].to_proto() for n in sorted(sources)],
             feature_views=[v.to_proto() for v in sorted(self.feature_views, key=_name)],
             feature_services=[s.to_proto() for s in sorted(self.feature_services, key=_name)],
+            policies=[p.to_proto() for p in sorted(self.policies, key=lambda p: p.name)],
         )
 
 

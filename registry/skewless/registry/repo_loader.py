@@ -32,6 +32,7 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 from skewless.registry.validation import DefinitionProblem
 
 __all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definitions"]
@@ -39,7 +40,7 @@ __all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definition
 #: The folder of a repository that holds the definition files.
 DEFINITIONS_DIR = "features"
 
-_SECTIONS = ("entities", "sources", "feature_views", "feature_services")
+_SECTIONS = ("entities", "sources", "feature_views", "feature_services", "policies")
 _COMMON = {"name", "description", "owner", "tags"}
 _ENTITY_KEYS = _COMMON | {"join_keys", "value_type"}
 _JOIN_KEY_KEYS = {"name", "value_type"}
@@ -68,6 +69,7 @@ _VIEW_KEYS = _COMMON | {
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
 _SERVICE_KEYS = _COMMON | {"features", "logging"}
 _LOGGING_KEYS = {"sample_rate", "report_schedule"}
+_POLICY_KEYS = {"name", "description", "subjects", "groups", "actions", "resources"}
 _SOURCE_TYPES = ("file", "sql", "push", "delta")
 
 
@@ -124,6 +126,7 @@ def load_definitions(root: Path) -> LoadedRepo:
             sources=tuple(reader.sources),
             feature_views=tuple(reader.views),
             feature_services=tuple(reader.services),
+            policies=tuple(reader.policies),
         ),
         problems=tuple(reader.problems),
         files=tuple(names),
@@ -213,6 +216,7 @@ class _Reader:
         self.sources: list[DataSource] = []
         self.views: list[FeatureView] = []
         self.services: list[FeatureService] = []
+        self.policies: list[Policy] = []
         self.problems: list[DefinitionProblem] = []
 
     def read_file(self, path: Path, origin: str) -> None:
@@ -247,6 +251,7 @@ class _Reader:
             "sources": ("source", self._source),
             "feature_views": ("feature view", self._view),
             "feature_services": ("feature service", self._service),
+            "policies": ("policy", self._policy),
         }
         for section, (kind, read) in readers.items():
             items = raw.get(section)
@@ -394,6 +399,11 @@ class _Reader:
             )
         )
 
+    def _policy(self, f: _Fields) -> None:
+        policy = _read_policy(f)
+        if policy is not None:
+            self.policies.append(policy)
+
     def _service(self, f: _Fields) -> None:
         f.check_keys(_SERVICE_KEYS)
         name = f.text("name", required=True)
@@ -429,6 +439,21 @@ class _Reader:
         return FeatureLogging(
             sample_rate=float(rate), report_schedule=sub.duration("report_schedule")
         )
+
+
+def _read_policy(f: _Fields) -> Policy | None:
+    f.check_keys(_POLICY_KEYS)
+    name = f.text("name", required=True)
+    policy = Policy(
+        name=name,
+        description=f.text("description"),
+        subjects=f.names("subjects"),
+        groups=f.names("groups"),
+        actions=f.names("actions", required=True),
+        resources=f.names("resources", required=True),
+        origin=f.origin,
+    )
+    return policy if name and f.ok else None
 
 
 def _feature(f: _Fields) -> Feature | None:

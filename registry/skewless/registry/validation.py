@@ -57,6 +57,7 @@ from skewless.registry.definitions import (
 )
 from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import parse_feature_ref
+from skewless.registry.policies import policy_problems
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
@@ -189,6 +190,12 @@ class _Validator:
         self.delta_sets: dict[str, Any] = {}  # Delta sources' pyarrow datasets
         self._con: duckdb.DuckDBPyConnection | None = None
 
+    def _policies(self) -> None:
+        origins = {p.name: p.origin or _PYTHON_ORIGIN for p in self.defs.policies}
+        for obj, message in policy_problems(self.defs.policies):
+            name = obj.removeprefix("policy ").strip("'\"")
+            self.problems.append(DefinitionProblem(origins.get(name, _PYTHON_ORIGIN), obj, message))
+
     def run(self) -> list[DefinitionProblem]:
         entities: list[Entity] = list(self.defs.entities)
         sources: list[DataSource] = list(self.defs.sources)
@@ -206,6 +213,7 @@ class _Validator:
             self._view(view)
         for service in self.defs.feature_services:
             self._service(service)
+        self._policies()
         if self._con is not None:
             self._con.close()
         return self.problems

@@ -21,6 +21,7 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
 from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
+from skewless.server.auth import Access, AuthInterceptor, build_authenticator
 from skewless.server.context import ServerContext
 from skewless.server.registry_holder import RegistryHolder
 from skewless.server.rpc import register_service, register_wrapped
@@ -170,14 +171,23 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
         The server and the port it is bound to.
 
     """
+    authenticator = build_authenticator(config.auth)  # files checked before anything starts
+    access = Access(enabled=authenticator is not None)
     holder = RegistryHolder(RegistryStore(config.registry_path))
-    ctx = ServerContext(config=config, registry=holder, redis=open_redis(config))
+    holder.subscribe(access.load)
+    ctx = ServerContext(config=config, registry=holder, redis=open_redis(config), access=access)
+    interceptors = (
+        []
+        if authenticator is None
+        else [AuthInterceptor(authenticator, access, open_reflection=config.auth.open_reflection)]
+    )
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1),
-        ]
+        ],
     )
     online = OnlineServicer(ctx)
     for descriptor, servicer in (

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from skewless.v1 import policy_pb2 as _policy_pb2
 from skewless.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -644,6 +645,7 @@ class Registry(_message.Message):
     DATA_SOURCES_FIELD_NUMBER: _builtins.int
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICES_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Output only. The project name from skewless.yaml."""
     version: _builtins.int
@@ -670,6 +672,12 @@ class Registry(_message.Message):
     def feature_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureService]:
         """Output only. All feature services, sorted by name."""
 
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.Policy]:
+        """Output only. Who may do what once the server authenticates callers, sorted by
+        name. Versioned with the definitions: changing a policy is a new version.
+        """
+
     def __init__(
         self,
         *,
@@ -681,10 +689,11 @@ class Registry(_message.Message):
         data_sources: _abc.Iterable[Global___DataSource] | None = ...,
         feature_views: _abc.Iterable[Global___FeatureView] | None = ...,
         feature_services: _abc.Iterable[Global___FeatureService] | None = ...,
+        policies: _abc.Iterable[_policy_pb2.Policy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_sources", b"data_sources", "digest", b"digest", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "project", b"project", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_sources", b"data_sources", "digest", b"digest", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "policies", b"policies", "project", b"project", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,7 @@ from skewless.registry.feature_refs import (
     resolve_feature_refs,
     resolve_feature_service,
 )
+from skewless.server.auth.permissions import Access, Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.errors import code_name
 from skewless.server.request_fields import timestamp_argument
@@ -257,6 +258,23 @@ def _feature_log_rows(
     )
 
 
+def _require_rows(access: Access, query: _pb.HistoricalQuery, plan: FeaturePlan) -> None:
+    """Checks the permissions the query's features and entity rows need.
+
+    `read_historical` on each view of a feature list and on a logged service whose log
+    gives the rows; `server_entity_rows` on the project for path or sql.
+    """
+    if query.WhichOneof("kind") != "feature_service":
+        access.require(Action.READ_HISTORICAL, [Resource.view(v.name) for v in plan.views])
+    source = query.WhichOneof("entity_rows")
+    if source in ("path", "sql"):
+        access.require(Action.SERVER_ENTITY_ROWS, (Resource.project(),))
+    elif source == "feature_log":
+        access.require(
+            Action.READ_HISTORICAL, (Resource.service(query.feature_log.feature_service),)
+        )
+
+
 class HistoricalServicer:
     """Serves `GetHistoricalFeatures`."""
 
@@ -305,7 +323,12 @@ class HistoricalServicer:
             )
         query = first.query
         registry = self.ctx.registry.current
+        access = self.ctx.access
+        if access.enabled and query.WhichOneof("kind") == "feature_service":
+            access.require(Action.READ_HISTORICAL, (Resource.service(query.feature_service),))
         plan = _plan(registry, query)
+        if access.enabled:
+            _require_rows(access, query, plan)
         pins, as_of = _offline_pins(query)
         snapshots = await asyncio.to_thread(
             read_snapshots, config, plan, versions=pins, as_of=as_of
@@ -317,10 +340,20 @@ class HistoricalServicer:
         label = query.label_time_column or default_label
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
-        elif source == "path":
-            table = await asyncio.to_thread(read_path, config, query.path)
-        elif source == "sql":
-            table = await asyncio.to_thread(read_sql, config, registry, query.sql)
+        elif source in ("path", "sql"):
+            # The read runs in a thread; a cancelled call or a passed deadline interrupts
+            # its DuckDB query instead of leaving it to run (and hold memory) to the end.
+            reading = _Interruptible()
+            context.add_done_callback(lambda _: reading.interrupt())
+            if source == "path":
+                read = functools.partial(
+                    read_path, config, query.path, on_connection=reading.attach
+                )
+            else:
+                read = functools.partial(
+                    read_sql, config, registry, query.sql, on_connection=reading.attach
+                )
+            table = await asyncio.to_thread(read)
         elif source == "feature_log":
             table = await asyncio.to_thread(_feature_log_rows, config, registry, query)
         else:
@@ -353,6 +386,25 @@ class HistoricalServicer:
             running, compression, split=query.batch_size == 0, versions=versions
         ):
             yield response
+
+
+class _Interruptible:
+    """The DuckDB connection of an entity-row read, interrupted when the call ends."""
+
+    def __init__(self) -> None:
+        self.con: Any = None
+        self.done = False
+
+    def attach(self, con: Any) -> None:
+        self.con = con
+        if self.done:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        self.done = True
+        if self.con is not None:
+            with contextlib.suppress(Exception):
+                self.con.interrupt()
 
 
 class _Running:

@@ -26,6 +26,7 @@ from prometheus_client import Gauge
 
 from skewless.core.errors import InvalidArgumentError
 from skewless.offline.skew import CATEGORY_NAMES, skew_report
+from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.request_fields import timestamp_argument
 from skewless.server.rpc import UnaryHandler, label_call
@@ -101,6 +102,9 @@ class MonitoringServicer:
                 field="feature_service",
                 reason="MISSING_FEATURE_SERVICE",
             )
+        access = self.ctx.access
+        if access.enabled:
+            access.require(Action.READ_HISTORICAL, (Resource.service(request.feature_service),))
         registry = self.ctx.registry.current
         start = (
             _micros(request.start_time, "start_time") if request.HasField("start_time") else None

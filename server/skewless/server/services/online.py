@@ -23,10 +23,11 @@ from skewless.offline.arrow_ipc import read_ipc_stream
 from skewless.online.plan import LookupPlan, PlanCatalog
 from skewless.online.reader import OnlineReader, ReadStats
 from skewless.server import metrics
+from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.feature_logger import REQUEST_ID_KEY, FeatureLogger
 from skewless.server.rpc import UnaryHandler, label_call
-from skewless.v1 import online_service_pb2
+from skewless.v1 import online_service_pb2, registry_pb2
 
 __all__ = ["OnlineServicer"]
 
@@ -44,6 +45,22 @@ def _caller_request_id(context: Ctx) -> str | None:
         if key == REQUEST_ID_KEY and isinstance(value, str):
             return value
     return None
+
+
+def _require_push(
+    ctx: ServerContext,
+    registry: registry_pb2.Registry,
+    request: _pb.PushFeaturesRequest,
+    target: str | None,
+) -> None:
+    """`push` on the view named, or on every view the push source feeds."""
+    if target == "feature_view":
+        ctx.access.require(Action.PUSH, (Resource.view(request.feature_view),))
+        return
+    source = request.push_source if target == "push_source" else ""
+    named = Resource("push_source", source)
+    views = [Resource.view(v.name) for v in registry.feature_views if v.source == source]
+    ctx.access.require(Action.PUSH, views or (Resource.project(),), named=named)
 
 
 class OnlineServicer:
@@ -64,11 +81,17 @@ class OnlineServicer:
 
     def _plan(self, request: _pb.GetOnlineFeaturesRequest) -> LookupPlan:
         full = request.full_feature_names
+        access = self.ctx.access
         if request.HasField("feature_service"):
+            if access.enabled:  # before the lookup: no grant, no hint whether it exists
+                access.require(Action.READ_ONLINE, (Resource.service(request.feature_service),))
             plan = self.plans.for_service(request.feature_service, full_feature_names=full)
             label_call(request.feature_service)  # known to exist: a safe metrics label
             return plan
-        return self.plans.for_features(request.features.features, full_feature_names=full)
+        plan = self.plans.for_features(request.features.features, full_feature_names=full)
+        if access.enabled:
+            access.require(Action.READ_ONLINE, [Resource.view(v.view) for v in plan.lookups])
+        return plan
 
     async def get_online_features(
         self, request: _pb.GetOnlineFeaturesRequest, context: Ctx
@@ -111,10 +134,12 @@ class OnlineServicer:
     ) -> _pb.PushFeaturesResponse:
         """Validates pushed rows, then writes them to the stores the request names."""
         registry = self.ctx.registry.current
+        target = request.WhichOneof("target")
+        if self.ctx.access.enabled:  # before the rows are read
+            _require_push(self.ctx, registry, request, target)
         table = await asyncio.to_thread(
             read_ipc_stream, request.arrow_ipc_stream, field="arrow_ipc_stream"
         )
-        target = request.WhichOneof("target")
         result = await push_rows(
             self.ctx.config,
             registry,

@@ -1045,8 +1045,11 @@ type Registry struct {
 	FeatureViews []*FeatureView `protobuf:"bytes,7,rep,name=feature_views,json=featureViews,proto3" json:"feature_views,omitempty"`
 	// Output only. All feature services, sorted by name.
 	FeatureServices []*FeatureService `protobuf:"bytes,8,rep,name=feature_services,json=featureServices,proto3" json:"feature_services,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Output only. Who may do what once the server authenticates callers, sorted by
+	// name. Versioned with the definitions: changing a policy is a new version.
+	Policies      []*Policy `protobuf:"bytes,16,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registry) Reset() {
@@ -1135,11 +1138,18 @@ func (x *Registry) GetFeatureServices() []*FeatureService {
 	return nil
 }
 
+func (x *Registry) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 var File_skewless_v1_registry_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
+	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18skewless/v1/policy.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\tjoin_keys\x18\x02 \x03(\v2\x14.skewless.v1.JoinKeyR\bjoinKeys\x12 \n" +
@@ -1226,7 +1236,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x0eFeatureLogging\x12\x1f\n" +
 	"\vsample_rate\x18\x01 \x01(\x01R\n" +
 	"sampleRate\x12B\n" +
-	"\x0freport_schedule\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ereportSchedule\"\x87\x03\n" +
+	"\x0freport_schedule\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ereportSchedule\"\xb8\x03\n" +
 	"\bRegistry\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12;\n" +
@@ -1236,7 +1246,8 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\bentities\x18\x05 \x03(\v2\x13.skewless.v1.EntityR\bentities\x12:\n" +
 	"\fdata_sources\x18\x06 \x03(\v2\x17.skewless.v1.DataSourceR\vdataSources\x12=\n" +
 	"\rfeature_views\x18\a \x03(\v2\x18.skewless.v1.FeatureViewR\ffeatureViews\x12F\n" +
-	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices*W\n" +
+	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices\x12/\n" +
+	"\bpolicies\x18\x10 \x03(\v2\x13.skewless.v1.PolicyR\bpolicies*W\n" +
 	"\n" +
 	"FileFormat\x12\x1b\n" +
 	"\x17FILE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1281,6 +1292,7 @@ var file_skewless_v1_registry_proto_goTypes = []any{
 	(ValueType)(0),                // 19: skewless.v1.ValueType
 	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*Policy)(nil),                // 22: skewless.v1.Policy
 }
 var file_skewless_v1_registry_proto_depIdxs = []int32{
 	2,  // 0: skewless.v1.Entity.join_keys:type_name -> skewless.v1.JoinKey
@@ -1308,11 +1320,12 @@ var file_skewless_v1_registry_proto_depIdxs = []int32{
 	3,  // 22: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
 	9,  // 23: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
 	11, // 24: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	22, // 25: skewless.v1.Registry.policies:type_name -> skewless.v1.Policy
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_proto_init() }
@@ -1320,6 +1333,7 @@ func file_skewless_v1_registry_proto_init() {
 	if File_skewless_v1_registry_proto != nil {
 		return
 	}
+	file_skewless_v1_policy_proto_init()
 	file_skewless_v1_types_proto_init()
 	file_skewless_v1_registry_proto_msgTypes[2].OneofWrappers = []any{
 		(*DataSource_File)(nil),
