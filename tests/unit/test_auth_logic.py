@@ -24,6 +24,7 @@ from skewless.server.auth.tokens import StaticTokens, load_token_file
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
+    monitoring_service_pb2,
     online_service_pb2,
     registry_service_pb2,
 )
@@ -33,6 +34,7 @@ _MODULES = {
     "skewless.v1.HistoricalService": historical_service_pb2,
     "skewless.v1.RegistryService": registry_service_pb2,
     "skewless.v1.MaterializationService": materialization_service_pb2,
+    "skewless.v1.MonitoringService": monitoring_service_pb2,
 }
 
 
