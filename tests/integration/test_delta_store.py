@@ -396,3 +396,15 @@ def test_a_delta_table_is_a_source_at_a_pinned_or_latest_version(
     with pytest.raises(DefinitionProblemsError) as missing:
         apply_repo(repo)
     assert "no Delta table at 'data/missing'" in str(missing.value)
+
+
+def test_a_server_over_an_old_layout_says_so_at_start(
+    repo: RepoConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.integration.served import ServerThread
+
+    _old_layout_store(repo)
+    with caplog.at_level("ERROR"):
+        server = ServerThread(repo, run_schedules=False).start()
+        server.stop()
+    assert any("skewless migrate-offline" in r.getMessage() for r in caplog.records)
