@@ -290,7 +290,6 @@ _KILLED_OVERLAPPED_JOB = textwrap.dedent(
     from pathlib import Path
     from datetime import timedelta
     sys.path.insert(0, {root!r})
-    from tests.helpers.redis_cluster import RedisClusterNodes
     from tests.integration.matfixtures import T0, make_config, make_registry
     from skewless.materialization import pipeline as m
     from skewless.online import writer as w
