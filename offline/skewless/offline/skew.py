@@ -50,8 +50,10 @@ __all__ = [
     "DEFAULT_EXAMPLES",
     "MAX_EXAMPLES",
     "categorize",
+    "human_duration",
     "offline_plan",
     "skew_report",
+    "summary_rows",
 ]
 
 _pb = monitoring_service_pb2
@@ -308,6 +310,12 @@ _STATUS_NUMBERS: dict[str, Any] = {
 }
 
 
+def _time_of(scalar: pa.Scalar) -> timestamp_pb2.Timestamp | None:
+    if not scalar.is_valid:
+        return None
+    return _timestamp(pc.cast(scalar, pa.int64()).as_py())
+
+
 def _examples(
     rows: pa.Array,
     log: pa.Table,
@@ -316,36 +324,29 @@ def _examples(
     columns: LogColumns,
     category: pa.Array,
 ) -> list[_pb.SkewExample]:
-    if len(rows) == 0:
-        return []
+    """The example rows, read value by value (a `take` would join every chunk first)."""
     f = columns.feature
-    picked = log.take(rows)
-    off = offline.take(rows)
-    categories = category.take(rows).to_pylist()
+    view = next(v for v in plan.views if v.name == f.view)
     out = []
-    for i in range(len(rows)):
+    for row in rows.to_pylist():
         example = _pb.SkewExample(
-            category=categories[i],
-            request_id=picked.column("request_id")[i].as_py() or "",
-            served_value=_value(picked.column(columns.value)[i].as_py(), f.value_type),
-            served_status=_STATUS_NUMBERS.get(picked.column(columns.status)[i].as_py() or "", 0),
-            offline_value=_value(off.column(f.output_name)[i].as_py(), f.value_type),
+            category=category[row].as_py(),
+            request_id=log.column("request_id")[row].as_py() or "",
+            served_value=_value(log.column(columns.value)[row].as_py(), f.value_type),
+            served_status=_STATUS_NUMBERS.get(log.column(columns.status)[row].as_py() or "", 0),
+            offline_value=_value(offline.column(f.output_name)[row].as_py(), f.value_type),
         )
-        request_time = picked.column("request_time")[i]
-        if request_time.is_valid:
-            example.request_time.CopyFrom(_timestamp(pc.cast(request_time, pa.int64()).as_py()))
-        served_time = picked.column(columns.event_time)[i]
-        if served_time.is_valid:
-            example.served_event_time.CopyFrom(_timestamp(pc.cast(served_time, pa.int64()).as_py()))
-        offline_time = off.column(_offline_ts_name(f.view))[i]
-        if offline_time.is_valid:
-            example.offline_event_time.CopyFrom(
-                _timestamp(pc.cast(offline_time, pa.int64()).as_py())
-            )
-        view = next(v for v in plan.views if v.name == f.view)
+        for target, scalar in (
+            (example.request_time, log.column("request_time")[row]),
+            (example.served_event_time, log.column(columns.event_time)[row]),
+            (example.offline_event_time, offline.column(_offline_ts_name(f.view))[row]),
+        ):
+            stamp = _time_of(scalar)
+            if stamp is not None:
+                target.CopyFrom(stamp)
         for key in view.join_keys:
             example.entity_key[key.name].CopyFrom(
-                _value(picked.column(key.name)[i].as_py(), key.value_type)
+                _value(log.column(key.name)[row].as_py(), key.value_type)
             )
         out.append(example)
     return out
@@ -432,7 +433,7 @@ def skew_report(
         response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
     offline = _offline_values(config, plan, log)
     total = bad = 0
-    request_times = log.column("request_time")
+    request_micros = _micros(log.column("request_time"))
     view_lag: dict[str, pa.Array] = {}
     not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
     for columns in log_columns(plan):
@@ -468,7 +469,8 @@ def skew_report(
         feature.stale_lag.CopyFrom(_lag(_one(pc.filter(lag, stale))))
         if not_matching:
             flagged = pc.indices_nonzero(pc.is_in(category, value_set=not_matching_set))
-            newest = pc.sort_indices(request_times.take(flagged), sort_keys=[("", "descending")])
+            times = request_micros.take(flagged)
+            newest = pc.sort_indices(times, sort_keys=[("", "descending")])
             picked = _one(flagged.take(newest.slice(0, examples_wanted)))
             feature.examples.extend(_examples(picked, log, offline, plan, columns, category))
         if f.view not in view_lag:
@@ -490,9 +492,10 @@ def skew_report(
 def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.Table:
     """The point-in-time join of the logged rows at their request times (features only)."""
     keys = [k.name for k in plan.join_keys]
+    # One chunk per column: the join's input is sliced and registered, cheaper whole.
     entity_rows = pa.table(
         [*(log.column(k) for k in keys), log.column("request_time")], names=[*keys, _LABEL]
-    )
+    ).combine_chunks()
     join = start_retrieval(
         config,
         offline_plan(plan),
@@ -520,14 +523,15 @@ def summary_rows(report: _pb.GetSkewReportResponse) -> Sequence[tuple[str, ...]]
                 f"{f.rows:,}",
                 *(f"{counts.get(c, 0):,}" for c in CATEGORY_NAMES),
                 f"{f.mismatch_rate:.2%}",
-                _human(lag.p50.ToMicroseconds()) if lag.count else "-",
-                _human(lag.p99.ToMicroseconds()) if lag.count else "-",
+                human_duration(lag.p50.ToMicroseconds()) if lag.count else "-",
+                human_duration(lag.p99.ToMicroseconds()) if lag.count else "-",
             )
         )
     return out
 
 
-def _human(micros: int) -> str:
+def human_duration(micros: int) -> str:
+    """A duration in microseconds as a short text: `850ms`, `12.5s`, `20.0m`, `3.9h`, `2.0d`."""
     seconds = micros / 1e6
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
