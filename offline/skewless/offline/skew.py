@@ -36,6 +36,7 @@ from skewless.core.errors import InvalidArgumentError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import list_element_type
 from skewless.offline.feature_log import LogColumns, log_columns, read_log, require_log
+from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS
 from skewless.offline.retrieval import start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
@@ -501,7 +502,7 @@ def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.
         offline_plan(plan),
         entity_rows,
         label_time_column=_LABEL,
-        batch_rows=1 << 20,
+        batch_rows=OUTPUT_BATCH_ROWS,
         entity_columns=False,
     )
     try:
