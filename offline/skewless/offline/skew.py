@@ -55,6 +55,7 @@ __all__ = [
     "offline_plan",
     "skew_report",
     "summary_rows",
+    "view_arrays",
 ]
 
 _pb = monitoring_service_pb2
@@ -188,6 +189,13 @@ def _cat(c: int) -> pa.Scalar:
     return pa.scalar(c, pa.int8())
 
 
+def view_arrays(
+    served_time: pa.ChunkedArray, offline_time: pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """What every feature of a view shares: offline has a winner, both event times in µs."""
+    return _valid(offline_time), _micros(served_time), _micros(offline_time)
+
+
 def categorize(
     *,
     served_status: pa.ChunkedArray,
@@ -197,8 +205,19 @@ def categorize(
     offline_time: pa.ChunkedArray,
     value_type: int,
     tolerance: float = 0.0,
+    prepared: tuple[pa.Array, pa.Array, pa.Array] | None = None,
 ) -> tuple[pa.Array, pa.Array]:
     """Puts each row in one `SkewCategory` (see the module docstring).
+
+    Args:
+        served_status: The served status names.
+        served_value: The served values.
+        served_time: The served event times.
+        offline_value: The offline values at request time.
+        offline_time: The offline winners' event times (null: no winner).
+        value_type: The feature's `ValueType`.
+        tolerance: 0 compares floats bit for bit; else the largest difference that matches.
+        prepared: `view_arrays(served_time, offline_time)`, shared by a view's features.
 
     Returns:
         The category number per row (int8) and the lag per row in microseconds (offline
@@ -206,8 +225,7 @@ def categorize(
 
     """
     served_row = _served_row(served_status)
-    offline_row = _valid(offline_time)
-    s_ts, o_ts = _micros(served_time), _micros(offline_time)
+    offline_row, s_ts, o_ts = prepared or view_arrays(served_time, offline_time)
     equal = _equal_values(served_value, offline_value, value_type, tolerance)
     category = pc.if_else(
         equal, _cat(Cat.SKEW_CATEGORY_MATCH), _cat(Cat.SKEW_CATEGORY_VALUE_MISMATCH)
@@ -356,9 +374,7 @@ def _examples(
 def _distinct(column: pa.ChunkedArray) -> int:
     if not len(column):
         return 0
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    return int(pc.count_distinct(column).as_py())
+    return len(pc.unique(column))  # on dictionaries too (unifies them; 3x a cast's speed)
 
 
 def _check_range(start_us: int | None, end_us: int | None, tolerance: float, examples: int) -> None:
@@ -436,10 +452,13 @@ def skew_report(
     total = bad = 0
     request_micros = _micros(log.column("request_time"))
     view_lag: dict[str, pa.Array] = {}
+    prepared: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
     not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
     for columns in log_columns(plan):
         f = columns.feature
         offline_time = offline.column(_offline_ts_name(f.view))
+        if f.view not in prepared:  # a view's features share its rows' event times
+            prepared[f.view] = view_arrays(log.column(columns.event_time), offline_time)
         category, lag = categorize(
             served_status=log.column(columns.status),
             served_value=log.column(columns.value),
@@ -448,6 +467,7 @@ def skew_report(
             offline_time=offline_time,
             value_type=f.value_type,
             tolerance=float_tolerance,
+            prepared=prepared[f.view],
         )
         rows = len(category)
         counts = {
