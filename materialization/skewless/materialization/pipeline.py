@@ -219,7 +219,7 @@ def _write_online(
         for batch in relation.to_arrow_reader(_ONLINE_BATCH_ROWS):
             rows = prepare_rows(
                 config.project,
-                plan.name,
+                plan.storage_name,
                 batch.cast(schema),
                 join_keys=plan.key_names,
                 features=plan.features,
@@ -249,7 +249,7 @@ def _materialize_online_only(
         for batch in window.batches(latest_only=True):
             rows = prepare_rows(
                 config.project,
-                plan.name,
+                plan.storage_name,
                 batch,
                 join_keys=plan.key_names,
                 features=plan.features,
@@ -257,7 +257,7 @@ def _materialize_online_only(
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
             report(Phase.ONLINE, done, total)
-    advance_watermark(config, plan.name, start, end)
+    advance_watermark(config, plan.storage_name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -282,7 +282,7 @@ def _materialize_view(
     rows_read = 0
     with open_window(config, registry, plan, start, end) as window:
         total = window.row_count
-        history = HistoryWriter(config, plan.name, plan.history_schema)
+        history = HistoryWriter(config, plan.storage_name, plan.history_schema)
         try:
             for batch in window.batches(time_ordered=True):
                 history.write(batch)
@@ -301,10 +301,10 @@ def _materialize_view(
                 config, plan, staged, writer, lambda phase, n: report(phase, n, rows_read)
             )
         if plan.view.offline:
-            commit_window(config, plan.name, start, end, staged)
+            commit_window(config, plan.storage_name, start, end, staged)
     finally:
         discard(staged)
-    advance_watermark(config, plan.name, start, end)
+    advance_watermark(config, plan.storage_name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -414,7 +414,7 @@ def materialize_incremental(
     plans = _select(registry, views)
     held = locks if locks is not None else ViewLocks(config, [p.name for p in plans])
     try:
-        windows = [(p, read_watermark(config, p.name) or EPOCH, end) for p in plans]
+        windows = [(p, read_watermark(config, p.storage_name) or EPOCH, end) for p in plans]
         return _run(config, registry, windows, progress, held, writer)
     finally:
         if locks is None:

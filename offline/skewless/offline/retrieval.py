@@ -31,7 +31,7 @@ def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
 
     """
     for view in plan.views:
-        if not history_files(config, view.name):
+        if not history_files(config, view.storage_name):
             raise FailedPreconditionError(
                 f"feature view {view.name!r} has no offline history yet; run "
                 "`skewless materialize` (or push rows) for it first",
@@ -51,7 +51,7 @@ def view_histories(
             files = []
         else:
             start = span[0] - view.ttl_micros if view.ttl_micros else None
-            files = history_files(config, view.name, start=start, end=span[1] + 1)
+            files = history_files(config, view.storage_name, start=start, end=span[1] + 1)
         histories.append(ViewHistory(view, tuple(files)))
     return histories
 

@@ -10,7 +10,7 @@ needs the whole repository (names, references, types, SQL) is checked by
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,13 @@ from skewless.registry.definitions import (
 )
 from skewless.registry.validation import DefinitionProblem
 
-__all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definitions"]
+__all__ = [
+    "DEFINITIONS_DIR",
+    "LoadedRepo",
+    "definition_files",
+    "load_definition_texts",
+    "load_definitions",
+]
 
 #: The folder of a repository that holds the definition files.
 DEFINITIONS_DIR = "features"
@@ -124,6 +130,32 @@ def load_definitions(root: Path) -> LoadedRepo:
     )
 
 
+def load_definition_texts(files: Mapping[str, str]) -> LoadedRepo:
+    """Reads definition files given as text, as `load_definitions` reads a folder.
+
+    Args:
+        files: Path relative to the repository (`features/drivers.yaml`) -> YAML text;
+            read in path order.
+
+    Returns:
+        The objects read and the problems met; the caller decides whether to raise.
+
+    """
+    reader = _Reader()
+    for origin in sorted(files):
+        reader.read_text(files[origin], origin)
+    return LoadedRepo(
+        definitions=RepoDefinitions(
+            entities=tuple(reader.entities),
+            sources=tuple(reader.sources),
+            feature_views=tuple(reader.views),
+            feature_services=tuple(reader.services),
+        ),
+        problems=tuple(reader.problems),
+        files=tuple(sorted(files)),
+    )
+
+
 class _Fields:
     """Typed access to one YAML mapping, recording problems against its object."""
 
@@ -211,8 +243,18 @@ class _Reader:
 
     def read_file(self, path: Path, origin: str) -> None:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            self.problems.append(
+                DefinitionProblem(origin, "", f"not valid YAML: {_yaml_error(exc)}")
+            )
+            return
+        self.read_text(text, origin)
+
+    def read_text(self, text: str, origin: str) -> None:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
             self.problems.append(
                 DefinitionProblem(origin, "", f"not valid YAML: {_yaml_error(exc)}")
             )

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from skewless.cli import init, materialize, registry, serve, ui
+from skewless.cli import init, materialize, plan, registry, serve, ui
 from skewless.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from skewless.core.errors import SkewlessError
 
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init.add_commands(commands)
     registry.add_commands(commands)
+    plan.add_commands(commands)
     serve.add_commands(commands)
     materialize.add_commands(commands)
     ui.add_commands(commands)

@@ -615,7 +615,13 @@ type FeatureView struct {
 	// Optional. The team or person responsible.
 	Owner string `protobuf:"bytes,11,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Optional. Free-form labels.
-	Tags          map[string]string `protobuf:"bytes,12,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Tags map[string]string `protobuf:"bytes,12,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Output only. Which generation of stored values the view reads and writes; 0 at first.
+	// `skewless apply` increases it when a feature's type or the view's entities or join keys
+	// change: each generation has its own online keys, offline history and watermark, so
+	// values written under an earlier definition are never read as the new one. A new
+	// generation starts empty and must be materialized again.
+	Generation    int64 `protobuf:"varint,13,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -732,6 +738,13 @@ func (x *FeatureView) GetTags() map[string]string {
 		return x.Tags
 	}
 	return nil
+}
+
+func (x *FeatureView) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // A selection of features from one feature view.
@@ -1029,7 +1042,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x04tags\x18\x04 \x03(\v2\x1e.skewless.v1.Feature.TagsEntryR\x04tags\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf8\x03\n" +
 	"\vFeatureView\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bentities\x18\x02 \x03(\tR\bentities\x120\n" +
@@ -1043,7 +1056,10 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\vdescription\x18\n" +
 	" \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\v \x01(\tR\x05owner\x126\n" +
-	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x12\x1e\n" +
+	"\n" +
+	"generation\x18\r \x01(\x03R\n" +
+	"generation\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
