@@ -154,6 +154,14 @@ def test_plan_repository_over_grpc_gates_a_definitions_change(repo: Path) -> Non
         assert "'data/missing.parquet' matches no file" in info.value.message
         assert str(repo) not in info.value.message
 
+        # YAML aliases (a few bytes that expand into millions of objects) and deep nesting.
+        bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+        for text, said in ((bomb, "aliases (*name) are not accepted"), ("[" * 20000, "")):
+            with pytest.raises(InvalidArgumentError) as info:
+                client.plan_repository({"features/bad.yaml": text})
+            assert info.value.reason == "DEFINITIONS_INVALID"
+            assert said in info.value.message
+
         for path in ("../skewless.yaml", "/etc/x.yaml", "features/a.txt", "other/a.yaml"):
             with pytest.raises(InvalidArgumentError) as info:
                 client.plan_repository({path: "entities: []\n"})

@@ -130,8 +130,22 @@ def load_definitions(root: Path) -> LoadedRepo:
     )
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases (`*name`), which can multiply a small text."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted here", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_definition_texts(files: Mapping[str, str]) -> LoadedRepo:
-    """Reads definition files given as text, as `load_definitions` reads a folder.
+    """Reads definition files sent as text (over the API), as `load_definitions` reads a folder.
+
+    YAML aliases are refused (a few bytes of them can expand into millions of objects).
 
     Args:
         files: Path relative to the repository (`features/drivers.yaml`) -> YAML text;
@@ -141,7 +155,7 @@ def load_definition_texts(files: Mapping[str, str]) -> LoadedRepo:
         The objects read and the problems met; the caller decides whether to raise.
 
     """
-    reader = _Reader()
+    reader = _Reader(loader=_NoAliasLoader)
     for origin in sorted(files):
         reader.read_text(files[origin], origin)
     return LoadedRepo(
@@ -234,7 +248,8 @@ class _Fields:
 class _Reader:
     """Accumulates the objects and problems of all files."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> None:
+        self.loader = loader
         self.entities: list[Entity] = []
         self.sources: list[DataSource] = []
         self.views: list[FeatureView] = []
@@ -253,7 +268,10 @@ class _Reader:
 
     def read_text(self, text: str, origin: str) -> None:
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=self.loader)
+        except RecursionError:
+            self.problems.append(DefinitionProblem(origin, "", "not valid YAML: nested too deeply"))
+            return
         except yaml.YAMLError as exc:
             self.problems.append(
                 DefinitionProblem(origin, "", f"not valid YAML: {_yaml_error(exc)}")
