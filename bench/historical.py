@@ -71,13 +71,31 @@ def entity_path(scale: float, rows: int) -> Path:
 
 
 def generate(scale: float, rows: int) -> None:
-    """Writes the histories into the offline store's layout, and the entity rows, once."""
+    """Writes the histories, and commits them to the offline store, and the entity rows, once.
+
+    Each view's history is one Parquet file `data/history/<view>/part-0.parquet` (what Feast
+    and the bare DuckDB query read) committed to skewless's offline store by its own writer
+    as one materialized window (day files and a commit, as `skewless materialize` leaves).
+    """
+    from skewless.core.config import RepoConfig
+    from skewless.offline.offline_store import HistoryWriter, commit_window
+
+    loose = data_dir(scale) / "data" / "history"
     offline = data_dir(scale) / "data" / "offline"
+    config = RepoConfig(
+        root=data_dir(scale), project="bench", data_dir=data_dir(scale) / "data", server_port=0
+    )
     if not (offline / "customer_stats").exists():
         for view, table in historical_views(scale).items():
-            folder = offline / view
+            folder = loose / view
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, folder / "part-0.parquet", row_group_size=256_000)
+            writer = HistoryWriter(config, view, table.schema)
+            for batch in pq.ParquetFile(folder / "part-0.parquet").iter_batches(1_000_000):
+                writer.write(batch)
+            times = table.column("event_timestamp")
+            lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
+            commit_window(config, view, lo, hi + timedelta(microseconds=1), writer.close())
     path = entity_path(scale, rows)
     if not path.exists():
         pq.write_table(historical_entity_rows(scale, rows), path)
@@ -230,7 +248,7 @@ def child_bare(scale: float, rows: int, ties: bool = True, calls: int = 1) -> No
 def _bare_once(scale: float, rows: int, ties: bool) -> dict:
     import duckdb
 
-    base = data_dir(scale) / "data" / "offline"
+    base = data_dir(scale) / "data" / "history"
     driver_cols = ", ".join(f"f{i} AS driver_stats__f{i}" for i in range(10))
     customer_cols = ", ".join(f"f{i} AS customer_stats__f{i}" for i in range(5))
     select = ", ".join(
@@ -297,7 +315,7 @@ def run_feast(
     the very history files skewless reads (linked into its data/); `feast apply` runs
     first, then bench/feast/run_historical.py times the retrieval.
     """
-    offline = data_dir(scale) / "data" / "offline"
+    offline = data_dir(scale) / "data" / "history"
     repo = copy_feast_repo(
         "historical", data_dir(scale) / f"feast_repo_{store}", offline_store=store
     )

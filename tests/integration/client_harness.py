@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import os
 import re
 import select
@@ -298,11 +299,16 @@ class ClientTLS:
     token: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """Channel credentials for the generated Python stubs."""
-        return grpc.ssl_channel_credentials(
+        """Channel credentials for the generated Python stubs (with the token, if any)."""
+        tls = grpc.ssl_channel_credentials(
             self.ca.read_bytes(),
             self.key.read_bytes() if self.key else None,
             self.cert.read_bytes() if self.cert else None,
+        )
+        if self.token is None:
+            return tls
+        return grpc.composite_channel_credentials(
+            tls, grpc.access_token_call_credentials(self.token)
         )
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -360,6 +366,8 @@ def serve_fixture(
     *,
     server_tls: tuple[Path, ...] = (),
     client_tls: ClientTLS | None = None,
+    jwt_auth: dict[str, str] | None = None,
+    policies: tuple[Any, ...] = (),
 ) -> Iterator[Fixture]:
     """Saves the registry, seeds Redis and the offline history, runs the real server.
 
@@ -369,13 +377,20 @@ def serve_fixture(
         server_tls: `(cert_file, key_file)` to serve TLS, plus a client CA file for
             mutual TLS; empty serves plaintext.
         client_tls: How the clients connect to the TLS port (required with `server_tls`).
+        jwt_auth: `auth.mode: jwt` settings (`issuer`, `audience`, `jwks_file`): every
+            call must carry a JWT, and `policies` decide what each subject may read.
+        policies: `skewless.registry.Policy` objects saved with the registry.
 
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    RegistryStore(data_dir / "registry.pb").save(build_registry())
+    registry = build_registry()
+    registry.policies.extend(p.to_proto() for p in policies)
+    RegistryStore(data_dir / "registry.pb").save(registry)
     seed_online(redis_url)
     seed_history(data_dir, PROJECT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if jwt_auth is not None:
+        env[_AUTH_ENV] = json.dumps(jwt_auth)
     proc = subprocess.Popen(
         [sys.executable, __file__, "serve", str(data_dir), redis_url, *map(str, server_tls)],
         stdout=subprocess.PIPE,
@@ -409,9 +424,25 @@ def _wait_serving(addr: str, tls: ClientTLS | None = None, timeout: float = 15.0
         grpc.channel_ready_future(channel).result(timeout=timeout)
 
 
+_AUTH_ENV = "SKEWLESS_HARNESS_JWT_AUTH"
+
+
 async def _serve(data_dir: Path, redis_url: str, tls_files: list[str]) -> None:
+    from skewless.core.auth_config import AuthConfig, JWTSettings
     from skewless.core.config import RepoConfig, ServerTLS
     from skewless.server.app import create_server
+
+    auth = AuthConfig()
+    if os.environ.get(_AUTH_ENV):
+        settings = json.loads(os.environ[_AUTH_ENV])
+        auth = AuthConfig(
+            mode="jwt",
+            jwt=JWTSettings(
+                issuer=settings["issuer"],
+                audience=settings["audience"],
+                jwks_file=Path(settings["jwks_file"]),
+            ),
+        )
 
     server_tls = None
     if tls_files:
@@ -425,6 +456,7 @@ async def _serve(data_dir: Path, redis_url: str, tls_files: list[str]) -> None:
         server_port=0,
         metrics_port=0,
         server_tls=server_tls,
+        auth=auth,
     )
     server, port = create_server(config)
     await server.start()

@@ -277,7 +277,7 @@ BAD_CASES = [
     (
         "two-source-kinds",
         edit(C, "path: data/customers.csv,", "path: data/customers.csv, push: true,"),
-        [C, "source 'customer_src'", "set only one of 'path', 'sql' or 'push: true'"],
+        [C, "source 'customer_src'", "set only one of 'path', 'sql', 'delta' or 'push: true'"],
     ),
     (
         "shared-join-key",

@@ -30,11 +30,11 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError, PermissionDeniedError
 from skewless.offline import entity_rows as entity_sources
 from skewless.offline import retrieval
+from skewless.offline.migrate import adopt_files
 from skewless.offline.offline_store import (
     ORIGIN_PUSH,
     HistoryWriter,
     commit_append,
-    history_dir,
     history_files,
 )
 from skewless.offline.point_in_time import ViewHistory, point_in_time_join
@@ -137,11 +137,13 @@ def write_histories(config: RepoConfig) -> None:
             "trips": pa.array([r[3] for r in rows], pa.int64()),
         }
     )
-    folder = history_dir(config, "driver_stats")
+    # driver_stats is written by another tool, then adopted into its Delta table.
+    folder = config.root / "written_elsewhere"
     folder.mkdir(parents=True)
     pq.write_table(table.slice(0, 300), folder / "part-0.parquet")
     pq.write_table(table.slice(300), folder / "part-1.parquet")
-    # customer_stats goes through the real writer: day files and a manifest, so the
+    adopt_files(config, "driver_stats", [folder / "part-0.parquet", folder / "part-1.parquet"])
+    # customer_stats goes through the real writer: day files and a Delta commit, so the
     # server prunes files by the label time range.
     customers = pa.table(
         {

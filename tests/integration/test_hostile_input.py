@@ -167,8 +167,8 @@ def test_the_extreme_valid_instants_reach_both_stores(served: Served) -> None:
         training = client.get_historical_features(labels, feature_service="live")
     assert training.column("trips").to_pylist() == [0, 1]
     assert {p.parent.name for p in history_files(served.config, "driver_live")} == {
-        "date=0001-01-01",
-        "date=9999-12-31",
+        "event_date=0001-01-01",
+        "event_date=9999-12-31",
     }
 
 
@@ -187,7 +187,7 @@ def test_a_push_while_redis_is_down_writes_nothing(tmp_path: Path) -> None:
             if config.offline_dir.exists()
             else []
         )
-        assert [p for p in staged if not p.name.endswith(".lock")] == []
+        assert [p for p in staged if p.name != "_layout.json"] == []  # the layout mark only
     finally:
         server.stop()
         redis_server.stop()
@@ -584,31 +584,33 @@ def test_entity_sql_cannot_read_server_settings(served: Served) -> None:
 def test_the_next_commit_removes_what_dead_writers_left(served: Served) -> None:
     with Client(served.target) as client:
         client.push_features(rows([1], [T0]), push_source="driver_push")
-    folder = history_dir(served.config, "driver_live") / "date=2024-05-01"
+    folder = history_dir(served.config, "driver_live") / "event_date=2024-05-01"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     left = folder / f"20240501T000000000000-deadbeef.parquet.{gone.pid}.tmp"
     left.write_bytes(b"a staged file of a killed writer")
     orphan = folder / "20240501T000000000001-0ddba11.parquet"
-    orphan.write_bytes(b"renamed by a commit that crashed before its manifest")
+    orphan.write_bytes(b"renamed by a commit that crashed before its Delta commit")
     live = folder / f"20240501T000000000002-a11ve000.parquet.{os.getpid()}.tmp"
     live.write_bytes(b"staged by a writer that is still running")
     with Client(served.target) as client:
         client.push_features(rows([2], [T0 + timedelta(hours=1)]), push_source="driver_push")
-    assert not left.exists() and not orphan.exists()
+    assert not left.exists()
     assert live.exists()  # its writer (this process) may still commit it
     live.unlink()
     committed = {str(p) for p in history_files(served.config, "driver_live")}
     on_disk = {str(p) for p in history_dir(served.config, "driver_live").rglob("*.parquet")}
-    assert on_disk == committed
+    # Another writer may be between its rename and its commit: only vacuum (past its
+    # retention) removes files that no version references.
+    assert on_disk == committed | {str(orphan)}
 
 
 def test_a_killed_materialization_leaves_nothing_after_the_rerun(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """SIGKILL mid-window, then re-run: only what the manifest references stays on disk."""
+    """SIGKILL mid-window, then re-run: only what the table references stays on disk."""
     from skewless.materialization.pipeline import materialize
-    from skewless.offline.offline_store import read_manifest
+    from skewless.offline.offline_store import read_files
     from skewless.registry.registry_store import RegistryStore
     from tests.integration.matfixtures import T0 as M0
     from tests.integration.matfixtures import driver_rows, make_config, make_registry, write_source
@@ -641,7 +643,7 @@ def test_a_killed_materialization_leaves_nothing_after_the_rerun(
     root = history_dir(config, "driver_stats")
     assert any(p.name.endswith(".tmp") for p in root.rglob("*"))  # what the kill left
     materialize(config, make_registry(), M0, M0 + timedelta(days=20))
-    listed = {e.path for e in read_manifest(config, "driver_stats") or []}
+    listed = {e.path for e in read_files(config, "driver_stats")}
     on_disk = {
         str(p.relative_to(root))
         for p in root.rglob("*")

@@ -499,7 +499,7 @@ def test_history_files_prune_by_time_and_keep_pushed_rows(repo: RepoConfig) -> N
         ORIGIN_PUSH,
         HistoryWriter,
         commit_append,
-        read_manifest,
+        read_files,
     )
     from skewless.registry.feature_refs import resolve_view as plan_view
 
@@ -507,7 +507,7 @@ def test_history_files_prune_by_time_and_keep_pushed_rows(repo: RepoConfig) -> N
     materialize(repo, registry, T0, T0 + 2 * DAY)
     assert len(history_files(repo, "driver_stats")) == 2  # one file per day
     day_two = history_files(repo, "driver_stats", start=T0 + DAY + timedelta(hours=1))
-    assert len(day_two) == 1 and "date=2024-03-02" in str(day_two[0])
+    assert len(day_two) == 1 and "event_date=2024-03-02" in str(day_two[0])
     assert history_files(repo, "driver_stats", end=T0) == []
     plan = plan_view(registry, "driver_stats")
     pushed = history(repo).slice(0, 3)
@@ -516,10 +516,10 @@ def test_history_files_prune_by_time_and_keep_pushed_rows(repo: RepoConfig) -> N
     commit_append(repo, "driver_stats", writer.close())
     materialize(repo, registry, T0, T0 + 2 * DAY)  # a re-run keeps pushed rows
     assert history(repo).num_rows == 20 * 48 + 3
-    origins = sorted(f.origin for f in read_manifest(repo, "driver_stats"))
+    origins = sorted(f.origin for f in read_files(repo, "driver_stats"))
     assert origins == ["push", "window", "window"]
     on_disk = sorted(p.name for p in (repo.offline_dir / "driver_stats").rglob("*.parquet"))
-    assert len(on_disk) == 3 + 2  # the replaced files wait out the readers' grace period
+    assert len(on_disk) == 3 + 2  # the replaced files stay for time travel until vacuumed
 
 
 def test_out_of_range_value_names_the_column_and_writes_nothing(repo: RepoConfig) -> None:
@@ -536,7 +536,7 @@ def test_out_of_range_value_names_the_column_and_writes_nothing(repo: RepoConfig
 
 
 def test_commit_crash_after_renames_leaves_previous_history(repo: RepoConfig) -> None:
-    """A commit that died after renaming its files but before the manifest: no effect."""
+    """A commit that died after renaming its files but before its Delta commit: no effect."""
     import os
 
     from skewless.offline.offline_store import HistoryWriter
@@ -548,10 +548,10 @@ def test_commit_crash_after_renames_leaves_previous_history(repo: RepoConfig) ->
     plan = plan_view(registry, "driver_stats")
     writer = HistoryWriter(repo, "driver_stats", plan.history_schema)
     writer.write(before.slice(0, 10))
-    for staged in writer.close():  # the crashed commit's renames, without its manifest
+    for staged in writer.close():  # the crashed commit's renames, without its log entry
         os.replace(staged.tmp_path, repo.offline_dir / "driver_stats" / staged.file.path)
     assert history(repo).equals(before)
-    materialize(repo, registry, T0, T0 + DAY)  # the next commit removes the orphans
+    materialize(repo, registry, T0, T0 + DAY)
     assert history(repo).equals(before)
     on_disk = {
         p.relative_to(repo.offline_dir / "driver_stats")
@@ -561,7 +561,8 @@ def test_commit_crash_after_renames_leaves_previous_history(repo: RepoConfig) ->
         p.relative_to(repo.offline_dir / "driver_stats")
         for p in history_files(repo, "driver_stats")
     }
-    assert len(on_disk - listed) == 1  # only the replaced file, kept for the readers' grace period
+    # The replaced file (kept for time travel) and the orphan: `skewless vacuum` removes both.
+    assert len(on_disk - listed) == 2
 
 
 def test_push_views_are_not_materialized(repo: RepoConfig) -> None:

@@ -16,6 +16,7 @@ from skewless.client.errors import SkewlessClientError, from_rpc_error
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
+    monitoring_service_pb2,
     online_service_pb2,
     registry_service_pb2,
 )
@@ -25,6 +26,7 @@ _FILES = (
     online_service_pb2,
     historical_service_pb2,
     materialization_service_pb2,
+    monitoring_service_pb2,
 )
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from skewless.core.auth_config import AuthConfig, parse_auth_section
 from skewless.core.errors import DefinitionError
 from skewless.core.names import IDENTIFIER_RULE, is_identifier
 
@@ -92,6 +93,11 @@ class RepoConfig:
             past it they are memory-mapped from a file under `spill_dir`.
         server_tls: TLS (and mTLS) of the gRPC port; None serves plaintext.
         server_insecure: Allow plaintext on an address other than loopback.
+        feature_log_flush_seconds: Seconds between writes of the feature log (at most
+            this much of the log is lost if the server process crashes).
+        feature_log_queue_calls: Most sampled calls waiting to be written; past it
+            calls are dropped (and counted), never delayed.
+        auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -113,6 +119,9 @@ class RepoConfig:
     history_memory_limit: int = 512 * 2**20
     server_tls: ServerTLS | None = None
     server_insecure: bool = False
+    feature_log_flush_seconds: float = 5.0
+    feature_log_queue_calls: int = 10_000
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -254,6 +263,29 @@ def _redis_tls(
     )
 
 
+def _feature_log(server: dict[str, Any], path: Path) -> tuple[float, int]:
+    """`server.feature_log: {flush_interval: 5, queue_calls: 10000}` (seconds, calls)."""
+    raw = _section(server, "feature_log", path)
+    unknown = set(raw) - {"flush_interval", "queue_calls"}
+    flush = raw.get("flush_interval", 5.0)
+    queue = raw.get("queue_calls", 10_000)
+    if (
+        unknown
+        or isinstance(flush, bool)
+        or not isinstance(flush, (int, float))
+        or not 0 < flush <= 3600
+        or isinstance(queue, bool)
+        or not isinstance(queue, int)
+        or queue < 1
+    ):
+        raise DefinitionError(
+            f"{path}: server.feature_log takes flush_interval (seconds, up to 3600) and "
+            f"queue_calls (at least 1), got {raw!r:.200}",
+            reason="INVALID_CONFIG",
+        )
+    return float(flush), queue
+
+
 def load_repo_config(repo: str | Path) -> RepoConfig:
     """Reads `skewless.yaml` from a repository folder.
 
@@ -286,7 +318,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         raise DefinitionError(
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
-    unknown = set(raw) - {"project", "data_dir", "online_store", "server"}
+    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth"}
     if unknown:
         raise DefinitionError(
             f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
@@ -329,7 +361,11 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: server.insecure must be true or false, got {insecure!r}",
             reason="INVALID_CONFIG",
         )
+    flush, queue = _feature_log(server, path)
+    server_tls = _server_tls(server, root, path)
     return RepoConfig(
+        feature_log_flush_seconds=flush,
+        feature_log_queue_calls=queue,
         root=root,
         project=project,
         data_dir=data_dir.resolve(),
@@ -343,6 +379,12 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             server.get("metrics_port", DEFAULT_METRICS_PORT), "server.metrics_port", path
         ),
         entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
-        server_tls=_server_tls(server, root, path),
+        server_tls=server_tls,
         server_insecure=insecure,
+        auth=parse_auth_section(
+            raw.get("auth"),
+            root=root,
+            path=path,
+            mutual_tls=server_tls is not None and server_tls.mutual,
+        ),
     )

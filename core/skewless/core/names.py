@@ -16,7 +16,10 @@ from skewless.core.errors import DefinitionError, quoted
 
 __all__ = [
     "CREATED_TIMESTAMP",
+    "EVENT_DATE",
     "EVENT_TIMESTAMP",
+    "FEATURE_LOG_COLUMNS",
+    "FEATURE_LOG_DIR",
     "IDENTIFIER_RULE",
     "MAX_NAME_LENGTH",
     "RESERVED_COLUMNS",
@@ -25,6 +28,7 @@ __all__ = [
     "is_identifier",
     "quote_identifier",
     "storage_name",
+    "view_of_storage",
 ]
 
 #: Longest accepted name of any object, feature, join key or column.
@@ -40,8 +44,16 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 EVENT_TIMESTAMP = "event_timestamp"
 #: The created-time column of every history row (a tie breaker; may be null).
 CREATED_TIMESTAMP = "created_timestamp"
+#: The partition column of every offline Delta table: the UTC day of `event_timestamp`
+#: (stored in the Delta log and folder names, not inside the Parquet files).
+EVENT_DATE = "event_date"
 #: Column names the offline store uses itself; no feature or join key may take them.
-RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP, EVENT_DATE})
+#: The columns of every feature log row besides the join keys and features (see
+#: `skewless.offline.feature_log`); a logged service's join keys may not take them.
+FEATURE_LOG_COLUMNS = ("request_id", "request_time", "registry_version")
+#: The folder of the offline store holding the feature logs; no feature view may take it.
+FEATURE_LOG_DIR = "_logs"
 #: The relation a view's `sql` reads; no source may take this name.
 SOURCE_RELATION = "source"
 
@@ -97,3 +109,11 @@ def storage_name(view: str, generation: int) -> str:
     values of an earlier generation are never read as the current definition.
     """
     return view if generation <= 0 else f"{view}@{generation}"
+
+
+def view_of_storage(name: str) -> str:
+    """The feature view whose values a storage name (see `storage_name`) holds.
+
+    For messages and reports, which name the view, never its generation.
+    """
+    return name.partition("@")[0]

@@ -2,41 +2,44 @@
 
 For each view and window [start, end), one job:
 
-1. streams the view's rows out of DuckDB (`skewless.offline.window_query`) in batches and
-   stages them as `.tmp` history files (one per UTC day of event time);
-2. reads the latest row per entity key from those staged files and writes it to Redis
-   with the compare-and-set script (`skewless.online.writer`), so the online store
-   receives exactly the rows the history holds;
-3. commits the staged files, atomically replacing the window in the history
-   (`skewless.offline.offline_store.commit_window`);
+1. runs the view's query over the window once, into a DuckDB table of the job's session
+   (`skewless.offline.window_query`, `WindowQuery.snapshot`), so that both stores
+   receive exactly the same rows even if the source changes meanwhile;
+2. at the same time, on two threads:
+   * stages those rows, in (event time, key) order, as `.tmp` history files (one per
+     UTC day of event time);
+   * writes the latest row per entity key to Redis with the compare-and-set script
+     (`skewless.online.writer`);
+3. when both are done, commits the staged files, atomically replacing the window in the
+   history (`skewless.offline.offline_store.commit_window`);
 4. advances the view's watermark to `end` (when the window starts at or before it).
 
-A crash at any step leaves the previous history (the manifest is unchanged) and at
-worst newer-but-identical online values; re-running the window converges to the state
-of one clean run. Two jobs never materialize the same view at once: each view has a
-lock file under `<data_dir>/materialization/<view>/` held with `flock`, which the
-kernel releases when the holder dies.
+If either half fails, the other stops at its next batch, the staged files are removed
+and the job fails with the first half's error. A crash at any step leaves the previous
+history (nothing is committed before both halves are done) and at worst
+newer-but-identical online values; re-running the window converges to the state of one
+clean run. Two jobs never materialize the same view at once: each view has a lock file
+under `<data_dir>/materialization/<view>/` held with `flock`, which the kernel releases
+when the holder dies.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import duckdb
-
 from skewless.core.config import RepoConfig
-from skewless.core.duckdb_session import connect
 from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
-from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
 from skewless.materialization.view_state import ViewLocks, advance_watermark, read_watermark
 from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
-from skewless.offline.window_query import open_window
+from skewless.offline.window_query import WindowQuery, open_window
 from skewless.online.layout import online_expiry
 from skewless.online.writer import OnlineWriter, prepare_rows
 from skewless.registry.feature_refs import ResolvedView, resolve_view
@@ -58,6 +61,8 @@ __all__ = [
 #: Where an incremental run starts for a view that was never materialized.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONLINE_BATCH_ROWS = 50_000
+#: Windows of at least this many rows write Redis while their history is staged.
+_OVERLAP_MIN_ROWS = 100_000
 
 
 class Phase(enum.StrEnum):
@@ -161,12 +166,12 @@ def resolve_redis_url(config: RepoConfig) -> str:
 
 
 def materializable_views(registry: registry_pb2.Registry) -> list[str]:
-    """Names of the views that read a batch (file or SQL) source and are stored somewhere."""
+    """Names of the views that read a batch (file, SQL or Delta) source and are stored somewhere."""
     kinds = {s.name: s.WhichOneof("kind") for s in registry.data_sources}
     return sorted(
         v.name
         for v in registry.feature_views
-        if kinds.get(v.source) in ("file", "sql") and (v.online or v.offline)
+        if kinds.get(v.source) in ("file", "sql", "delta") and (v.online or v.offline)
     )
 
 
@@ -188,46 +193,106 @@ def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> lis
     return plans
 
 
-def _latest_rows(
-    config: RepoConfig, plan: ResolvedView, staged: list[StagedFile]
-) -> Iterator[duckdb.DuckDBPyRelation]:
-    """Yields one relation: the latest staged row per entity key."""
-    con = connect(memory_limit=config.job_memory_limit, spill_dir=config.spill_dir)
-    try:
-        con.read_parquet([str(s.tmp_path) for s in staged]).create_view("staged")
-        keys = ", ".join(quote_identifier(k) for k in plan.key_names)
-        order = f"{EVENT_TIMESTAMP} DESC, {CREATED_TIMESTAMP} DESC NULLS LAST"
-        yield con.sql(
-            f"SELECT * FROM staged QUALIFY row_number() OVER (PARTITION BY {keys} "
-            f"ORDER BY {order}) = 1"
-        )
-    finally:
-        con.close()
+class _Stopped(Exception):
+    """The other half of a view's job failed: this one stops too."""
 
 
-def _write_online(
+class _Reports:
+    """The progress of a view whose history and online halves run at once.
+
+    Reports are serialized (the callback is never called from two threads at once) and
+    kept in phase order: online reports that arrive while the history is still being
+    computed are held, and the last one is let through when the history is staged.
+    """
+
+    def __init__(self, report: Callable[[Phase, int, int], None], total: int) -> None:
+        self._report = report
+        self._total = total
+        self._lock = threading.Lock()
+        self._computed = False
+        self._held: int | None = None
+
+    def compute(self, done: int) -> None:
+        with self._lock:
+            self._report(Phase.COMPUTE, done, self._total)
+
+    def computed(self, rows: int) -> None:
+        with self._lock:
+            self._computed = True
+            self._total = rows
+            if self._held is not None:
+                self._report(Phase.ONLINE, self._held, self._total)
+
+    def online(self, done: int) -> None:
+        with self._lock:
+            if self._computed:
+                self._report(Phase.ONLINE, done, self._total)
+            else:
+                self._held = done
+
+
+def _write_latest(
     config: RepoConfig,
     plan: ResolvedView,
-    staged: list[StagedFile],
+    window: WindowQuery,
     writer: OnlineWriter,
-    report: Callable[[Phase, int], None],
+    report: Callable[[int], None],
+    stop: threading.Event,
 ) -> int:
+    """Writes the latest row per key of the window to Redis; returns the keys replaced.
+
+    On failure it sets `stop`, so that the history half stops too.
+    """
     expire = online_expiry(plan.view)
     written = done = 0
-    schema = plan.history_schema
-    for relation in _latest_rows(config, plan, staged):
-        for batch in relation.to_arrow_reader(_ONLINE_BATCH_ROWS):
+    try:
+        for batch in window.batches(latest_only=True, batch_rows=_ONLINE_BATCH_ROWS):
+            if stop.is_set():
+                raise _Stopped
             rows = prepare_rows(
                 config.project,
                 plan.storage_name,
-                batch.cast(schema),
+                batch,
                 join_keys=plan.key_names,
                 features=plan.features,
             )
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
-            report(Phase.ONLINE, done)
+            report(done)
+    except _Stopped:
+        raise
+    except BaseException:
+        stop.set()
+        raise
     return written
+
+
+def _stage_history(
+    config: RepoConfig,
+    plan: ResolvedView,
+    window: WindowQuery,
+    report: Callable[[int], None],
+    stop: threading.Event,
+) -> tuple[list[StagedFile], int]:
+    """Stages the window's rows as history files (removed again if anything fails).
+
+    Returns:
+        The staged files and the number of rows they hold.
+
+    """
+    history = HistoryWriter(config, plan.storage_name, plan.history_schema)
+    rows = 0
+    try:
+        for batch in window.batches(time_ordered=True):
+            if stop.is_set():
+                raise _Stopped
+            history.write(batch)
+            rows += batch.num_rows
+            report(rows)
+        return history.close(), rows
+    except BaseException:
+        history.abort()
+        raise
 
 
 def _materialize_online_only(
@@ -279,29 +344,53 @@ def _materialize_view(
 ) -> ViewResult:
     if not plan.view.offline:
         return _materialize_online_only(config, registry, plan, start, end, writer, report)
-    rows_read = 0
+    if plan.view.online and writer is None:
+        raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
     with open_window(config, registry, plan, start, end) as window:
-        total = window.row_count
-        history = HistoryWriter(config, plan.storage_name, plan.history_schema)
+        reports = _Reports(report, window.row_count)
+        stop = threading.Event()
+        latest = window.snapshot() if writer is not None and plan.view.online else None
+        # Both halves read one snapshot of the window, each on its own cursor; a small
+        # window is not worth a thread: its online half runs after its history.
+        overlap = latest is not None and window.row_count >= _OVERLAP_MIN_ROWS
+        online: Future[int] | None = None
         try:
-            for batch in window.batches(time_ordered=True):
-                history.write(batch)
-                rows_read += batch.num_rows
-                report(Phase.COMPUTE, rows_read, total)
-            staged = history.close()
-        except BaseException:
-            history.abort()
-            raise
+            with ThreadPoolExecutor(1, thread_name_prefix="materialize-online") as pool:
+                try:
+                    if overlap:
+                        assert latest is not None and writer is not None
+                        online = pool.submit(
+                            _write_latest, config, plan, latest, writer, reports.online, stop
+                        )
+                    try:
+                        staged, rows_read = _stage_history(
+                            config, plan, window, reports.compute, stop
+                        )
+                    except _Stopped:
+                        assert online is not None
+                        online.result()  # raises the online half's error
+                        raise
+                    reports.computed(rows_read)
+                    try:
+                        if online is not None:
+                            online_written = online.result()
+                        elif latest is not None and writer is not None and rows_read:
+                            online_written = _write_latest(
+                                config, plan, latest, writer, reports.online, stop
+                            )
+                        else:
+                            online_written = 0
+                    except BaseException:
+                        discard(staged)
+                        raise
+                except BaseException:
+                    stop.set()  # the online half stops at its next batch
+                    raise
+        finally:
+            if latest is not None:
+                latest.close()  # after the pool has waited for the online half
     try:
-        online_written = 0
-        if plan.view.online and staged:
-            if writer is None:
-                raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
-            online_written = _write_online(
-                config, plan, staged, writer, lambda phase, n: report(phase, n, rows_read)
-            )
-        if plan.view.offline:
-            commit_window(config, plan.storage_name, start, end, staged)
+        commit_window(config, plan.storage_name, start, end, staged)
     finally:
         discard(staged)
     advance_watermark(config, plan.storage_name, start, end)
@@ -310,7 +399,7 @@ def _materialize_view(
         start=start,
         end=end,
         rows_read=rows_read,
-        rows_written=rows_read if plan.view.offline else 0,
+        rows_written=rows_read,
         online_rows_written=online_written,
     )
 

@@ -57,8 +57,9 @@ def read_ipc_stream(data: bytes, *, field: str) -> pa.Table:
             field=field,
             reason="BAD_ARROW_DATA",
         )
+    source = pa.BufferReader(pa.py_buffer(data))
     try:
-        with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+        with pa.ipc.open_stream(source) as reader:
             batches = [
                 _validated(b, f"record batch {i} of {field}", field) for i, b in enumerate(reader)
             ]
@@ -67,6 +68,14 @@ def read_ipc_stream(data: bytes, *, field: str) -> pa.Table:
         raise
     except _ARROW_ERRORS as exc:
         raise _bad(f"{field} is not a valid Arrow IPC stream", field, exc) from exc
+    if source.tell() != len(data):  # bytes after the end-of-stream marker: not one stream
+        raise InvalidArgumentError(
+            f"{field} holds {len(data) - source.tell():,} bytes after the end of its Arrow IPC "
+            "stream; send exactly one stream",
+            field=field,
+            reason="BAD_ARROW_DATA",
+            metadata={"trailing_bytes": str(len(data) - source.tell())},
+        )
     return pa.Table.from_batches(batches, schema=schema)
 
 

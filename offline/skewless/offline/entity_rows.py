@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +297,14 @@ def _unreadable(config: RepoConfig, what: str, field: str, exc: Exception) -> In
     )
 
 
-def read_path(config: RepoConfig, path: str) -> pa.Table:
+#: Called with the DuckDB connection of an entity-row read as soon as it exists, so that
+#: the caller can interrupt it (`con.interrupt()`) when the call is cancelled.
+OnConnection = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def read_path(
+    config: RepoConfig, path: str, *, on_connection: OnConnection | None = None
+) -> pa.Table:
     """Reads entity rows from a Parquet or CSV file or glob the request names, in file order.
 
     Only files under the configured roots (`server.entity_source_roots`, the repository
@@ -319,7 +327,9 @@ def read_path(config: RepoConfig, path: str) -> pa.Table:
     full = Path(os.path.normpath(full))
     if not any(full.is_relative_to(r) for r in roots):
         raise _outside_roots(config, what, "query.path")
-    con = sandboxed(roots)
+    con = sandboxed(roots, memory_limit=config.join_memory_limit)
+    if on_connection is not None:
+        on_connection(con)
     try:
         lower = path.lower()
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
@@ -414,7 +424,13 @@ def _check_entity_sql(sql: str, sources: set[str]) -> None:
             )
 
 
-def read_sql(config: RepoConfig, registry: registry_pb2.Registry, sql: str) -> pa.Table:
+def read_sql(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    sql: str,
+    *,
+    on_connection: OnConnection | None = None,
+) -> pa.Table:
     """Runs one DuckDB SELECT with every registered data source available by name.
 
     The registered sources' files are readable wherever they are (the registry is the
@@ -438,7 +454,9 @@ def read_sql(config: RepoConfig, registry: registry_pb2.Registry, sql: str) -> p
         more_folders, more_files = _registered_reads(full)
         folders += more_folders
         files += more_files
-    con = sandboxed(folders, files)
+    con = sandboxed(folders, files, memory_limit=config.join_memory_limit)
+    if on_connection is not None:
+        on_connection(con)
     try:
         for source, full in sources:
             if source.file.format == registry_pb2.FILE_FORMAT_CSV:

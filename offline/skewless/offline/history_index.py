@@ -3,8 +3,9 @@
 For each view of a retrieval, the history rows that can be candidates (pruned by the label
 time range) are read from Parquet once into Arrow and split in two:
 
-* the *index*: join keys, event time and row position, registered in DuckDB for the ASOF
-  joins (narrow, so the sorts move little data);
+* the *index*: join keys, event time and row position, registered in DuckDB for the tie
+  checks and handed to the as-of step (`skewless.offline.asof`; narrow, so the sorts
+  move little data);
 * the *features*: the view's features in its order and declared types, gathered by
   position after the join. Past a memory budget they go to an Arrow file that is
   memory-mapped instead (its name is removed at once: nothing outlives the process).
@@ -106,16 +107,19 @@ class ViewHistory:
         view: The view's part of the plan.
         files: The view's committed history files (see `history_files`); empty when
             none can hold a candidate (its features are then null).
+        version: The offline table version the files were listed from (None when the
+            view has no table).
 
     """
 
     view: ViewPlan
     files: tuple[Path, ...]
+    version: int | None = None
 
 
 @dataclass
 class LoadedHistory:
-    """A view's pruned history: the DuckDB table of its index and the features by position.
+    """A view's pruned history: its index (also registered in DuckDB) and its features.
 
     Attributes:
         table: The registered index (join keys, event time, position), one row per
@@ -273,6 +277,11 @@ class HistoryLoader:
             self.con.unregister(f"__all{index}")
         self.con.register(name, index_table)
         return LoadedHistory(table=name, features=table, index=index_table, held_bytes=held_bytes)
+
+    def release_index(self, history: LoadedHistory) -> None:
+        """Drops a loaded history's index (DuckDB's registration and the table)."""
+        self.con.unregister(history.table)
+        history.index = history.index.slice(0, 0)
 
     def release(self, history: LoadedHistory) -> None:
         """Drops a loaded history and gives its memory back to the budget."""

@@ -1,91 +1,79 @@
-"""The offline store: each feature view's history as Parquet files.
+"""The offline store: each feature view's history as a Delta Lake table.
 
-Layout under `<data_dir>/offline/<view>/`: Parquet files (at any depth) whose columns
-are the view's join keys, `event_timestamp` (timestamp[us, UTC], never null),
+Layout under `<data_dir>/offline/<storage name>/` (the view's name, or `<view>@<generation>`
+after a breaking change: `skewless.core.names.storage_name`; every `view` argument of this
+module is that storage name; see docs/offline-store.md): a Delta table
+(`_delta_log/`) partitioned by `event_date` (the UTC day of event time), whose Parquet
+files hold the view's join keys, `event_timestamp` (timestamp[us, UTC], never null),
 `created_timestamp` (timestamp[us, UTC], may be null) and the view's features with
-their declared Arrow types. Files being written end in `.<writer pid>.tmp` and are never
-read.
+their declared Arrow types. `skewless.offline.delta_log` reads and commits the table.
 
-Writers put rows in one file per UTC day of event time, `date=YYYY-MM-DD/<id>.parquet`
-(ids start with the UTC write time, so paths sort in write order),
-and record every committed file, with its event-time range, in `_manifest.json`. The
-manifest is the truth: `history_files` returns exactly the files it lists (and can
-prune them by time). A commit (under `_manifest.lock`) renames the staged `.tmp` files
-into place, then atomically replaces the manifest, so a crash at any point leaves the
-previous manifest and therefore the previous history. Every commit also removes what no
-committed state references: files no manifest lists, staged files whose writer process
-is gone, and replaced files past their grace period. Writing a window [start, end)
-drops the window's earlier rows (whole files inside it; files straddling a bound are
-rewritten without the window's rows), so re-running a window replaces it. Pushed rows
-are appended and never dropped by a window. A folder without a manifest (history
-written by other tools) is read by listing its Parquet files; the first commit adopts
-them.
+Writers put rows in one file per UTC day, `event_date=YYYY-MM-DD/<id>.parquet` (ids
+start with the UTC write time, so paths sort in write order; pushed rows' files end in
+`-push.parquet`), staged as `.<writer pid>.tmp` until their commit renames them into
+place. A commit is one Delta commit: writing a window [start, end) removes the window's
+earlier materialized rows (files inside it; files straddling a bound are rewritten
+without the window's rows) and adds the new files, so re-running a window replaces it
+and a crash leaves the previous version. Pushed rows are appended and never dropped by a
+window. Concurrent writers of one view retry on conflicts (`delta_log.commit_actions`).
+Replaced files stay on disk for time travel until `vacuum` removes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake.transaction import AddAction, RemoveAction
 
 from skewless.core.config import RepoConfig
-from skewless.core.names import EVENT_TIMESTAMP
+from skewless.core.names import EVENT_DATE, EVENT_TIMESTAMP
+from skewless.offline.delta_log import (
+    ORIGIN_PUSH,
+    ORIGIN_WINDOW,
+    PUSH_SUFFIX,
+    HistoryFile,
+    Plan,
+    Snapshot,
+    commit_actions,
+    file_add,
+    file_remove,
+    read_snapshot,
+)
 
 __all__ = [
-    "MANIFEST_FILE",
+    "ORIGIN_PUSH",
+    "ORIGIN_WINDOW",
     "HistoryFile",
     "HistoryWriter",
+    "Snapshot",
     "StagedFile",
     "commit_append",
     "commit_window",
     "discard",
     "history_dir",
     "history_files",
-    "read_manifest",
+    "publish_staged",
+    "read_files",
+    "read_snapshot",
+    "snapshot_files",
+    "staged_path",
+    "unpublish",
 ]
 
-MANIFEST_FILE = "_manifest.json"
-_LOCK_FILE = "_manifest.lock"
-#: Dropped files stay on disk this long so that queries that listed them can finish.
-RETIRE_GRACE_SECONDS = 600.0
 #: Staged files without a writer pid in their name (older writers) are removed past this age.
 STALE_TMP_SECONDS = 3600.0
 _EPOCH_DAY = date(1970, 1, 1)
-
-ORIGIN_WINDOW = "window"
-ORIGIN_PUSH = "push"
-
-
-@dataclass(frozen=True)
-class HistoryFile:
-    """One committed history file.
-
-    Attributes:
-        path: Path relative to the view's history folder.
-        min_event_us: Smallest event time in the file (microseconds since the epoch).
-        max_event_us: Largest event time in the file.
-        rows: Number of rows.
-        origin: `window` (materialized; replaced by a re-run) or `push` (appended).
-
-    """
-
-    path: str
-    min_event_us: int
-    max_event_us: int
-    rows: int
-    origin: str = ORIGIN_WINDOW
 
 
 @dataclass(frozen=True)
@@ -96,9 +84,13 @@ class StagedFile:
     tmp_path: Path
 
 
-def _staged_path(root: Path, rel: str) -> Path:
-    """Where a writer stages `rel`: beside it, named with the writer's pid."""
-    return root / f"{rel}.{os.getpid()}.tmp"
+def staged_path(root: Path, rel: str) -> Path:
+    """Where a writer stages `rel`: beside it, hidden, named with the writer's pid.
+
+    The leading `_` makes Delta tools skip it: vacuum never removes a file being written.
+    """
+    path = root / rel
+    return path.with_name(f"_{path.name}.{os.getpid()}.tmp")
 
 
 def _writer_gone(path: Path, now: float) -> bool:
@@ -127,7 +119,7 @@ def discard(staged: list[StagedFile]) -> None:
 
 
 def history_dir(config: RepoConfig, view: str) -> Path:
-    """Returns the folder holding one view's history."""
+    """Returns the folder holding one view's history (its Delta table)."""
     return config.offline_dir / view
 
 
@@ -140,14 +132,28 @@ def _to_us(value: datetime | int) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def read_manifest(config: RepoConfig, view: str) -> list[HistoryFile] | None:
-    """Returns the committed files of a view from its manifest; None if it has none."""
-    path = history_dir(config, view) / MANIFEST_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    return [HistoryFile(**entry) for entry in raw["files"]]
+def read_files(config: RepoConfig, view: str) -> list[HistoryFile]:
+    """The committed files of a view's latest version (sorted by path); [] if none."""
+    snapshot = read_snapshot(config, view)
+    return [] if snapshot is None else list(snapshot.files)
+
+
+def snapshot_files(
+    snapshot: Snapshot | None,
+    *,
+    start: datetime | int | None = None,
+    end: datetime | int | None = None,
+) -> list[Path]:
+    """The Parquet files of a snapshot that may hold event times in [start, end), sorted."""
+    if snapshot is None:
+        return []
+    lo = _to_us(start) if start is not None else None
+    hi = _to_us(end) if end is not None else None
+    return [
+        snapshot.root / e.path
+        for e in snapshot.files
+        if (lo is None or e.max_event_us >= lo) and (hi is None or e.min_event_us < hi)
+    ]
 
 
 def history_files(
@@ -167,27 +173,20 @@ def history_files(
         end: Keep only files that may hold event times < end.
 
     """
-    root = history_dir(config, view)
-    entries = read_manifest(config, view)
-    if entries is None:
-        if not root.is_dir():
-            return []
-        return sorted(p for p in root.rglob("*.parquet") if p.is_file())
-    lo = _to_us(start) if start is not None else None
-    hi = _to_us(end) if end is not None else None
-    return sorted(
-        root / e.path
-        for e in entries
-        if (lo is None or e.max_event_us >= lo) and (hi is None or e.min_event_us < hi)
-    )
+    return snapshot_files(read_snapshot(config, view), start=start, end=end)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_last_run = datetime(1970, 1, 1, tzinfo=UTC)
+_run_lock = threading.Lock()
+
+
+def _run_time() -> datetime:
+    """The write time naming a writer's files: strictly increasing within a process."""
+    global _last_run
+    with _run_lock:
+        now = max(datetime.now(UTC), _last_run + timedelta(microseconds=1))
+        _last_run = now
+        return now
 
 
 class HistoryWriter:
@@ -205,7 +204,7 @@ class HistoryWriter:
         self.schema = schema
         self.origin = origin
         # Names sort in write order (readers break exact ties by the greatest path).
-        self._run = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+        self._run = f"{_run_time():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         self._open: dict[int, tuple[pq.ParquetWriter, IO[bytes], str, list[int]]] = {}
         self.rows = 0
 
@@ -213,8 +212,9 @@ class HistoryWriter:
         entry = self._open.get(day)
         if entry is None:
             day_text = (_EPOCH_DAY + timedelta(days=day)).isoformat()
-            rel = f"date={day_text}/{self._run}.parquet"
-            path = _staged_path(self.root, rel)
+            suffix = PUSH_SUFFIX if self.origin == ORIGIN_PUSH else ".parquet"
+            rel = f"{EVENT_DATE}={day_text}/{self._run}{suffix}"
+            path = staged_path(self.root, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = path.open("wb")
             writer = pq.ParquetWriter(sink, self.schema)
@@ -247,7 +247,7 @@ class HistoryWriter:
     @property
     def staged_paths(self) -> list[Path]:
         """The staged paths written so far."""
-        return [_staged_path(self.root, rel) for _, _, rel, _ in self._open.values()]
+        return [staged_path(self.root, rel) for _, _, rel, _ in self._open.values()]
 
     def close(self) -> list[StagedFile]:
         """Finishes and fsyncs every staged file."""
@@ -256,13 +256,19 @@ class HistoryWriter:
             writer.close()
             sink.flush()
             os.fsync(sink.fileno())
+            size = sink.tell()
             sink.close()
             staged.append(
                 StagedFile(
                     file=HistoryFile(
-                        path=rel, min_event_us=lo, max_event_us=hi, rows=rows, origin=self.origin
+                        path=rel,
+                        min_event_us=lo,
+                        max_event_us=hi,
+                        rows=rows,
+                        origin=self.origin,
+                        size=size,
                     ),
-                    tmp_path=_staged_path(self.root, rel),
+                    tmp_path=staged_path(self.root, rel),
                 )
             )
         self._open.clear()
@@ -274,60 +280,8 @@ class HistoryWriter:
             with contextlib.suppress(Exception):
                 writer.close()
             sink.close()
-            _staged_path(self.root, rel).unlink(missing_ok=True)
+            staged_path(self.root, rel).unlink(missing_ok=True)
         self._open.clear()
-
-
-@contextlib.contextmanager
-def _manifest_lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / _LOCK_FILE).open("a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _load_state(root: Path) -> tuple[list[HistoryFile], list[dict[str, Any]]]:
-    path = root / MANIFEST_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return _adopt(root), []
-    return [HistoryFile(**e) for e in raw["files"]], list(raw.get("retired", []))
-
-
-def _adopt(root: Path) -> list[HistoryFile]:
-    """Lists history written without a manifest (by other tools) as window files."""
-    adopted = []
-    for path in sorted(root.rglob("*.parquet")):
-        table = pq.read_table(path, columns=[EVENT_TIMESTAMP])
-        if table.num_rows == 0:
-            continue
-        mm = pc.min_max(pc.cast(table.column(EVENT_TIMESTAMP), pa.int64())).as_py()
-        adopted.append(
-            HistoryFile(
-                path=str(path.relative_to(root)),
-                min_event_us=mm["min"],
-                max_event_us=mm["max"],
-                rows=table.num_rows,
-            )
-        )
-    return adopted
-
-
-def _write_manifest(root: Path, files: list[HistoryFile], retired: list[dict[str, Any]]) -> None:
-    body = json.dumps(
-        {"version": 1, "files": [asdict(f) for f in files], "retired": retired}, indent=1
-    )
-    tmp = root / (MANIFEST_FILE + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, root / MANIFEST_FILE)
-    _fsync_dir(root)
 
 
 def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> StagedFile | None:
@@ -340,11 +294,12 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
     # Sorts right after the original, so the kept rows keep their place in write order.
     original = Path(entry.path)
     rel = str(original.with_name(f"{original.stem}-kept{uuid.uuid4().hex[:6]}.parquet"))
-    tmp = _staged_path(root, rel)
+    tmp = staged_path(root, rel)
     with tmp.open("wb") as sink:
         pq.write_table(keep, sink)
         sink.flush()
         os.fsync(sink.fileno())
+        size = sink.tell()
     kept_micros = pc.cast(keep.column(EVENT_TIMESTAMP), pa.int64())
     mm = pc.min_max(kept_micros).as_py()
     return StagedFile(
@@ -354,84 +309,120 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
             max_event_us=mm["max"],
             rows=keep.num_rows,
             origin=entry.origin,
+            size=size,
         ),
         tmp_path=tmp,
     )
 
 
-def _clean(
-    root: Path, files: list[HistoryFile], retired: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Removes orphans and expired retired files; returns the retired list still kept."""
-    now = time.time()
-    listed = {f.path for f in files}
-    keep_retired = []
-    for item in retired:
-        if now - float(item["time"]) >= RETIRE_GRACE_SECONDS:
-            (root / item["path"]).unlink(missing_ok=True)
-        else:
-            keep_retired.append(item)
-    held = listed | {item["path"] for item in keep_retired}
-    for path in root.rglob("*.parquet"):
-        if str(path.relative_to(root)) not in held:
-            path.unlink(missing_ok=True)  # renamed by a commit that crashed before its manifest
-    for path in root.rglob("*.tmp"):
-        if path.name != MANIFEST_FILE + ".tmp" and _writer_gone(path, now):
-            path.unlink(missing_ok=True)  # staged by a writer that died
-    return keep_retired
-
-
-def _commit(
-    root: Path,
-    staged: list[StagedFile],
-    window: tuple[int, int] | None,
-) -> None:
-    with _manifest_lock(root):
-        files, retired = _load_state(root)
-        kept: list[HistoryFile] = []
-        dropped: list[HistoryFile] = []
-        extra: list[StagedFile] = []
-        try:
-            for entry in files:
-                if window is None or entry.origin == ORIGIN_PUSH:
-                    kept.append(entry)
-                    continue
-                lo, hi = window
-                if entry.max_event_us < lo or entry.min_event_us >= hi:
-                    kept.append(entry)
-                elif entry.min_event_us >= lo and entry.max_event_us < hi:
-                    dropped.append(entry)
-                else:
-                    dropped.append(entry)
-                    rewritten = _rewrite_without(root, entry, lo, hi)
-                    if rewritten is not None:
-                        extra.append(rewritten)
-        except BaseException:
-            for item in extra:
-                item.tmp_path.unlink(missing_ok=True)
-            raise
-        for item in [*staged, *extra]:
+def publish_staged(root: Path, staged: list[StagedFile]) -> None:
+    """Renames staged files to their committed names (invisible until the commit)."""
+    for item in staged:
+        if item.tmp_path.exists():
             os.replace(item.tmp_path, root / item.file.path)
-        for folder in {(root / item.file.path).parent for item in [*staged, *extra]}:
-            _fsync_dir(folder)
-        now = time.time()
-        retired = retired + [{"path": d.path, "time": now} for d in dropped]
-        new_files = kept + [item.file for item in [*staged, *extra]]
-        _write_manifest(root, new_files, retired)
-        _clean(root, new_files, retired)
+            # Vacuum spares unreferenced files younger than its retention: this one is
+            # about to be committed.
+            os.utime(root / item.file.path)
+
+
+def clean_staged(root: Path) -> None:
+    """Removes files staged by writers that died (they will never be committed)."""
+    now = time.time()
+    for path in root.rglob("*.tmp"):
+        if _writer_gone(path, now):
+            path.unlink(missing_ok=True)
+
+
+def _window_plan(
+    root: Path, staged: list[StagedFile], lo: int, hi: int, extra: list[StagedFile]
+) -> Plan:
+    def plan(snapshot: Snapshot) -> tuple[list[AddAction], list[RemoveAction]]:
+        unpublish(root, extra)  # a previous attempt's rewrites (its snapshot was stale)
+        extra.clear()
+        removes = []
+        for entry in snapshot.files:
+            if entry.origin == ORIGIN_PUSH or entry.max_event_us < lo or entry.min_event_us >= hi:
+                continue
+            if entry.min_event_us < lo or entry.max_event_us >= hi:
+                rewritten = _rewrite_without(root, entry, lo, hi)
+                if rewritten is not None and rewritten.file.rows == entry.rows:
+                    discard([rewritten])  # none of its rows were in the window
+                    continue
+                if rewritten is not None:
+                    extra.append(rewritten)
+            removes.append(file_remove(entry))
+        publish_staged(root, [*staged, *extra])
+        adds = [file_add(root, item.file) for item in [*staged, *extra]]
+        return adds, removes
+
+    return plan
 
 
 def commit_window(
-    config: RepoConfig, view: str, start: datetime, end: datetime, staged: list[StagedFile]
-) -> None:
+    config: RepoConfig,
+    view: str,
+    start: datetime,
+    end: datetime,
+    staged: list[StagedFile],
+    *,
+    schema: pa.Schema | None = None,
+) -> int:
     """Atomically replaces the view's materialized rows in [start, end) by the staged files.
 
     Every staged file must only hold rows inside the window. Pushed rows are kept.
+    Returns the committed table version.
     """
-    _commit(history_dir(config, view), staged, (_to_us(start), _to_us(end)))
+    root = history_dir(config, view)
+    extra: list[StagedFile] = []
+    lo, hi = _to_us(start), _to_us(end)
+    try:
+        version = commit_actions(
+            config,
+            view,
+            schema if schema is not None else _schema_of(staged, root),
+            _window_plan(root, staged, lo, hi, extra),
+            operation="window",
+            window=True,
+        )
+    except BaseException:
+        unpublish(root, [*staged, *extra])
+        raise
+    clean_staged(root)
+    return version
 
 
-def commit_append(config: RepoConfig, view: str, staged: list[StagedFile]) -> None:
-    """Atomically adds staged files (pushed rows) to the view's history."""
-    if staged:
-        _commit(history_dir(config, view), staged, None)
+def unpublish(root: Path, items: list[StagedFile]) -> None:
+    """After a failed commit: removes what it renamed into place (never committed)."""
+    for item in items:
+        (root / item.file.path).unlink(missing_ok=True)
+        item.tmp_path.unlink(missing_ok=True)
+
+
+def _schema_of(staged: list[StagedFile], root: Path) -> pa.Schema:
+    for item in staged:
+        path = item.tmp_path if item.tmp_path.exists() else root / item.file.path
+        return pq.read_schema(path)
+    return pa.schema([pa.field(EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC"))])
+
+
+def commit_append(config: RepoConfig, view: str, staged: list[StagedFile]) -> int | None:
+    """Atomically adds staged files (pushed rows) to the view's history.
+
+    Returns the committed table version (None when nothing was staged).
+    """
+    if not staged:
+        return None
+    root = history_dir(config, view)
+    schema = _schema_of(staged, root)
+
+    def plan(snapshot: Snapshot) -> tuple[list[AddAction], list[RemoveAction]]:
+        publish_staged(root, staged)
+        return [file_add(root, item.file) for item in staged], []
+
+    try:
+        version = commit_actions(config, view, schema, plan, operation="append")
+    except BaseException:
+        unpublish(root, staged)
+        raise
+    clean_staged(root)
+    return version

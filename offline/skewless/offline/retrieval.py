@@ -10,17 +10,20 @@ with the repository's memory limits.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 import pyarrow as pa
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import FailedPreconditionError
+from skewless.core.errors import FailedPreconditionError, InvalidArgumentError, quoted
 from skewless.offline.entity_rows import label_time_range, label_times, validate_entity_schema
 from skewless.offline.history_index import ViewHistory
-from skewless.offline.offline_store import history_files
+from skewless.offline.offline_store import Snapshot, read_snapshot, snapshot_files
 from skewless.offline.point_in_time import PointInTimeJoin, point_in_time_join
 from skewless.registry.feature_refs import FeaturePlan
 
-__all__ = ["check_history", "start_retrieval", "view_histories"]
+__all__ = ["check_history", "read_snapshots", "start_retrieval", "view_histories"]
 
 
 def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
@@ -30,29 +33,92 @@ def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
         FailedPreconditionError: `NOT_MATERIALIZED`, naming the view.
 
     """
+    read_snapshots(config, plan)
+
+
+def read_snapshots(
+    config: RepoConfig,
+    plan: FeaturePlan,
+    *,
+    versions: Mapping[str, int] | None = None,
+    as_of: datetime | None = None,
+) -> dict[str, Snapshot]:
+    """The snapshot each view is read at: pinned in `versions`, as of `as_of`, or latest.
+
+    Raises:
+        InvalidArgumentError: `BAD_OFFLINE_VERSION`: a pin for a view the plan does not
+            read, or a negative version.
+        NotFoundError: `OFFLINE_VERSION_NOT_FOUND` (see `read_snapshot`).
+        FailedPreconditionError: `NOT_MATERIALIZED`: a view without history (at that
+            version); `OFFLINE_VERSION_VACUUMED`: a pinned version's files are gone.
+
+    """
+    pins = dict(versions or {})
+    names = {v.name for v in plan.views}
+    for name, version in pins.items():
+        if name not in names or version < 0:
+            raise InvalidArgumentError(
+                f"offline version {version} for feature view {quoted(name)}: "
+                + ("the query does not read that view" if name not in names else "negative"),
+                field="query.offline_versions",
+                reason="BAD_OFFLINE_VERSION",
+                metadata={"feature_view": name},
+            )
+    snapshots = {}
     for view in plan.views:
-        if not history_files(config, view.storage_name):
+        pinned = view.name in pins or as_of is not None
+        snapshot = read_snapshot(
+            config, view.storage_name, version=pins.get(view.name), as_of=as_of
+        )
+        if pinned and snapshot is not None:
+            _check_not_vacuumed(view.name, snapshot)
+        if snapshot is None or not snapshot.files:
             raise FailedPreconditionError(
                 f"feature view {view.name!r} has no offline history yet; run "
                 "`skewless materialize` (or push rows) for it first",
                 reason="NOT_MATERIALIZED",
                 metadata={"feature_view": view.name},
             )
+        snapshots[view.name] = snapshot
+    return snapshots
+
+
+def _check_not_vacuumed(view: str, snapshot: Snapshot) -> None:
+    for entry in snapshot.files:
+        if not (snapshot.root / entry.path).exists():
+            raise FailedPreconditionError(
+                f"offline version {snapshot.version} of feature view {view!r} can no longer "
+                "be read: `skewless vacuum` removed its files; pin a newer version",
+                reason="OFFLINE_VERSION_VACUUMED",
+                metadata={"feature_view": view, "version": str(snapshot.version)},
+            )
 
 
 def view_histories(
-    config: RepoConfig, plan: FeaturePlan, labels: pa.ChunkedArray
+    config: RepoConfig,
+    plan: FeaturePlan,
+    labels: pa.ChunkedArray,
+    snapshots: dict[str, Snapshot] | None = None,
 ) -> list[ViewHistory]:
-    """Each view's committed files that may hold a candidate for these label times."""
+    """Each view's committed files that may hold a candidate for these label times.
+
+    Reads each view's latest snapshot unless `snapshots` gives the one to read.
+    """
     span = label_time_range(labels)
     histories = []
     for view in plan.views:
+        snapshot = (
+            snapshots[view.name]
+            if snapshots is not None and view.name in snapshots
+            else read_snapshot(config, view.storage_name)
+        )
         if span is None:
             files = []
         else:
             start = span[0] - view.ttl_micros if view.ttl_micros else None
-            files = history_files(config, view.storage_name, start=start, end=span[1] + 1)
-        histories.append(ViewHistory(view, tuple(files)))
+            files = snapshot_files(snapshot, start=start, end=span[1] + 1)
+        version = snapshot.version if snapshot is not None else None
+        histories.append(ViewHistory(view, tuple(files), version=version))
     return histories
 
 
@@ -64,6 +130,7 @@ def start_retrieval(
     label_time_column: str,
     batch_rows: int,
     entity_columns: bool = True,
+    snapshots: dict[str, Snapshot] | None = None,
 ) -> PointInTimeJoin:
     """Validates the entity rows and starts their point-in-time join (reading runs it).
 
@@ -73,7 +140,7 @@ def start_retrieval(
 
     """
     validate_entity_schema(entity_rows.schema, plan, label_time_column)
-    histories = view_histories(config, plan, label_times(entity_rows, label_time_column))
+    histories = view_histories(config, plan, label_times(entity_rows, label_time_column), snapshots)
     return point_in_time_join(
         entity_rows,
         plan,

@@ -15,6 +15,8 @@ definitions and run as written.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +44,7 @@ from skewless.core.types import (
     duckdb_type_fits,
     value_type_name,
 )
+from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import ResolvedView
 from skewless.v1 import registry_pb2, types_pb2
 
@@ -49,6 +52,8 @@ __all__ = ["WINDOW_BATCH_ROWS", "WindowQuery", "open_window"]
 
 #: Rows per record batch streamed out of DuckDB.
 WINDOW_BATCH_ROWS = 131_072
+#: The table `WindowQuery.snapshot` computes the window into.
+_SNAPSHOT = "_skewless_window"
 VT = types_pb2.ValueType
 
 
@@ -73,6 +78,14 @@ def _register_file(
     relation.create_view(as_name, replace=True)
 
 
+def _register_delta(
+    con: duckdb.DuckDBPyConnection, config: RepoConfig, source: Any, as_name: str
+) -> None:
+    version = source.delta.version if source.delta.HasField("version") else None
+    dataset = open_delta_source(config.root, source.name, source.delta.path, version)
+    con.register(as_name, dataset)
+
+
 def _connect(
     config: RepoConfig, registry: registry_pb2.Registry, plan: ResolvedView
 ) -> duckdb.DuckDBPyConnection:
@@ -90,6 +103,8 @@ def _connect(
         for other in registry.data_sources:
             if other.WhichOneof("kind") == "file":
                 _register_file(con, config, other, check_identifier(other.name, "data source"))
+            elif other.WhichOneof("kind") == "delta":
+                _register_delta(con, config, other, check_identifier(other.name, "data source"))
         try:
             con.execute(f"CREATE TEMP VIEW {SOURCE_RELATION} AS {source.sql.query}")
         except duckdb.Error as exc:
@@ -100,9 +115,11 @@ def _connect(
             ) from exc
     elif kind == "file":
         _register_file(con, config, source, SOURCE_RELATION)
+    elif kind == "delta":
+        _register_delta(con, config, source, SOURCE_RELATION)
     else:
         raise DefinitionError(
-            f"data source {source.name!r} has no kind (file, sql or push)",
+            f"data source {source.name!r} has no kind (file, sql, delta or push)",
             reason="SOURCE_INVALID",
             metadata={"source": source.name},
         )
@@ -135,9 +152,14 @@ class WindowQuery:
     _batch_rows: int
     _from_where: str = ""
     _casts: tuple[tuple[str, str], ...] = ()
+    _snapshotted: bool = False
 
     def batches(
-        self, *, latest_only: bool = False, time_ordered: bool = False
+        self,
+        *,
+        latest_only: bool = False,
+        time_ordered: bool = False,
+        batch_rows: int | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Streams the window's rows in the history schema, `batch_rows` at a time.
 
@@ -146,6 +168,7 @@ class WindowQuery:
                 created time), for views that are not kept offline.
             time_ordered: In (event time, entity key) order, as the offline store keeps
                 history: retrievals then prove it free of ties in one cheap pass.
+            batch_rows: Rows per batch (else the query's own).
 
         Raises:
             DefinitionError: A value cannot be cast to its declared type.
@@ -154,21 +177,81 @@ class WindowQuery:
         schema = self.plan.history_schema
         select = self._select
         if latest_only:
-            keys = ", ".join(quote_identifier(k) for k in self.plan.key_names)
-            select = (
-                f"SELECT * FROM ({select}) AS _rows QUALIFY row_number() OVER (PARTITION BY "
-                f"{keys} ORDER BY {EVENT_TIMESTAMP} DESC, {CREATED_TIMESTAMP} DESC NULLS LAST) = 1"
+            select = self._latest_select()
+        if time_ordered and not self._snapshotted:  # the snapshot is stored in this order
+            select = f"SELECT * FROM ({select}) AS _rows ORDER BY {self._history_order()}"
+        with self._errors():
+            reader = self._con.sql(select, params=self._params).to_arrow_reader(
+                batch_rows or self._batch_rows
             )
-        if time_ordered:
-            keys = ", ".join(quote_identifier(k) for k in self.plan.key_names)
-            select = f"SELECT * FROM ({select}) AS _rows ORDER BY {EVENT_TIMESTAMP}, {keys}"
-        try:
-            reader = self._con.sql(select, params=self._params).to_arrow_reader(self._batch_rows)
             for batch in reader:
                 if batch.num_rows:
                     yield batch.cast(schema)
+
+    def _latest_select(self) -> str:
+        """The query of the latest row per key.
+
+        The rows at their key's greatest event time, and among those the greatest
+        created time (a missing one first). A grouped maximum and a join cost a fraction
+        of a window over every row; the window only ranks the few rows that share their
+        key's latest event time. The rows are computed once (a materialized CTE, or the
+        snapshot table).
+        """
+        q = quote_identifier
+        keys = [q(k) for k in self.plan.key_names]
+        key_list = ", ".join(keys)
+        on = " AND ".join(f"_r.{k} = _m.{k}" for k in keys)
+        # The snapshot table is read as it is (a CTE of it would be copied first).
+        rows = _SNAPSHOT if self._snapshotted else "_rows"
+        head = "" if self._snapshotted else f"_rows AS MATERIALIZED ({self._select}), "
+        return (
+            f"WITH {head}"
+            f"_m AS (SELECT {key_list}, max({EVENT_TIMESTAMP}) AS _latest FROM {rows} "
+            f"GROUP BY {key_list}) "
+            f"SELECT _r.* FROM {rows} AS _r JOIN _m ON {on} AND _r.{EVENT_TIMESTAMP} = _m._latest "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(f'_r.{k}' for k in keys)} "
+            f"ORDER BY _r.{CREATED_TIMESTAMP} DESC NULLS LAST) = 1"
+        )
+
+    def snapshot(self) -> WindowQuery:
+        """Computes the window's rows once, into a table of this query's session.
+
+        From then on `batches` of this query, and of the query returned, read that table:
+        every reader sees the same rows even if the source changes meanwhile, and the
+        view's SQL runs once. The table holds the rows in (event time, key) order, so
+        that a time-ordered read is a plain scan. The returned query has its own DuckDB
+        cursor, so that it can be read on another thread while this one is read; close
+        both.
+
+        Raises:
+            DefinitionError: A value cannot be cast to its declared type.
+
+        """
+        if not self._snapshotted:
+            with self._errors():
+                # Stored in history order, which a plain scan keeps (insertion order).
+                self._con.execute("SET preserve_insertion_order = true")
+                self._con.execute(
+                    f"CREATE TABLE {_SNAPSHOT} AS SELECT * FROM ({self._select}) AS _rows "
+                    f"ORDER BY {self._history_order()}",
+                    self._params,
+                )
+            self._select = f"SELECT * FROM {_SNAPSHOT}"
+            self._params = {}
+            self._snapshotted = True
+        return dataclasses.replace(self, _con=self._con.cursor())
+
+    def _history_order(self) -> str:
+        keys = ", ".join(quote_identifier(k) for k in self.plan.key_names)
+        return f"{EVENT_TIMESTAMP}, {keys}"
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turns DuckDB's failures while running the view into `DefinitionError`s."""
+        try:
+            yield
         except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
-            column = self._failing_column()
+            column = None if self._snapshotted else self._failing_column()
             if column is not None:
                 raise _column_error(
                     self.plan,

@@ -15,8 +15,10 @@ from skewless.registry.apply import (
 )
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     Feature,
+    FeatureLogging,
     FeatureService,
     FeatureView,
     FileSource,
@@ -25,16 +27,20 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 
 __all__ = [
     "ApplyResult",
     "DataSource",
+    "DeltaSource",
     "Entity",
     "Feature",
+    "FeatureLogging",
     "FeatureService",
     "FeatureView",
     "FileSource",
     "JoinKey",
+    "Policy",
     "PushSource",
     "RepoDefinitions",
     "SqlSource",

@@ -34,12 +34,15 @@ from skewless.core.errors import DefinitionError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import parse_value_type
 from skewless.registry.feature_refs import parse_feature_ref
+from skewless.registry.policies import Policy
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
     "DataSource",
+    "DeltaSource",
     "Entity",
     "Feature",
+    "FeatureLogging",
     "FeatureService",
     "FeatureView",
     "FileSource",
@@ -313,6 +316,33 @@ class SqlSource(_SourceBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeltaSource(_SourceBase):
+    """A Delta Lake table: its folder, relative to the repository root, and a version.
+
+    Attributes:
+        name: Unique identifier within the project.
+        path: The table's folder (holding `_delta_log`).
+        version: The table version to read; None reads the latest at each run.
+        timestamp_field: Column of each row's event time.
+        created_timestamp_field: Optional column of each row's creation time (tie breaker).
+        description: What the source holds.
+        owner: The responsible team or person.
+        tags: Free-form labels.
+        origin: The definition file this came from (for messages); not part of equality.
+
+    """
+
+    path: str
+    version: int | None = None
+
+    def to_proto(self) -> registry_pb2.DataSource:
+        """Returns the registry message."""
+        proto = self._base_proto()
+        proto.delta.CopyFrom(registry_pb2.DeltaSource(path=self.path, version=self.version))
+        return proto
+
+
+@dataclass(frozen=True, kw_only=True)
 class PushSource(_SourceBase):
     """Rows pushed by stream processors through `OnlineService.PushFeatures`.
 
@@ -335,7 +365,7 @@ class PushSource(_SourceBase):
 
 
 #: Any data source definition.
-DataSource = FileSource | SqlSource | PushSource
+DataSource = FileSource | SqlSource | PushSource | DeltaSource
 
 
 @dataclass(frozen=True)
@@ -389,6 +419,8 @@ class FeatureView:
         description: What the view holds.
         owner: The responsible team or person.
         tags: Free-form labels.
+        offline_retention: How long offline history is kept (`90d`); zero or None means
+            forever.
         origin: The definition file this came from (for messages); not part of equality.
 
     """
@@ -405,6 +437,7 @@ class FeatureView:
     description: str = ""
     owner: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    offline_retention: DurationSpec = None
     origin: str = field(default="", compare=False)
 
     @property
@@ -438,7 +471,48 @@ class FeatureView:
             description=self.description,
             owner=self.owner,
             tags=dict(self.tags),
+            offline_retention=_duration_proto(self.offline_retention, f"{what}: offline_retention"),
         )
+
+
+#: Shortest `report_schedule` of feature logging (the report joins the whole period).
+MIN_REPORT_SCHEDULE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class FeatureLogging:
+    """Feature logging of a feature service: which served calls the skew report replays.
+
+    Attributes:
+        sample_rate: The share of `GetOnlineFeatures` calls logged, in [0, 1]; 0 is off.
+        report_schedule: How often the server computes the skew report over the last
+            period and exposes it as Prometheus gauges (`1h`); zero or None means never.
+
+    """
+
+    sample_rate: float = 0.0
+    report_schedule: DurationSpec = None
+
+    def to_proto(self, what: str) -> registry_pb2.FeatureLogging:
+        """Returns the registry message.
+
+        Raises:
+            DefinitionError: The sample rate is not in [0, 1] or the schedule is invalid.
+
+        """
+        rate = self.sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise DefinitionError(
+                f"{what}: logging.sample_rate must be a number from 0 to 1, got {rate!r}",
+                reason="INVALID_DEFINITION",
+            )
+        schedule = _duration_proto(self.report_schedule, f"{what}: logging.report_schedule")
+        if schedule is not None and schedule.ToTimedelta() < MIN_REPORT_SCHEDULE:
+            raise DefinitionError(
+                f"{what}: logging.report_schedule must be at least 1m (or 0 for never)",
+                reason="INVALID_DEFINITION",
+            )
+        return registry_pb2.FeatureLogging(sample_rate=float(rate), report_schedule=schedule)
 
 
 @dataclass(frozen=True)
@@ -452,6 +526,7 @@ class FeatureService:
         description: What the service is for.
         owner: The responsible team or person.
         tags: Free-form labels.
+        logging: Feature logging of the served calls (None: off).
         origin: The definition file this came from (for messages); not part of equality.
 
     """
@@ -461,6 +536,7 @@ class FeatureService:
     description: str = ""
     owner: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    logging: FeatureLogging | None = None
     origin: str = field(default="", compare=False)
 
     def refs(self) -> tuple[tuple[str, str | None], ...]:
@@ -508,6 +584,11 @@ class FeatureService:
             description=self.description,
             owner=self.owner,
             tags=dict(self.tags),
+            logging=(
+                self.logging.to_proto(f"feature service {self.name!r}")
+                if self.logging is not None
+                else None
+            ),
         )
 
 
@@ -520,6 +601,7 @@ class RepoDefinitions:
         sources: The data sources.
         feature_views: The feature views.
         feature_services: The feature services.
+        policies: Who may do what once the server authenticates callers.
 
     """
 
@@ -527,6 +609,7 @@ class RepoDefinitions:
     sources: tuple[DataSource, ...] = ()
     feature_views: tuple[FeatureView, ...] = ()
     feature_services: tuple[FeatureService, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
     def to_registry(self, project: str) -> registry_pb2.Registry:
         """Returns the registry (version 0, no digest) with every list sorted by name.
@@ -552,6 +635,7 @@ class RepoDefinitions:
             data_sources=[sources[n].to_proto() for n in sorted(sources)],
             feature_views=[v.to_proto() for v in sorted(self.feature_views, key=_name)],
             feature_services=[s.to_proto() for s in sorted(self.feature_services, key=_name)],
+            policies=[p.to_proto() for p in sorted(self.policies, key=lambda p: p.name)],
         )
 
 

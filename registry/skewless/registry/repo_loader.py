@@ -20,8 +20,10 @@ import yaml
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     Feature,
+    FeatureLogging,
     FeatureService,
     FeatureView,
     FileSource,
@@ -30,6 +32,7 @@ from skewless.registry.definitions import (
     RepoDefinitions,
     SqlSource,
 )
+from skewless.registry.policies import Policy
 from skewless.registry.validation import DefinitionProblem
 
 __all__ = [
@@ -43,13 +46,15 @@ __all__ = [
 #: The folder of a repository that holds the definition files.
 DEFINITIONS_DIR = "features"
 
-_SECTIONS = ("entities", "sources", "feature_views", "feature_services")
+_SECTIONS = ("entities", "sources", "feature_views", "feature_services", "policies")
 _COMMON = {"name", "description", "owner", "tags"}
 _ENTITY_KEYS = _COMMON | {"join_keys", "value_type"}
 _JOIN_KEY_KEYS = {"name", "value_type"}
 _SOURCE_KEYS = _COMMON | {
     "type",
     "path",
+    "delta",
+    "version",
     "format",
     "sql",
     "push",
@@ -65,10 +70,13 @@ _VIEW_KEYS = _COMMON | {
     "schedule",
     "online",
     "offline",
+    "offline_retention",
 }
 _FEATURE_KEYS = {"name", "type", "value_type", "description", "tags"}
-_SERVICE_KEYS = _COMMON | {"features"}
-_SOURCE_TYPES = ("file", "sql", "push")
+_SERVICE_KEYS = _COMMON | {"features", "logging"}
+_LOGGING_KEYS = {"sample_rate", "report_schedule"}
+_POLICY_KEYS = {"name", "description", "subjects", "groups", "actions", "resources"}
+_SOURCE_TYPES = ("file", "sql", "push", "delta")
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ def load_definitions(root: Path) -> LoadedRepo:
             sources=tuple(reader.sources),
             feature_views=tuple(reader.views),
             feature_services=tuple(reader.services),
+            policies=tuple(reader.policies),
         ),
         problems=tuple(reader.problems),
         files=tuple(names),
@@ -254,6 +263,7 @@ class _Reader:
         self.sources: list[DataSource] = []
         self.views: list[FeatureView] = []
         self.services: list[FeatureService] = []
+        self.policies: list[Policy] = []
         self.problems: list[DefinitionProblem] = []
 
     def read_file(self, path: Path, origin: str) -> None:
@@ -301,6 +311,7 @@ class _Reader:
             "sources": ("source", self._source),
             "feature_views": ("feature view", self._view),
             "feature_services": ("feature service", self._service),
+            "policies": ("policy", self._policy),
         }
         for section, (kind, read) in readers.items():
             items = raw.get(section)
@@ -361,14 +372,19 @@ class _Reader:
         if declared is not None and declared not in _SOURCE_TYPES:
             f.problem(f"unknown source type {declared!r}; use one of {', '.join(_SOURCE_TYPES)}")
             declared = None
-        kinds = [k for k in ("path", "sql") if f.raw.get(k) is not None]
+        kinds = [k for k in ("path", "sql", "delta") if f.raw.get(k) is not None]
         if f.flag("push", default=False) or declared == "push":
             kinds.append("push")
-        inferred = {"path": "file", "sql": "sql", "push": "push"}
+        inferred = {"path": "file", "sql": "sql", "push": "push", "delta": "delta"}
         if len(kinds) > 1:  # reported; read as the first kind so views are still checked
-            f.problem(f"set only one of 'path', 'sql' or 'push: true', got {', '.join(kinds)}")
+            f.problem(
+                f"set only one of 'path', 'sql', 'delta' or 'push: true', got {', '.join(kinds)}"
+            )
         if not kinds:
-            f.problem("missing required field: one of 'path' (file source), 'sql' or 'push: true'")
+            f.problem(
+                "missing required field: one of 'path' (file source), 'sql', 'delta' (a Delta "
+                "table folder) or 'push: true'"
+            )
             return
         kind = inferred[kinds[0]]
         if declared is not None and declared != kind:
@@ -376,6 +392,12 @@ class _Reader:
             return
         if kind != "file" and f.raw.get("format") is not None:
             f.problem("'format' applies only to file sources (with 'path')")
+        version = f.raw.get("version")
+        if version is not None and (
+            kind != "delta" or not isinstance(version, int) or isinstance(version, bool)
+        ):
+            f.problem("'version' is a whole number and applies only to Delta sources ('delta')")
+            version = None
         common: dict[str, Any] = {
             "name": name,
             "timestamp_field": f.text("timestamp_field", default=EVENT_TIMESTAMP),
@@ -392,6 +414,8 @@ class _Reader:
             source = FileSource(path=f.text("path"), format=f.text("format") or None, **common)
         elif kind == "sql":
             source = SqlSource(query=f.text("sql"), **common)
+        elif kind == "delta":
+            source = DeltaSource(path=f.text("delta"), version=version, **common)
         else:
             source = PushSource(**common)
         self.sources.append(source)
@@ -430,14 +454,21 @@ class _Reader:
                 description=f.text("description"),
                 owner=f.text("owner"),
                 tags=f.tags(),
+                offline_retention=f.duration("offline_retention"),
                 origin=f.origin,
             )
         )
+
+    def _policy(self, f: _Fields) -> None:
+        policy = _read_policy(f)
+        if policy is not None:
+            self.policies.append(policy)
 
     def _service(self, f: _Fields) -> None:
         f.check_keys(_SERVICE_KEYS)
         name = f.text("name", required=True)
         features = f.names("features", required=True)
+        logging = self._logging(f)
         if not name:
             return
         self.services.append(
@@ -447,9 +478,42 @@ class _Reader:
                 description=f.text("description"),
                 owner=f.text("owner"),
                 tags=f.tags(),
+                logging=logging,
                 origin=f.origin,
             )
         )
+
+    def _logging(self, f: _Fields) -> FeatureLogging | None:
+        raw = f.raw.get("logging")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            f.problem("'logging' must be a mapping with sample_rate and report_schedule")
+            return None
+        sub = _Fields(raw, f.origin, f"{f.obj}, logging", f.problems)
+        sub.check_keys(_LOGGING_KEYS)
+        rate = sub.raw.get("sample_rate", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            sub.problem(f"'sample_rate' must be a number from 0 to 1, got {rate!r}")
+            return None
+        return FeatureLogging(
+            sample_rate=float(rate), report_schedule=sub.duration("report_schedule")
+        )
+
+
+def _read_policy(f: _Fields) -> Policy | None:
+    f.check_keys(_POLICY_KEYS)
+    name = f.text("name", required=True)
+    policy = Policy(
+        name=name,
+        description=f.text("description"),
+        subjects=f.names("subjects"),
+        groups=f.names("groups"),
+        actions=f.names("actions", required=True),
+        resources=f.names("resources", required=True),
+        origin=f.origin,
+    )
+    return policy if name and f.ok else None
 
 
 def _feature(f: _Fields) -> Feature | None:

@@ -24,6 +24,8 @@ import duckdb
 from skewless.core.duckdb_session import connect
 from skewless.core.errors import DefinitionError
 from skewless.core.names import (
+    FEATURE_LOG_COLUMNS,
+    FEATURE_LOG_DIR,
     IDENTIFIER_RULE,
     RESERVED_COLUMNS,
     SOURCE_RELATION,
@@ -40,6 +42,7 @@ from skewless.core.types import (
 )
 from skewless.registry.definitions import (
     DataSource,
+    DeltaSource,
     Entity,
     FeatureService,
     FeatureView,
@@ -52,7 +55,9 @@ from skewless.registry.definitions import (
     parse_duration,
     resolve_value_type,
 )
+from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import parse_feature_ref
+from skewless.registry.policies import policy_problems
 from skewless.v1 import registry_pb2, types_pb2
 
 __all__ = [
@@ -182,7 +187,14 @@ class _Validator:
         self.valid_sources: set[str] = set()
         self.invalid_entities: set[str] = set()
         self.source_files: dict[str, list[Path]] = {}
+        self.delta_sets: dict[str, Any] = {}  # Delta sources' pyarrow datasets
         self._con: duckdb.DuckDBPyConnection | None = None
+
+    def _policies(self) -> None:
+        origins = {p.name: p.origin or _PYTHON_ORIGIN for p in self.defs.policies}
+        for obj, message in policy_problems(self.defs.policies):
+            name = obj.removeprefix("policy ").strip("'\"")
+            self.problems.append(DefinitionProblem(origins.get(name, _PYTHON_ORIGIN), obj, message))
 
     def run(self) -> list[DefinitionProblem]:
         entities: list[Entity] = list(self.defs.entities)
@@ -201,6 +213,7 @@ class _Validator:
             self._view(view)
         for service in self.defs.feature_services:
             self._service(service)
+        self._policies()
         if self._con is not None:
             self._con.close()
         return self.problems
@@ -331,6 +344,8 @@ class _Validator:
                 ok = False
         if isinstance(source, FileSource):
             ok = self._file_source(origin, obj, source) and ok
+        elif isinstance(source, DeltaSource):
+            ok = self._delta_source(origin, obj, source) and ok
         elif isinstance(source, SqlSource):
             ok = self._sql_source(origin, obj, source) and ok
         if ok and self.sources.get(source.name) is source:
@@ -360,7 +375,27 @@ class _Validator:
         self.source_files[source.name] = files
         return True
 
-    def _relation(self, source: FileSource) -> duckdb.DuckDBPyRelation:
+    def _delta_source(self, origin: str, obj: str, source: DeltaSource) -> bool:
+        if not source.path:
+            self.add(origin, obj, "missing required field 'delta' (the table's folder)")
+            return False
+        if source.version is not None and source.version < 0:
+            self.add(origin, obj, f"version {source.version} is negative")
+            return False
+        if self.root is None:
+            return True
+        try:
+            self.delta_sets[source.name] = open_delta_source(
+                self.root, source.name, source.path, source.version
+            )
+        except DefinitionError as exc:
+            self.add(origin, obj, exc.message.split(": ", 1)[-1])
+            return False
+        return True
+
+    def _relation(self, source: FileSource | DeltaSource) -> duckdb.DuckDBPyRelation:
+        if isinstance(source, DeltaSource):
+            return self.con.from_arrow(self.delta_sets[source.name])
         files = [str(p) for p in self.source_files[source.name]]
         if file_format_of(source.path, source.format) == registry_pb2.FILE_FORMAT_CSV:
             # duckdb's stub types one path; read_csv takes a list of files at run time
@@ -401,7 +436,9 @@ class _Validator:
 
     def _register_file_sources(self) -> None:
         for name, source in self.sources.items():
-            if isinstance(source, FileSource) and name in self.source_files:
+            if (isinstance(source, FileSource) and name in self.source_files) or (
+                isinstance(source, DeltaSource) and name in self.delta_sets
+            ):
                 try:
                     self._relation(source).create_view(name, replace=True)
                 except duckdb.Error:
@@ -413,6 +450,8 @@ class _Validator:
         origin, obj = _origin(view), f"feature view {view.name!r}"
         if self.check_name(origin, obj, view.name):
             self.register(self.views, view, "feature view", obj)
+            if view.name == FEATURE_LOG_DIR:
+                self.add(origin, obj, f"{FEATURE_LOG_DIR!r} is the feature logs' folder; rename it")
         keys = self._view_keys(origin, obj, view)
         source = self._view_source(origin, obj, view)
         reserved: dict[str, str] = {}
@@ -444,7 +483,12 @@ class _Validator:
             except ValueError as exc:
                 self.add(origin, obj, f"feature {feature.name!r}: {exc}")
                 features_ok = False
-        for what, value in (("ttl", view.ttl), ("schedule", view.schedule)):
+        durations = (
+            ("ttl", view.ttl),
+            ("schedule", view.schedule),
+            ("offline_retention", view.offline_retention),
+        )
+        for what, value in durations:
             try:
                 parse_duration(value)
             except ValueError as exc:
@@ -517,7 +561,7 @@ class _Validator:
         if view.sql and not self._single_select(origin, obj, view.sql, "sql"):
             return
         try:
-            if isinstance(source, FileSource):
+            if isinstance(source, FileSource | DeltaSource):
                 relation = self._relation(source)
             else:
                 assert isinstance(source, SqlSource)
@@ -638,6 +682,34 @@ class _Validator:
                     f"{item!r} is already included by {view_name!r} (all of its features)",
                 )
             picked.add((view_name, feature))
+        if service.logging is not None:
+            self._logging(origin, obj, service)
+
+    def _logging(self, origin: str, obj: str, service: FeatureService) -> None:
+        assert service.logging is not None
+        try:
+            service.logging.to_proto(obj)
+        except DefinitionError as exc:
+            self.add(origin, obj, exc.message.removeprefix(f"{obj}: "))
+            return
+        if not service.logging.sample_rate:
+            return
+        for item in service.features:
+            view = self.views.get(item if isinstance(item, str) else item.name)
+            if view is None and isinstance(item, str):
+                view = self.views.get(item.split(":", 1)[0])
+            for entity in view.entities if view is not None else ():
+                found = self.entities.get(entity if isinstance(entity, str) else entity.name)
+                keys = found.typed_join_keys() if found is not None else ()
+                for key in keys:
+                    if key.name in FEATURE_LOG_COLUMNS:
+                        self.add(
+                            origin,
+                            obj,
+                            f"join key {key.name!r} is a column of the feature log "
+                            f"({', '.join(FEATURE_LOG_COLUMNS)}); rename it or turn logging off",
+                        )
+                        return
 
 
 def _no_file_message(root: Path, path: str) -> str:

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from skewless.cli import init, materialize, plan, registry, serve, ui
+from skewless.cli import init, materialize, offline, plan, registry, serve, skew, ui
 from skewless.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from skewless.core.errors import SkewlessError
 
@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     plan.add_commands(commands)
     serve.add_commands(commands)
     materialize.add_commands(commands)
+    offline.add_commands(commands)
+    skew.add_commands(commands)
     ui.add_commands(commands)
     return top
 

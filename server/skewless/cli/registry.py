@@ -57,7 +57,13 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{e.name}\tkeys: {keys}\t{e.description}")
     elif kind == "sources":
         for s in reg.data_sources:
-            where = s.file.path if s.HasField("file") else ("sql" if s.HasField("sql") else "push")
+            where = (
+                s.file.path
+                if s.HasField("file")
+                else f"delta {s.delta.path}"
+                if s.HasField("delta")
+                else ("sql" if s.HasField("sql") else "push")
+            )
             print(f"{s.name}\t{where}\t{s.description}")
     elif kind == "views":
         for v in reg.feature_views:

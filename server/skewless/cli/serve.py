@@ -70,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from skewless.online.connection import redacted_url
     from skewless.online.embedded_redis import online_store_config
     from skewless.server.app import serve
+    from skewless.server.auth import build_authenticator
     from skewless.server.tls import CertificateFiles, plaintext_refusal
     from skewless.server.workers import default_workers, serve_workers
 
@@ -82,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
     if requested.server_tls is not None:
         CertificateFiles(requested.server_tls)
     _refuse_port_in_use(requested.server_host, requested.server_port)
+    build_authenticator(requested.auth)  # the token or JWKS file, before anything starts
     ui_socket = None if args.ui_port is None else bind_console(DEFAULT_UI_HOST, args.ui_port)
     consoles: list[Any] = []  # the console, once the gRPC port is known
     with online_store_config(requested) as (config, embedded):
@@ -92,6 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
             with_workers = f" with {workers} workers" if workers > 1 else ""
             tls = served.server_tls
             security = "plaintext" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
+            if served.auth.enabled:
+                security += f", auth {served.auth.mode}"
             print(
                 f"skewless serving project {served.project!r} on "
                 f"{served.server_host}:{served.server_port}{with_workers} over {security} "

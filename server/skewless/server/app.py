@@ -21,6 +21,7 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
 from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
+from skewless.server.auth import Access, AuthInterceptor, build_authenticator
 from skewless.server.context import ServerContext
 from skewless.server.reflection import SERVICE_NAMES as REFLECTION_SERVICES
 from skewless.server.reflection import add_reflection
@@ -28,12 +29,14 @@ from skewless.server.registry_holder import RegistryHolder
 from skewless.server.rpc import register_service, register_wrapped
 from skewless.server.services.historical import HistoricalServicer
 from skewless.server.services.materialization import MaterializationServicer
+from skewless.server.services.monitoring import MonitoringServicer, SkewReportSchedule
 from skewless.server.services.online import OnlineServicer
 from skewless.server.services.registry import RegistryServicer
 from skewless.server.tls import bind
 from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
+    monitoring_service_pb2,
     online_service_pb2,
     registry_service_pb2,
 )
@@ -54,6 +57,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     _service(online_service_pb2, "OnlineService").full_name,
     _service(historical_service_pb2, "HistoricalService").full_name,
     _service(materialization_service_pb2, "MaterializationService").full_name,
+    _service(monitoring_service_pb2, "MonitoringService").full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -110,11 +114,16 @@ class SkewlessServer:
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
         self._tasks.append(asyncio.create_task(self._watch_health()))
         if self.run_schedules:
+            from skewless.materialization.retention import run_retention
             from skewless.materialization.schedule import run_scheduler
 
             self._tasks.append(
                 asyncio.create_task(run_scheduler(self.ctx.config, self.ctx.registry))
             )
+            self._tasks.append(
+                asyncio.create_task(run_retention(self.ctx.config, self.ctx.registry))
+            )
+            self._tasks.append(asyncio.create_task(SkewReportSchedule(self.ctx).run()))
 
     async def _set_health(self, status: int) -> None:  # a HealthCheckResponse.ServingStatus
         for name in ("", *SERVICE_NAMES):
@@ -146,6 +155,7 @@ class SkewlessServer:
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await asyncio.to_thread(self.online.logger.close)  # every logged call is written
         self.online.reader.close()
         await self.ctx.redis.aclose()
 
@@ -163,14 +173,23 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
         The server and the port it is bound to.
 
     """
+    authenticator = build_authenticator(config.auth)  # files checked before anything starts
+    access = Access(enabled=authenticator is not None)
     holder = RegistryHolder(RegistryStore(config.registry_path))
-    ctx = ServerContext(config=config, registry=holder, redis=open_redis(config))
+    holder.subscribe(access.load)
+    ctx = ServerContext(config=config, registry=holder, redis=open_redis(config), access=access)
+    interceptors = (
+        []
+        if authenticator is None
+        else [AuthInterceptor(authenticator, access, open_reflection=config.auth.open_reflection)]
+    )
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1),
-        ]
+        ],
     )
     online = OnlineServicer(ctx)
     for descriptor, servicer in (
@@ -181,6 +200,7 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
             _service(materialization_service_pb2, "MaterializationService"),
             MaterializationServicer(ctx),
         ),
+        (_service(monitoring_service_pb2, "MonitoringService"), MonitoringServicer(ctx)),
     ):
         register_service(server, descriptor, servicer.handlers())
     health_servicer = health.aio.HealthServicer()

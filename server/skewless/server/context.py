@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from skewless.core.config import RepoConfig
 from skewless.online.writer import AsyncOnlineWriter
+from skewless.server.auth.permissions import Access
 from skewless.server.registry_holder import RegistryHolder
 
 __all__ = ["ServerContext"]
@@ -22,6 +23,7 @@ class ServerContext:
         registry: The registry being served, reloaded on change.
         redis: The asyncio Redis client the reads and pushes share.
         writer: The compare-and-set writer pushes use, over `redis`.
+        access: The permission check of the registry's policies (off unless `auth`).
 
     """
 
@@ -29,6 +31,7 @@ class ServerContext:
     registry: RegistryHolder
     redis: aioredis.Redis | aioredis.RedisCluster
     writer: AsyncOnlineWriter = field(init=False)
+    access: Access = field(default_factory=lambda: Access(enabled=False))
 
     def __post_init__(self) -> None:
         self.writer = AsyncOnlineWriter(self.redis)

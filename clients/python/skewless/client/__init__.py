@@ -30,6 +30,7 @@ from skewless.client.errors import (
     UnimplementedError,
     UnknownError,
 )
+from skewless.client.feature_log import FeatureLog
 from skewless.client.online import FeatureColumn, OnlineFeatures
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FeatureColumn",
+    "FeatureLog",
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",

@@ -24,6 +24,8 @@ from skewless.v1 import (
     historical_service_pb2_grpc,
     materialization_service_pb2,
     materialization_service_pb2_grpc,
+    monitoring_service_pb2,
+    monitoring_service_pb2_grpc,
     online_service_pb2,
     online_service_pb2_grpc,
     registry_pb2,
@@ -57,6 +59,7 @@ RPC_METHODS: dict[str, str] = {
     "skewless.v1.MaterializationService/StartMaterialization": "start_materialization",
     "skewless.v1.MaterializationService/GetMaterializationJob": "get_materialization_job",
     "skewless.v1.MaterializationService/ListMaterializationJobs": "list_materialization_jobs",
+    "skewless.v1.MonitoringService/GetSkewReport": "get_skew_report",
 }
 
 
@@ -146,6 +149,7 @@ class Client:
         self._materialization = materialization_service_pb2_grpc.MaterializationServiceStub(
             self.channel
         )
+        self._monitoring = monitoring_service_pb2_grpc.MonitoringServiceStub(self.channel)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -518,3 +522,45 @@ class Client:
             "jobs",
             timeout,
         )
+
+    # --- monitoring --------------------------------------------------------------------------
+
+    def get_skew_report(
+        self,
+        feature_service: str,
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        float_tolerance: float = 0.0,
+        max_examples: int = 0,
+        timeout: float | None = None,
+    ) -> monitoring_service_pb2.GetSkewReportResponse:
+        """Compares what a feature service served (its log) with the offline history.
+
+        Args:
+            feature_service: The feature service (its `logging` must be on).
+            start_time: Only calls served at or after this instant (naive = UTC).
+            end_time: Only calls served before this instant.
+            float_tolerance: 0 compares floats bit for bit; else the largest difference
+                that still matches.
+            max_examples: Non-matching examples per feature (0: the server's default, 5).
+            timeout: This call's deadline in seconds (the client default when None).
+
+        Returns:
+            Per feature the count and rate of each `SkewCategory`, the lag of stale rows
+            and examples; per view the freshness; the overall mismatch rate.
+
+        """
+        request = monitoring_service_pb2.GetSkewReportRequest(
+            feature_service=feature_service,
+            float_tolerance=float_tolerance,
+            max_examples=max_examples,
+        )
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        response: monitoring_service_pb2.GetSkewReportResponse = self._call(
+            self._monitoring.GetSkewReport, request, timeout
+        )
+        return response

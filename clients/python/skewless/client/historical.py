@@ -19,23 +19,28 @@ turns failures into the typed exceptions of `skewless.client.errors`.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pyarrow as pa
 
+from skewless.client.feature_log import FeatureLog
 from skewless.client.ipc_framing import IpcBatchWriter, encode_varint
 from skewless.v1 import historical_service_pb2 as pb
 from skewless.v1 import types_pb2
 
 __all__ = [
     "DEFAULT_UPLOAD_ROWS",
+    "OFFLINE_VERSIONS_KEY",
     "HistoricalBatches",
     "get_historical_features",
     "iter_historical_batches",
+    "offline_versions",
 ]
 
 #: Rows per uploaded entity batch unless the caller asks otherwise.
@@ -259,6 +264,7 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
         self._offset = 0
         self._wire_schema: pa.Schema | None = None
         self._schema: pa.Schema | None = None
+        self._versions: dict[str, int] = {}
         self._done = False
 
     @property
@@ -272,11 +278,21 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
                 raise RuntimeError("the server's first response carried no arrow_schema")
             wire = pa.ipc.read_schema(pa.py_buffer(first.arrow_schema.serialized_schema))
             self._wire_schema = wire
+            self._versions = {v.feature_view: int(v.version) for v in first.offline_versions}
             if self._entity_rows is None:
-                self._schema = wire
+                schema = wire
             else:
-                self._schema = pa.schema([*self._entity_rows.schema, *wire])
+                schema = pa.schema([*self._entity_rows.schema, *wire])
+            self._schema = schema.with_metadata(
+                {**(schema.metadata or {}), OFFLINE_VERSIONS_KEY: json.dumps(self._versions)}
+            )
         return self._schema
+
+    @property
+    def offline_versions(self) -> dict[str, int]:
+        """The offline table version the server read for each view (see `offline_versions`)."""
+        _ = self.schema
+        return dict(self._versions)
 
     def __iter__(self) -> HistoricalBatches:
         return self
@@ -335,6 +351,26 @@ class HistoricalBatches(Iterator[pa.RecordBatch]):
             self._responses.cancel()
 
 
+#: The schema metadata key of a result's offline versions: JSON `{"view": version}`.
+OFFLINE_VERSIONS_KEY = "skewless.offline_versions"
+
+
+def offline_versions(result: pa.Table | pa.Schema) -> dict[str, int]:
+    """The offline table version read per view for a result of `get_historical_features`.
+
+    Pass it as `offline_versions=` to get the same result again.
+
+    Raises:
+        ValueError: The table does not come from `get_historical_features`.
+
+    """
+    schema = result if isinstance(result, pa.Schema) else result.schema
+    raw = (schema.metadata or {}).get(OFFLINE_VERSIONS_KEY.encode())
+    if raw is None:
+        raise ValueError("this table carries no skewless offline versions")
+    return {str(k): int(v) for k, v in json.loads(raw).items()}
+
+
 def _progress_bar(enabled: bool, total: int | None) -> Any:
     if not enabled:
         return None
@@ -358,6 +394,8 @@ def iter_historical_batches(
     result_batch_rows: int = 0,
     compression: str | None = None,
     sql: str | None = None,
+    offline_versions: Mapping[str, int] | None = None,
+    offline_as_of: datetime | None = None,
     timeout: float | None = None,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> HistoricalBatches:
@@ -366,8 +404,9 @@ def iter_historical_batches(
     Args:
         channel: A channel to the skewless server.
         entity_rows: The entity rows (join keys, the label time column, any other
-            columns), or a path/glob of a Parquet or CSV file the server reads. None
-            when `sql` is given.
+            columns), a path/glob of a Parquet or CSV file the server reads, or a
+            `FeatureLog` (the calls a feature service served, labelled with their
+            request time). None when `sql` is given.
         feature_service: The feature service to retrieve; or give `features`.
         features: Feature references `view:feature` or `view`, in output order.
         label_time_column: The column with each row's label time (naive = UTC).
@@ -378,11 +417,17 @@ def iter_historical_batches(
         compression: Compression of result batches on the wire: "lz4", "zstd", "none".
         sql: A DuckDB SELECT over registered data sources producing the entity rows,
             run by the server (instead of `entity_rows`).
+        offline_versions: Read these views' offline tables at these versions, e.g.
+            `offline_versions(earlier_result)`: the result is then byte-identical to that
+            earlier one (a training set reproduced), until vacuum removes those files.
+        offline_as_of: Read every view not pinned as its offline table was at this time
+            (naive = UTC).
         timeout: Deadline of the whole call in seconds.
         metadata: gRPC metadata sent with the call.
 
     Returns:
-        The result stream; iterate it, read `.schema`, and `close()` it to cancel.
+        The result stream; iterate it, read `.schema` (whose metadata holds the versions
+        read, see `offline_versions`), and `close()` it to cancel.
 
     Raises:
         ValueError: Neither or both of `feature_service` and `features`, both
@@ -401,7 +446,14 @@ def iter_historical_batches(
         full_feature_names=full_feature_names,
         compression=_COMPRESSION[compression],
         batch_size=result_batch_rows,
+        offline_versions=[
+            pb.OfflineVersion(feature_view=view, version=int(version))
+            for view, version in (offline_versions or {}).items()
+        ],
     )
+    if offline_as_of is not None:
+        when = offline_as_of if offline_as_of.tzinfo else offline_as_of.replace(tzinfo=UTC)
+        query.offline_as_of_time.FromDatetime(when.astimezone(UTC))
     if feature_service is not None:
         query.feature_service = feature_service
     else:
@@ -411,6 +463,10 @@ def iter_historical_batches(
     total: int | None = None
     if sql is not None:
         query.sql = sql
+    elif isinstance(entity_rows, FeatureLog):
+        query.feature_log.CopyFrom(entity_rows.to_proto())
+        if label_time_column == "event_timestamp":  # the default: the log's request time
+            query.label_time_column = "request_time"
     elif isinstance(entity_rows, str | os.PathLike):
         query.path = os.fspath(entity_rows)
     else:
@@ -452,13 +508,17 @@ def get_historical_features(
     result_batch_rows: int = 0,
     compression: str | None = None,
     sql: str | None = None,
+    offline_versions: Mapping[str, int] | None = None,
+    offline_as_of: datetime | None = None,
     timeout: float | None = None,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> pa.Table:
     """Retrieves point-in-time-correct features for entity rows as a `pyarrow.Table`.
 
     One output row per entity row, in input order, with every input column, then the
-    features in request order. Takes the arguments of `iter_historical_batches`.
+    features in request order. Takes the arguments of `iter_historical_batches`. The
+    table's schema metadata records the offline version read per view: pass
+    `offline_versions(table)` back to reproduce it.
 
     Raises:
         ValueError: Neither or both of `feature_service` and `features`.
@@ -477,6 +537,8 @@ def get_historical_features(
         result_batch_rows=result_batch_rows,
         compression=compression,
         sql=sql,
+        offline_versions=offline_versions,
+        offline_as_of=offline_as_of,
         timeout=timeout,
         metadata=metadata,
     ) as stream:

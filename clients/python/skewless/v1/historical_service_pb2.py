@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from skewless.v1 import types_pb2 as skewless_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$skewless/v1/historical_service.proto\x12\x0bskewless.v1\x1a\x17skewless/v1/types.proto\"(\n\x0b\x41rrowSchema\x12\x19\n\x11serialized_schema\x18\x01 \x01(\x0c\"F\n\x10\x41rrowRecordBatch\x12\x1f\n\x17serialized_record_batch\x18\x01 \x01(\x0c\x12\x11\n\trow_count\x18\x02 \x01(\x03\"\xd7\x02\n\x0fHistoricalQuery\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\tH\x00\x12,\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x18.skewless.v1.FeatureListH\x00\x12/\n\x06inline\x18\x03 \x01(\x0b\x32\x1d.skewless.v1.InlineEntityRowsH\x01\x12\x0e\n\x04path\x18\x04 \x01(\tH\x01\x12\r\n\x03sql\x18\x05 \x01(\tH\x01\x12\x19\n\x11label_time_column\x18\x06 \x01(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x07 \x01(\x08\x12\x32\n\x0b\x63ompression\x18\x08 \x01(\x0e\x32\x1d.skewless.v1.ArrowCompression\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x15\n\rfeatures_only\x18\n \x01(\x08\x42\x06\n\x04kindB\r\n\x0b\x65ntity_rows\"\x12\n\x10InlineEntityRows\"\xb0\x01\n\x1cGetHistoricalFeaturesRequest\x12+\n\x05query\x18\x01 \x01(\x0b\x32\x1c.skewless.v1.HistoricalQuery\x12.\n\x0c\x61rrow_schema\x18\x02 \x01(\x0b\x32\x18.skewless.v1.ArrowSchema\x12\x33\n\x0c\x65ntity_batch\x18\x03 \x01(\x0b\x32\x1d.skewless.v1.ArrowRecordBatch\"\x8a\x01\n\x1dGetHistoricalFeaturesResponse\x12.\n\x0c\x61rrow_schema\x18\x01 \x01(\x0b\x32\x18.skewless.v1.ArrowSchema\x12\x39\n\x12\x61rrow_record_batch\x18\x02 \x01(\x0b\x32\x1d.skewless.v1.ArrowRecordBatch*\x8e\x01\n\x10\x41rrowCompression\x12!\n\x1d\x41RROW_COMPRESSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41RROW_COMPRESSION_NONE\x10\x01\x12\x1f\n\x1b\x41RROW_COMPRESSION_LZ4_FRAME\x10\x02\x12\x1a\n\x16\x41RROW_COMPRESSION_ZSTD\x10\x03\x32\x87\x01\n\x11HistoricalService\x12r\n\x15GetHistoricalFeatures\x12).skewless.v1.GetHistoricalFeaturesRequest\x1a*.skewless.v1.GetHistoricalFeaturesResponse(\x01\x30\x01\x42W\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$skewless/v1/historical_service.proto\x12\x0bskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\"(\n\x0b\x41rrowSchema\x12\x19\n\x11serialized_schema\x18\x01 \x01(\x0c\"F\n\x10\x41rrowRecordBatch\x12\x1f\n\x17serialized_record_batch\x18\x01 \x01(\x0c\x12\x11\n\trow_count\x18\x02 \x01(\x03\"\xfa\x03\n\x0fHistoricalQuery\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\tH\x00\x12,\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x18.skewless.v1.FeatureListH\x00\x12/\n\x06inline\x18\x03 \x01(\x0b\x32\x1d.skewless.v1.InlineEntityRowsH\x01\x12\x0e\n\x04path\x18\x04 \x01(\tH\x01\x12\r\n\x03sql\x18\x05 \x01(\tH\x01\x12\x32\n\x0b\x66\x65\x61ture_log\x18\r \x01(\x0b\x32\x1b.skewless.v1.FeatureLogRowsH\x01\x12\x19\n\x11label_time_column\x18\x06 \x01(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x07 \x01(\x08\x12\x32\n\x0b\x63ompression\x18\x08 \x01(\x0e\x32\x1d.skewless.v1.ArrowCompression\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x15\n\rfeatures_only\x18\n \x01(\x08\x12\x35\n\x10offline_versions\x18\x0b \x03(\x0b\x32\x1b.skewless.v1.OfflineVersion\x12\x36\n\x12offline_as_of_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\n\x04kindB\r\n\x0b\x65ntity_rows\"7\n\x0eOfflineVersion\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xa6\x01\n\x0e\x46\x65\x61tureLogRows\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15include_served_values\x18\x04 \x01(\x08\"\x12\n\x10InlineEntityRows\"\xb0\x01\n\x1cGetHistoricalFeaturesRequest\x12+\n\x05query\x18\x01 \x01(\x0b\x32\x1c.skewless.v1.HistoricalQuery\x12.\n\x0c\x61rrow_schema\x18\x02 \x01(\x0b\x32\x18.skewless.v1.ArrowSchema\x12\x33\n\x0c\x65ntity_batch\x18\x03 \x01(\x0b\x32\x1d.skewless.v1.ArrowRecordBatch\"\xc1\x01\n\x1dGetHistoricalFeaturesResponse\x12.\n\x0c\x61rrow_schema\x18\x01 \x01(\x0b\x32\x18.skewless.v1.ArrowSchema\x12\x39\n\x12\x61rrow_record_batch\x18\x02 \x01(\x0b\x32\x1d.skewless.v1.ArrowRecordBatch\x12\x35\n\x10offline_versions\x18\x03 \x03(\x0b\x32\x1b.skewless.v1.OfflineVersion*\x8e\x01\n\x10\x41rrowCompression\x12!\n\x1d\x41RROW_COMPRESSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41RROW_COMPRESSION_NONE\x10\x01\x12\x1f\n\x1b\x41RROW_COMPRESSION_LZ4_FRAME\x10\x02\x12\x1a\n\x16\x41RROW_COMPRESSION_ZSTD\x10\x03\x32\x87\x01\n\x11HistoricalService\x12r\n\x15GetHistoricalFeatures\x12).skewless.v1.GetHistoricalFeaturesRequest\x1a*.skewless.v1.GetHistoricalFeaturesResponse(\x01\x30\x01\x42W\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skewless.v1.historical_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.skewless.v1P\001ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1'
-  _globals['_ARROWCOMPRESSION']._serialized_start=879
-  _globals['_ARROWCOMPRESSION']._serialized_end=1021
-  _globals['_ARROWSCHEMA']._serialized_start=78
-  _globals['_ARROWSCHEMA']._serialized_end=118
-  _globals['_ARROWRECORDBATCH']._serialized_start=120
-  _globals['_ARROWRECORDBATCH']._serialized_end=190
-  _globals['_HISTORICALQUERY']._serialized_start=193
-  _globals['_HISTORICALQUERY']._serialized_end=536
-  _globals['_INLINEENTITYROWS']._serialized_start=538
-  _globals['_INLINEENTITYROWS']._serialized_end=556
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=559
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=735
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=738
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=876
-  _globals['_HISTORICALSERVICE']._serialized_start=1024
-  _globals['_HISTORICALSERVICE']._serialized_end=1159
+  _globals['_ARROWCOMPRESSION']._serialized_start=1356
+  _globals['_ARROWCOMPRESSION']._serialized_end=1498
+  _globals['_ARROWSCHEMA']._serialized_start=111
+  _globals['_ARROWSCHEMA']._serialized_end=151
+  _globals['_ARROWRECORDBATCH']._serialized_start=153
+  _globals['_ARROWRECORDBATCH']._serialized_end=223
+  _globals['_HISTORICALQUERY']._serialized_start=226
+  _globals['_HISTORICALQUERY']._serialized_end=732
+  _globals['_OFFLINEVERSION']._serialized_start=734
+  _globals['_OFFLINEVERSION']._serialized_end=789
+  _globals['_FEATURELOGROWS']._serialized_start=792
+  _globals['_FEATURELOGROWS']._serialized_end=958
+  _globals['_INLINEENTITYROWS']._serialized_start=960
+  _globals['_INLINEENTITYROWS']._serialized_end=978
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=981
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1157
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=1160
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=1353
+  _globals['_HISTORICALSERVICE']._serialized_start=1501
+  _globals['_HISTORICALSERVICE']._serialized_end=1636
 # @@protoc_insertion_point(module_scope)

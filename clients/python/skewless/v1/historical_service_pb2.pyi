@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from skewless.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -105,11 +108,14 @@ class HistoricalQuery(_message.Message):
     INLINE_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     SQL_FIELD_NUMBER: _builtins.int
+    FEATURE_LOG_FIELD_NUMBER: _builtins.int
     LABEL_TIME_COLUMN_FIELD_NUMBER: _builtins.int
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     FEATURES_ONLY_FIELD_NUMBER: _builtins.int
+    OFFLINE_VERSIONS_FIELD_NUMBER: _builtins.int
+    OFFLINE_AS_OF_TIME_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """The name of a registered feature service."""
     path: _builtins.str
@@ -147,6 +153,27 @@ class HistoricalQuery(_message.Message):
     def inline(self) -> Global___InlineEntityRows:
         """The rows follow in later requests as `entity_batch` messages."""
 
+    @_builtins.property
+    def feature_log(self) -> Global___FeatureLogRows:
+        """The calls a feature service served, from its feature log: one entity row per
+        logged entity row, labelled with the call's request time (`request_time`).
+        """
+
+    @_builtins.property
+    def offline_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineVersion]:
+        """Optional. Read these views' offline tables at these versions (as reported in
+        `GetHistoricalFeaturesResponse.offline_versions` of an earlier call), so that the
+        result is byte-identical to that call's even after later materializations, pushes
+        or compactions. At most one entry per view; every view must be one the query reads.
+        A version whose files were vacuumed is FAILED_PRECONDITION.
+        """
+
+    @_builtins.property
+    def offline_as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Read every view not pinned by `offline_versions` as its offline table was
+        at this instant (the latest version committed at or before it).
+        """
+
     def __init__(
         self,
         *,
@@ -155,17 +182,20 @@ class HistoricalQuery(_message.Message):
         inline: Global___InlineEntityRows | None = ...,
         path: _builtins.str = ...,
         sql: _builtins.str = ...,
+        feature_log: Global___FeatureLogRows | None = ...,
         label_time_column: _builtins.str = ...,
         full_feature_names: _builtins.bool = ...,
         compression: Global___ArrowCompression.ValueType = ...,
         batch_size: _builtins.int = ...,
         features_only: _builtins.bool = ...,
+        offline_versions: _abc.Iterable[Global___OfflineVersion] | None = ...,
+        offline_as_of_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entity_rows", b"entity_rows", "feature_service", b"feature_service", "features", b"features", "inline", b"inline", "kind", b"kind", "path", b"path", "sql", b"sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entity_rows", b"entity_rows", "feature_log", b"feature_log", "feature_service", b"feature_service", "features", b"features", "inline", b"inline", "kind", b"kind", "offline_as_of_time", b"offline_as_of_time", "path", b"path", "sql", b"sql"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "entity_rows", b"entity_rows", "feature_service", b"feature_service", "features", b"features", "features_only", b"features_only", "full_feature_names", b"full_feature_names", "inline", b"inline", "kind", b"kind", "label_time_column", b"label_time_column", "path", b"path", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "compression", b"compression", "entity_rows", b"entity_rows", "feature_log", b"feature_log", "feature_service", b"feature_service", "features", b"features", "features_only", b"features_only", "full_feature_names", b"full_feature_names", "inline", b"inline", "kind", b"kind", "label_time_column", b"label_time_column", "offline_as_of_time", b"offline_as_of_time", "offline_versions", b"offline_versions", "path", b"path", "sql", b"sql"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entity_rows: _TypeAlias = _typing.Literal["inline", "path", "sql"]  # noqa: Y015
+    _WhichOneofReturnType_entity_rows: _TypeAlias = _typing.Literal["inline", "path", "sql", "feature_log"]  # noqa: Y015
     _WhichOneofArgType_entity_rows: _TypeAlias = _typing.Literal["entity_rows", b"entity_rows"]  # noqa: Y015
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["feature_service", "features"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -175,6 +205,76 @@ class HistoricalQuery(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___HistoricalQuery: _TypeAlias = HistoricalQuery  # noqa: Y015
+
+@_typing.final
+class OfflineVersion(_message.Message):
+    """The version of one feature view's offline table (a Delta Lake table version)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    feature_view: _builtins.str
+    """Required. The feature view."""
+    version: _builtins.int
+    """Required. The table version, 0 or more."""
+    def __init__(
+        self,
+        *,
+        feature_view: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_view", b"feature_view", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineVersion: _TypeAlias = OfflineVersion  # noqa: Y015
+
+@_typing.final
+class FeatureLogRows(_message.Message):
+    """Entity rows taken from the feature log of a feature service (see `FeatureLogging`):
+    a training set for exactly the calls that were served. The rows carry `request_id`,
+    `request_time` (the label time unless `label_time_column` says otherwise),
+    `registry_version` and the join keys, in log order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    INCLUDE_SERVED_VALUES_FIELD_NUMBER: _builtins.int
+    feature_service: _builtins.str
+    """Required. The feature service whose log is read."""
+    include_served_values: _builtins.bool
+    """Optional. Also return what was served: per logged feature, its value as
+    `served__<view>__<feature>` and its status name as `served__<view>__<feature>__status`.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only calls served at or after this instant."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only calls served before this instant."""
+
+    def __init__(
+        self,
+        *,
+        feature_service: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        include_served_values: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "feature_service", b"feature_service", "include_served_values", b"include_served_values", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureLogRows: _TypeAlias = FeatureLogRows  # noqa: Y015
 
 @_typing.final
 class InlineEntityRows(_message.Message):
@@ -239,6 +339,7 @@ class GetHistoricalFeaturesResponse(_message.Message):
 
     ARROW_SCHEMA_FIELD_NUMBER: _builtins.int
     ARROW_RECORD_BATCH_FIELD_NUMBER: _builtins.int
+    OFFLINE_VERSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def arrow_schema(self) -> Global___ArrowSchema:
         """Output only. Set in the first response: the result's schema (input columns unless
@@ -249,15 +350,23 @@ class GetHistoricalFeaturesResponse(_message.Message):
     def arrow_record_batch(self) -> Global___ArrowRecordBatch:
         """Output only. A batch of result rows, in input order across responses."""
 
+    @_builtins.property
+    def offline_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineVersion]:
+        """Output only. Set in the first response: the offline table version read for each
+        view of the query, in plan order (pin them in `HistoricalQuery.offline_versions` to
+        replay this result).
+        """
+
     def __init__(
         self,
         *,
         arrow_schema: Global___ArrowSchema | None = ...,
         arrow_record_batch: Global___ArrowRecordBatch | None = ...,
+        offline_versions: _abc.Iterable[Global___OfflineVersion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "offline_versions", b"offline_versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

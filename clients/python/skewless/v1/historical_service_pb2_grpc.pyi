@@ -55,8 +55,13 @@ class HistoricalServiceStub:
     data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
     unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
     (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
-    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
-    has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a requested view
+    has no offline history yet (`NOT_MATERIALIZED`), a pinned offline version whose files
+    were vacuumed (`OFFLINE_VERSION_VACUUMED`) or an offline store in an old layout
+    (`OFFLINE_LAYOUT_OUTDATED`). NOT_FOUND: a pinned offline version or `as_of` time the
+    view's table does not have (`OFFLINE_VERSION_NOT_FOUND`). INVALID_ARGUMENT also: a
+    pinned version for a view the query does not read, twice, or negative
+    (`BAD_OFFLINE_VERSION`). PERMISSION_DENIED: a `path` or `sql`
     that reads outside `server.entity_source_roots` and the registered sources
     (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
     (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
@@ -90,8 +95,13 @@ class HistoricalServiceAsyncStub(HistoricalServiceStub):
     data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
     unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
     (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
-    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
-    has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+    FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a requested view
+    has no offline history yet (`NOT_MATERIALIZED`), a pinned offline version whose files
+    were vacuumed (`OFFLINE_VERSION_VACUUMED`) or an offline store in an old layout
+    (`OFFLINE_LAYOUT_OUTDATED`). NOT_FOUND: a pinned offline version or `as_of` time the
+    view's table does not have (`OFFLINE_VERSION_NOT_FOUND`). INVALID_ARGUMENT also: a
+    pinned version for a view the query does not read, twice, or negative
+    (`BAD_OFFLINE_VERSION`). PERMISSION_DENIED: a `path` or `sql`
     that reads outside `server.entity_source_roots` and the registered sources
     (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
     (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
@@ -128,8 +138,13 @@ class HistoricalServiceServicer(metaclass=_abc_1.ABCMeta):
         data (`BAD_ARROW_DATA`), entity SQL that is not one SELECT (`INVALID_SQL`), an
         unreadable `path` (`INVALID_ENTITY_SOURCE`), a bad `batch_size` or `compression`
         (`OUT_OF_RANGE`). NOT_FOUND: an unknown feature service, view or feature.
-        FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`) or a requested view
-        has no offline history yet (`NOT_MATERIALIZED`). PERMISSION_DENIED: a `path` or `sql`
+        FAILED_PRECONDITION: nothing applied yet (`REGISTRY_NOT_APPLIED`), a requested view
+        has no offline history yet (`NOT_MATERIALIZED`), a pinned offline version whose files
+        were vacuumed (`OFFLINE_VERSION_VACUUMED`) or an offline store in an old layout
+        (`OFFLINE_LAYOUT_OUTDATED`). NOT_FOUND: a pinned offline version or `as_of` time the
+        view's table does not have (`OFFLINE_VERSION_NOT_FOUND`). INVALID_ARGUMENT also: a
+        pinned version for a view the query does not read, twice, or negative
+        (`BAD_OFFLINE_VERSION`). PERMISSION_DENIED: a `path` or `sql`
         that reads outside `server.entity_source_roots` and the registered sources
         (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
         (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,

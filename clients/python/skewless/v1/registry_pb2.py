@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from skewless.v1 import policy_pb2 as skewless_dot_v1_dot_policy__pb2
 from skewless.v1 import types_pb2 as skewless_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1askewless/v1/registry.proto\x12\x0bskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\"\xbd\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x14.skewless.v1.JoinKey\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x04tags\x18\x05 \x03(\x0b\x32\x1d.skewless.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x07JoinKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nvalue_type\x18\x02 \x01(\x0e\x32\x16.skewless.v1.ValueType\"\xd7\x02\n\nDataSource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x17.skewless.v1.FileSourceH\x00\x12%\n\x03sql\x18\x03 \x01(\x0b\x32\x16.skewless.v1.SqlSourceH\x00\x12\'\n\x04push\x18\x04 \x01(\x0b\x32\x17.skewless.v1.PushSourceH\x00\x12\x17\n\x0ftimestamp_field\x18\x05 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12/\n\x04tags\x18\t \x03(\x0b\x32!.skewless.v1.DataSource.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"C\n\nFileSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.skewless.v1.FileFormat\"\x1a\n\tSqlSource\x12\r\n\x05query\x18\x01 \x01(\t\"\x0c\n\nPushSource\"\xb3\x01\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nvalue_type\x18\x02 \x01(\x0e\x32\x16.skewless.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12,\n\x04tags\x18\x04 \x03(\x0b\x32\x1e.skewless.v1.Feature.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x02\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12&\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x14.skewless.v1.Feature\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0b\n\x03sql\x18\x05 \x01(\t\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08schedule\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x0f\n\x07offline\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x30\n\x04tags\x18\x0c \x03(\x0b\x32\".skewless.v1.FeatureView.TagsEntry\x12\x12\n\ngeneration\x18\r \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\xd9\x01\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0bprojections\x18\x02 \x03(\x0b\x32\x1e.skewless.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x33\n\x04tags\x18\x05 \x03(\x0b\x32%.skewless.v1.FeatureService.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\x08Registry\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12%\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x13.skewless.v1.Entity\x12-\n\x0c\x64\x61ta_sources\x18\x06 \x03(\x0b\x32\x17.skewless.v1.DataSource\x12/\n\rfeature_views\x18\x07 \x03(\x0b\x32\x18.skewless.v1.FeatureView\x12\x35\n\x10\x66\x65\x61ture_services\x18\x08 \x03(\x0b\x32\x1b.skewless.v1.FeatureService*W\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46ILE_FORMAT_PARQUET\x10\x01\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x02\x42W\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1askewless/v1/registry.proto\x12\x0bskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18skewless/v1/policy.proto\x1a\x17skewless/v1/types.proto\"\xbd\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x14.skewless.v1.JoinKey\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x04tags\x18\x05 \x03(\x0b\x32\x1d.skewless.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x07JoinKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nvalue_type\x18\x02 \x01(\x0e\x32\x16.skewless.v1.ValueType\"\x82\x03\n\nDataSource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x17.skewless.v1.FileSourceH\x00\x12%\n\x03sql\x18\x03 \x01(\x0b\x32\x16.skewless.v1.SqlSourceH\x00\x12\'\n\x04push\x18\x04 \x01(\x0b\x32\x17.skewless.v1.PushSourceH\x00\x12)\n\x05\x64\x65lta\x18\n \x01(\x0b\x32\x18.skewless.v1.DeltaSourceH\x00\x12\x17\n\x0ftimestamp_field\x18\x05 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12/\n\x04tags\x18\t \x03(\x0b\x32!.skewless.v1.DataSource.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"C\n\nFileSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.skewless.v1.FileFormat\"=\n\x0b\x44\x65ltaSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x1a\n\tSqlSource\x12\r\n\x05query\x18\x01 \x01(\t\"\x0c\n\nPushSource\"\xb3\x01\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nvalue_type\x18\x02 \x01(\x0e\x32\x16.skewless.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12,\n\x04tags\x18\x04 \x03(\x0b\x32\x1e.skewless.v1.Feature.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb5\x03\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12&\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x14.skewless.v1.Feature\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0b\n\x03sql\x18\x05 \x01(\t\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08schedule\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x0f\n\x07offline\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x30\n\x04tags\x18\x0c \x03(\x0b\x32\".skewless.v1.FeatureView.TagsEntry\x12\x34\n\x11offline_retention\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ngeneration\x18\x0e \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\x87\x02\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0bprojections\x18\x02 \x03(\x0b\x32\x1e.skewless.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x33\n\x04tags\x18\x05 \x03(\x0b\x32%.skewless.v1.FeatureService.TagsEntry\x12,\n\x07logging\x18\x06 \x01(\x0b\x32\x1b.skewless.v1.FeatureLogging\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0e\x46\x65\x61tureLogging\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x01\x12\x32\n\x0freport_schedule\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd2\x02\n\x08Registry\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12%\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x13.skewless.v1.Entity\x12-\n\x0c\x64\x61ta_sources\x18\x06 \x03(\x0b\x32\x17.skewless.v1.DataSource\x12/\n\rfeature_views\x18\x07 \x03(\x0b\x32\x18.skewless.v1.FeatureView\x12\x35\n\x10\x66\x65\x61ture_services\x18\x08 \x03(\x0b\x32\x1b.skewless.v1.FeatureService\x12%\n\x08policies\x18\x10 \x03(\x0b\x32\x13.skewless.v1.Policy*W\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46ILE_FORMAT_PARQUET\x10\x01\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x02\x42W\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,38 +46,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREVIEW_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_FEATURESERVICE_TAGSENTRY']._loaded_options = None
   _globals['_FEATURESERVICE_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_FILEFORMAT']._serialized_start=2002
-  _globals['_FILEFORMAT']._serialized_end=2089
-  _globals['_ENTITY']._serialized_start=134
-  _globals['_ENTITY']._serialized_end=323
-  _globals['_ENTITY_TAGSENTRY']._serialized_start=280
-  _globals['_ENTITY_TAGSENTRY']._serialized_end=323
-  _globals['_JOINKEY']._serialized_start=325
-  _globals['_JOINKEY']._serialized_end=392
-  _globals['_DATASOURCE']._serialized_start=395
-  _globals['_DATASOURCE']._serialized_end=738
-  _globals['_DATASOURCE_TAGSENTRY']._serialized_start=280
-  _globals['_DATASOURCE_TAGSENTRY']._serialized_end=323
-  _globals['_FILESOURCE']._serialized_start=740
-  _globals['_FILESOURCE']._serialized_end=807
-  _globals['_SQLSOURCE']._serialized_start=809
-  _globals['_SQLSOURCE']._serialized_end=835
-  _globals['_PUSHSOURCE']._serialized_start=837
-  _globals['_PUSHSOURCE']._serialized_end=849
-  _globals['_FEATURE']._serialized_start=852
-  _globals['_FEATURE']._serialized_end=1031
-  _globals['_FEATURE_TAGSENTRY']._serialized_start=280
-  _globals['_FEATURE_TAGSENTRY']._serialized_end=323
-  _globals['_FEATUREVIEW']._serialized_start=1034
-  _globals['_FEATUREVIEW']._serialized_end=1417
-  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_start=280
-  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_end=323
-  _globals['_FEATUREPROJECTION']._serialized_start=1419
-  _globals['_FEATUREPROJECTION']._serialized_end=1478
-  _globals['_FEATURESERVICE']._serialized_start=1481
-  _globals['_FEATURESERVICE']._serialized_end=1698
-  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_start=280
-  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_end=323
-  _globals['_REGISTRY']._serialized_start=1701
-  _globals['_REGISTRY']._serialized_end=2000
+  _globals['_FILEFORMAT']._serialized_start=2364
+  _globals['_FILEFORMAT']._serialized_end=2451
+  _globals['_ENTITY']._serialized_start=160
+  _globals['_ENTITY']._serialized_end=349
+  _globals['_ENTITY_TAGSENTRY']._serialized_start=306
+  _globals['_ENTITY_TAGSENTRY']._serialized_end=349
+  _globals['_JOINKEY']._serialized_start=351
+  _globals['_JOINKEY']._serialized_end=418
+  _globals['_DATASOURCE']._serialized_start=421
+  _globals['_DATASOURCE']._serialized_end=807
+  _globals['_DATASOURCE_TAGSENTRY']._serialized_start=306
+  _globals['_DATASOURCE_TAGSENTRY']._serialized_end=349
+  _globals['_FILESOURCE']._serialized_start=809
+  _globals['_FILESOURCE']._serialized_end=876
+  _globals['_DELTASOURCE']._serialized_start=878
+  _globals['_DELTASOURCE']._serialized_end=939
+  _globals['_SQLSOURCE']._serialized_start=941
+  _globals['_SQLSOURCE']._serialized_end=967
+  _globals['_PUSHSOURCE']._serialized_start=969
+  _globals['_PUSHSOURCE']._serialized_end=981
+  _globals['_FEATURE']._serialized_start=984
+  _globals['_FEATURE']._serialized_end=1163
+  _globals['_FEATURE_TAGSENTRY']._serialized_start=306
+  _globals['_FEATURE_TAGSENTRY']._serialized_end=349
+  _globals['_FEATUREVIEW']._serialized_start=1166
+  _globals['_FEATUREVIEW']._serialized_end=1603
+  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_start=306
+  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_end=349
+  _globals['_FEATUREPROJECTION']._serialized_start=1605
+  _globals['_FEATUREPROJECTION']._serialized_end=1664
+  _globals['_FEATURESERVICE']._serialized_start=1667
+  _globals['_FEATURESERVICE']._serialized_end=1930
+  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_start=306
+  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_end=349
+  _globals['_FEATURELOGGING']._serialized_start=1932
+  _globals['_FEATURELOGGING']._serialized_end=2021
+  _globals['_REGISTRY']._serialized_start=2024
+  _globals['_REGISTRY']._serialized_end=2362
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from skewless.v1 import policy_pb2 as _policy_pb2
 from skewless.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -170,6 +171,7 @@ class DataSource(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     SQL_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
     CREATED_TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -200,6 +202,10 @@ class DataSource(_message.Message):
         """Rows pushed by stream processors through `OnlineService.PushFeatures`."""
 
     @_builtins.property
+    def delta(self) -> Global___DeltaSource:
+        """A Delta Lake table."""
+
+    @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
@@ -210,17 +216,18 @@ class DataSource(_message.Message):
         file: Global___FileSource | None = ...,
         sql: Global___SqlSource | None = ...,
         push: Global___PushSource | None = ...,
+        delta: Global___DeltaSource | None = ...,
         timestamp_field: _builtins.str = ...,
         created_timestamp_field: _builtins.str = ...,
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "push", b"push", "sql", b"sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "file", b"file", "kind", b"kind", "push", b"push", "sql", b"sql"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_timestamp_field", b"created_timestamp_field", "description", b"description", "file", b"file", "kind", b"kind", "name", b"name", "owner", b"owner", "push", b"push", "sql", b"sql", "tags", b"tags", "timestamp_field", b"timestamp_field"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_timestamp_field", b"created_timestamp_field", "delta", b"delta", "description", b"description", "file", b"file", "kind", b"kind", "name", b"name", "owner", b"owner", "push", b"push", "sql", b"sql", "tags", b"tags", "timestamp_field", b"timestamp_field"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["file", "sql", "push"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["file", "sql", "push", "delta"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -251,6 +258,38 @@ class FileSource(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileSource: _TypeAlias = FileSource  # noqa: Y015
+
+@_typing.final
+class DeltaSource(_message.Message):
+    """A source that is a Delta Lake table (read through `deltalake`, exactly the files of
+    one version).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Required. The table's folder (holding `_delta_log`), relative to the feature
+    repository's root unless absolute.
+    """
+    version: _builtins.int
+    """Optional. The table version to read; unset reads the latest version at each run."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+
+Global___DeltaSource: _TypeAlias = DeltaSource  # noqa: Y015
 
 @_typing.final
 class SqlSource(_message.Message):
@@ -387,6 +426,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    OFFLINE_RETENTION_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
@@ -433,6 +473,13 @@ class FeatureView(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def offline_retention(self) -> _duration_pb2.Duration:
+        """Optional. How long the view's offline history is kept: files whose rows are all
+        older than this (by event time) are removed from the offline table on a schedule
+        (and deleted by a later vacuum). Zero means forever.
+        """
+
     def __init__(
         self,
         *,
@@ -448,11 +495,12 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        offline_retention: _duration_pb2.Duration | None = ...,
         generation: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offline_retention", b"offline_retention", "schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "generation", b"generation", "name", b"name", "offline", b"offline", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "generation", b"generation", "name", b"name", "offline", b"offline", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -517,6 +565,7 @@ class FeatureService(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    LOGGING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
     description: _builtins.str
@@ -531,6 +580,12 @@ class FeatureService(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def logging(self) -> Global___FeatureLogging:
+        """Optional. Feature logging: which served requests are recorded for the skew report
+        (`MonitoringService.GetSkewReport`). Unset, or a sample rate of 0, logs nothing.
+        """
+
     def __init__(
         self,
         *,
@@ -539,14 +594,51 @@ class FeatureService(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        logging: Global___FeatureLogging | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logging", b"logging"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "logging", b"logging", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureService: _TypeAlias = FeatureService  # noqa: Y015
+
+@_typing.final
+class FeatureLogging(_message.Message):
+    """Feature logging of one feature service: a sample of its `GetOnlineFeatures` calls is
+    written, off the request path, to a log table in the offline store
+    (`<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/*.parquet`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    REPORT_SCHEDULE_FIELD_NUMBER: _builtins.int
+    sample_rate: _builtins.float
+    """Optional. The share of calls logged, in [0, 1]: 0 logs nothing, 1 logs every call,
+    0.1 about one call in ten (chosen at random per call).
+    """
+    @_builtins.property
+    def report_schedule(self) -> _duration_pb2.Duration:
+        """Optional. How often the server computes the skew report of the service over the
+        last period and exposes it as Prometheus gauges. Zero (or unset) means never; at
+        least one minute otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: _builtins.float = ...,
+        report_schedule: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report_schedule", b"report_schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_schedule", b"report_schedule", "sample_rate", b"sample_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureLogging: _TypeAlias = FeatureLogging  # noqa: Y015
 
 @_typing.final
 class Registry(_message.Message):
@@ -562,6 +654,7 @@ class Registry(_message.Message):
     DATA_SOURCES_FIELD_NUMBER: _builtins.int
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICES_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Output only. The project name from skewless.yaml."""
     version: _builtins.int
@@ -588,6 +681,12 @@ class Registry(_message.Message):
     def feature_services(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureService]:
         """Output only. All feature services, sorted by name."""
 
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.Policy]:
+        """Output only. Who may do what once the server authenticates callers, sorted by
+        name. Versioned with the definitions: changing a policy is a new version.
+        """
+
     def __init__(
         self,
         *,
@@ -599,10 +698,11 @@ class Registry(_message.Message):
         data_sources: _abc.Iterable[Global___DataSource] | None = ...,
         feature_views: _abc.Iterable[Global___FeatureView] | None = ...,
         feature_services: _abc.Iterable[Global___FeatureService] | None = ...,
+        policies: _abc.Iterable[_policy_pb2.Policy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_sources", b"data_sources", "digest", b"digest", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "project", b"project", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_sources", b"data_sources", "digest", b"digest", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "policies", b"policies", "project", b"project", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

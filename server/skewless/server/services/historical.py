@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -32,19 +33,23 @@ import pyarrow as pa
 
 from skewless.client._wire import encode_varint, field_tag
 from skewless.client.ipc_framing import IpcBatchWriter
-from skewless.core.errors import InvalidArgumentError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError, quoted
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
 from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
+from skewless.offline.feature_log import log_entity_rows
 from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS, PointInTimeJoin
-from skewless.offline.retrieval import check_history, start_retrieval
+from skewless.offline.retrieval import read_snapshots, start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
     resolve_feature_service,
 )
+from skewless.server.auth.permissions import Access, Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.errors import code_name
+from skewless.server.request_fields import timestamp_argument
 from skewless.server.rpc import BidiHandler, label_call
 from skewless.v1 import historical_service_pb2, registry_pb2
 
@@ -223,6 +228,53 @@ async def _receive_inline(
     return pa.Table.from_batches(batches, schema=schema)
 
 
+REQUEST_TIME = "request_time"
+
+
+def _feature_log_rows(
+    config: RepoConfig, registry: registry_pb2.Registry, query: _pb.HistoricalQuery
+) -> pa.Table:
+    source = query.feature_log
+    if not source.feature_service:
+        raise InvalidArgumentError(
+            "feature_log.feature_service is required: name the service whose log to read",
+            field="query.feature_log.feature_service",
+            reason="MISSING_FEATURE_SERVICE",
+        )
+    start = end = None
+    if source.HasField("start_time"):
+        timestamp_argument(source.start_time, "query.feature_log.start_time")
+        start = source.start_time.seconds * 1_000_000 + source.start_time.nanos // 1000
+    if source.HasField("end_time"):
+        timestamp_argument(source.end_time, "query.feature_log.end_time")
+        end = source.end_time.seconds * 1_000_000 + source.end_time.nanos // 1000
+    return log_entity_rows(
+        config,
+        registry,
+        source.feature_service,
+        start_us=start,
+        end_us=end,
+        include_served_values=source.include_served_values,
+    )
+
+
+def _require_rows(access: Access, query: _pb.HistoricalQuery, plan: FeaturePlan) -> None:
+    """Checks the permissions the query's features and entity rows need.
+
+    `read_historical` on each view of a feature list and on a logged service whose log
+    gives the rows; `server_entity_rows` on the project for path or sql.
+    """
+    if query.WhichOneof("kind") != "feature_service":
+        access.require(Action.READ_HISTORICAL, [Resource.view(v.name) for v in plan.views])
+    source = query.WhichOneof("entity_rows")
+    if source in ("path", "sql"):
+        access.require(Action.SERVER_ENTITY_ROWS, (Resource.project(),))
+    elif source == "feature_log":
+        access.require(
+            Action.READ_HISTORICAL, (Resource.service(query.feature_log.feature_service),)
+        )
+
+
 class HistoricalServicer:
     """Serves `GetHistoricalFeatures`."""
 
@@ -271,21 +323,42 @@ class HistoricalServicer:
             )
         query = first.query
         registry = self.ctx.registry.current
+        access = self.ctx.access
+        if access.enabled and query.WhichOneof("kind") == "feature_service":
+            access.require(Action.READ_HISTORICAL, (Resource.service(query.feature_service),))
         plan = _plan(registry, query)
-        check_history(config, plan)
+        if access.enabled:
+            _require_rows(access, query, plan)
+        pins, as_of = _offline_pins(query)
+        snapshots = await asyncio.to_thread(
+            read_snapshots, config, plan, versions=pins, as_of=as_of
+        )
         batch_rows = _batch_rows(query)
         compression = _compression(query)
-        label = query.label_time_column or EVENT_TIMESTAMP
         source = query.WhichOneof("entity_rows")
+        default_label = REQUEST_TIME if source == "feature_log" else EVENT_TIMESTAMP
+        label = query.label_time_column or default_label
         if source == "inline":
             table = await _receive_inline(first, requests, plan, label)
-        elif source == "path":
-            table = await asyncio.to_thread(read_path, config, query.path)
-        elif source == "sql":
-            table = await asyncio.to_thread(read_sql, config, registry, query.sql)
+        elif source in ("path", "sql"):
+            # The read runs in a thread; a cancelled call or a passed deadline interrupts
+            # its DuckDB query instead of leaving it to run (and hold memory) to the end.
+            reading = _Interruptible()
+            context.add_done_callback(lambda _: reading.interrupt())
+            if source == "path":
+                read = functools.partial(
+                    read_path, config, query.path, on_connection=reading.attach
+                )
+            else:
+                read = functools.partial(
+                    read_sql, config, registry, query.sql, on_connection=reading.attach
+                )
+            table = await asyncio.to_thread(read)
+        elif source == "feature_log":
+            table = await asyncio.to_thread(_feature_log_rows, config, registry, query)
         else:
             raise InvalidArgumentError(
-                "the query names no entity rows; set inline, path or sql",
+                "the query names no entity rows; set inline, path, sql or feature_log",
                 field="query.entity_rows",
                 reason="NO_ENTITY_ROWS",
             )
@@ -297,6 +370,7 @@ class HistoricalServicer:
             label_time_column=label,
             batch_rows=batch_rows,
             entity_columns=not query.features_only,
+            snapshots=snapshots,
         )
         del table
         rows.append(join.num_rows)
@@ -304,8 +378,33 @@ class HistoricalServicer:
         # A cancelled call may leave this generator suspended at a `yield` that is never
         # resumed; the done callback stops DuckDB and frees the join in every case.
         context.add_done_callback(lambda _: running.release())
-        async for response in _stream(running, compression, split=query.batch_size == 0):
+        versions = [
+            _pb.OfflineVersion(feature_view=view.name, version=snapshots[view.name].version)
+            for view in plan.views
+        ]
+        async for response in _stream(
+            running, compression, split=query.batch_size == 0, versions=versions
+        ):
             yield response
+
+
+class _Interruptible:
+    """The DuckDB connection of an entity-row read, interrupted when the call ends."""
+
+    def __init__(self) -> None:
+        self.con: Any = None
+        self.done = False
+
+    def attach(self, con: Any) -> None:
+        self.con = con
+        if self.done:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        self.done = True
+        if self.con is not None:
+            with contextlib.suppress(Exception):
+                self.con.interrupt()
 
 
 class _Running:
@@ -342,15 +441,38 @@ class _Running:
             _close_quietly(self.join)
 
 
+def _offline_pins(query: _pb.HistoricalQuery) -> tuple[dict[str, int], datetime | None]:
+    """The query's pinned offline versions per view and its `offline_as_of_time`."""
+    pins: dict[str, int] = {}
+    for pin in query.offline_versions:
+        if pin.feature_view in pins:
+            raise InvalidArgumentError(
+                f"feature view {quoted(pin.feature_view)} is pinned twice",
+                field="query.offline_versions",
+                reason="BAD_OFFLINE_VERSION",
+                metadata={"feature_view": pin.feature_view},
+            )
+        pins[pin.feature_view] = pin.version
+    as_of = None
+    if query.HasField("offline_as_of_time"):
+        as_of = timestamp_argument(query.offline_as_of_time, "query.offline_as_of_time")
+    return pins, as_of
+
+
 async def _stream(
-    running: _Running, compression: str | None, *, split: bool
+    running: _Running,
+    compression: str | None,
+    *,
+    split: bool,
+    versions: Sequence[_pb.OfflineVersion] = (),
 ) -> AsyncIterator[bytes]:
     """Yields the serialized schema response, then one per batch; releases the join on exit."""
     join = running.join
     try:
         encoder = _BatchEncoder(join.schema, compression)
         yield _pb.GetHistoricalFeaturesResponse(
-            arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes())
+            arrow_schema=_pb.ArrowSchema(serialized_schema=join.schema.serialize().to_pybytes()),
+            offline_versions=versions,
         ).SerializeToString()
         while True:
             batch = await running.run(running.next_batch)

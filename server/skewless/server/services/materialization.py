@@ -17,6 +17,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from skewless.core.errors import InvalidArgumentError
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
+from skewless.materialization.pipeline import materializable_views
+from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.errors import ERROR_DOMAIN
 from skewless.server.pagination import paginate
@@ -101,6 +103,14 @@ class MaterializationServicer:
     ) -> pb.StartMaterializationResponse:
         """Validates the request, locks the views and starts the job in a worker thread."""
         registry = self.ctx.registry.current
+        access = self.ctx.access
+        if access.enabled:  # every view it would run; all of them when none is named
+            names = list(request.feature_views) or materializable_views(registry)
+            access.require(
+                Action.MATERIALIZE,
+                [Resource.view(n) for n in names] or (Resource.project(),),
+                named=None if request.feature_views else Resource.project(),
+            )
         if not request.HasField("end_time"):
             raise InvalidArgumentError(
                 "end_time is required", field="end_time", reason="MISSING_END_TIME"

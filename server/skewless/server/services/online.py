@@ -13,6 +13,7 @@ history (`skewless.materialization.push`): a refused push writes nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, TypeAlias
 
 import grpc
@@ -22,9 +23,11 @@ from skewless.offline.arrow_ipc import read_ipc_stream
 from skewless.online.plan import LookupPlan, PlanCatalog
 from skewless.online.reader import OnlineReader, ReadStats
 from skewless.server import metrics
+from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
+from skewless.server.feature_logger import REQUEST_ID_KEY, FeatureLogger
 from skewless.server.rpc import UnaryHandler, label_call
-from skewless.v1 import online_service_pb2
+from skewless.v1 import online_service_pb2, registry_pb2
 
 __all__ = ["OnlineServicer"]
 
@@ -37,6 +40,29 @@ def _observe_read(stats: ReadStats) -> None:
     metrics.REDIS_ROUNDTRIP.observe(stats.redis_seconds)
 
 
+def _caller_request_id(context: Ctx) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return None
+
+
+def _require_push(
+    ctx: ServerContext,
+    registry: registry_pb2.Registry,
+    request: _pb.PushFeaturesRequest,
+    target: str | None,
+) -> None:
+    """`push` on the view named, or on every view the push source feeds."""
+    if target == "feature_view":
+        ctx.access.require(Action.PUSH, (Resource.view(request.feature_view),))
+        return
+    source = request.push_source if target == "push_source" else ""
+    named = Resource("push_source", source)
+    views = [Resource.view(v.name) for v in registry.feature_views if v.source == source]
+    ctx.access.require(Action.PUSH, views or (Resource.project(),), named=named)
+
+
 class OnlineServicer:
     """Serves `GetOnlineFeatures` and `PushFeatures`."""
 
@@ -45,7 +71,9 @@ class OnlineServicer:
         self.ctx = ctx
         self.plans = PlanCatalog(ctx.config.project)
         self.reader = OnlineReader(ctx.redis, observe=_observe_read)
+        self.logger = FeatureLogger(ctx.config)
         ctx.registry.subscribe(self.plans.load)
+        ctx.registry.subscribe(self.logger.load)
 
     def handlers(self) -> dict[str, UnaryHandler]:
         """The handler of each RPC, for `skewless.server.rpc.register_service`."""
@@ -53,29 +81,65 @@ class OnlineServicer:
 
     def _plan(self, request: _pb.GetOnlineFeaturesRequest) -> LookupPlan:
         full = request.full_feature_names
+        access = self.ctx.access
         if request.HasField("feature_service"):
+            if access.enabled:  # before the lookup: no grant, no hint whether it exists
+                access.require(Action.READ_ONLINE, (Resource.service(request.feature_service),))
             plan = self.plans.for_service(request.feature_service, full_feature_names=full)
             label_call(request.feature_service)  # known to exist: a safe metrics label
             return plan
-        return self.plans.for_features(request.features.features, full_feature_names=full)
+        plan = self.plans.for_features(request.features.features, full_feature_names=full)
+        if access.enabled:
+            access.require(Action.READ_ONLINE, [Resource.view(v.view) for v in plan.lookups])
+        return plan
 
     async def get_online_features(
         self, request: _pb.GetOnlineFeaturesRequest, context: Ctx
     ) -> bytes:
-        """Returns the serialized response: value, event time and status per feature and row."""
-        return await self.reader.read(
-            self._plan(request), request.entities, time_remaining=context.time_remaining()
+        """Returns the serialized response: value, event time and status per feature and row.
+
+        A sampled call of a logged feature service is handed to the feature logger as it
+        is (request object, response bytes), with its request id echoed in the trailing
+        metadata.
+        """
+        plan = self._plan(request)
+        logger = self.logger
+        if not logger.rates or not request.feature_service:
+            return await self.reader.read(
+                plan, request.entities, time_remaining=context.time_remaining()
+            )
+        service = request.feature_service
+        if not logger.sampled(service):
+            return await self.reader.read(
+                plan, request.entities, time_remaining=context.time_remaining()
+            )
+        version = self.plans.version
+        request_time_us = time.time_ns() // 1000
+        response = await self.reader.read(
+            plan, request.entities, time_remaining=context.time_remaining()
         )
+        request_id = logger.offer(
+            service,
+            request,
+            response,
+            request_time_us=request_time_us,
+            registry_version=version,
+            request_id=_caller_request_id(context),
+        )
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        return response
 
     async def push_features(
         self, request: _pb.PushFeaturesRequest, context: Ctx
     ) -> _pb.PushFeaturesResponse:
         """Validates pushed rows, then writes them to the stores the request names."""
         registry = self.ctx.registry.current
+        target = request.WhichOneof("target")
+        if self.ctx.access.enabled:  # before the rows are read
+            _require_push(self.ctx, registry, request, target)
         table = await asyncio.to_thread(
             read_ipc_stream, request.arrow_ipc_stream, field="arrow_ipc_stream"
         )
-        target = request.WhichOneof("target")
         result = await push_rows(
             self.ctx.config,
             registry,

@@ -9,6 +9,7 @@ package skewlessv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -196,6 +197,7 @@ type HistoricalQuery struct {
 	//	*HistoricalQuery_Inline
 	//	*HistoricalQuery_Path
 	//	*HistoricalQuery_Sql
+	//	*HistoricalQuery_FeatureLog
 	EntityRows isHistoricalQuery_EntityRows `protobuf_oneof:"entity_rows"`
 	// Optional. The column holding each row's label time; `event_timestamp` when empty.
 	// Naive timestamps are UTC; others are converted to UTC.
@@ -211,9 +213,18 @@ type HistoricalQuery struct {
 	// that keeps the rows it uploaded and attaches the features itself: result rows are
 	// in input order, one per entity row, so the n-th result row belongs to the n-th
 	// entity row.
-	FeaturesOnly  bool `protobuf:"varint,10,opt,name=features_only,json=featuresOnly,proto3" json:"features_only,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FeaturesOnly bool `protobuf:"varint,10,opt,name=features_only,json=featuresOnly,proto3" json:"features_only,omitempty"`
+	// Optional. Read these views' offline tables at these versions (as reported in
+	// `GetHistoricalFeaturesResponse.offline_versions` of an earlier call), so that the
+	// result is byte-identical to that call's even after later materializations, pushes
+	// or compactions. At most one entry per view; every view must be one the query reads.
+	// A version whose files were vacuumed is FAILED_PRECONDITION.
+	OfflineVersions []*OfflineVersion `protobuf:"bytes,11,rep,name=offline_versions,json=offlineVersions,proto3" json:"offline_versions,omitempty"`
+	// Optional. Read every view not pinned by `offline_versions` as its offline table was
+	// at this instant (the latest version committed at or before it).
+	OfflineAsOfTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=offline_as_of_time,json=offlineAsOfTime,proto3" json:"offline_as_of_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HistoricalQuery) Reset() {
@@ -305,6 +316,15 @@ func (x *HistoricalQuery) GetSql() string {
 	return ""
 }
 
+func (x *HistoricalQuery) GetFeatureLog() *FeatureLogRows {
+	if x != nil {
+		if x, ok := x.EntityRows.(*HistoricalQuery_FeatureLog); ok {
+			return x.FeatureLog
+		}
+	}
+	return nil
+}
+
 func (x *HistoricalQuery) GetLabelTimeColumn() string {
 	if x != nil {
 		return x.LabelTimeColumn
@@ -338,6 +358,20 @@ func (x *HistoricalQuery) GetFeaturesOnly() bool {
 		return x.FeaturesOnly
 	}
 	return false
+}
+
+func (x *HistoricalQuery) GetOfflineVersions() []*OfflineVersion {
+	if x != nil {
+		return x.OfflineVersions
+	}
+	return nil
+}
+
+func (x *HistoricalQuery) GetOfflineAsOfTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OfflineAsOfTime
+	}
+	return nil
 }
 
 type isHistoricalQuery_Kind interface {
@@ -380,11 +414,151 @@ type HistoricalQuery_Sql struct {
 	Sql string `protobuf:"bytes,5,opt,name=sql,proto3,oneof"`
 }
 
+type HistoricalQuery_FeatureLog struct {
+	// The calls a feature service served, from its feature log: one entity row per
+	// logged entity row, labelled with the call's request time (`request_time`).
+	FeatureLog *FeatureLogRows `protobuf:"bytes,13,opt,name=feature_log,json=featureLog,proto3,oneof"`
+}
+
 func (*HistoricalQuery_Inline) isHistoricalQuery_EntityRows() {}
 
 func (*HistoricalQuery_Path) isHistoricalQuery_EntityRows() {}
 
 func (*HistoricalQuery_Sql) isHistoricalQuery_EntityRows() {}
+
+func (*HistoricalQuery_FeatureLog) isHistoricalQuery_EntityRows() {}
+
+// The version of one feature view's offline table (a Delta Lake table version).
+type OfflineVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The feature view.
+	FeatureView string `protobuf:"bytes,1,opt,name=feature_view,json=featureView,proto3" json:"feature_view,omitempty"`
+	// Required. The table version, 0 or more.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfflineVersion) Reset() {
+	*x = OfflineVersion{}
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfflineVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfflineVersion) ProtoMessage() {}
+
+func (x *OfflineVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfflineVersion.ProtoReflect.Descriptor instead.
+func (*OfflineVersion) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *OfflineVersion) GetFeatureView() string {
+	if x != nil {
+		return x.FeatureView
+	}
+	return ""
+}
+
+func (x *OfflineVersion) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Entity rows taken from the feature log of a feature service (see `FeatureLogging`):
+// a training set for exactly the calls that were served. The rows carry `request_id`,
+// `request_time` (the label time unless `label_time_column` says otherwise),
+// `registry_version` and the join keys, in log order.
+type FeatureLogRows struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The feature service whose log is read.
+	FeatureService string `protobuf:"bytes,1,opt,name=feature_service,json=featureService,proto3" json:"feature_service,omitempty"`
+	// Optional. Only calls served at or after this instant.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Optional. Only calls served before this instant.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Optional. Also return what was served: per logged feature, its value as
+	// `served__<view>__<feature>` and its status name as `served__<view>__<feature>__status`.
+	IncludeServedValues bool `protobuf:"varint,4,opt,name=include_served_values,json=includeServedValues,proto3" json:"include_served_values,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *FeatureLogRows) Reset() {
+	*x = FeatureLogRows{}
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureLogRows) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureLogRows) ProtoMessage() {}
+
+func (x *FeatureLogRows) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureLogRows.ProtoReflect.Descriptor instead.
+func (*FeatureLogRows) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FeatureLogRows) GetFeatureService() string {
+	if x != nil {
+		return x.FeatureService
+	}
+	return ""
+}
+
+func (x *FeatureLogRows) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *FeatureLogRows) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *FeatureLogRows) GetIncludeServedValues() bool {
+	if x != nil {
+		return x.IncludeServedValues
+	}
+	return false
+}
 
 // Marker for entity rows streamed inline by the client.
 type InlineEntityRows struct {
@@ -395,7 +569,7 @@ type InlineEntityRows struct {
 
 func (x *InlineEntityRows) Reset() {
 	*x = InlineEntityRows{}
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[3]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +581,7 @@ func (x *InlineEntityRows) String() string {
 func (*InlineEntityRows) ProtoMessage() {}
 
 func (x *InlineEntityRows) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[3]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +594,7 @@ func (x *InlineEntityRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InlineEntityRows.ProtoReflect.Descriptor instead.
 func (*InlineEntityRows) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{3}
+	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{5}
 }
 
 // One message of the client stream of `HistoricalService.GetHistoricalFeatures`.
@@ -439,7 +613,7 @@ type GetHistoricalFeaturesRequest struct {
 
 func (x *GetHistoricalFeaturesRequest) Reset() {
 	*x = GetHistoricalFeaturesRequest{}
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[4]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +625,7 @@ func (x *GetHistoricalFeaturesRequest) String() string {
 func (*GetHistoricalFeaturesRequest) ProtoMessage() {}
 
 func (x *GetHistoricalFeaturesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[4]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +638,7 @@ func (x *GetHistoricalFeaturesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoricalFeaturesRequest.ProtoReflect.Descriptor instead.
 func (*GetHistoricalFeaturesRequest) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{4}
+	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetHistoricalFeaturesRequest) GetQuery() *HistoricalQuery {
@@ -496,13 +670,17 @@ type GetHistoricalFeaturesResponse struct {
 	ArrowSchema *ArrowSchema `protobuf:"bytes,1,opt,name=arrow_schema,json=arrowSchema,proto3" json:"arrow_schema,omitempty"`
 	// Output only. A batch of result rows, in input order across responses.
 	ArrowRecordBatch *ArrowRecordBatch `protobuf:"bytes,2,opt,name=arrow_record_batch,json=arrowRecordBatch,proto3" json:"arrow_record_batch,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Output only. Set in the first response: the offline table version read for each
+	// view of the query, in plan order (pin them in `HistoricalQuery.offline_versions` to
+	// replay this result).
+	OfflineVersions []*OfflineVersion `protobuf:"bytes,3,rep,name=offline_versions,json=offlineVersions,proto3" json:"offline_versions,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetHistoricalFeaturesResponse) Reset() {
 	*x = GetHistoricalFeaturesResponse{}
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[5]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +692,7 @@ func (x *GetHistoricalFeaturesResponse) String() string {
 func (*GetHistoricalFeaturesResponse) ProtoMessage() {}
 
 func (x *GetHistoricalFeaturesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_historical_service_proto_msgTypes[5]
+	mi := &file_skewless_v1_historical_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +705,7 @@ func (x *GetHistoricalFeaturesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoricalFeaturesResponse.ProtoReflect.Descriptor instead.
 func (*GetHistoricalFeaturesResponse) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{5}
+	return file_skewless_v1_historical_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetHistoricalFeaturesResponse) GetArrowSchema() *ArrowSchema {
@@ -544,39 +722,60 @@ func (x *GetHistoricalFeaturesResponse) GetArrowRecordBatch() *ArrowRecordBatch 
 	return nil
 }
 
+func (x *GetHistoricalFeaturesResponse) GetOfflineVersions() []*OfflineVersion {
+	if x != nil {
+		return x.OfflineVersions
+	}
+	return nil
+}
+
 var File_skewless_v1_historical_service_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_historical_service_proto_rawDesc = "" +
 	"\n" +
-	"$skewless/v1/historical_service.proto\x12\vskewless.v1\x1a\x17skewless/v1/types.proto\":\n" +
+	"$skewless/v1/historical_service.proto\x12\vskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\":\n" +
 	"\vArrowSchema\x12+\n" +
 	"\x11serialized_schema\x18\x01 \x01(\fR\x10serializedSchema\"g\n" +
 	"\x10ArrowRecordBatch\x126\n" +
 	"\x17serialized_record_batch\x18\x01 \x01(\fR\x15serializedRecordBatch\x12\x1b\n" +
-	"\trow_count\x18\x02 \x01(\x03R\browCount\"\xcd\x03\n" +
+	"\trow_count\x18\x02 \x01(\x03R\browCount\"\x9e\x05\n" +
 	"\x0fHistoricalQuery\x12)\n" +
 	"\x0ffeature_service\x18\x01 \x01(\tH\x00R\x0efeatureService\x126\n" +
 	"\bfeatures\x18\x02 \x01(\v2\x18.skewless.v1.FeatureListH\x00R\bfeatures\x127\n" +
 	"\x06inline\x18\x03 \x01(\v2\x1d.skewless.v1.InlineEntityRowsH\x01R\x06inline\x12\x14\n" +
 	"\x04path\x18\x04 \x01(\tH\x01R\x04path\x12\x12\n" +
-	"\x03sql\x18\x05 \x01(\tH\x01R\x03sql\x12*\n" +
+	"\x03sql\x18\x05 \x01(\tH\x01R\x03sql\x12>\n" +
+	"\vfeature_log\x18\r \x01(\v2\x1b.skewless.v1.FeatureLogRowsH\x01R\n" +
+	"featureLog\x12*\n" +
 	"\x11label_time_column\x18\x06 \x01(\tR\x0flabelTimeColumn\x12,\n" +
 	"\x12full_feature_names\x18\a \x01(\bR\x10fullFeatureNames\x12?\n" +
 	"\vcompression\x18\b \x01(\x0e2\x1d.skewless.v1.ArrowCompressionR\vcompression\x12\x1d\n" +
 	"\n" +
 	"batch_size\x18\t \x01(\x05R\tbatchSize\x12#\n" +
 	"\rfeatures_only\x18\n" +
-	" \x01(\bR\ffeaturesOnlyB\x06\n" +
+	" \x01(\bR\ffeaturesOnly\x12F\n" +
+	"\x10offline_versions\x18\v \x03(\v2\x1b.skewless.v1.OfflineVersionR\x0fofflineVersions\x12G\n" +
+	"\x12offline_as_of_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0fofflineAsOfTimeB\x06\n" +
 	"\x04kindB\r\n" +
-	"\ventity_rows\"\x12\n" +
+	"\ventity_rows\"M\n" +
+	"\x0eOfflineVersion\x12!\n" +
+	"\ffeature_view\x18\x01 \x01(\tR\vfeatureView\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"\xdf\x01\n" +
+	"\x0eFeatureLogRows\x12'\n" +
+	"\x0ffeature_service\x18\x01 \x01(\tR\x0efeatureService\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x122\n" +
+	"\x15include_served_values\x18\x04 \x01(\bR\x13includeServedValues\"\x12\n" +
 	"\x10InlineEntityRows\"\xd1\x01\n" +
 	"\x1cGetHistoricalFeaturesRequest\x122\n" +
 	"\x05query\x18\x01 \x01(\v2\x1c.skewless.v1.HistoricalQueryR\x05query\x12;\n" +
 	"\farrow_schema\x18\x02 \x01(\v2\x18.skewless.v1.ArrowSchemaR\varrowSchema\x12@\n" +
-	"\fentity_batch\x18\x03 \x01(\v2\x1d.skewless.v1.ArrowRecordBatchR\ventityBatch\"\xa9\x01\n" +
+	"\fentity_batch\x18\x03 \x01(\v2\x1d.skewless.v1.ArrowRecordBatchR\ventityBatch\"\xf1\x01\n" +
 	"\x1dGetHistoricalFeaturesResponse\x12;\n" +
 	"\farrow_schema\x18\x01 \x01(\v2\x18.skewless.v1.ArrowSchemaR\varrowSchema\x12K\n" +
-	"\x12arrow_record_batch\x18\x02 \x01(\v2\x1d.skewless.v1.ArrowRecordBatchR\x10arrowRecordBatch*\x8e\x01\n" +
+	"\x12arrow_record_batch\x18\x02 \x01(\v2\x1d.skewless.v1.ArrowRecordBatchR\x10arrowRecordBatch\x12F\n" +
+	"\x10offline_versions\x18\x03 \x03(\v2\x1b.skewless.v1.OfflineVersionR\x0fofflineVersions*\x8e\x01\n" +
 	"\x10ArrowCompression\x12!\n" +
 	"\x1dARROW_COMPRESSION_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ARROW_COMPRESSION_NONE\x10\x01\x12\x1f\n" +
@@ -599,33 +798,42 @@ func file_skewless_v1_historical_service_proto_rawDescGZIP() []byte {
 }
 
 var file_skewless_v1_historical_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skewless_v1_historical_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_skewless_v1_historical_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_skewless_v1_historical_service_proto_goTypes = []any{
 	(ArrowCompression)(0),                 // 0: skewless.v1.ArrowCompression
 	(*ArrowSchema)(nil),                   // 1: skewless.v1.ArrowSchema
 	(*ArrowRecordBatch)(nil),              // 2: skewless.v1.ArrowRecordBatch
 	(*HistoricalQuery)(nil),               // 3: skewless.v1.HistoricalQuery
-	(*InlineEntityRows)(nil),              // 4: skewless.v1.InlineEntityRows
-	(*GetHistoricalFeaturesRequest)(nil),  // 5: skewless.v1.GetHistoricalFeaturesRequest
-	(*GetHistoricalFeaturesResponse)(nil), // 6: skewless.v1.GetHistoricalFeaturesResponse
-	(*FeatureList)(nil),                   // 7: skewless.v1.FeatureList
+	(*OfflineVersion)(nil),                // 4: skewless.v1.OfflineVersion
+	(*FeatureLogRows)(nil),                // 5: skewless.v1.FeatureLogRows
+	(*InlineEntityRows)(nil),              // 6: skewless.v1.InlineEntityRows
+	(*GetHistoricalFeaturesRequest)(nil),  // 7: skewless.v1.GetHistoricalFeaturesRequest
+	(*GetHistoricalFeaturesResponse)(nil), // 8: skewless.v1.GetHistoricalFeaturesResponse
+	(*FeatureList)(nil),                   // 9: skewless.v1.FeatureList
+	(*timestamppb.Timestamp)(nil),         // 10: google.protobuf.Timestamp
 }
 var file_skewless_v1_historical_service_proto_depIdxs = []int32{
-	7, // 0: skewless.v1.HistoricalQuery.features:type_name -> skewless.v1.FeatureList
-	4, // 1: skewless.v1.HistoricalQuery.inline:type_name -> skewless.v1.InlineEntityRows
-	0, // 2: skewless.v1.HistoricalQuery.compression:type_name -> skewless.v1.ArrowCompression
-	3, // 3: skewless.v1.GetHistoricalFeaturesRequest.query:type_name -> skewless.v1.HistoricalQuery
-	1, // 4: skewless.v1.GetHistoricalFeaturesRequest.arrow_schema:type_name -> skewless.v1.ArrowSchema
-	2, // 5: skewless.v1.GetHistoricalFeaturesRequest.entity_batch:type_name -> skewless.v1.ArrowRecordBatch
-	1, // 6: skewless.v1.GetHistoricalFeaturesResponse.arrow_schema:type_name -> skewless.v1.ArrowSchema
-	2, // 7: skewless.v1.GetHistoricalFeaturesResponse.arrow_record_batch:type_name -> skewless.v1.ArrowRecordBatch
-	5, // 8: skewless.v1.HistoricalService.GetHistoricalFeatures:input_type -> skewless.v1.GetHistoricalFeaturesRequest
-	6, // 9: skewless.v1.HistoricalService.GetHistoricalFeatures:output_type -> skewless.v1.GetHistoricalFeaturesResponse
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	9,  // 0: skewless.v1.HistoricalQuery.features:type_name -> skewless.v1.FeatureList
+	6,  // 1: skewless.v1.HistoricalQuery.inline:type_name -> skewless.v1.InlineEntityRows
+	5,  // 2: skewless.v1.HistoricalQuery.feature_log:type_name -> skewless.v1.FeatureLogRows
+	0,  // 3: skewless.v1.HistoricalQuery.compression:type_name -> skewless.v1.ArrowCompression
+	4,  // 4: skewless.v1.HistoricalQuery.offline_versions:type_name -> skewless.v1.OfflineVersion
+	10, // 5: skewless.v1.HistoricalQuery.offline_as_of_time:type_name -> google.protobuf.Timestamp
+	10, // 6: skewless.v1.FeatureLogRows.start_time:type_name -> google.protobuf.Timestamp
+	10, // 7: skewless.v1.FeatureLogRows.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 8: skewless.v1.GetHistoricalFeaturesRequest.query:type_name -> skewless.v1.HistoricalQuery
+	1,  // 9: skewless.v1.GetHistoricalFeaturesRequest.arrow_schema:type_name -> skewless.v1.ArrowSchema
+	2,  // 10: skewless.v1.GetHistoricalFeaturesRequest.entity_batch:type_name -> skewless.v1.ArrowRecordBatch
+	1,  // 11: skewless.v1.GetHistoricalFeaturesResponse.arrow_schema:type_name -> skewless.v1.ArrowSchema
+	2,  // 12: skewless.v1.GetHistoricalFeaturesResponse.arrow_record_batch:type_name -> skewless.v1.ArrowRecordBatch
+	4,  // 13: skewless.v1.GetHistoricalFeaturesResponse.offline_versions:type_name -> skewless.v1.OfflineVersion
+	7,  // 14: skewless.v1.HistoricalService.GetHistoricalFeatures:input_type -> skewless.v1.GetHistoricalFeaturesRequest
+	8,  // 15: skewless.v1.HistoricalService.GetHistoricalFeatures:output_type -> skewless.v1.GetHistoricalFeaturesResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_historical_service_proto_init() }
@@ -640,6 +848,7 @@ func file_skewless_v1_historical_service_proto_init() {
 		(*HistoricalQuery_Inline)(nil),
 		(*HistoricalQuery_Path)(nil),
 		(*HistoricalQuery_Sql)(nil),
+		(*HistoricalQuery_FeatureLog)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -647,7 +856,7 @@ func file_skewless_v1_historical_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_historical_service_proto_rawDesc), len(file_skewless_v1_historical_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -228,6 +228,7 @@ type DataSource struct {
 	//	*DataSource_File
 	//	*DataSource_Sql
 	//	*DataSource_Push
+	//	*DataSource_Delta
 	Kind isDataSource_Kind `protobuf_oneof:"kind"`
 	// Required. The column holding each row's event time (when the fact became true).
 	TimestampField string `protobuf:"bytes,5,opt,name=timestamp_field,json=timestampField,proto3" json:"timestamp_field,omitempty"`
@@ -315,6 +316,15 @@ func (x *DataSource) GetPush() *PushSource {
 	return nil
 }
 
+func (x *DataSource) GetDelta() *DeltaSource {
+	if x != nil {
+		if x, ok := x.Kind.(*DataSource_Delta); ok {
+			return x.Delta
+		}
+	}
+	return nil
+}
+
 func (x *DataSource) GetTimestampField() string {
 	if x != nil {
 		return x.TimestampField
@@ -369,11 +379,18 @@ type DataSource_Push struct {
 	Push *PushSource `protobuf:"bytes,4,opt,name=push,proto3,oneof"`
 }
 
+type DataSource_Delta struct {
+	// A Delta Lake table.
+	Delta *DeltaSource `protobuf:"bytes,10,opt,name=delta,proto3,oneof"`
+}
+
 func (*DataSource_File) isDataSource_Kind() {}
 
 func (*DataSource_Sql) isDataSource_Kind() {}
 
 func (*DataSource_Push) isDataSource_Kind() {}
+
+func (*DataSource_Delta) isDataSource_Kind() {}
 
 // A source made of files.
 type FileSource struct {
@@ -430,6 +447,63 @@ func (x *FileSource) GetFormat() FileFormat {
 	return FileFormat_FILE_FORMAT_UNSPECIFIED
 }
 
+// A source that is a Delta Lake table (read through `deltalake`, exactly the files of
+// one version).
+type DeltaSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The table's folder (holding `_delta_log`), relative to the feature
+	// repository's root unless absolute.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Optional. The table version to read; unset reads the latest version at each run.
+	Version       *int64 `protobuf:"varint,2,opt,name=version,proto3,oneof" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeltaSource) Reset() {
+	*x = DeltaSource{}
+	mi := &file_skewless_v1_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeltaSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeltaSource) ProtoMessage() {}
+
+func (x *DeltaSource) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeltaSource.ProtoReflect.Descriptor instead.
+func (*DeltaSource) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeltaSource) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DeltaSource) GetVersion() int64 {
+	if x != nil && x.Version != nil {
+		return *x.Version
+	}
+	return 0
+}
+
 // A source defined by a DuckDB SQL query.
 type SqlSource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -441,7 +515,7 @@ type SqlSource struct {
 
 func (x *SqlSource) Reset() {
 	*x = SqlSource{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[4]
+	mi := &file_skewless_v1_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +527,7 @@ func (x *SqlSource) String() string {
 func (*SqlSource) ProtoMessage() {}
 
 func (x *SqlSource) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[4]
+	mi := &file_skewless_v1_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +540,7 @@ func (x *SqlSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SqlSource.ProtoReflect.Descriptor instead.
 func (*SqlSource) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SqlSource) GetQuery() string {
@@ -485,7 +559,7 @@ type PushSource struct {
 
 func (x *PushSource) Reset() {
 	*x = PushSource{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[5]
+	mi := &file_skewless_v1_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +571,7 @@ func (x *PushSource) String() string {
 func (*PushSource) ProtoMessage() {}
 
 func (x *PushSource) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[5]
+	mi := &file_skewless_v1_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +584,7 @@ func (x *PushSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushSource.ProtoReflect.Descriptor instead.
 func (*PushSource) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 // One feature: a named, typed column of a feature view.
@@ -530,7 +604,7 @@ type Feature struct {
 
 func (x *Feature) Reset() {
 	*x = Feature{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[6]
+	mi := &file_skewless_v1_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +616,7 @@ func (x *Feature) String() string {
 func (*Feature) ProtoMessage() {}
 
 func (x *Feature) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[6]
+	mi := &file_skewless_v1_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +629,7 @@ func (x *Feature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Feature.ProtoReflect.Descriptor instead.
 func (*Feature) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Feature) GetName() string {
@@ -616,19 +690,23 @@ type FeatureView struct {
 	Owner string `protobuf:"bytes,11,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Optional. Free-form labels.
 	Tags map[string]string `protobuf:"bytes,12,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional. How long the view's offline history is kept: files whose rows are all
+	// older than this (by event time) are removed from the offline table on a schedule
+	// (and deleted by a later vacuum). Zero means forever.
+	OfflineRetention *durationpb.Duration `protobuf:"bytes,13,opt,name=offline_retention,json=offlineRetention,proto3" json:"offline_retention,omitempty"`
 	// Output only. Which generation of stored values the view reads and writes; 0 at first.
 	// `skewless apply` increases it when a feature's type or the view's entities or join keys
 	// change: each generation has its own online keys, offline history and watermark, so
 	// values written under an earlier definition are never read as the new one. A new
 	// generation starts empty and must be materialized again.
-	Generation    int64 `protobuf:"varint,13,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation    int64 `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FeatureView) Reset() {
 	*x = FeatureView{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[7]
+	mi := &file_skewless_v1_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +718,7 @@ func (x *FeatureView) String() string {
 func (*FeatureView) ProtoMessage() {}
 
 func (x *FeatureView) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[7]
+	mi := &file_skewless_v1_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +731,7 @@ func (x *FeatureView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureView.ProtoReflect.Descriptor instead.
 func (*FeatureView) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FeatureView) GetName() string {
@@ -740,6 +818,13 @@ func (x *FeatureView) GetTags() map[string]string {
 	return nil
 }
 
+func (x *FeatureView) GetOfflineRetention() *durationpb.Duration {
+	if x != nil {
+		return x.OfflineRetention
+	}
+	return nil
+}
+
 func (x *FeatureView) GetGeneration() int64 {
 	if x != nil {
 		return x.Generation
@@ -760,7 +845,7 @@ type FeatureProjection struct {
 
 func (x *FeatureProjection) Reset() {
 	*x = FeatureProjection{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[8]
+	mi := &file_skewless_v1_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +857,7 @@ func (x *FeatureProjection) String() string {
 func (*FeatureProjection) ProtoMessage() {}
 
 func (x *FeatureProjection) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[8]
+	mi := &file_skewless_v1_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +870,7 @@ func (x *FeatureProjection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureProjection.ProtoReflect.Descriptor instead.
 func (*FeatureProjection) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FeatureProjection) GetFeatureView() string {
@@ -814,14 +899,17 @@ type FeatureService struct {
 	// Optional. The team or person responsible.
 	Owner string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Optional. Free-form labels.
-	Tags          map[string]string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Tags map[string]string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional. Feature logging: which served requests are recorded for the skew report
+	// (`MonitoringService.GetSkewReport`). Unset, or a sample rate of 0, logs nothing.
+	Logging       *FeatureLogging `protobuf:"bytes,6,opt,name=logging,proto3" json:"logging,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FeatureService) Reset() {
 	*x = FeatureService{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[9]
+	mi := &file_skewless_v1_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +921,7 @@ func (x *FeatureService) String() string {
 func (*FeatureService) ProtoMessage() {}
 
 func (x *FeatureService) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[9]
+	mi := &file_skewless_v1_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +934,7 @@ func (x *FeatureService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureService.ProtoReflect.Descriptor instead.
 func (*FeatureService) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{9}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FeatureService) GetName() string {
@@ -884,6 +972,73 @@ func (x *FeatureService) GetTags() map[string]string {
 	return nil
 }
 
+func (x *FeatureService) GetLogging() *FeatureLogging {
+	if x != nil {
+		return x.Logging
+	}
+	return nil
+}
+
+// Feature logging of one feature service: a sample of its `GetOnlineFeatures` calls is
+// written, off the request path, to a log table in the offline store
+// (`<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/*.parquet`).
+type FeatureLogging struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional. The share of calls logged, in [0, 1]: 0 logs nothing, 1 logs every call,
+	// 0.1 about one call in ten (chosen at random per call).
+	SampleRate float64 `protobuf:"fixed64,1,opt,name=sample_rate,json=sampleRate,proto3" json:"sample_rate,omitempty"`
+	// Optional. How often the server computes the skew report of the service over the
+	// last period and exposes it as Prometheus gauges. Zero (or unset) means never; at
+	// least one minute otherwise.
+	ReportSchedule *durationpb.Duration `protobuf:"bytes,2,opt,name=report_schedule,json=reportSchedule,proto3" json:"report_schedule,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FeatureLogging) Reset() {
+	*x = FeatureLogging{}
+	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureLogging) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureLogging) ProtoMessage() {}
+
+func (x *FeatureLogging) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureLogging.ProtoReflect.Descriptor instead.
+func (*FeatureLogging) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeatureLogging) GetSampleRate() float64 {
+	if x != nil {
+		return x.SampleRate
+	}
+	return 0
+}
+
+func (x *FeatureLogging) GetReportSchedule() *durationpb.Duration {
+	if x != nil {
+		return x.ReportSchedule
+	}
+	return nil
+}
+
 // A complete, versioned snapshot of a project's definitions, as written by `skewless apply`.
 type Registry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -903,13 +1058,16 @@ type Registry struct {
 	FeatureViews []*FeatureView `protobuf:"bytes,7,rep,name=feature_views,json=featureViews,proto3" json:"feature_views,omitempty"`
 	// Output only. All feature services, sorted by name.
 	FeatureServices []*FeatureService `protobuf:"bytes,8,rep,name=feature_services,json=featureServices,proto3" json:"feature_services,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Output only. Who may do what once the server authenticates callers, sorted by
+	// name. Versioned with the definitions: changing a policy is a new version.
+	Policies      []*Policy `protobuf:"bytes,16,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registry) Reset() {
 	*x = Registry{}
-	mi := &file_skewless_v1_registry_proto_msgTypes[10]
+	mi := &file_skewless_v1_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1079,7 @@ func (x *Registry) String() string {
 func (*Registry) ProtoMessage() {}
 
 func (x *Registry) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_registry_proto_msgTypes[10]
+	mi := &file_skewless_v1_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1092,7 @@ func (x *Registry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registry.ProtoReflect.Descriptor instead.
 func (*Registry) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{10}
+	return file_skewless_v1_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Registry) GetProject() string {
@@ -993,11 +1151,18 @@ func (x *Registry) GetFeatureServices() []*FeatureService {
 	return nil
 }
 
+func (x *Registry) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 var File_skewless_v1_registry_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
+	"\x1askewless/v1/registry.proto\x12\vskewless.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18skewless/v1/policy.proto\x1a\x17skewless/v1/types.proto\"\xf3\x01\n" +
 	"\x06Entity\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\tjoin_keys\x18\x02 \x03(\v2\x14.skewless.v1.JoinKeyR\bjoinKeys\x12 \n" +
@@ -1010,13 +1175,15 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\aJoinKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
 	"\n" +
-	"value_type\x18\x02 \x01(\x0e2\x16.skewless.v1.ValueTypeR\tvalueType\"\xbb\x03\n" +
+	"value_type\x18\x02 \x01(\x0e2\x16.skewless.v1.ValueTypeR\tvalueType\"\xed\x03\n" +
 	"\n" +
 	"DataSource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x04file\x18\x02 \x01(\v2\x17.skewless.v1.FileSourceH\x00R\x04file\x12*\n" +
 	"\x03sql\x18\x03 \x01(\v2\x16.skewless.v1.SqlSourceH\x00R\x03sql\x12-\n" +
-	"\x04push\x18\x04 \x01(\v2\x17.skewless.v1.PushSourceH\x00R\x04push\x12'\n" +
+	"\x04push\x18\x04 \x01(\v2\x17.skewless.v1.PushSourceH\x00R\x04push\x120\n" +
+	"\x05delta\x18\n" +
+	" \x01(\v2\x18.skewless.v1.DeltaSourceH\x00R\x05delta\x12'\n" +
 	"\x0ftimestamp_field\x18\x05 \x01(\tR\x0etimestampField\x126\n" +
 	"\x17created_timestamp_field\x18\x06 \x01(\tR\x15createdTimestampField\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x14\n" +
@@ -1029,7 +1196,12 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\n" +
 	"FileSource\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12/\n" +
-	"\x06format\x18\x02 \x01(\x0e2\x17.skewless.v1.FileFormatR\x06format\"!\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x17.skewless.v1.FileFormatR\x06format\"L\n" +
+	"\vDeltaSource\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
+	"\aversion\x18\x02 \x01(\x03H\x00R\aversion\x88\x01\x01B\n" +
+	"\n" +
+	"\b_version\"!\n" +
 	"\tSqlSource\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\tR\x05query\"\f\n" +
 	"\n" +
@@ -1042,7 +1214,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x04tags\x18\x04 \x03(\v2\x1e.skewless.v1.Feature.TagsEntryR\x04tags\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf8\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x04\n" +
 	"\vFeatureView\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bentities\x18\x02 \x03(\tR\bentities\x120\n" +
@@ -1056,25 +1228,31 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\vdescription\x18\n" +
 	" \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\v \x01(\tR\x05owner\x126\n" +
-	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x12\x1e\n" +
+	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x12F\n" +
+	"\x11offline_retention\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10offlineRetention\x12\x1e\n" +
 	"\n" +
-	"generation\x18\r \x01(\x03R\n" +
+	"generation\x18\x0e \x01(\x03R\n" +
 	"generation\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
 	"\x11FeatureProjection\x12!\n" +
 	"\ffeature_view\x18\x01 \x01(\tR\vfeatureView\x12\x1a\n" +
-	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"\x92\x02\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"\xc9\x02\n" +
 	"\x0eFeatureService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12@\n" +
 	"\vprojections\x18\x02 \x03(\v2\x1e.skewless.v1.FeatureProjectionR\vprojections\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\x04 \x01(\tR\x05owner\x129\n" +
-	"\x04tags\x18\x05 \x03(\v2%.skewless.v1.FeatureService.TagsEntryR\x04tags\x1a7\n" +
+	"\x04tags\x18\x05 \x03(\v2%.skewless.v1.FeatureService.TagsEntryR\x04tags\x125\n" +
+	"\alogging\x18\x06 \x01(\v2\x1b.skewless.v1.FeatureLoggingR\alogging\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"u\n" +
+	"\x0eFeatureLogging\x12\x1f\n" +
+	"\vsample_rate\x18\x01 \x01(\x01R\n" +
+	"sampleRate\x12B\n" +
+	"\x0freport_schedule\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0ereportSchedule\"\xb8\x03\n" +
 	"\bRegistry\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12;\n" +
@@ -1084,7 +1262,8 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\bentities\x18\x05 \x03(\v2\x13.skewless.v1.EntityR\bentities\x12:\n" +
 	"\fdata_sources\x18\x06 \x03(\v2\x17.skewless.v1.DataSourceR\vdataSources\x12=\n" +
 	"\rfeature_views\x18\a \x03(\v2\x18.skewless.v1.FeatureViewR\ffeatureViews\x12F\n" +
-	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices*W\n" +
+	"\x10feature_services\x18\b \x03(\v2\x1b.skewless.v1.FeatureServiceR\x0ffeatureServices\x12/\n" +
+	"\bpolicies\x18\x10 \x03(\v2\x13.skewless.v1.PolicyR\bpolicies*W\n" +
 	"\n" +
 	"FileFormat\x12\x1b\n" +
 	"\x17FILE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1105,56 +1284,64 @@ func file_skewless_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_skewless_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skewless_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_skewless_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_skewless_v1_registry_proto_goTypes = []any{
 	(FileFormat)(0),               // 0: skewless.v1.FileFormat
 	(*Entity)(nil),                // 1: skewless.v1.Entity
 	(*JoinKey)(nil),               // 2: skewless.v1.JoinKey
 	(*DataSource)(nil),            // 3: skewless.v1.DataSource
 	(*FileSource)(nil),            // 4: skewless.v1.FileSource
-	(*SqlSource)(nil),             // 5: skewless.v1.SqlSource
-	(*PushSource)(nil),            // 6: skewless.v1.PushSource
-	(*Feature)(nil),               // 7: skewless.v1.Feature
-	(*FeatureView)(nil),           // 8: skewless.v1.FeatureView
-	(*FeatureProjection)(nil),     // 9: skewless.v1.FeatureProjection
-	(*FeatureService)(nil),        // 10: skewless.v1.FeatureService
-	(*Registry)(nil),              // 11: skewless.v1.Registry
-	nil,                           // 12: skewless.v1.Entity.TagsEntry
-	nil,                           // 13: skewless.v1.DataSource.TagsEntry
-	nil,                           // 14: skewless.v1.Feature.TagsEntry
-	nil,                           // 15: skewless.v1.FeatureView.TagsEntry
-	nil,                           // 16: skewless.v1.FeatureService.TagsEntry
-	(ValueType)(0),                // 17: skewless.v1.ValueType
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*DeltaSource)(nil),           // 5: skewless.v1.DeltaSource
+	(*SqlSource)(nil),             // 6: skewless.v1.SqlSource
+	(*PushSource)(nil),            // 7: skewless.v1.PushSource
+	(*Feature)(nil),               // 8: skewless.v1.Feature
+	(*FeatureView)(nil),           // 9: skewless.v1.FeatureView
+	(*FeatureProjection)(nil),     // 10: skewless.v1.FeatureProjection
+	(*FeatureService)(nil),        // 11: skewless.v1.FeatureService
+	(*FeatureLogging)(nil),        // 12: skewless.v1.FeatureLogging
+	(*Registry)(nil),              // 13: skewless.v1.Registry
+	nil,                           // 14: skewless.v1.Entity.TagsEntry
+	nil,                           // 15: skewless.v1.DataSource.TagsEntry
+	nil,                           // 16: skewless.v1.Feature.TagsEntry
+	nil,                           // 17: skewless.v1.FeatureView.TagsEntry
+	nil,                           // 18: skewless.v1.FeatureService.TagsEntry
+	(ValueType)(0),                // 19: skewless.v1.ValueType
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*Policy)(nil),                // 22: skewless.v1.Policy
 }
 var file_skewless_v1_registry_proto_depIdxs = []int32{
 	2,  // 0: skewless.v1.Entity.join_keys:type_name -> skewless.v1.JoinKey
-	12, // 1: skewless.v1.Entity.tags:type_name -> skewless.v1.Entity.TagsEntry
-	17, // 2: skewless.v1.JoinKey.value_type:type_name -> skewless.v1.ValueType
+	14, // 1: skewless.v1.Entity.tags:type_name -> skewless.v1.Entity.TagsEntry
+	19, // 2: skewless.v1.JoinKey.value_type:type_name -> skewless.v1.ValueType
 	4,  // 3: skewless.v1.DataSource.file:type_name -> skewless.v1.FileSource
-	5,  // 4: skewless.v1.DataSource.sql:type_name -> skewless.v1.SqlSource
-	6,  // 5: skewless.v1.DataSource.push:type_name -> skewless.v1.PushSource
-	13, // 6: skewless.v1.DataSource.tags:type_name -> skewless.v1.DataSource.TagsEntry
-	0,  // 7: skewless.v1.FileSource.format:type_name -> skewless.v1.FileFormat
-	17, // 8: skewless.v1.Feature.value_type:type_name -> skewless.v1.ValueType
-	14, // 9: skewless.v1.Feature.tags:type_name -> skewless.v1.Feature.TagsEntry
-	7,  // 10: skewless.v1.FeatureView.features:type_name -> skewless.v1.Feature
-	18, // 11: skewless.v1.FeatureView.ttl:type_name -> google.protobuf.Duration
-	18, // 12: skewless.v1.FeatureView.schedule:type_name -> google.protobuf.Duration
-	15, // 13: skewless.v1.FeatureView.tags:type_name -> skewless.v1.FeatureView.TagsEntry
-	9,  // 14: skewless.v1.FeatureService.projections:type_name -> skewless.v1.FeatureProjection
-	16, // 15: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
-	19, // 16: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 17: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
-	3,  // 18: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
-	8,  // 19: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
-	10, // 20: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	6,  // 4: skewless.v1.DataSource.sql:type_name -> skewless.v1.SqlSource
+	7,  // 5: skewless.v1.DataSource.push:type_name -> skewless.v1.PushSource
+	5,  // 6: skewless.v1.DataSource.delta:type_name -> skewless.v1.DeltaSource
+	15, // 7: skewless.v1.DataSource.tags:type_name -> skewless.v1.DataSource.TagsEntry
+	0,  // 8: skewless.v1.FileSource.format:type_name -> skewless.v1.FileFormat
+	19, // 9: skewless.v1.Feature.value_type:type_name -> skewless.v1.ValueType
+	16, // 10: skewless.v1.Feature.tags:type_name -> skewless.v1.Feature.TagsEntry
+	8,  // 11: skewless.v1.FeatureView.features:type_name -> skewless.v1.Feature
+	20, // 12: skewless.v1.FeatureView.ttl:type_name -> google.protobuf.Duration
+	20, // 13: skewless.v1.FeatureView.schedule:type_name -> google.protobuf.Duration
+	17, // 14: skewless.v1.FeatureView.tags:type_name -> skewless.v1.FeatureView.TagsEntry
+	20, // 15: skewless.v1.FeatureView.offline_retention:type_name -> google.protobuf.Duration
+	10, // 16: skewless.v1.FeatureService.projections:type_name -> skewless.v1.FeatureProjection
+	18, // 17: skewless.v1.FeatureService.tags:type_name -> skewless.v1.FeatureService.TagsEntry
+	12, // 18: skewless.v1.FeatureService.logging:type_name -> skewless.v1.FeatureLogging
+	20, // 19: skewless.v1.FeatureLogging.report_schedule:type_name -> google.protobuf.Duration
+	21, // 20: skewless.v1.Registry.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: skewless.v1.Registry.entities:type_name -> skewless.v1.Entity
+	3,  // 22: skewless.v1.Registry.data_sources:type_name -> skewless.v1.DataSource
+	9,  // 23: skewless.v1.Registry.feature_views:type_name -> skewless.v1.FeatureView
+	11, // 24: skewless.v1.Registry.feature_services:type_name -> skewless.v1.FeatureService
+	22, // 25: skewless.v1.Registry.policies:type_name -> skewless.v1.Policy
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_proto_init() }
@@ -1162,19 +1349,22 @@ func file_skewless_v1_registry_proto_init() {
 	if File_skewless_v1_registry_proto != nil {
 		return
 	}
+	file_skewless_v1_policy_proto_init()
 	file_skewless_v1_types_proto_init()
 	file_skewless_v1_registry_proto_msgTypes[2].OneofWrappers = []any{
 		(*DataSource_File)(nil),
 		(*DataSource_Sql)(nil),
 		(*DataSource_Push)(nil),
+		(*DataSource_Delta)(nil),
 	}
+	file_skewless_v1_registry_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_registry_proto_rawDesc), len(file_skewless_v1_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,188 @@
+"""The cost of feature logging: online QPS with logging off, at sample rate 0.1 and 1.0.
+
+Uses `bench/online.py`'s machinery (its Redis loading, request shapes, server start and
+the raw Go load generator): three copies of the server on one Redis, identical but for
+the services' `logging.sample_rate` (absent, 0.1, 1.0), measured back to back for each
+shape and concurrency, `--repeat` interleaved runs, medians. The log's flush interval
+is the default (5 s); each server writes its log into its own folder, whose rows are
+counted at the end (every sampled call of every run must be there: nothing dropped).
+
+It also times the hand-off itself in this process (`FeatureLogger.sampled` + `offer`
+on an already-built request and response, with a writer that discards): the only work
+logging adds to a request's path.
+
+Usage:
+    .venv/bin/python bench/feature_log.py [--shapes a,b] [--concurrency 32]
+        [--duration 3] [--repeat 3] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+from google.protobuf import json_format
+from workload import PROJECT, load_online, online_registry, online_request
+
+from online import build_loadgen, raw_load, start_server
+from skewless.core.config import RepoConfig
+from skewless.offline.feature_log import log_dir
+from skewless.online.embedded_redis import EmbeddedRedis, free_port
+from skewless.registry.registry_store import RegistryStore
+from skewless.server.feature_logger import FeatureLogger
+from skewless.v1 import online_service_pb2
+
+SHAPES = {
+    "a": ("driver_customer", 1, "1 driver + 1 customer, 15 features"),
+    "b": ("driver_customer", 100, "100 entities x 15 features"),
+}
+RATES = {"off": 0.0, "0.1": 0.1, "1.0": 1.0}
+
+
+def registry(rate: float):
+    reg = online_registry()
+    for service in reg.feature_services:
+        if rate:
+            service.logging.sample_rate = rate
+    return reg
+
+
+def hand_off_ns(request_bytes: bytes, response_bytes: bytes, calls: int = 200_000) -> float:
+    """Nanoseconds per sampled() + offer() at sample rate 1.0, writer discarding."""
+    config = RepoConfig(root=Path("."), project=PROJECT, data_dir=Path("."))
+    # The writer never wakes during the loop (its work is off the request path).
+    logger = FeatureLogger(
+        config,
+        flush_interval=3600.0,
+        queue_calls=10_000_000,
+        flush_calls=10**9,
+        write=lambda *a: None,
+    )
+    logger.load(registry(1.0))
+    request = online_service_pb2.GetOnlineFeaturesRequest.FromString(request_bytes)
+    service = request.feature_service
+    started = time.perf_counter_ns()
+    for i in range(calls):
+        if logger.sampled(service):
+            logger.offer(service, request, response_bytes, request_time_us=i, registry_version=1)
+    elapsed = time.perf_counter_ns() - started
+    logger._queue.clear()  # decoding them is the writer's work, measured by the QPS runs
+    logger.close()
+    return elapsed / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shapes", default="a,b")
+    parser.add_argument("--concurrency", default="32")
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--entities", type=int, default=10_000)
+    args = parser.parse_args()
+    build_loadgen()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    kind = f"skewless-{args.workers}raw"
+    results: dict[tuple[str, str, int], dict] = {}
+    sampled_calls: dict[str, float] = dict.fromkeys(RATES, 0.0)
+    with tempfile.TemporaryDirectory(prefix="skewless-bench-log-") as tmp:
+        top = Path(tmp)
+        with EmbeddedRedis(top / "redis", persist=False) as rs:
+            load_online(rs.url, args.entities, 1)
+            roots, ports, procs = {}, {}, {}
+            load_before = os.getloadavg()
+            try:
+                for name, rate in RATES.items():
+                    root = top / f"log-{name}"
+                    config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
+                    RegistryStore(config.registry_path).save(registry(rate))
+                    roots[name], ports[name] = root, free_port()
+                    procs[name] = start_server(kind, root, rs.url, ports[name])
+                handoffs = {}
+                for shape in args.shapes.split(","):
+                    service, rows, _ = SHAPES[shape]
+                    data = top / f"request-{shape}.bin"
+                    body = online_request(service, rows, args.entities, 1)
+                    data.write_bytes(
+                        json_format.Parse(
+                            body, online_service_pb2.GetOnlineFeaturesRequest()
+                        ).SerializeToString()
+                    )
+                    for name in RATES:
+                        r = raw_load(ports[name], data, 4, 1.0)  # warm up
+                        sampled_calls[name] += r["requests"] * RATES[name] * rows
+                    for c in concurrencies:
+                        runs: dict[str, list[dict]] = {name: [] for name in RATES}
+                        for _ in range(args.repeat):
+                            for name in RATES:
+                                r = raw_load(ports[name], data, c, args.duration)
+                                runs[name].append(r)
+                                sampled_calls[name] += r["requests"] * RATES[name] * rows
+                        for name in RATES:
+                            results[(name, shape, c)] = {
+                                k: statistics.median(run[k] for run in runs[name])
+                                for k in runs[name][0]
+                            }
+                            r = results[(name, shape, c)]
+                            print(
+                                f"log {name:<4} {shape} c={c:<3} qps={r['qps']:8.0f} "
+                                f"p50={r['p50']:6.2f} p99={r['p99']:6.2f} ms "
+                                f"errors={r['errors']}",
+                                flush=True,
+                            )
+                    # The hand-off, on this shape's real request and response.
+                    import grpc
+
+                    from skewless.v1 import online_service_pb2_grpc
+
+                    with grpc.insecure_channel(f"127.0.0.1:{ports['off']}") as channel:
+                        stub = online_service_pb2_grpc.OnlineServiceStub(channel)
+                        request = online_service_pb2.GetOnlineFeaturesRequest.FromString(
+                            data.read_bytes()
+                        )
+                        response = stub.GetOnlineFeatures(request).SerializeToString()
+                    handoffs[shape] = hand_off_ns(data.read_bytes(), response)
+            finally:
+                for proc in procs.values():
+                    proc.terminate()
+                for proc in procs.values():
+                    proc.wait(60)  # SIGTERM flushes the logs
+            load_after = os.getloadavg()
+            logged = {}
+            for name in RATES:
+                folder = log_dir(
+                    RepoConfig(root=roots[name], project=PROJECT, data_dir=roots[name] / "data"),
+                    "driver_customer",
+                )
+                logged[name] = ds.dataset(folder).count_rows() if folder.exists() else 0
+    print()
+    print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
+    print(f"servers: {args.workers} worker(s) each; load generator: raw (bench/loadgen)")
+    print("| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for shape in args.shapes.split(","):
+        for c in concurrencies:
+            base = results[("off", shape, c)]["qps"]
+            for name in RATES:
+                r = results[(name, shape, c)]
+                print(
+                    f"| {shape} | {c} | {name} | {r['qps']:.0f} | {r['p50']:.2f} | "
+                    f"{r['p99']:.2f} | {r['qps'] / base:.3f} |"
+                )
+    print()
+    for shape, ns in handoffs.items():
+        print(f"hand-off on the request path, shape {shape}: {ns:.0f} ns per sampled call")
+    for name in RATES:
+        print(
+            f"logged rows, sample {name}: {logged[name]:,} (expected about "
+            f"{sampled_calls[name]:,.0f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

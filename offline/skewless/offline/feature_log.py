@@ -1,0 +1,470 @@
+"""The feature log of a feature service: what was served, as a typed Parquet table.
+
+One row per served entity row of a logged `GetOnlineFeatures` call, with columns:
+
+* `request_id` (string), `request_time` (timestamp[us, UTC]), `registry_version` (int64);
+* every join key of the service, by name, in its declared type;
+* per feature, named `<view>__<feature>`: its served value in the declared type (null
+  unless PRESENT), `<view>__<feature>__status` (the `FeatureStatus` name without its
+  prefix: `PRESENT`, `NULL_VALUE`, `NOT_FOUND`, `OUTSIDE_MAX_AGE`) and
+  `<view>__<feature>__event_time` (timestamp[us, UTC]; null when NOT_FOUND).
+
+Files live under `<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/` (the UTC day of
+the request time), one per flush of one server process, named
+`<flush time>-<pid>-<sequence>.parquet`: workers of `skewless serve --workers N` never
+write the same name. A file is written as `<name>.tmp`, fsynced and renamed: readers see
+whole files only. Any Parquet reader reads them (`read_parquet('.../_logs/s/*/*.parquet')`
+in DuckDB, `pyarrow.dataset.dataset(..., partitioning="hive")`).
+
+This module decodes what the server handed off (the parsed request and the response
+bytes) into those columns, writes files, and reads a time range back
+(`read_log`). It writes its own files: the history store's manifests are for views.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from skewless.core.config import RepoConfig
+from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
+from skewless.core.names import FEATURE_LOG_DIR
+from skewless.core.types import arrow_type, list_element_type
+from skewless.registry.feature_refs import FeaturePlan, ResolvedFeature, resolve_feature_service
+from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
+
+__all__ = [
+    "LOG_META_SCHEMA",
+    "SERVED_PREFIX",
+    "STATUS_NAMES",
+    "LogColumns",
+    "LoggedCall",
+    "decode_calls",
+    "log_columns",
+    "log_dir",
+    "log_entity_rows",
+    "log_files",
+    "log_schema",
+    "read_log",
+    "require_log",
+    "write_log_file",
+]
+
+VT = types_pb2.ValueType
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+#: The columns every log row starts with.
+LOG_META_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string()),
+        pa.field("request_time", _UTC_US),
+        pa.field("registry_version", pa.int64()),
+    ]
+)
+#: `FeatureStatus` numbers to the names the log stores.
+STATUS_NAMES: dict[int, str] = {
+    number: name.removeprefix("FEATURE_STATUS_") for name, number in types_pb2.FeatureStatus.items()
+}
+_STATUS_ARRAY = pa.array([STATUS_NAMES.get(i, "UNSPECIFIED") for i in range(max(STATUS_NAMES) + 1)])
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+_PRESENT = types_pb2.FEATURE_STATUS_PRESENT
+_NOT_FOUND = types_pb2.FEATURE_STATUS_NOT_FOUND
+
+_FIELD: dict[int, str] = {
+    VT.VALUE_TYPE_INT32: "int32_value",
+    VT.VALUE_TYPE_INT64: "int64_value",
+    VT.VALUE_TYPE_FLOAT32: "float_value",
+    VT.VALUE_TYPE_FLOAT64: "double_value",
+    VT.VALUE_TYPE_STRING: "string_value",
+    VT.VALUE_TYPE_BYTES: "bytes_value",
+    VT.VALUE_TYPE_BOOL: "bool_value",
+    VT.VALUE_TYPE_TIMESTAMP: "timestamp_value",
+    VT.VALUE_TYPE_INT32_LIST: "int32_list_value",
+    VT.VALUE_TYPE_INT64_LIST: "int64_list_value",
+    VT.VALUE_TYPE_FLOAT32_LIST: "float_list_value",
+    VT.VALUE_TYPE_FLOAT64_LIST: "double_list_value",
+    VT.VALUE_TYPE_STRING_LIST: "string_list_value",
+    VT.VALUE_TYPE_BYTES_LIST: "bytes_list_value",
+    VT.VALUE_TYPE_BOOL_LIST: "bool_list_value",
+    VT.VALUE_TYPE_TIMESTAMP_LIST: "timestamp_list_value",
+}
+
+
+@dataclass(frozen=True)
+class LogColumns:
+    """The log columns of one feature of a service.
+
+    Attributes:
+        feature: The feature.
+        value: Column of the served value.
+        status: Column of the served status name.
+        event_time: Column of the served event time.
+
+    """
+
+    feature: ResolvedFeature
+    value: str
+    status: str
+    event_time: str
+
+
+def log_columns(plan: FeaturePlan) -> list[LogColumns]:
+    """The log columns of each feature of a plan, in plan order."""
+    out = []
+    for f in plan.features:
+        base = f"{f.view}__{f.name}"
+        out.append(LogColumns(f, base, f"{base}__status", f"{base}__event_time"))
+    return out
+
+
+def log_schema(plan: FeaturePlan) -> pa.Schema:
+    """The Arrow schema of a service's log rows."""
+    fields = list(LOG_META_SCHEMA)
+    fields += [pa.field(k.name, arrow_type(k.value_type)) for k in plan.join_keys]
+    for c in log_columns(plan):
+        fields.append(pa.field(c.value, arrow_type(c.feature.value_type)))
+        fields.append(pa.field(c.status, pa.string()))
+        fields.append(pa.field(c.event_time, _UTC_US))
+    return pa.schema(fields)
+
+
+@dataclass(frozen=True)
+class LoggedCall:
+    """One sampled call as the request path handed it off (nothing decoded yet).
+
+    Attributes:
+        request: The parsed `GetOnlineFeaturesRequest` (already parsed by the boundary).
+        response: The serialized `GetOnlineFeaturesResponse` sent to the caller.
+        request_time_us: When the call was served, in microseconds since the epoch.
+        request_id: The id echoed to the caller.
+        registry_version: The registry version the call was served from.
+
+    """
+
+    request: online_service_pb2.GetOnlineFeaturesRequest
+    response: bytes
+    request_time_us: int
+    request_id: str
+    registry_version: int
+
+
+def _micros(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
+
+
+def _key_values(column: types_pb2.RepeatedValue) -> list[Any]:
+    out: list[Any] = []
+    for value in column.values:
+        kind = value.WhichOneof("kind")
+        out.append(None if kind is None or kind == "null_value" else getattr(value, kind))
+    return out
+
+
+def _value_getter(value_type: int) -> Any:
+    name = _FIELD[value_type]
+    element = list_element_type(value_type)
+    if value_type == VT.VALUE_TYPE_TIMESTAMP:
+        return lambda v: _micros(v.timestamp_value)
+    if element == VT.VALUE_TYPE_TIMESTAMP:
+        return lambda v: [_micros(t) for t in v.timestamp_list_value.values]
+    if element is not None:
+        return lambda v: list(getattr(v, name).values)
+    return lambda v: getattr(v, name)
+
+
+@dataclass
+class _Columns:
+    """Column lists of one service's rows being decoded."""
+
+    plan: FeaturePlan
+    meta: list[list[Any]] = field(default_factory=lambda: [[], [], []])
+    keys: dict[str, list[Any]] = field(default_factory=dict)
+    values: list[list[Any]] = field(default_factory=list)
+    statuses: list[list[int]] = field(default_factory=list)
+    times: list[list[int]] = field(default_factory=list)
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.keys = {k.name: [] for k in self.plan.join_keys}
+        n = len(self.plan.features)
+        self.values = [[] for _ in range(n)]
+        self.statuses = [[] for _ in range(n)]
+        self.times = [[] for _ in range(n)]
+        self._getters = [_value_getter(f.value_type) for f in self.plan.features]
+
+    def add(self, call: LoggedCall) -> None:
+        response = online_service_pb2.GetOnlineFeaturesResponse.FromString(call.response)
+        vectors = response.results
+        if len(vectors) != len(self.plan.features):
+            raise ValueError(
+                f"a response with {len(vectors)} features for a plan of "
+                f"{len(self.plan.features)} (registry version {call.registry_version})"
+            )
+        n = len(vectors[0].statuses) if vectors else 0
+        for name, column in self.keys.items():
+            given = call.request.entities.get(name)
+            column.extend(_key_values(given) if given is not None else [None] * n)
+        for i, vector in enumerate(vectors):
+            statuses = list(vector.statuses)
+            self.statuses[i].extend(statuses)
+            self.times[i].extend(_micros(t) for t in vector.event_times)
+            get = self._getters[i]
+            self.values[i].extend(
+                get(v) if s == _PRESENT else None
+                for v, s in zip(vector.values, statuses, strict=True)
+            )
+        self.meta[0].extend([call.request_id] * n)
+        self.meta[1].extend([call.request_time_us] * n)
+        self.meta[2].extend([call.registry_version] * n)
+        self.rows += n
+
+    def table(self) -> pa.Table:
+        schema = log_schema(self.plan)
+        arrays: list[pa.Array] = [
+            pa.array(self.meta[0], pa.string()),
+            pa.array(self.meta[1], pa.int64()).cast(_UTC_US),
+            pa.array(self.meta[2], pa.int64()),
+        ]
+        for key in self.plan.join_keys:
+            arrays.append(pa.array(self.keys[key.name], arrow_type(key.value_type)))
+        for i, feature in enumerate(self.plan.features):
+            dtype = arrow_type(feature.value_type)
+            if pa.types.is_timestamp(dtype):
+                values = pa.array(self.values[i], pa.int64()).cast(dtype)
+            elif pa.types.is_list(dtype) and pa.types.is_timestamp(dtype.value_type):
+                values = pa.array(self.values[i], pa.list_(pa.int64())).cast(dtype)
+            else:
+                values = pa.array(self.values[i], dtype)
+            codes = pa.array(self.statuses[i], pa.int8())
+            times = pa.array(self.times[i], pa.int64())
+            found = pc.not_equal(codes, pa.scalar(_NOT_FOUND, pa.int8()))
+            arrays.append(values)
+            arrays.append(pc.take(_STATUS_ARRAY, codes))
+            arrays.append(pc.if_else(found, times, pa.scalar(None, pa.int64())).cast(_UTC_US))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def decode_calls(plan: FeaturePlan, calls: Iterable[LoggedCall]) -> pa.Table:
+    """Decodes handed-off calls of one service (one registry version) into log rows."""
+    columns = _Columns(plan)
+    for call in calls:
+        columns.add(call)
+    return columns.table()
+
+
+def log_dir(config: RepoConfig, service: str) -> Path:
+    """The folder of one feature service's log."""
+    return config.offline_dir / FEATURE_LOG_DIR / service
+
+
+_sequence_lock = threading.Lock()
+_sequence = 0
+
+
+def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[Path]:
+    """Writes log rows as one file per UTC day of request time, atomically.
+
+    Returns:
+        The files written.
+
+    """
+    global _sequence
+    if table.num_rows == 0:
+        return []
+    days = pc.cast(table.column("request_time"), pa.date32())
+    written = []
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    for day in pc.unique(days).to_pylist():
+        part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        with _sequence_lock:
+            _sequence += 1
+            seq = _sequence
+        folder = log_dir(config, service) / f"date={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{stamp}-{os.getpid()}-{seq:06d}.parquet"
+        tmp = final.with_name(final.name + ".tmp")
+        with tmp.open("wb") as sink:
+            pq.write_table(part, sink, compression="zstd")
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, final)
+        written.append(final)
+    return written
+
+
+def log_files(
+    config: RepoConfig, service: str, *, start_us: int | None = None, end_us: int | None = None
+) -> list[Path]:
+    """The log files of a service whose day may hold request times in [start, end)."""
+    root = log_dir(config, service)
+    if not root.is_dir():
+        return []
+    first = _day(start_us) if start_us is not None else None
+    last = _day(end_us - 1) if end_us is not None else None
+    files: list[Path] = []
+    for folder in sorted(root.glob("date=*")):
+        try:
+            day = date.fromisoformat(folder.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if (first is not None and day < first) or (last is not None and day > last):
+            continue
+        files.extend(sorted(folder.glob("*.parquet")))
+    return files
+
+
+def _day(micros: int) -> date:
+    return _instant(micros).date()
+
+
+def _instant(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+def read_log(
+    config: RepoConfig,
+    service: str,
+    plan: FeaturePlan,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    served: bool = True,
+    ordered: bool = False,
+) -> pa.Table:
+    """Reads a service's log rows with request time in [start, end).
+
+    Args:
+        config: The repository.
+        service: The feature service.
+        plan: The service's current plan: its join keys and features give the columns
+            (a column no file holds, as after a definition change, comes back null).
+        start_us: Earliest request time (inclusive), or None.
+        end_us: Latest request time (exclusive), or None.
+        served: Also return the served columns of every feature (else meta and keys).
+        ordered: Sort by request time (else rows come in file order: by flush, then as
+            written).
+
+    Returns:
+        The rows in `log_schema(plan)` (or its meta and key columns), with `request_id`
+        and the status columns dictionary-encoded.
+
+    """
+    schema = log_schema(plan)
+    if not served:
+        schema = pa.schema(list(schema)[: len(LOG_META_SCHEMA) + len(plan.join_keys)])
+    files = log_files(config, service, start_us=start_us, end_us=end_us)
+    if not files:
+        return schema.empty_table()
+    # Statuses and request ids repeat: read them as dictionaries (a third of the cost).
+    repeated = [f.name for f in schema if f.name == "request_id" or f.name.endswith("__status")]
+    read_schema = pa.schema(
+        [pa.field(f.name, _DICTIONARY) if f.name in repeated else f for f in schema]
+    )
+    options = ds.ParquetReadOptions(dictionary_columns=repeated)
+    dataset = ds.dataset(
+        [str(p) for p in files],
+        schema=read_schema,
+        format=ds.ParquetFileFormat(read_options=options),
+    )
+    condition = None
+    time = ds.field("request_time")
+    if start_us is not None:
+        condition = time >= pa.scalar(start_us, pa.int64()).cast(_UTC_US)
+    if end_us is not None:
+        before = time < pa.scalar(end_us, pa.int64()).cast(_UTC_US)
+        condition = before if condition is None else condition & before
+    table = dataset.to_table(filter=condition)
+    if ordered and table.num_rows:
+        table = table.take(pc.sort_indices(table.column("request_time")))
+    return table
+
+
+#: Prefix of the served columns `log_entity_rows` adds when asked.
+SERVED_PREFIX = "served__"
+
+
+def log_entity_rows(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    service: str,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    include_served_values: bool = False,
+) -> pa.Table:
+    """A service's logged rows as entity rows for historical retrieval.
+
+    Columns: `request_id`, `request_time`, `registry_version`, the join keys, and with
+    `include_served_values` per feature `served__<view>__<feature>` (the value) and
+    `served__<view>__<feature>__status`. Rows are in request-time order.
+
+    Raises:
+        NotFoundError: No such feature service.
+        InvalidArgumentError: The end is before the start.
+        FailedPreconditionError: The service has no log and logging is off.
+
+    """
+    if start_us is not None and end_us is not None and end_us < start_us:
+        raise InvalidArgumentError(
+            "feature_log.end_time is before its start_time; swap them",
+            field="query.feature_log.end_time",
+            reason="WINDOW_REVERSED",
+        )
+    plan = resolve_feature_service(registry, service, full_feature_names=True)
+    require_log(config, registry, service)
+    table = read_log(
+        config,
+        service,
+        plan,
+        start_us=start_us,
+        end_us=end_us,
+        served=include_served_values,
+        ordered=True,
+    )
+    table = _plain_strings(table)
+    if not include_served_values:
+        return table
+    keep = len(LOG_META_SCHEMA) + len(plan.join_keys)
+    names = list(table.column_names[:keep])
+    columns = [table.column(n) for n in names]
+    for c in log_columns(plan):
+        names += [SERVED_PREFIX + c.value, SERVED_PREFIX + c.status]
+        columns += [table.column(c.value), table.column(c.status)]
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    fields = [
+        pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def require_log(config: RepoConfig, registry: registry_pb2.Registry, service: str) -> None:
+    """Refuses a service that has no log at all while its logging is off.
+
+    Raises:
+        FailedPreconditionError: `FEATURE_LOGGING_DISABLED`.
+
+    """
+    for s in registry.feature_services:
+        if s.name == service and s.HasField("logging") and s.logging.sample_rate > 0:
+            return
+    if log_files(config, service):
+        return
+    raise FailedPreconditionError(
+        f"feature service {service!r} has no feature log: set logging.sample_rate in its "
+        "definition, apply, and serve some calls first",
+        reason="FEATURE_LOGGING_DISABLED",
+        metadata={"feature_service": service},
+    )

@@ -1,0 +1,534 @@
+"""The skew report: what was served, against what training would have seen.
+
+`skew_report` reads a feature service's log (`skewless.offline.feature_log`), takes the
+logged rows as entity rows labelled with their request time, runs the ordinary
+point-in-time join of historical retrieval (`skewless.offline.retrieval.start_retrieval`,
+with each view's winning `event_timestamp` requested beside its features), and puts every
+(logged row, feature) in exactly one category, decided in this order:
+
+1. `EXPECTED_EMPTY`: served empty (NOT_FOUND, OUTSIDE_MAX_AGE) and no offline winner;
+2. `MISSING_ONLINE`: served empty, but offline has a winner;
+3. `SERVED_AHEAD`: served a row (PRESENT, NULL_VALUE), offline has none, or the
+   served event time is after the offline winner's;
+4. `SERVED_STALE`: the served event time is before the offline winner's (the lag is
+   offline minus served);
+5. same event time: `MATCH` when both are null or the values are bit-identical (floats
+   compared by their bits, so NaN matches NaN and -0.0 does not match 0.0, unless a
+   tolerance is given: then |served - offline| <= tolerance), else `VALUE_MISMATCH`.
+
+The result is the `GetSkewReportResponse` message itself: the server returns it, the
+CLI prints it as a table or JSON, and the server's schedule turns it into gauges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError
+from skewless.core.names import EVENT_TIMESTAMP
+from skewless.core.types import list_element_type
+from skewless.offline.feature_log import LogColumns, log_columns, read_log, require_log
+from skewless.offline.retrieval import start_retrieval
+from skewless.registry.feature_refs import (
+    FeaturePlan,
+    ResolvedFeature,
+    resolve_feature_service,
+)
+from skewless.v1 import monitoring_service_pb2, registry_pb2, types_pb2
+
+__all__ = [
+    "CATEGORY_NAMES",
+    "DEFAULT_EXAMPLES",
+    "MAX_EXAMPLES",
+    "categorize",
+    "offline_plan",
+    "skew_report",
+]
+
+_pb = monitoring_service_pb2
+Cat = _pb.SkewCategory
+VT = types_pb2.ValueType
+
+#: Examples per feature when the request asks for 0.
+DEFAULT_EXAMPLES = 5
+#: Most examples per feature.
+MAX_EXAMPLES = 100
+#: Category numbers to their short names (`MATCH`, ...), in enum order.
+CATEGORY_NAMES: dict[int, str] = {
+    int(n): name.removeprefix("SKEW_CATEGORY_") for name, n in Cat.items() if n != 0
+}
+_CATEGORIES = tuple(CATEGORY_NAMES)
+_NOT_MATCHING = (
+    Cat.SKEW_CATEGORY_VALUE_MISMATCH,
+    Cat.SKEW_CATEGORY_SERVED_STALE,
+    Cat.SKEW_CATEGORY_SERVED_AHEAD,
+    Cat.SKEW_CATEGORY_MISSING_ONLINE,
+)
+_LABEL = "__skewless_request_time"
+_UTC_US = pa.timestamp("us", tz="UTC")
+_FLOATS: dict[int, pa.DataType] = {
+    int(VT.VALUE_TYPE_FLOAT32): pa.int32(),
+    int(VT.VALUE_TYPE_FLOAT64): pa.int64(),
+}
+_MIN_INT64 = -(2**63)
+
+
+def _offline_ts_name(view: str) -> str:
+    return f"__offline_ts__{view}"
+
+
+def offline_plan(plan: FeaturePlan) -> FeaturePlan:
+    """The service's plan plus each view's winning event time, as a timestamp feature."""
+    views = []
+    extra = []
+    for view in plan.views:
+        ts = ResolvedFeature(
+            view=view.name,
+            name=EVENT_TIMESTAMP,
+            value_type=VT.VALUE_TYPE_TIMESTAMP,
+            output_name=_offline_ts_name(view.name),
+        )
+        extra.append(ts)
+        # (every other field kept: the join reads the view's current generation)
+        views.append(dataclasses.replace(view, features=(*view.features, ts)))
+    return FeaturePlan(views=tuple(views), features=(*plan.features, *extra))
+
+
+def _one(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Timestamps as int64 microseconds, nulls as the smallest int64."""
+    return _one(pc.fill_null(pc.cast(column, pa.int64()), _MIN_INT64))
+
+
+def _valid(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return _one(pc.is_valid(column))
+
+
+def _float_key(value: Any) -> Any:
+    if isinstance(value, float):
+        return struct.pack("<d", value)
+    if isinstance(value, list):
+        return [_float_key(v) for v in value]
+    return value
+
+
+def _close(a: Any, b: Any, tolerance: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or abs(a - b) <= tolerance
+    return bool(a == b)
+
+
+def _equal_values(
+    served: pa.ChunkedArray, offline: pa.ChunkedArray, value_type: int, tolerance: float
+) -> pa.Array:
+    """Per row: both null, or both set and equal (bit for bit, or within the tolerance)."""
+    s_valid, o_valid = _valid(served), _valid(offline)
+    both_null = pc.and_(pc.invert(s_valid), pc.invert(o_valid))
+    both = pc.and_(s_valid, o_valid)
+    if value_type in _FLOATS:
+        width = _FLOATS[value_type]
+        s = _one(pc.fill_null(served, 0.0))
+        o = _one(pc.fill_null(offline, 0.0))
+        same = pc.equal(s.view(width), o.view(width))
+        if tolerance > 0:
+            near = pc.less_equal(
+                pc.abs(pc.subtract(pc.cast(s, pa.float64()), pc.cast(o, pa.float64()))),
+                tolerance,
+            )
+            same = pc.or_(same, pc.fill_null(near, False))
+        return _one(pc.or_(both_null, pc.and_(both, same)))
+    if list_element_type(value_type) is not None:
+        flags = [False] * len(served)
+        rows = pc.indices_nonzero(both)
+        if len(rows):
+            left = served.take(rows).to_pylist()
+            right = offline.take(rows).to_pylist()
+            for row, a, b in zip(rows.to_pylist(), left, right, strict=True):
+                flags[row] = (
+                    _close(a, b, tolerance) if tolerance > 0 else _float_key(a) == _float_key(b)
+                )
+        return _one(pc.or_(both_null, pa.array(flags, pa.bool_())))
+    if pa.types.is_timestamp(served.type):
+        served, offline = pc.cast(served, pa.int64()), pc.cast(offline, pa.int64())
+    same = _one(pc.fill_null(pc.equal(served, offline), False))
+    return _one(pc.or_(both_null, pc.and_(both, same)))
+
+
+def _served_row(status: pa.ChunkedArray) -> pa.Array:
+    found = pc.is_in(status, value_set=pa.array(["PRESENT", "NULL_VALUE"]))
+    return _one(pc.fill_null(found, False))
+
+
+def _cat(c: int) -> pa.Scalar:
+    return pa.scalar(c, pa.int8())
+
+
+def categorize(
+    *,
+    served_status: pa.ChunkedArray,
+    served_value: pa.ChunkedArray,
+    served_time: pa.ChunkedArray,
+    offline_value: pa.ChunkedArray,
+    offline_time: pa.ChunkedArray,
+    value_type: int,
+    tolerance: float = 0.0,
+) -> tuple[pa.Array, pa.Array]:
+    """Puts each row in one `SkewCategory` (see the module docstring).
+
+    Returns:
+        The category number per row (int8) and the lag per row in microseconds (offline
+        winner's event time minus the served one; 0 unless SERVED_STALE).
+
+    """
+    served_row = _served_row(served_status)
+    offline_row = _valid(offline_time)
+    s_ts, o_ts = _micros(served_time), _micros(offline_time)
+    equal = _equal_values(served_value, offline_value, value_type, tolerance)
+    category = pc.if_else(
+        equal, _cat(Cat.SKEW_CATEGORY_MATCH), _cat(Cat.SKEW_CATEGORY_VALUE_MISMATCH)
+    )
+    category = pc.if_else(pc.less(s_ts, o_ts), _cat(Cat.SKEW_CATEGORY_SERVED_STALE), category)
+    ahead = pc.or_(pc.invert(offline_row), pc.greater(s_ts, o_ts))
+    category = pc.if_else(ahead, _cat(Cat.SKEW_CATEGORY_SERVED_AHEAD), category)
+    empty = pc.if_else(
+        offline_row, _cat(Cat.SKEW_CATEGORY_MISSING_ONLINE), _cat(Cat.SKEW_CATEGORY_EXPECTED_EMPTY)
+    )
+    category = _one(pc.if_else(served_row, category, empty))
+    stale = pc.equal(category, _cat(Cat.SKEW_CATEGORY_SERVED_STALE))
+    lag = _one(pc.if_else(stale, pc.subtract(o_ts, s_ts), pa.scalar(0, pa.int64())))
+    return category, lag
+
+
+def _view_lag(
+    served_status: pa.ChunkedArray, served_time: pa.ChunkedArray, offline_time: pa.ChunkedArray
+) -> pa.Array:
+    """Per row where both sides have a row for the view: max(0, offline - served), µs."""
+    both = pc.and_(_served_row(served_status), _valid(offline_time))
+    lag = pc.max_element_wise(
+        pc.subtract(_micros(offline_time), _micros(served_time)), pa.scalar(0, pa.int64())
+    )
+    return _one(pc.filter(lag, both))
+
+
+def _duration(micros: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMicroseconds(int(micros))
+    return d
+
+
+def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromMicroseconds(int(micros))
+    return t
+
+
+def _lag(values: pa.Array) -> _pb.LagDistribution:
+    """Nearest-rank quantiles: the p-quantile of n values is the ceil(p * n)-th smallest."""
+    n = len(values)
+    if n == 0:
+        return _pb.LagDistribution(count=0)
+    ordered = pc.array_sort_indices(values)
+
+    def rank(p: float) -> int:
+        return int(values[ordered[max(0, math.ceil(p * n) - 1)].as_py()].as_py())
+
+    return _pb.LagDistribution(
+        count=n,
+        p50=_duration(rank(0.5)),
+        p90=_duration(rank(0.9)),
+        p99=_duration(rank(0.99)),
+        max=_duration(pc.max(values).as_py()),
+    )
+
+
+def _value(py: Any, value_type: int) -> types_pb2.Value:
+    """An Arrow value (as Python) as a `skewless.v1.Value`; null for None."""
+    if py is None:
+        return types_pb2.Value()
+    value = types_pb2.Value()
+    element = list_element_type(value_type)
+    if value_type == VT.VALUE_TYPE_TIMESTAMP:
+        value.timestamp_value.FromDatetime(py)
+    elif element == VT.VALUE_TYPE_TIMESTAMP:
+        for item in py:
+            value.timestamp_list_value.values.add().FromDatetime(item)
+    elif element is not None:
+        name = _TYPE_NAMES[value_type]
+        field = {
+            "int32_list": "int32_list_value",
+            "int64_list": "int64_list_value",
+            "float32_list": "float_list_value",
+            "float64_list": "double_list_value",
+            "string_list": "string_list_value",
+            "bytes_list": "bytes_list_value",
+            "bool_list": "bool_list_value",
+        }[name]
+        getattr(value, field).values.extend(py)
+    else:
+        field = {
+            int(VT.VALUE_TYPE_INT32): "int32_value",
+            VT.VALUE_TYPE_INT64: "int64_value",
+            VT.VALUE_TYPE_FLOAT32: "float_value",
+            VT.VALUE_TYPE_FLOAT64: "double_value",
+            VT.VALUE_TYPE_STRING: "string_value",
+            VT.VALUE_TYPE_BYTES: "bytes_value",
+            VT.VALUE_TYPE_BOOL: "bool_value",
+        }[value_type]
+        setattr(value, field, py)
+    return value
+
+
+_TYPE_NAMES: dict[int, str] = {
+    int(n): name.removeprefix("VALUE_TYPE_").lower() for name, n in types_pb2.ValueType.items()
+}
+_STATUS_NUMBERS: dict[str, Any] = {
+    name.removeprefix("FEATURE_STATUS_"): n for name, n in types_pb2.FeatureStatus.items()
+}
+
+
+def _examples(
+    rows: pa.Array,
+    log: pa.Table,
+    offline: pa.Table,
+    plan: FeaturePlan,
+    columns: LogColumns,
+    category: pa.Array,
+) -> list[_pb.SkewExample]:
+    if len(rows) == 0:
+        return []
+    f = columns.feature
+    picked = log.take(rows)
+    off = offline.take(rows)
+    categories = category.take(rows).to_pylist()
+    out = []
+    for i in range(len(rows)):
+        example = _pb.SkewExample(
+            category=categories[i],
+            request_id=picked.column("request_id")[i].as_py() or "",
+            served_value=_value(picked.column(columns.value)[i].as_py(), f.value_type),
+            served_status=_STATUS_NUMBERS.get(picked.column(columns.status)[i].as_py() or "", 0),
+            offline_value=_value(off.column(f.output_name)[i].as_py(), f.value_type),
+        )
+        request_time = picked.column("request_time")[i]
+        if request_time.is_valid:
+            example.request_time.CopyFrom(_timestamp(pc.cast(request_time, pa.int64()).as_py()))
+        served_time = picked.column(columns.event_time)[i]
+        if served_time.is_valid:
+            example.served_event_time.CopyFrom(_timestamp(pc.cast(served_time, pa.int64()).as_py()))
+        offline_time = off.column(_offline_ts_name(f.view))[i]
+        if offline_time.is_valid:
+            example.offline_event_time.CopyFrom(
+                _timestamp(pc.cast(offline_time, pa.int64()).as_py())
+            )
+        view = next(v for v in plan.views if v.name == f.view)
+        for key in view.join_keys:
+            example.entity_key[key.name].CopyFrom(
+                _value(picked.column(key.name)[i].as_py(), key.value_type)
+            )
+        out.append(example)
+    return out
+
+
+def _distinct(column: pa.ChunkedArray) -> int:
+    if not len(column):
+        return 0
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return int(pc.count_distinct(column).as_py())
+
+
+def _check_range(start_us: int | None, end_us: int | None, tolerance: float, examples: int) -> None:
+    if start_us is not None and end_us is not None and end_us < start_us:
+        raise InvalidArgumentError(
+            "the end of the range is before its start; swap them",
+            field="end_time",
+            reason="WINDOW_REVERSED",
+        )
+    if tolerance < 0 or tolerance != tolerance:
+        raise InvalidArgumentError(
+            f"float_tolerance must be 0 or more, got {tolerance}",
+            field="float_tolerance",
+            reason="OUT_OF_RANGE",
+            metadata={"float_tolerance": str(tolerance)},
+        )
+    if examples < 0 or examples > MAX_EXAMPLES:
+        raise InvalidArgumentError(
+            f"max_examples must be from 0 to {MAX_EXAMPLES}, got {examples}",
+            field="max_examples",
+            reason="OUT_OF_RANGE",
+            metadata={"max_examples": str(examples)},
+        )
+
+
+def skew_report(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    service: str,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    float_tolerance: float = 0.0,
+    max_examples: int = 0,
+) -> _pb.GetSkewReportResponse:
+    """Computes the skew report of a feature service over [start, end) of its log.
+
+    Args:
+        config: The repository.
+        registry: The registry (the service's current definition gives the features).
+        service: The feature service.
+        start_us: Earliest request time (inclusive, microseconds), or None.
+        end_us: Latest request time (exclusive, microseconds), or None.
+        float_tolerance: 0 compares floats bit for bit; else the largest difference
+            that still matches.
+        max_examples: Examples per feature (0: `DEFAULT_EXAMPLES`).
+
+    Raises:
+        NotFoundError: No such feature service.
+        InvalidArgumentError: A reversed range, a negative tolerance or example count.
+        FailedPreconditionError: The service has no log and logging is off.
+
+    """
+    _check_range(start_us, end_us, float_tolerance, max_examples)
+    examples_wanted = max_examples or DEFAULT_EXAMPLES
+    plan = resolve_feature_service(registry, service, full_feature_names=True)
+    require_log(config, registry, service)
+    log = read_log(config, service, plan, start_us=start_us, end_us=end_us)
+    response = _pb.GetSkewReportResponse(
+        feature_service=service,
+        logged_rows=log.num_rows,
+        logged_requests=_distinct(log.column("request_id")),
+        float_tolerance=float_tolerance,
+    )
+    times = pc.cast(log.column("request_time"), pa.int64())
+    if start_us is not None:
+        response.start_time.CopyFrom(_timestamp(start_us))
+    elif log.num_rows:
+        response.start_time.CopyFrom(_timestamp(pc.min(times).as_py()))
+    if end_us is not None:
+        response.end_time.CopyFrom(_timestamp(end_us))
+    elif log.num_rows:
+        response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
+    offline = _offline_values(config, plan, log)
+    total = bad = 0
+    request_times = log.column("request_time")
+    view_lag: dict[str, pa.Array] = {}
+    not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
+    for columns in log_columns(plan):
+        f = columns.feature
+        offline_time = offline.column(_offline_ts_name(f.view))
+        category, lag = categorize(
+            served_status=log.column(columns.status),
+            served_value=log.column(columns.value),
+            served_time=log.column(columns.event_time),
+            offline_value=offline.column(f.output_name),
+            offline_time=offline_time,
+            value_type=f.value_type,
+            tolerance=float_tolerance,
+        )
+        rows = len(category)
+        counts = {
+            int(item["values"]): int(item["counts"])
+            for item in pc.value_counts(category).to_pylist()
+        }
+        not_matching = sum(counts.get(c, 0) for c in _NOT_MATCHING)
+        total += rows
+        bad += not_matching
+        feature = response.features.add(
+            feature_view=f.view,
+            feature=f.name,
+            rows=rows,
+            mismatch_rate=not_matching / rows if rows else 0.0,
+        )
+        for c in _CATEGORIES:
+            n = counts.get(c, 0)
+            feature.categories.add(category=c, count=n, rate=n / rows if rows else 0.0)
+        stale = pc.equal(category, _cat(Cat.SKEW_CATEGORY_SERVED_STALE))
+        feature.stale_lag.CopyFrom(_lag(_one(pc.filter(lag, stale))))
+        if not_matching:
+            flagged = pc.indices_nonzero(pc.is_in(category, value_set=not_matching_set))
+            newest = pc.sort_indices(request_times.take(flagged), sort_keys=[("", "descending")])
+            picked = _one(flagged.take(newest.slice(0, examples_wanted)))
+            feature.examples.extend(_examples(picked, log, offline, plan, columns, category))
+        if f.view not in view_lag:
+            view_lag[f.view] = _view_lag(
+                log.column(columns.status), log.column(columns.event_time), offline_time
+            )
+    for view in plan.views:
+        lags = view_lag.get(view.name, pa.array([], pa.int64()))
+        response.views.add(
+            feature_view=view.name,
+            rows=len(lags),
+            stale_rows=int(pc.sum(pc.greater(lags, 0)).as_py() or 0),
+            lag=_lag(lags),
+        )
+    response.mismatch_rate = bad / total if total else 0.0
+    return response
+
+
+def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.Table:
+    """The point-in-time join of the logged rows at their request times (features only)."""
+    keys = [k.name for k in plan.join_keys]
+    entity_rows = pa.table(
+        [*(log.column(k) for k in keys), log.column("request_time")], names=[*keys, _LABEL]
+    )
+    join = start_retrieval(
+        config,
+        offline_plan(plan),
+        entity_rows,
+        label_time_column=_LABEL,
+        batch_rows=1 << 20,
+        entity_columns=False,
+    )
+    try:
+        return join.reader.read_all()
+    finally:
+        join.close()
+
+
+def summary_rows(report: _pb.GetSkewReportResponse) -> Sequence[tuple[str, ...]]:
+    """The report as table rows: a header, then one row per feature."""
+    header = ("feature", "rows", *CATEGORY_NAMES.values(), "mismatch", "stale p50", "stale p99")
+    out: list[tuple[str, ...]] = [header]
+    for f in report.features:
+        counts: dict[int, int] = {int(c.category): c.count for c in f.categories}
+        lag = f.stale_lag
+        out.append(
+            (
+                f"{f.feature_view}:{f.feature}",
+                f"{f.rows:,}",
+                *(f"{counts.get(c, 0):,}" for c in CATEGORY_NAMES),
+                f"{f.mismatch_rate:.2%}",
+                _human(lag.p50.ToMicroseconds()) if lag.count else "-",
+                _human(lag.p99.ToMicroseconds()) if lag.count else "-",
+            )
+        )
+    return out
+
+
+def _human(micros: int) -> str:
+    seconds = micros / 1e6
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

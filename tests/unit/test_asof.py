@@ -1,0 +1,136 @@
+"""The as-of step of the join against a brute-force reference, key types and slices included."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skewless.offline.asof import LabelOrder, ViewIndex, align_key, winner_positions
+
+INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()]
+
+
+def reference(
+    entity: list[tuple[int | None, int]], history: list[tuple[int, int]], ttl: int
+) -> list[int]:
+    """Per entity row, the position of the newest history row with its key at or before t."""
+    out = []
+    for key, t in entity:
+        best = -1
+        best_time = None
+        for position, (k, e) in enumerate(history):
+            if key is None or k != key or e > t or (ttl > 0 and e < t - ttl):
+                continue
+            if best_time is None or e > best_time:
+                best, best_time = position, e
+        out.append(best)
+    return out
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple:
+    history_type = draw(st.sampled_from(INT_TYPES))
+    entity_type = draw(st.sampled_from(INT_TYPES))
+    keys = st.sampled_from([0, 1, 2, 127, 128, 255, 256, -1, -129, 2**31, 2**40, 2**63 - 1])
+    history_key = keys.filter(lambda k: _fits(k, history_type))
+    # One row per (key, event time): the index the history loader hands over.
+    pairs = draw(st.lists(st.tuples(history_key, st.integers(0, 30)), max_size=40, unique=True))
+    entity = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(st.none(), keys.filter(lambda k: _fits(k, entity_type))),
+                st.integers(-5, 35),
+            ),
+            max_size=60,
+        )
+    )
+    ttl = draw(st.sampled_from([0, 1, 5, 100]))
+    slice_rows = draw(st.sampled_from([1, 3, 1000]))
+    return history_type, entity_type, pairs, entity, ttl, slice_rows
+
+
+def _fits(value: int, typ: pa.DataType) -> bool:
+    try:
+        pa.scalar(value, typ)
+    except (OverflowError, pa.ArrowInvalid):
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases())
+def test_winner_positions_match_the_reference(case: tuple) -> None:
+    history_type, entity_type, pairs, entity, ttl, slice_rows = case
+    index = pa.table(
+        {
+            "k": pa.array([k for k, _ in pairs], history_type),
+            "ts": pa.array([t for _, t in pairs], pa.int64()).cast(pa.timestamp("us", "UTC")),
+            "pos": pa.array(range(len(pairs)), pa.int64()),
+        }
+    )
+    labels = pa.array([t for _, t in entity], pa.int64())
+    got = winner_positions(
+        [pa.array([k for k, _ in entity], entity_type)],
+        LabelOrder.of(labels),
+        ViewIndex.of(index, ["k"], "ts", "pos"),
+        ttl,
+        slice_rows=slice_rows,
+    )
+    assert got.tolist() == reference(entity, pairs, ttl)
+
+
+def test_two_keys_and_strings_join_on_both() -> None:
+    index = pa.table(
+        {
+            "c": pa.array(["a", "a", "b"], pa.string()),
+            "z": pa.array([1, 2, 1], pa.int32()),
+            "ts": pa.array([10, 10, 20], pa.int64()),
+            "pos": pa.array([0, 1, 2], pa.int64()),
+        }
+    )
+    entity_c = pa.array(["a", "a", "b", "b", None], pa.large_string())
+    entity_z = pa.array([2, 1, 1, 2, 1], pa.int64())
+    labels = pa.array([10, 9, 25, 25, 30], pa.int64())
+    got = winner_positions(
+        [entity_c, entity_z],
+        LabelOrder.of(labels),
+        ViewIndex.of(index, ["c", "z"], "ts", "pos"),
+        0,
+        slice_rows=2,
+    )
+    assert got.tolist() == [1, -1, 2, -1, -1]
+
+
+def test_align_key_nulls_what_the_history_type_cannot_hold() -> None:
+    aligned = align_key(pa.array([1, 300, -1, None, 2**40], pa.int64()), pa.uint8())
+    assert aligned.type == pa.uint8()
+    assert aligned.to_pylist() == [1, None, None, None, None]
+    wide = align_key(pa.array([0, 2**64 - 1], pa.uint64()), pa.int64())
+    assert wide.to_pylist() == [0, None]
+
+
+def test_an_empty_history_or_input_gives_no_winner() -> None:
+    empty = pa.table(
+        {
+            "k": pa.array([], pa.int64()),
+            "ts": pa.array([], pa.int64()),
+            "pos": pa.array([], pa.int64()),
+        }
+    )
+    got = winner_positions(
+        [pa.array([1, 2], pa.int64())],
+        LabelOrder.of(pa.array([5, 6], pa.int64())),
+        ViewIndex.of(empty, ["k"], "ts", "pos"),
+        0,
+        slice_rows=10,
+    )
+    assert got.tolist() == [-1, -1]
+    none = winner_positions(
+        [pa.array([], pa.int64())],
+        LabelOrder.of(pa.array([], pa.int64())),
+        ViewIndex.of(empty, ["k"], "ts", "pos"),
+        0,
+        slice_rows=10,
+    )
+    assert none.tolist() == []
