@@ -7,7 +7,9 @@ shape and concurrency, `--repeat` interleaved runs, medians. The log's flush int
 is the default (5 s); each server writes its log into its own folder, whose rows are
 counted at the end (every sampled call of every run must be there: nothing dropped).
 
-It also times the hand-off itself in this process (`FeatureLogger.sampled` + `offer`
+It also times, in this process, the real `GetOnlineFeatures` handler (lookup plan, the
+Redis round trip, the hand-off; no gRPC) at each sample rate, rounds interleaved, and the
+hand-off itself (`FeatureLogger.sampled` + `offer`
 on an already-built request and response, with a writer that discards): the only work
 logging adds to a request's path.
 
@@ -41,6 +43,7 @@ SHAPES = {
     "a": ("driver_customer", 1, "1 driver + 1 customer, 15 features"),
     "b": ("driver_customer", 100, "100 entities x 15 features"),
 }
+FLUSH = 5.0
 RATES = {"off": 0.0, "0.1": 0.1, "1.0": 1.0}
 
 
@@ -76,6 +79,62 @@ def hand_off_ns(request_bytes: bytes, response_bytes: bytes, calls: int = 200_00
     return elapsed / calls
 
 
+class _Context:
+    """What the online handler asks of a grpc.aio context."""
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+
+def handler_us(url: str, request_bytes: bytes, calls: int, rounds: int = 5) -> dict[str, float]:
+    """Microseconds per call of the real handler (plan, Redis read, hand-off) in this
+    process, per sample rate, rounds interleaved, the best round of each (no gRPC)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from skewless.server.context import ServerContext
+    from skewless.server.registry_holder import RegistryHolder
+    from skewless.server.services.online import OnlineServicer
+
+    with tempfile.TemporaryDirectory(prefix="skewless-bench-handler-") as tmp:
+        root = Path(tmp)
+        config = RepoConfig(
+            root=root, project=PROJECT, data_dir=root / "data", redis_url=url, metrics_port=0
+        )
+        RegistryStore(config.registry_path).save(registry(0.0))
+        holder = RegistryHolder(RegistryStore(config.registry_path))
+        holder.reload()
+        request = online_service_pb2.GetOnlineFeaturesRequest.FromString(request_bytes)
+
+        async def run() -> dict[str, float]:
+            ctx = ServerContext(config=config, registry=holder, redis=aioredis.Redis.from_url(url))
+            servicer = OnlineServicer(ctx)
+            servicer.logger._write = lambda *a: None  # decoding is measured, not writing
+            servicer.logger.flush_interval = FLUSH
+            best = dict.fromkeys(RATES, float("inf"))
+            context = _Context()
+            for _ in range(rounds):
+                for name, rate in RATES.items():
+                    servicer.logger.load(registry(rate))
+                    started = time.perf_counter()
+                    for _ in range(calls):
+                        await servicer.get_online_features(request, context)  # type: ignore[arg-type]
+                    best[name] = min(best[name], (time.perf_counter() - started) / calls * 1e6)
+                    servicer.logger.flush()  # the writer's work, outside the timed loop
+            servicer.reader.close()
+            await ctx.redis.aclose()
+            return best
+
+        return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shapes", default="a,b")
@@ -103,7 +162,8 @@ def main() -> None:
                     RegistryStore(config.registry_path).save(registry(rate))
                     roots[name], ports[name] = root, free_port()
                     procs[name] = start_server(kind, root, rs.url, ports[name])
-                handoffs = {}
+                handoffs: dict[str, float] = {}
+                handlers: dict[str, dict[str, float]] = {}
                 for shape in args.shapes.split(","):
                     service, rows, _ = SHAPES[shape]
                     data = top / f"request-{shape}.bin"
@@ -147,6 +207,7 @@ def main() -> None:
                         )
                         response = stub.GetOnlineFeatures(request).SerializeToString()
                     handoffs[shape] = hand_off_ns(data.read_bytes(), response)
+                    handlers[shape] = handler_us(rs.url, data.read_bytes(), 2000)
             finally:
                 for proc in procs.values():
                     proc.terminate()
@@ -177,6 +238,10 @@ def main() -> None:
     print()
     for shape, ns in handoffs.items():
         print(f"hand-off on the request path, shape {shape}: {ns:.0f} ns per sampled call")
+    for shape, per_rate in handlers.items():
+        base = per_rate["off"]
+        shown = ", ".join(f"{name} {us:.1f} us ({us / base:.3f}x)" for name, us in per_rate.items())
+        print(f"handler in process (no gRPC), shape {shape}, best of 5 rounds: {shown}")
     for name in RATES:
         print(
             f"logged rows, sample {name}: {logged[name]:,} (expected about "

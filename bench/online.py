@@ -28,6 +28,12 @@ Usage:
 (built with `go build` when its sources change), which uses far less CPU than ghz on wide
 responses.
 
+`--servers ...,skewless-1tls,skewless-1jwt` adds the cost of security: `skewless-1tls`
+serves TLS (certificates made for the run with trustme), `skewless-1jwt` TLS with
+`auth.mode: jwt` (an RSA key and JWKS made for the run, one RS256 token sent on every
+call, and a policy granting `read_online`); both compare with `skewless-1raw`
+(plaintext, no auth) in a last table. They need `--loadgen raw`.
+
 Needs ghz: GOBIN=$PWD/.tools/bin go install github.com/bojand/ghz/cmd/ghz@v0.120.0
 """
 
@@ -59,13 +65,14 @@ from workload import (
 )
 
 from skewless.client._wire import encode_varint
-from skewless.core.config import RepoConfig
+from skewless.core.auth_config import AuthConfig, JWTSettings
+from skewless.core.config import RepoConfig, ServerTLS
 from skewless.online.embedded_redis import EmbeddedRedis, free_port
 from skewless.online.layout import view_key_prefix
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.services.online import OnlineServicer
 from skewless.server.workers import serve_workers
-from skewless.v1 import online_service_pb2
+from skewless.v1 import online_service_pb2, policy_pb2
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -170,6 +177,7 @@ async def ideal_server(port: int, url: str) -> None:
 
 
 def serve_skewless(root: str, url: str, port: int, n: int) -> None:
+    security = os.environ.get(_SECURITY_ENV, "")
     config = RepoConfig(
         root=Path(root),
         project=PROJECT,
@@ -177,8 +185,63 @@ def serve_skewless(root: str, url: str, port: int, n: int) -> None:
         redis_url=url,
         server_port=port,
         metrics_port=0,
+        server_tls=ServerTLS(Path(root) / "server.pem", Path(root) / "server.key")
+        if security
+        else None,
+        auth=AuthConfig(
+            mode="jwt",
+            jwt=JWTSettings(issuer=_ISSUER, audience=_AUDIENCE, jwks_file=Path(root) / "jwks.json"),
+        )
+        if security == "jwt"
+        else AuthConfig(),
     )
     sys.exit(serve_workers(config, n))
+
+
+# --- the cost of security: TLS, and TLS + JWT ---------------------------------------------
+
+_SECURITY_ENV = "SKEWLESS_BENCH_SECURITY"
+_ISSUER = "https://issuer.bench.skewless/"
+_AUDIENCE = "skewless-bench"
+_SUBJECT = "bench-client"
+
+
+def security_of(kind: str) -> str:
+    """`tls`, `jwt` or '' for a server kind (`skewless-1tls`, `skewless-1jwt`)."""
+    for suffix in ("tls", "jwt"):
+        if kind.startswith("skewless-") and kind.endswith(suffix):
+            return suffix
+    return ""
+
+
+def write_security_files(root: Path) -> str:
+    """Certificates, a JWKS and a token under `root`; returns the token."""
+    import jwt
+    import trustme
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.private_key_pem.write_to_path(str(root / "server.key"))
+    (root / "server.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="bench", alg="RS256", use="sig")
+    (root / "jwks.json").write_text(json.dumps({"keys": [public]}))
+    now = int(time.time())
+    claims = {"iss": _ISSUER, "aud": _AUDIENCE, "sub": _SUBJECT, "iat": now, "exp": now + 86400}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+
+
+def bench_policy() -> policy_pb2.Policy:
+    """`read_online` on the project for the bench's JWT subject."""
+    return policy_pb2.Policy(
+        name="bench",
+        subjects=[_SUBJECT],
+        actions=[policy_pb2.POLICY_ACTION_READ_ONLINE],
+        resources=[policy_pb2.ResourcePattern(type=policy_pb2.RESOURCE_TYPE_PROJECT)],
+    )
 
 
 def typed_handlers(servicer: OnlineServicer) -> dict:
@@ -211,17 +274,26 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
     if kind == "ideal":
         args = [sys.executable, __file__, "--ideal-server", str(port), "--redis-url", url]
     else:
-        n = kind.split("-")[1].removesuffix("raw")
+        security = security_of(kind)
+        n = kind.split("-")[1].removesuffix("raw").removesuffix(security)
         args = [sys.executable, __file__, "--serve", str(root), url, str(port), n]
-        if not kind.endswith("raw"):
+        if not kind.endswith("raw") and not security:
             args.append("--typed-registration")
+    env = {**os.environ, _SECURITY_ENV: security_of(kind)}
     log = root / f"{kind}.log"
     with log.open("wb") as stderr:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     deadline = time.monotonic() + 30
     while True:
         try:
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            channel = (
+                grpc.secure_channel(
+                    f"127.0.0.1:{port}",
+                    grpc.ssl_channel_credentials((root / "ca.pem").read_bytes()),
+                )
+                if security_of(kind)
+                else grpc.insecure_channel(f"127.0.0.1:{port}")
+            )
             grpc.channel_ready_future(channel).result(timeout=1)
             channel.close()
             break
@@ -299,7 +371,9 @@ def build_loadgen() -> Path:
     return LOADGEN
 
 
-def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
+def raw_load(
+    port: int, data: Path, concurrency: int, duration: float, extra: tuple[str, ...] = ()
+) -> dict:
     started, cpu_before = time.monotonic(), _children_cpu()
     proc = subprocess.run(
         [
@@ -314,6 +388,7 @@ def raw_load(port: int, data: Path, concurrency: int, duration: float) -> dict:
             str(min(concurrency, 8)),
             "-d",
             f"{duration}s",
+            *extra,
         ],
         capture_output=True,
         check=True,
@@ -597,11 +672,22 @@ def main() -> None:
             feast_duration = args.feast_duration if duration > 1.0 else duration
             return wrk_load(port, data.with_suffix(".json"), c, feast_duration)
         if args.loadgen == "raw":
-            return raw_load(port, data, c, duration)
+            security = security_of(kind)
+            extra: tuple[str, ...] = ()
+            if security:
+                extra = ("-cacert", str(root / "ca.pem"))
+            if security == "jwt":
+                extra += ("-token", token)
+            return raw_load(port, data, c, duration, extra)
         return ghz(port, protoset, data, c, duration)
+
+    secure_kinds = [k for k in args.servers.split(",") if security_of(k)]
+    if secure_kinds and args.loadgen != "raw":
+        sys.exit(f"{', '.join(secure_kinds)} need --loadgen raw (TLS and a token)")
 
     with tempfile.TemporaryDirectory(prefix="skewless-bench-") as tmp:
         root = Path(tmp)
+        token = write_security_files(root) if secure_kinds else ""
         feast_redis = EmbeddedRedis(root / "redis-feast", persist=False) if feast_kinds else None
         with EmbeddedRedis(root / "redis", persist=False) as rs:
             t0 = time.monotonic()
@@ -619,7 +705,9 @@ def main() -> None:
                 )
                 print(f"feast apply + materialize (same values, own Redis) in {secs:.1f}s")
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
-            RegistryStore(config.registry_path).save(online_registry())
+            registry = online_registry()
+            registry.policies.append(bench_policy())  # read only when auth is on
+            RegistryStore(config.registry_path).save(registry)
             protoset = root / "online.protoset"
             write_protoset(protoset)
             results: dict[tuple[str, str, int], dict] = {}
@@ -713,6 +801,32 @@ def main() -> None:
                 )
     if feast_kinds:
         print_feast_table(results, args.shapes.split(","), concurrencies, kinds)
+    if secure_kinds:
+        print_security_table(results, args.shapes.split(","), concurrencies, secure_kinds)
+
+
+def print_security_table(
+    results: dict[tuple[str, str, int], dict],
+    shapes: list[str],
+    concurrencies: list[int],
+    kinds: list[str],
+) -> None:
+    print()
+    print("The cost of security, against skewless-1raw (plaintext, no auth), same run:")
+    print("| shape | c | server | QPS | p50 ms | p99 ms | QPS vs plaintext | p99 vs plaintext |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        for c in concurrencies:
+            base = results.get(("skewless-1raw", shape, c))
+            for kind in ["skewless-1raw", *kinds]:
+                r = results.get((kind, shape, c))
+                if r is None or base is None:
+                    continue
+                print(
+                    f"| {shape} | {c} | {kind} | {r['qps']:.0f} | {r['p50']:.2f} | "
+                    f"{r['p99']:.2f} | {r['qps'] / base['qps']:.2f}x | "
+                    f"{r['p99'] / base['p99']:.2f}x |"
+                )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ features and a 2-day TTL, customers with 5 and 7 days). The feature log of the s
 (`workload.historical_entity_rows`: both keys, 10% unknown): request time = label time,
 served values = what the point-in-time join gives, except that every 100th row served a
 changed driver `f0` (VALUE_MISMATCH) and every 100th+1 a driver row 6 hours older
-(SERVED_STALE). It is written in files of 100,000 rows, in the log's own layout.
+(SERVED_STALE). It is written as the server writes it: in request-time order, one file per
+100,000 rows (a flush) and UTC day, in the log's own layout.
 
 Each measurement runs in a fresh process (so peak RSS is its own), interleaved, best of
 `--repeat`:
@@ -41,7 +42,13 @@ import pyarrow.parquet as pq
 from workload import PROJECT, historical_entity_rows, historical_registry, historical_views
 
 from skewless.core.config import RepoConfig
-from skewless.offline.feature_log import LOG_META_SCHEMA, log_columns, log_dir, write_log_file
+from skewless.offline.feature_log import (
+    LOG_META_SCHEMA,
+    log_columns,
+    log_dir,
+    log_files,
+    write_log_file,
+)
 from skewless.offline.retrieval import start_retrieval
 from skewless.offline.skew import CATEGORY_NAMES, offline_plan, skew_report
 from skewless.registry.feature_refs import resolve_feature_service
@@ -51,6 +58,8 @@ from skewless.v1 import registry_pb2
 HERE = Path(__file__).resolve().parent
 SERVICE = "training"
 STALE_US = 6 * 3600 * 1_000_000
+#: Rows per flush of the log (a busy server's flush interval's worth).
+FLUSH_ROWS = 100_000
 
 
 def base_dir(scale: float, rows: int) -> Path:
@@ -123,8 +132,10 @@ def generate(scale: float, rows: int) -> Path:
         columns[c.event_time] = ts
     table = pa.table(columns)
     assert table.schema.names[: len(LOG_META_SCHEMA)] == LOG_META_SCHEMA.names
-    for start in range(0, n, 100_000):
-        write_log_file(config, SERVICE, table.slice(start, 100_000))
+    # As the server writes it: in request-time order, one file per flush (and day).
+    table = table.take(pc.sort_indices(table.column("request_time")))
+    for start in range(0, n, FLUSH_ROWS):
+        write_log_file(config, SERVICE, table.slice(start, FLUSH_ROWS))
     return base
 
 
@@ -203,7 +214,9 @@ def end_to_end(base: Path, repeat: int) -> dict[str, float]:
         with Client(f"127.0.0.1:{port}", timeout=600) as client:
             for _ in range(repeat):
                 t = time.perf_counter()
-                table = client.get_historical_features(entities, feature_service=SERVICE)
+                table = client.get_historical_features(
+                    entities, feature_service=SERVICE, full_feature_names=True
+                )
                 best["retrieval"] = min(best["retrieval"], time.perf_counter() - t)
                 assert table.num_rows == entities.num_rows
                 del table
@@ -244,8 +257,10 @@ def main() -> None:
         return
     t = time.perf_counter()
     base = generate(args.scale, args.rows)
+    files = len(log_files(config_for(base), SERVICE))
     print(
-        f"history, entity rows and a {args.rows:,}-row log ready in {time.perf_counter() - t:.1f}s"
+        f"history, entity rows and a {args.rows:,}-row log ({files} files) ready in "
+        f"{time.perf_counter() - t:.1f}s"
     )
     load = os.getloadavg()
     retrievals, reports = [], []
@@ -263,9 +278,9 @@ def main() -> None:
             f"| {name} | {r['rows']:,} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
             f"{r['peak_rss_mb']:.0f} |"
         )
-    print(
-        f"report / retrieval wall time: {best_s['wall_s'] / best_r['wall_s']:.2f}x (target <= 1.5x)"
-    )
+    wall = best_s["wall_s"] / best_r["wall_s"]
+    cpu = best_s["cpu_s"] / best_r["cpu_s"]
+    print(f"report / retrieval: wall {wall:.2f}x, CPU {cpu:.2f}x (target: at most 1.5x)")
     print(f"driver_stats:f0 categories: {best_s['categories']}")
     e2e = end_to_end(base, args.repeat)
     print(

@@ -553,3 +553,15 @@ def test_a_new_generation_reads_no_old_history_and_upkeep_touches_only_it(
     for name, (version, files) in old_state.items():
         assert DeltaTable(str(history_dir(repo, name))).version() == version, name
         assert _on_disk(repo, name) == files, name
+
+
+def test_a_server_over_an_old_layout_says_so_at_start(
+    repo: RepoConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.integration.served import ServerThread
+
+    _old_layout_store(repo)
+    with caplog.at_level("ERROR"):
+        server = ServerThread(repo, run_schedules=False).start()
+        server.stop()
+    assert any("skewless migrate-offline" in r.getMessage() for r in caplog.records)

@@ -290,8 +290,7 @@ _KILLED_OVERLAPPED_JOB = textwrap.dedent(
     from pathlib import Path
     from datetime import timedelta
     sys.path.insert(0, {root!r})
-    from tests.helpers.redis_cluster import RedisClusterNodes
-from tests.integration.matfixtures import T0, make_config, make_registry
+    from tests.integration.matfixtures import T0, make_config, make_registry
     from skewless.materialization import pipeline as m
     from skewless.online import writer as w
     config = make_config(Path({repo!r}), {url!r})

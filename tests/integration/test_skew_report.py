@@ -16,13 +16,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from skewless.client import Client, FailedPreconditionError, InvalidArgumentError
+from skewless.client import Client, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from skewless.core.config import RepoConfig
 from skewless.materialization.schedule import due_boundary
 from skewless.offline.skew import CATEGORY_NAMES
@@ -38,7 +39,12 @@ from skewless.registry import (
     RepoDefinitions,
 )
 from skewless.server.services.monitoring import SkewReportSchedule
-from skewless.v1 import materialization_service_pb2, online_service_pb2, types_pb2
+from skewless.v1 import (
+    materialization_service_pb2,
+    monitoring_service_pb2,
+    online_service_pb2,
+    types_pb2,
+)
 from tests.helpers.repos import repo_config, save_registry
 from tests.integration.served import ServerThread
 
@@ -340,6 +346,17 @@ def test_report_errors(scenario) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         client.get_skew_report("ranking", float_tolerance=-1)
     assert info.value.reason == "OUT_OF_RANGE"
+    with pytest.raises(InvalidArgumentError) as info:
+        client.get_skew_report("ranking", max_examples=101)
+    assert info.value.reason == "OUT_OF_RANGE"
+    with pytest.raises(NotFoundError) as info:
+        client.get_skew_report("x" * 5000)
+    assert info.value.reason == "FEATURE_SERVICE_NOT_FOUND" and len(str(info.value)) < 1000
+    bad = monitoring_service_pb2.GetSkewReportRequest(feature_service="ranking")
+    bad.start_time.seconds = -(10**12)
+    with pytest.raises(grpc.RpcError) as raw:
+        client._monitoring.GetSkewReport(bad, timeout=10)
+    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     empty = client.get_skew_report("ranking")  # logging on, nothing served yet
     assert empty.logged_rows == 0 and empty.mismatch_rate == 0
     defs = definitions()

@@ -83,3 +83,20 @@ def test_online_store_tls_needs_a_rediss_url(tmp_path: Path) -> None:
     half = online.replace("{ca_file: tls/redis-ca.pem}", "{cert_file: c.pem}")
     with pytest.raises(DefinitionError, match="cert_file and key_file together"):
         load_repo_config(_repo(tmp_path, half))
+
+
+def test_feature_log_settings(tmp_path: Path) -> None:
+    default = load_repo_config(_repo(tmp_path, ""))
+    assert (default.feature_log_flush_seconds, default.feature_log_queue_calls) == (5.0, 10_000)
+    config = load_repo_config(
+        _repo(tmp_path, "server:\n  feature_log: {flush_interval: 0.5, queue_calls: 10}\n")
+    )
+    assert (config.feature_log_flush_seconds, config.feature_log_queue_calls) == (0.5, 10)
+
+
+@pytest.mark.parametrize(
+    "value", ["{flush_interval: 0}", "{queue_calls: 0}", "{flush_interval: x}", "{every: 1}"]
+)
+def test_feature_log_settings_are_checked(tmp_path: Path, value: str) -> None:
+    with pytest.raises(DefinitionError, match=r"server\.feature_log"):
+        load_repo_config(_repo(tmp_path, f"server:\n  feature_log: {value}\n"))

@@ -257,11 +257,17 @@ _tables: dict[str, DeltaTable] = {}
 _tables_lock = threading.RLock()
 
 
-def _latest(root: Path) -> DeltaTable | None:
-    """The table at its latest version (cached per process, updated incrementally)."""
+def _latest(root: Path, *, refresh: bool = True) -> DeltaTable | None:
+    """The table at its latest version (cached per process, updated incrementally).
+
+    With `refresh=False` a cached table is returned as last read (an append needs no
+    fresh snapshot: deltalake rebases it onto newer commits).
+    """
     uri = table_uri(root)
     with _tables_lock:  # (re-entrant: callers may hold it)
         table = _tables.get(uri)
+        if table is not None and not refresh:
+            return table
         if table is not None:
             try:
                 table.update_incremental()
@@ -404,6 +410,7 @@ def commit_actions(
     *,
     operation: str,
     window: bool = False,
+    needs_snapshot: bool = True,
 ) -> int:
     """Commits what `plan` derives from the latest snapshot as one Delta commit.
 
@@ -417,6 +424,8 @@ def commit_actions(
         plan: Returns (adds, removes) for a snapshot; both empty commits nothing.
         operation: Recorded in the commit as `skewless.operation`.
         window: Mark the commit as a window's (windows of one view serialize).
+        needs_snapshot: False for a plain append: `plan` gets the cached version and no
+            files (saves a log read and a file listing per push).
 
     Returns:
         The committed version (the read one when nothing was committed).
@@ -429,7 +438,7 @@ def commit_actions(
     root = config.offline_dir / view
     table_schema = _table_schema(schema)
     for attempt in range(_ATTEMPTS):
-        table = _latest(root)
+        table = _latest(root, refresh=needs_snapshot or attempt > 0)
         if table is None:
             _create(root, table_schema)
             continue
@@ -438,7 +447,8 @@ def commit_actions(
                 _add_missing_columns(table, table_schema)
             except CommitFailedError:
                 continue
-            snapshot = Snapshot(version=table.version(), files=_files_of(table), root=root)
+            files = _files_of(table) if needs_snapshot else ()
+            snapshot = Snapshot(version=table.version(), files=files, root=root)
             seen = table.transaction_version(_WINDOW_APP) if window else None
             current_schema = pa.schema(table.schema().to_arrow())
         adds, removes = plan(snapshot)

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -192,27 +193,45 @@ def _key_values(column: types_pb2.RepeatedValue) -> list[Any]:
 
 
 def _value_getter(value_type: int) -> Any:
+    """Reads one present value (lists and timestamps: a Python value per row)."""
     name = _FIELD[value_type]
     element = list_element_type(value_type)
     if value_type == VT.VALUE_TYPE_TIMESTAMP:
         return lambda v: _micros(v.timestamp_value)
     if element == VT.VALUE_TYPE_TIMESTAMP:
         return lambda v: [_micros(t) for t in v.timestamp_list_value.values]
-    if element is not None:
-        return lambda v: list(getattr(v, name).values)
-    return lambda v: getattr(v, name)
+    return lambda v: list(getattr(v, name).values)
+
+
+#: Scalar types read with one attribute getter over every value (nulls masked afterwards).
+_PLAIN = frozenset(
+    {
+        VT.VALUE_TYPE_INT32,
+        VT.VALUE_TYPE_INT64,
+        VT.VALUE_TYPE_FLOAT32,
+        VT.VALUE_TYPE_FLOAT64,
+        VT.VALUE_TYPE_STRING,
+        VT.VALUE_TYPE_BYTES,
+        VT.VALUE_TYPE_BOOL,
+    }
+)
 
 
 @dataclass
 class _Columns:
-    """Column lists of one service's rows being decoded."""
+    """Column lists of one service's rows being decoded.
+
+    Scalar values are read with one `attrgetter` per vector (a null reads as the type's
+    default and is masked by its status at the end); event times are read once per view
+    (every feature of a view carries its row's event time).
+    """
 
     plan: FeaturePlan
     meta: list[list[Any]] = field(default_factory=lambda: [[], [], []])
     keys: dict[str, list[Any]] = field(default_factory=dict)
     values: list[list[Any]] = field(default_factory=list)
     statuses: list[list[int]] = field(default_factory=list)
-    times: list[list[int]] = field(default_factory=list)
+    times: dict[str, list[int]] = field(default_factory=dict)
     rows: int = 0
 
     def __post_init__(self) -> None:
@@ -220,8 +239,16 @@ class _Columns:
         n = len(self.plan.features)
         self.values = [[] for _ in range(n)]
         self.statuses = [[] for _ in range(n)]
-        self.times = [[] for _ in range(n)]
+        self.times = {v.name: [] for v in self.plan.views}
+        self._plain = [
+            attrgetter(_FIELD[f.value_type]) if f.value_type in _PLAIN else None
+            for f in self.plan.features
+        ]
         self._getters = [_value_getter(f.value_type) for f in self.plan.features]
+        firsts: dict[str, int] = {}
+        for i, f in enumerate(self.plan.features):
+            firsts.setdefault(f.view, i)
+        self._time_of = list(firsts.items())
 
     def add(self, call: LoggedCall) -> None:
         response = online_service_pb2.GetOnlineFeaturesResponse.FromString(call.response)
@@ -235,15 +262,22 @@ class _Columns:
         for name, column in self.keys.items():
             given = call.request.entities.get(name)
             column.extend(_key_values(given) if given is not None else [None] * n)
+        for view, i in self._time_of:
+            self.times[view].extend(
+                t.seconds * 1_000_000 + t.nanos // 1000 for t in vectors[i].event_times
+            )
         for i, vector in enumerate(vectors):
             statuses = list(vector.statuses)
             self.statuses[i].extend(statuses)
-            self.times[i].extend(_micros(t) for t in vector.event_times)
-            get = self._getters[i]
-            self.values[i].extend(
-                get(v) if s == _PRESENT else None
-                for v, s in zip(vector.values, statuses, strict=True)
-            )
+            plain = self._plain[i]
+            if plain is not None:
+                self.values[i].extend(map(plain, vector.values))
+            else:
+                get = self._getters[i]
+                self.values[i].extend(
+                    get(v) if s == _PRESENT else None
+                    for v, s in zip(vector.values, statuses, strict=True)
+                )
         self.meta[0].extend([call.request_id] * n)
         self.meta[1].extend([call.request_time_us] * n)
         self.meta[2].extend([call.registry_version] * n)
@@ -258,20 +292,26 @@ class _Columns:
         ]
         for key in self.plan.join_keys:
             arrays.append(pa.array(self.keys[key.name], arrow_type(key.value_type)))
+        times = {view: pa.array(t, pa.int64()) for view, t in self.times.items()}
         for i, feature in enumerate(self.plan.features):
             dtype = arrow_type(feature.value_type)
-            if pa.types.is_timestamp(dtype):
+            codes = pa.array(self.statuses[i], pa.int8())
+            if self._plain[i] is not None:
+                present = pc.equal(codes, pa.scalar(_PRESENT, pa.int8()))
+                raw = pa.array(self.values[i], dtype)
+                values = pc.if_else(present, raw, pa.scalar(None, dtype))
+            elif pa.types.is_timestamp(dtype):
                 values = pa.array(self.values[i], pa.int64()).cast(dtype)
             elif pa.types.is_list(dtype) and pa.types.is_timestamp(dtype.value_type):
                 values = pa.array(self.values[i], pa.list_(pa.int64())).cast(dtype)
             else:
                 values = pa.array(self.values[i], dtype)
-            codes = pa.array(self.statuses[i], pa.int8())
-            times = pa.array(self.times[i], pa.int64())
             found = pc.not_equal(codes, pa.scalar(_NOT_FOUND, pa.int8()))
             arrays.append(values)
             arrays.append(pc.take(_STATUS_ARRAY, codes))
-            arrays.append(pc.if_else(found, times, pa.scalar(None, pa.int64())).cast(_UTC_US))
+            arrays.append(
+                pc.if_else(found, times[feature.view], pa.scalar(None, pa.int64())).cast(_UTC_US)
+            )
         return pa.Table.from_arrays(arrays, schema=schema)
 
 

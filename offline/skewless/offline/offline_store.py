@@ -420,7 +420,9 @@ def commit_append(config: RepoConfig, view: str, staged: list[StagedFile]) -> in
         return [file_add(root, item.file) for item in staged], []
 
     try:
-        version = commit_actions(config, view, schema, plan, operation="append")
+        version = commit_actions(
+            config, view, schema, plan, operation="append", needs_snapshot=False
+        )
     except BaseException:
         unpublish(root, staged)
         raise

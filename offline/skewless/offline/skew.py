@@ -37,6 +37,7 @@ from skewless.core.errors import InvalidArgumentError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import list_element_type
 from skewless.offline.feature_log import LogColumns, log_columns, read_log, require_log
+from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS
 from skewless.offline.retrieval import start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
@@ -50,8 +51,11 @@ __all__ = [
     "DEFAULT_EXAMPLES",
     "MAX_EXAMPLES",
     "categorize",
+    "human_duration",
     "offline_plan",
     "skew_report",
+    "summary_rows",
+    "view_arrays",
 ]
 
 _pb = monitoring_service_pb2
@@ -179,6 +183,13 @@ def _cat(c: int) -> pa.Scalar:
     return pa.scalar(c, pa.int8())
 
 
+def view_arrays(
+    served_time: pa.ChunkedArray, offline_time: pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """What every feature of a view shares: offline has a winner, both event times in µs."""
+    return _valid(offline_time), _micros(served_time), _micros(offline_time)
+
+
 def categorize(
     *,
     served_status: pa.ChunkedArray,
@@ -188,8 +199,19 @@ def categorize(
     offline_time: pa.ChunkedArray,
     value_type: int,
     tolerance: float = 0.0,
+    prepared: tuple[pa.Array, pa.Array, pa.Array] | None = None,
 ) -> tuple[pa.Array, pa.Array]:
     """Puts each row in one `SkewCategory` (see the module docstring).
+
+    Args:
+        served_status: The served status names.
+        served_value: The served values.
+        served_time: The served event times.
+        offline_value: The offline values at request time.
+        offline_time: The offline winners' event times (null: no winner).
+        value_type: The feature's `ValueType`.
+        tolerance: 0 compares floats bit for bit; else the largest difference that matches.
+        prepared: `view_arrays(served_time, offline_time)`, shared by a view's features.
 
     Returns:
         The category number per row (int8) and the lag per row in microseconds (offline
@@ -197,8 +219,7 @@ def categorize(
 
     """
     served_row = _served_row(served_status)
-    offline_row = _valid(offline_time)
-    s_ts, o_ts = _micros(served_time), _micros(offline_time)
+    offline_row, s_ts, o_ts = prepared or view_arrays(served_time, offline_time)
     equal = _equal_values(served_value, offline_value, value_type, tolerance)
     category = pc.if_else(
         equal, _cat(Cat.SKEW_CATEGORY_MATCH), _cat(Cat.SKEW_CATEGORY_VALUE_MISMATCH)
@@ -302,6 +323,12 @@ _STATUS_NUMBERS: dict[str, Any] = {
 }
 
 
+def _time_of(scalar: pa.Scalar) -> timestamp_pb2.Timestamp | None:
+    if not scalar.is_valid:
+        return None
+    return _timestamp(pc.cast(scalar, pa.int64()).as_py())
+
+
 def _examples(
     rows: pa.Array,
     log: pa.Table,
@@ -310,36 +337,29 @@ def _examples(
     columns: LogColumns,
     category: pa.Array,
 ) -> list[_pb.SkewExample]:
-    if len(rows) == 0:
-        return []
+    """The example rows, read value by value (a `take` would join every chunk first)."""
     f = columns.feature
-    picked = log.take(rows)
-    off = offline.take(rows)
-    categories = category.take(rows).to_pylist()
+    view = next(v for v in plan.views if v.name == f.view)
     out = []
-    for i in range(len(rows)):
+    for row in rows.to_pylist():
         example = _pb.SkewExample(
-            category=categories[i],
-            request_id=picked.column("request_id")[i].as_py() or "",
-            served_value=_value(picked.column(columns.value)[i].as_py(), f.value_type),
-            served_status=_STATUS_NUMBERS.get(picked.column(columns.status)[i].as_py() or "", 0),
-            offline_value=_value(off.column(f.output_name)[i].as_py(), f.value_type),
+            category=category[row].as_py(),
+            request_id=log.column("request_id")[row].as_py() or "",
+            served_value=_value(log.column(columns.value)[row].as_py(), f.value_type),
+            served_status=_STATUS_NUMBERS.get(log.column(columns.status)[row].as_py() or "", 0),
+            offline_value=_value(offline.column(f.output_name)[row].as_py(), f.value_type),
         )
-        request_time = picked.column("request_time")[i]
-        if request_time.is_valid:
-            example.request_time.CopyFrom(_timestamp(pc.cast(request_time, pa.int64()).as_py()))
-        served_time = picked.column(columns.event_time)[i]
-        if served_time.is_valid:
-            example.served_event_time.CopyFrom(_timestamp(pc.cast(served_time, pa.int64()).as_py()))
-        offline_time = off.column(_offline_ts_name(f.view))[i]
-        if offline_time.is_valid:
-            example.offline_event_time.CopyFrom(
-                _timestamp(pc.cast(offline_time, pa.int64()).as_py())
-            )
-        view = next(v for v in plan.views if v.name == f.view)
+        for target, scalar in (
+            (example.request_time, log.column("request_time")[row]),
+            (example.served_event_time, log.column(columns.event_time)[row]),
+            (example.offline_event_time, offline.column(_offline_ts_name(f.view))[row]),
+        ):
+            stamp = _time_of(scalar)
+            if stamp is not None:
+                target.CopyFrom(stamp)
         for key in view.join_keys:
             example.entity_key[key.name].CopyFrom(
-                _value(picked.column(key.name)[i].as_py(), key.value_type)
+                _value(log.column(key.name)[row].as_py(), key.value_type)
             )
         out.append(example)
     return out
@@ -348,9 +368,7 @@ def _examples(
 def _distinct(column: pa.ChunkedArray) -> int:
     if not len(column):
         return 0
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    return int(pc.count_distinct(column).as_py())
+    return len(pc.unique(column))  # on dictionaries too (unifies them; 3x a cast's speed)
 
 
 def _check_range(start_us: int | None, end_us: int | None, tolerance: float, examples: int) -> None:
@@ -426,12 +444,15 @@ def skew_report(
         response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
     offline = _offline_values(config, plan, log)
     total = bad = 0
-    request_times = log.column("request_time")
+    request_micros = _micros(log.column("request_time"))
     view_lag: dict[str, pa.Array] = {}
+    prepared: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
     not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
     for columns in log_columns(plan):
         f = columns.feature
         offline_time = offline.column(_offline_ts_name(f.view))
+        if f.view not in prepared:  # a view's features share its rows' event times
+            prepared[f.view] = view_arrays(log.column(columns.event_time), offline_time)
         category, lag = categorize(
             served_status=log.column(columns.status),
             served_value=log.column(columns.value),
@@ -440,6 +461,7 @@ def skew_report(
             offline_time=offline_time,
             value_type=f.value_type,
             tolerance=float_tolerance,
+            prepared=prepared[f.view],
         )
         rows = len(category)
         counts = {
@@ -462,7 +484,8 @@ def skew_report(
         feature.stale_lag.CopyFrom(_lag(_one(pc.filter(lag, stale))))
         if not_matching:
             flagged = pc.indices_nonzero(pc.is_in(category, value_set=not_matching_set))
-            newest = pc.sort_indices(request_times.take(flagged), sort_keys=[("", "descending")])
+            times = request_micros.take(flagged)
+            newest = pc.sort_indices(times, sort_keys=[("", "descending")])
             picked = _one(flagged.take(newest.slice(0, examples_wanted)))
             feature.examples.extend(_examples(picked, log, offline, plan, columns, category))
         if f.view not in view_lag:
@@ -484,15 +507,16 @@ def skew_report(
 def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.Table:
     """The point-in-time join of the logged rows at their request times (features only)."""
     keys = [k.name for k in plan.join_keys]
+    # One chunk per column: the join's input is sliced and registered, cheaper whole.
     entity_rows = pa.table(
         [*(log.column(k) for k in keys), log.column("request_time")], names=[*keys, _LABEL]
-    )
+    ).combine_chunks()
     join = start_retrieval(
         config,
         offline_plan(plan),
         entity_rows,
         label_time_column=_LABEL,
-        batch_rows=1 << 20,
+        batch_rows=OUTPUT_BATCH_ROWS,
         entity_columns=False,
     )
     try:
@@ -514,14 +538,15 @@ def summary_rows(report: _pb.GetSkewReportResponse) -> Sequence[tuple[str, ...]]
                 f"{f.rows:,}",
                 *(f"{counts.get(c, 0):,}" for c in CATEGORY_NAMES),
                 f"{f.mismatch_rate:.2%}",
-                _human(lag.p50.ToMicroseconds()) if lag.count else "-",
-                _human(lag.p99.ToMicroseconds()) if lag.count else "-",
+                human_duration(lag.p50.ToMicroseconds()) if lag.count else "-",
+                human_duration(lag.p99.ToMicroseconds()) if lag.count else "-",
             )
         )
     return out
 
 
-def _human(micros: int) -> str:
+def human_duration(micros: int) -> str:
+    """A duration in microseconds as a short text: `850ms`, `12.5s`, `20.0m`, `3.9h`, `2.0d`."""
     seconds = micros / 1e6
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"

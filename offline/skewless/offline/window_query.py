@@ -178,7 +178,7 @@ class WindowQuery:
         select = self._select
         if latest_only:
             select = self._latest_select()
-        if time_ordered and not self._snapshotted:  # the snapshot is stored in this order
+        if time_ordered and (latest_only or not self._snapshotted):  # a snapshot is in order
             select = f"SELECT * FROM ({select}) AS _rows ORDER BY {self._history_order()}"
         with self._errors():
             reader = self._con.sql(select, params=self._params).to_arrow_reader(
@@ -206,9 +206,10 @@ class WindowQuery:
         head = "" if self._snapshotted else f"_rows AS MATERIALIZED ({self._select}), "
         return (
             f"WITH {head}"
-            f"_m AS (SELECT {key_list}, max({EVENT_TIMESTAMP}) AS _latest FROM {rows} "
-            f"GROUP BY {key_list}) "
-            f"SELECT _r.* FROM {rows} AS _r JOIN _m ON {on} AND _r.{EVENT_TIMESTAMP} = _m._latest "
+            f"_m AS (SELECT {key_list}, max({EVENT_TIMESTAMP}) AS _skewless_latest "
+            f"FROM {rows} GROUP BY {key_list}) "
+            f"SELECT _r.* FROM {rows} AS _r JOIN _m "
+            f"ON {on} AND _r.{EVENT_TIMESTAMP} = _m._skewless_latest "
             f"QUALIFY row_number() OVER (PARTITION BY {', '.join(f'_r.{k}' for k in keys)} "
             f"ORDER BY _r.{CREATED_TIMESTAMP} DESC NULLS LAST) = 1"
         )

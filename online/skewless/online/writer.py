@@ -10,9 +10,13 @@ any created time; equal (event, created) times replace (replays are idempotent).
 On a single Redis, `OnlineWriter` builds each call's RESP command with Arrow kernels
 (the per-row arguments of a call are one slice of a contiguous buffer, no Python
 object per value) and keeps one pipeline in flight while the next is built. On Redis
-Cluster the keys of one script call must share a hash slot, so rows are grouped by
-slot and sent through redis-py's cluster pipeline. Use `OnlineWriter` from jobs (sync)
-and `AsyncOnlineWriter` from the server (asyncio).
+Cluster the keys of one script call must share a hash slot: `OnlineWriter` puts the
+rows in slot order (the slot is the only thing computed per row), builds each call the
+same way from at most `_KEYS_PER_CALL` rows of one slot, and sends each primary its
+calls on one connection; on any error reply (MOVED, ASK, NOSCRIPT, ...) it writes the
+rows again through redis-py's cluster pipeline, which follows the cluster's changes.
+`AsyncOnlineWriter` groups rows by slot and uses that pipeline. Use `OnlineWriter` from
+jobs (sync) and `AsyncOnlineWriter` from the server (asyncio).
 """
 
 from __future__ import annotations
@@ -225,16 +229,9 @@ def _slice_bytes(column: pa.Array, start: int, stop: int) -> bytes:
     return bytes(data[first:last].to_pybytes())
 
 
-def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) -> Iterator[bytes]:
-    """Yields each script call as a complete RESP command, built column-wise in Arrow.
-
-    Equivalent to `_calls` for a single Redis: the key arguments and the per-row
-    arguments (event time, created time, values) are encoded as RESP bulk strings by
-    Arrow kernels, and each call is a few slices of their contiguous buffers.
-    """
+def _packed_parts(rows: OnlineRows) -> tuple[pa.Array, pa.Array]:
+    """The RESP bulk string of each row's key, and of each row's arguments, in Arrow."""
     n = len(rows)
-    if n == 0:
-        return
     keys = bulk_strings(rows.keys)
     parts = [bulk_strings(encode_timestamps(rows.event_micros))]
     if rows.created_micros is not None:
@@ -245,31 +242,137 @@ def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) ->
     records = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
     if not isinstance(records, pa.Array) or records.null_count:
         raise ValueError("cannot pack rows")
-    nf = len(rows.feature_names)
-    expire_ms = int(expire_after.total_seconds() * 1000) if expire_after else 0
-    head_args: tuple[int | str, ...] = (nf, expire_ms, *rows.feature_names)
-    head = b"".join(bulk(a) for a in head_args)
-    command = bulk("EVALSHA") + bulk(sha)
-    for start in range(0, n, _KEYS_PER_CALL):
-        stop = min(start + _KEYS_PER_CALL, n)
+    return keys, records
+
+
+class _CallPacker:
+    """Builds complete EVALSHA commands from slices of the packed keys and arguments."""
+
+    def __init__(self, rows: OnlineRows, expire_after: timedelta | None, sha: str) -> None:
+        self.nf = len(rows.feature_names)
+        expire_ms = int(expire_after.total_seconds() * 1000) if expire_after else 0
+        head_args: tuple[int | str, ...] = (self.nf, expire_ms, *rows.feature_names)
+        self.head = b"".join(bulk(a) for a in head_args)
+        self.command = bulk("EVALSHA") + bulk(sha)
+
+    def call(self, keys: pa.Array, records: pa.Array, start: int, stop: int) -> bytes:
         count = stop - start
-        argc = 3 + count + 2 + nf + count * (2 + nf)
-        yield b"".join(
+        argc = 3 + count + 2 + self.nf + count * (2 + self.nf)
+        return b"".join(
             (
                 b"*%d\r\n" % argc,
-                command,
+                self.command,
                 bulk(count),
                 _slice_bytes(keys, start, stop),
-                head,
+                self.head,
                 _slice_bytes(records, start, stop),
             )
         )
+
+
+def _packed_calls(rows: OnlineRows, expire_after: timedelta | None, sha: str) -> Iterator[bytes]:
+    """Yields each script call as a complete RESP command, built column-wise in Arrow.
+
+    Equivalent to `_calls` for a single Redis: the key arguments and the per-row
+    arguments (event time, created time, values) are encoded as RESP bulk strings by
+    Arrow kernels, and each call is a few slices of their contiguous buffers.
+    """
+    n = len(rows)
+    if n == 0:
+        return
+    keys, records = _packed_parts(rows)
+    packer = _CallPacker(rows, expire_after, sha)
+    for start in range(0, n, _KEYS_PER_CALL):
+        yield packer.call(keys, records, start, min(start + _KEYS_PER_CALL, n))
+
+
+def _key_slots(rows: OnlineRows) -> pa.Array:
+    """The Redis Cluster hash slot of each row's key (`int32`)."""
+    return pa.array([key_slot(k) for k in rows.keys.to_pylist()], pa.int32())
+
+
+def _take(rows: OnlineRows, indices: pa.Array) -> OnlineRows:
+    """The rows at `indices`, in that order."""
+    return OnlineRows(
+        keys=rows.keys.take(indices),
+        event_micros=rows.event_micros.take(indices),
+        created_micros=(
+            rows.created_micros.take(indices) if rows.created_micros is not None else None
+        ),
+        feature_names=rows.feature_names,
+        values=tuple(v.take(indices) for v in rows.values),
+    )
+
+
+def _packed_slot_calls(
+    rows: OnlineRows, expire_after: timedelta | None, sha: str, slots: pa.Array | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yields (hash slot, command) of each script call for Redis Cluster, built in Arrow.
+
+    Equivalent to `_calls(..., cluster=True)`: the rows are put in slot order (a stable
+    sort, so rows of one slot keep their order) and each call takes at most
+    `_KEYS_PER_CALL` rows of one slot. Only the slot of each key is computed per row.
+    """
+    n = len(rows)
+    if n == 0:
+        return
+    slots = _key_slots(rows) if slots is None else slots
+    order = pc.sort_indices(slots)  # stable
+    keys, records = _packed_parts(rows)
+    keys, records = keys.take(order), records.take(order)
+    runs = pc.run_end_encode(slots.take(order))
+    packer = _CallPacker(rows, expire_after, sha)
+    start = 0
+    for slot, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        for first in range(start, end, _KEYS_PER_CALL):
+            yield slot, packer.call(keys, records, first, min(first + _KEYS_PER_CALL, end))
+        start = end
 
 
 def _unavailable(exc: Exception) -> StoreUnavailableError:
     return store_unavailable(
         exc, doing="could not be written", retry="the write can be retried safely"
     )
+
+
+def _send_packed(client: redis.Redis, commands: Iterator[bytes]) -> tuple[int, bool]:
+    """Sends commands on one connection, one pipeline in flight while the next is sent.
+
+    Returns:
+        The sum of the integer replies, and whether any reply was an error (every reply
+        is read all the same, so the connection stays usable).
+
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    written = 0
+    failed = False
+    in_flight = 0  # replies not read yet: one batch is sent before the last is read
+
+    def read(count: int) -> None:
+        nonlocal written, failed
+        for _ in range(count):
+            try:
+                written += int(conn.read_response())
+            except redis.ResponseError:
+                failed = True  # e.g. NOSCRIPT after a restart: keep reading replies
+
+    try:
+        while True:
+            batch = list(itertools.islice(commands, _CALLS_PER_PIPELINE))
+            if not batch:
+                break
+            # redis-py leaves Connection.send_packed_command and .disconnect unannotated
+            conn.send_packed_command(batch, check_health=False)  # type: ignore[no-untyped-call]
+            read(in_flight)
+            in_flight = len(batch)
+        read(in_flight)
+        return written, failed
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        raise
+    finally:
+        pool.release(conn)
 
 
 class OnlineWriter:
@@ -314,42 +417,54 @@ class OnlineWriter:
 
     def _write_packed(self, rows: OnlineRows, expire_after: timedelta | None) -> int | None:
         """Writes through one connection with pre-packed commands; None if it could not."""
-        sha = self._load()
-        commands = _packed_calls(rows, expire_after, sha)
         assert isinstance(self.client, redis.Redis)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
+        written, failed = _send_packed(self.client, _packed_calls(rows, expire_after, self._load()))
+        if failed:
+            self._sha = None
+            return None
+        return written
+
+    def _write_cluster_packed(
+        self, rows: OnlineRows, expire_after: timedelta | None
+    ) -> tuple[int, OnlineRows | None]:
+        """Writes pre-packed calls to each slot's primary.
+
+        A primary that answers any call with an error (MOVED or ASK while the cluster
+        reshards, NOSCRIPT, TRYAGAIN, CLUSTERDOWN) or cannot be reached is given up on
+        after its other replies are read: its rows are returned, to be written the
+        general way (redis-py follows the cluster's changes), which the idempotent
+        compare-and-set allows.
+
+        Returns:
+            The keys replaced, and the rows still to write (None when there are none).
+
+        """
+        assert isinstance(self.client, RedisCluster)
+        sha = self._load()
+        slots = _key_slots(rows)
+        by_node: dict[str, tuple[Any, list[int], list[bytes]]] = {}
+        nodes = self.client.nodes_manager
+        for slot, command in _packed_slot_calls(rows, expire_after, sha, slots):
+            node = nodes.get_node_from_slot(slot)
+            entry = by_node.setdefault(node.name, (node, [], []))
+            entry[1].append(slot)
+            entry[2].append(command)
         written = 0
-        failed = False
-        in_flight = 0  # replies not read yet: one batch is sent before the last is read
-
-        def read(count: int) -> None:
-            nonlocal written, failed
-            for _ in range(count):
-                try:
-                    written += int(conn.read_response())
-                except redis.ResponseError:
-                    failed = True  # e.g. NOSCRIPT after a restart: keep reading replies
-
-        try:
-            while True:
-                batch = list(itertools.islice(commands, _CALLS_PER_PIPELINE))
-                if not batch:
-                    break
-                # redis-py leaves Connection.send_packed_command and .disconnect unannotated
-                conn.send_packed_command(batch, check_health=False)  # type: ignore[no-untyped-call]
-                read(in_flight)
-                in_flight = len(batch)
-            read(in_flight)
+        failed_slots: list[int] = []
+        for node, node_slots, commands in by_node.values():
+            try:
+                count, failed = _send_packed(self.client.get_redis_connection(node), iter(commands))
+            except (redis.ConnectionError, redis.TimeoutError):
+                count, failed = 0, True
             if failed:
-                self._sha = None
-                return None
-            return written
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            raise
-        finally:
-            pool.release(conn)
+                failed_slots.extend(node_slots)
+            else:
+                written += count
+        if not failed_slots:
+            return written, None
+        self._sha = None  # it may have been flushed: loaded again on every primary
+        retry = pc.indices_nonzero(pc.is_in(slots, value_set=pa.array(failed_slots, pa.int32())))
+        return written, _take(rows, retry)
 
     def write(self, rows: OnlineRows, *, expire_after: timedelta | None = None) -> int:
         """Writes rows under the compare-and-set rule.
@@ -365,18 +480,24 @@ class OnlineWriter:
             StoreUnavailableError: Redis cannot be reached.
 
         """
-        if not self._cluster and len(rows):
+        written = 0
+        if len(rows):
             try:
-                packed = self._write_packed(rows, expire_after)
+                if self._cluster:
+                    written, left = self._write_cluster_packed(rows, expire_after)
+                    if left is None:
+                        return written
+                    rows = left
+                else:
+                    packed = self._write_packed(rows, expire_after)
+                    if packed is not None:
+                        return packed
             except redis.RedisError as exc:
                 if is_transient(exc):
                     raise _unavailable(exc) from exc
                 raise
-            if packed is not None:
-                return packed
-            # A reply was an error (the script was flushed): the compare-and-set is
-            # idempotent, so the rows are simply written again the general way.
-        written = 0
+            # A reply was an error (the script was flushed, the cluster reshards): the
+            # compare-and-set is idempotent, so the rows are written again the general way.
         pending: Future[int] | None = None
         try:
             sha = self._load()

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from skewless.cli.materialize import parse_time
 from skewless.core.config import load_repo_config
-from skewless.offline.skew import CATEGORY_NAMES, skew_report, summary_rows
+from skewless.offline.skew import CATEGORY_NAMES, human_duration, skew_report, summary_rows
 from skewless.registry.registry_store import RegistryStore
 from skewless.v1 import monitoring_service_pb2
 
@@ -82,8 +82,9 @@ def format_report(report: monitoring_service_pb2.GetSkewReportResponse) -> str:
             lines.append(
                 f"  {view.feature_view}: {view.stale_rows:,}/{view.rows:,} stale"
                 + (
-                    f", lag p50 {lag.p50.ToTimedelta()} p90 {lag.p90.ToTimedelta()} "
-                    f"p99 {lag.p99.ToTimedelta()}"
+                    f", lag p50 {human_duration(lag.p50.ToMicroseconds())} "
+                    f"p90 {human_duration(lag.p90.ToMicroseconds())} "
+                    f"p99 {human_duration(lag.p99.ToMicroseconds())}"
                     if lag.count
                     else ""
                 )

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
+from skewless.offline.delta_log import check_layout
 from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.auth import Access, AuthInterceptor, build_authenticator
@@ -109,6 +110,10 @@ class SkewlessServer:
             self.ctx.registry.reload()
         except Exception:  # serve anyway: registry RPCs say what is wrong until a good apply
             _log.exception("could not load the registry at start")
+        try:
+            check_layout(self.ctx.config)
+        except SkewlessError as exc:  # serve anyway: online serving does not need it
+            _log.error("offline store: %s", exc.message)
         await self.server.start()
         await self._check_health()
         self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))

@@ -61,6 +61,10 @@ WRITE_ERRORS = Counter(
 )
 
 
+#: A queued call: service, request, response bytes, request time (µs), id, version.
+_Queued = tuple[str, online_service_pb2.GetOnlineFeaturesRequest, bytes, int, str, int]
+
+
 @dataclass(frozen=True)
 class _Service:
     rate: float
@@ -100,7 +104,7 @@ class FeatureLogger:
         #: Sample rate per logged service (read on the request path).
         self.rates: dict[str, float] = {}
         self._services: dict[str, _Service] = {}
-        self._queue: collections.deque[tuple[str, LoggedCall]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -159,9 +163,8 @@ class FeatureLogger:
             columns = list(request.entities.values())
             DROPPED_ROWS.labels(service).inc(len(columns[0].values) if columns else 0)
             return request_id
-        queue.append(
-            (service, LoggedCall(request, response, request_time_us, request_id, registry_version))
-        )
+        # A plain tuple: the cheapest object to build here (the writer makes LoggedCalls).
+        queue.append((service, request, response, request_time_us, request_id, registry_version))
         if self._thread is None:
             self._start()
         elif len(queue) >= self.flush_calls:
@@ -192,8 +195,9 @@ class FeatureLogger:
         queue = self._queue
         taken: dict[tuple[str, int], list[LoggedCall]] = {}
         for _ in range(len(queue)):
-            service, call = queue.popleft()
-            taken.setdefault((service, call.registry_version), []).append(call)
+            service, request, response, request_time_us, request_id, version = queue.popleft()
+            call = LoggedCall(request, response, request_time_us, request_id, version)
+            taken.setdefault((service, version), []).append(call)
         written = 0
         for (service, version), calls in taken.items():
             try:
