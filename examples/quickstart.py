@@ -28,6 +28,7 @@ with Client(args.target) as client:
     )
     columns = online.to_dict()  # feature name -> one value per entity row
     statuses = online.statuses()  # PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE
+    event_times = online.event_times()  # when each value became true (None: no row)
 
     # Training data: every order joined to its features as they were at order time.
     orders = pq.read_table(args.orders)
@@ -43,7 +44,7 @@ print(
     json.dumps(
         {
             "search": found,
-            "online": {"values": columns, "statuses": statuses},
+            "online": {"values": columns, "statuses": statuses, "event_times": event_times},
             "training": {"rows": training.num_rows, "columns": training.column_names},
             "error": error,
         },

@@ -1,8 +1,9 @@
 """Writes the ride-hailing example's small, deterministic Parquet files into data/.
 
-    python examples/rides/generate_data.py [--out DIR] [--anchor 2026-11-20T00:00:00Z|now]
+    python examples/rides/generate_data.py [--out DIR] [--anchor now|2026-11-20T00:00:00Z]
 
-Files (all timestamps UTC, spread over the 10 days before the anchor):
+Files (all timestamps UTC, spread over the 10 days before the anchor, which is the
+current hour unless `--anchor` pins it):
   data/driver_stats.parquet      200 drivers (1001-1200), one row every ~6 hours, a few
                                  corrections (same event time, later `created`), some nulls.
   data/customer_profile.parquet  100 customers (2001-2100), about one snapshot a day, some
@@ -12,8 +13,10 @@ Files (all timestamps UTC, spread over the 10 days before the anchor):
                                  driver_id, customer_id, event_timestamp, trip_completed; a few
                                  ids have no features at all.
 
-The same anchor and seed always give the same rows. Pass `--anchor now` for data that is
-fresh right now (for example to see PRESENT rather than OUTSIDE_MAX_AGE online).
+Run with no arguments (as `make run` does) the data ends at the current hour, so the
+served example answers PRESENT on any day. The same anchor and seed always give the same
+rows: the anchor only shifts the times, so pass a fixed `--anchor` (tests call
+`generate(out)`, pinned to `ANCHOR`) for files that are identical from run to run.
 """
 
 from __future__ import annotations
@@ -161,9 +164,14 @@ def generate(out: Path, anchor: datetime = ANCHOR) -> dict[str, int]:
     return counts
 
 
+def current_hour() -> datetime:
+    """The anchor of fresh data: now, rounded down to the hour (UTC)."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def _anchor(text: str) -> datetime:
     if text == "now":
-        return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        return current_hour()
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -174,8 +182,9 @@ def main() -> None:
     parser.add_argument(
         "--anchor",
         type=_anchor,
-        default=ANCHOR,
-        help="end of the 10-day window: an ISO time (default 2026-11-20T00:00:00Z) or 'now'",
+        default="now",
+        help="end of the 10-day window: 'now' (the default: the current hour) or an ISO "
+        "time such as 2026-11-20T00:00:00Z for reproducible files",
     )
     args = parser.parse_args()
     for name, rows in generate(args.out, args.anchor).items():

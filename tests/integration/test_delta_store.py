@@ -12,12 +12,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
+from google.protobuf import duration_pb2
 
 from skewless.core.config import RepoConfig
 from skewless.materialization.pipeline import materialize
 from skewless.offline.offline_store import history_dir, history_files, read_files
+from skewless.v1 import registry_pb2
 from tests.helpers.processes import stop_process
-from tests.integration.matfixtures import T0, driver_rows, make_config, make_registry, write_source
+from tests.integration.matfixtures import (
+    T0,
+    VT,
+    driver_rows,
+    make_config,
+    make_registry,
+    write_source,
+)
 
 DAY = timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,6 +405,154 @@ def test_a_delta_table_is_a_source_at_a_pinned_or_latest_version(
     with pytest.raises(DefinitionProblemsError) as missing:
         apply_repo(repo)
     assert "no Delta table at 'data/missing'" in str(missing.value)
+
+
+def _push_generation(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    drivers: list[int],
+    at_minutes: list[int],
+) -> None:
+    """Pushes rows to `driver_live` as the registry defines it (trips as float64)."""
+    from skewless.offline.offline_store import ORIGIN_PUSH, HistoryWriter, commit_append
+    from skewless.registry.feature_refs import resolve_view
+
+    plan = resolve_view(registry, "driver_live")
+    table = pa.table(
+        {
+            "driver_id": pa.array(drivers, pa.int64()),
+            "event_timestamp": pa.array(
+                [T0 + timedelta(minutes=m) for m in at_minutes], pa.timestamp("us", tz="UTC")
+            ),
+            "created_timestamp": pa.array([None] * len(drivers), pa.timestamp("us", tz="UTC")),
+            "conv_rate": pa.array([float(m) for m in at_minutes]),
+            "trips": pa.array([m + 0.5 for m in at_minutes]),
+            "label": pa.array([f"{d}@{m}" for d, m in zip(drivers, at_minutes, strict=True)]),
+        }
+    ).cast(plan.history_schema)
+    writer = HistoryWriter(config, plan.storage_name, plan.history_schema, origin=ORIGIN_PUSH)
+    writer.write(table)
+    commit_append(config, plan.storage_name, writer.close())
+
+
+def _on_disk(config: RepoConfig, table: str) -> list[Path]:
+    root = history_dir(config, table)
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_new_generation_reads_no_old_history_and_upkeep_touches_only_it(
+    repo: RepoConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A breaking change (new generation) on views with Delta history: reads, pins,
+    compaction, vacuum and retention all address the new generation's table only."""
+    from functools import partial
+
+    from skewless.cli import main
+    from skewless.core.errors import FailedPreconditionError, NotFoundError
+    from skewless.materialization.retention import sweep_retention
+    from skewless.materialization.view_state import has_stored_values
+    from skewless.offline.retrieval import read_snapshots, start_retrieval
+    from skewless.registry.feature_refs import resolve_feature_refs
+    from skewless.registry.registry_diff import plan_changes
+    from skewless.registry.registry_store import RegistryStore
+
+    (repo.root / "skewless.yaml").write_text(
+        f"project: mat\ndata_dir: .skewless\nonline_store: {{redis_url: '{repo.redis_url}'}}\n"
+    )
+    old = make_registry(push=True)
+    materialize(repo, old, T0, T0 + 2 * DAY, views=["driver_stats"])
+    materialize(repo, old, T0, T0 + DAY, views=["driver_stats"])  # replaced files stay on disk
+    _push_rows(repo, [3, 1], [50, 10])  # out of order: a compaction would rewrite it
+    old_state = {
+        name: (DeltaTable(str(history_dir(repo, name))).version(), _on_disk(repo, name))
+        for name in ("driver_stats", "driver_live")
+    }
+
+    retyped = {
+        "conv_rate": VT.VALUE_TYPE_FLOAT64,
+        "trips": VT.VALUE_TYPE_FLOAT64,  # INT64 before: the old bytes are not float64
+        "label": VT.VALUE_TYPE_STRING,
+    }
+    planned = plan_changes(
+        old,
+        make_registry(push=True, feature_types=retyped),
+        has_values=partial(has_stored_values, repo),
+    )
+    new = planned.registry
+    assert {v.name: v.generation for v in new.feature_views} == {
+        "driver_stats": 1,
+        "driver_live": 1,
+    }
+    assert sorted(planned.rematerialize) == ["driver_live", "driver_stats"]
+    RegistryStore(repo.registry_path).save(new)
+    stats = resolve_feature_refs(new, ["driver_stats:trips"])
+    live = resolve_feature_refs(new, ["driver_live:trips"])
+
+    # Nothing of the old generation is read: not the latest snapshot, not a pinned version.
+    with pytest.raises(FailedPreconditionError, match="no offline history") as missing:
+        read_snapshots(repo, stats)
+    assert missing.value.reason == "NOT_MATERIALIZED"
+    with pytest.raises(NotFoundError) as pinned:
+        read_snapshots(repo, stats, versions={"driver_stats": old_state["driver_stats"][0]})
+    assert "'driver_stats'" in str(pinned.value) and "@" not in str(pinned.value)
+    assert not has_stored_values(repo, "driver_stats", 1)
+
+    # The new generation fills its own table; retrieval joins only its rows and types.
+    materialize(repo, new, T0, T0 + 2 * DAY, views=["driver_stats"])
+    _push_generation(repo, new, [3, 1], [50, 20])
+    _push_generation(repo, new, [2], [30])
+    assert DeltaTable(str(history_dir(repo, "driver_stats@1"))).version() >= 0
+    snapshots = read_snapshots(repo, live)
+    assert snapshots["driver_live"].root == history_dir(repo, "driver_live@1")
+    labels = pa.table(
+        {
+            "driver_id": pa.array([1, 1, 2], pa.int64()),
+            "event_timestamp": pa.array(
+                [T0 + timedelta(minutes=m) for m in (15, 25, 35)], pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    join = start_retrieval(repo, live, labels, label_time_column="event_timestamp", batch_rows=1024)
+    try:
+        got = join.reader.read_all()
+    finally:
+        join.close()
+    assert got.schema.field("trips").type == pa.float64()
+    # Generation 0 had driver 1 at minute 10; generation 1 only from minute 20.
+    assert got.column("trips").to_pylist() == [None, 20.5, 30.5]
+    join = start_retrieval(
+        repo,
+        stats,
+        labels.slice(0, 1).set_column(
+            1,
+            "event_timestamp",
+            pa.array([T0 + 36 * timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
+        ),
+        label_time_column="event_timestamp",
+        batch_rows=1024,
+    )
+    try:
+        assert join.reader.read_all().column("trips").to_pylist() == [37.0]
+    finally:
+        join.close()
+
+    # Compaction, vacuum and retention work on generation 1 and name the view.
+    capsys.readouterr()
+    assert main(["compact", "--repo", str(repo.root), "--views", "driver_live"]) == 0
+    out = capsys.readouterr().out
+    assert "driver_live: 2 pushed file(s) rewritten as 1" in out and "@" not in out
+    assert len(read_files(repo, "driver_live@1")) == 1
+    assert main(["vacuum", "--retain", "0", "--repo", str(repo.root)]) == 0
+    out = capsys.readouterr().out
+    assert "driver_live: 2 file(s) deleted" in out
+    assert "driver_stats: 0 file(s) deleted" in out and "@" not in out
+    new.feature_views[0].offline_retention.CopyFrom(duration_pb2.Duration(seconds=86_400))
+    swept = sweep_retention(repo, new, now=T0 + 10 * DAY)
+    assert [(r.view, r.files_removed > 0) for r in swept] == [("driver_stats", True)]
+    assert not read_files(repo, "driver_stats@1")
+    for name, (version, files) in old_state.items():
+        assert DeltaTable(str(history_dir(repo, name))).version() == version, name
+        assert _on_disk(repo, name) == files, name
 
 
 def test_a_server_over_an_old_layout_says_so_at_start(

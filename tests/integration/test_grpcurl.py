@@ -112,3 +112,84 @@ def test_errors_carry_code_and_details(fixture: h.Fixture) -> None:
     assert status["code"] == 5  # NOT_FOUND
     info = next(d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
     assert info["domain"] == "skewless.dev" and info["reason"]
+
+
+# --- reflection v1 beside v1alpha ----------------------------------------------------------
+
+
+def test_reflection_is_served_as_v1_and_v1alpha(fixture: h.Fixture) -> None:
+    result = h.grpcurl(fixture.addr, "list")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert {
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    described = h.grpcurl(fixture.addr, "describe", "grpc.reflection.v1.ServerReflection")
+    assert described.returncode == 0, described.stderr
+    assert "grpc.reflection.v1.ServerReflection is a service" in described.stdout
+    assert ".grpc.reflection.v1.ServerReflectionRequest" in described.stdout
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_each_reflection_version_answers_over_its_own_path(
+    fixture: h.Fixture, version: str
+) -> None:
+    import grpc
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    with grpc.insecure_channel(fixture.addr) as channel:
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=r.ServerReflectionRequest.SerializeToString,
+            response_deserializer=r.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            r.ServerReflectionRequest(list_services=""),
+            r.ServerReflectionRequest(file_containing_symbol="skewless.v1.OnlineService"),
+        ]
+        listed, files = list(call(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"skewless.v1.OnlineService", f"grpc.reflection.{version}.ServerReflection"} <= names
+    protos = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in files.file_descriptor_response.file_descriptor_proto
+    ]
+    assert "skewless/v1/online_service.proto" in {p.name for p in protos}
+
+
+def test_grpcurl_speaks_reflection_v1(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """grpcurl asks v1 first: against a server with only the v1 service it still lists."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    from skewless.server.reflection import V1_SERVICE_NAME, ensure_v1_descriptor
+
+    ensure_v1_descriptor()
+    servicer = reflection.ReflectionServicer(("skewless.v1.OnlineService", V1_SERVICE_NAME))
+    handler = grpc.method_handlers_generic_handler(
+        V1_SERVICE_NAME,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = h.grpcurl(f"127.0.0.1:{port}", "list")
+        assert result.returncode == 0, result.stderr
+        assert set(result.stdout.split()) == {"skewless.v1.OnlineService", V1_SERVICE_NAME}
+        described = h.grpcurl(f"127.0.0.1:{port}", "describe", "skewless.v1.OnlineService")
+        assert described.returncode == 0, described.stderr
+        assert "rpc GetOnlineFeatures" in described.stdout
+    finally:
+        server.stop(0)

@@ -286,6 +286,7 @@ def _methods() -> list[tuple[str, bool]]:
     out += [
         ("/grpc.health.v1.Health/Check", False),
         ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True),
     ]
     return out
 
@@ -353,6 +354,11 @@ def _valid_request(path: str) -> bytes:
         return registry_service_pb2.GetFeatureViewRequest(name="driver_live").SerializeToString()
     if name == "SearchFeatures":
         return registry_service_pb2.SearchFeaturesRequest(query="trips").SerializeToString()
+    if name == "PlanRepository":
+        text = "entities:\n  - {name: rider, join_keys: [rider_id], value_type: INT64}\n"
+        return registry_service_pb2.PlanRepositoryRequest(
+            files=[registry_service_pb2.DefinitionFile(path="features/a.yaml", content=text)]
+        ).SerializeToString()
     return b""
 
 

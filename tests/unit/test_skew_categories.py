@@ -85,3 +85,23 @@ def test_floats_compare_bit_for_bit_unless_a_tolerance_is_given() -> None:
 def test_other_types(value_type: int, dtype: pa.DataType, a: object, b: object) -> None:
     names, _ = run([("PRESENT", a, 5, a, 5), ("PRESENT", a, 5, b, 5)], value_type, dtype)
     assert names == ["MATCH", "VALUE_MISMATCH"]
+
+
+def test_the_report_joins_each_views_current_generation() -> None:
+    """The report's offline plan keeps where each view's values are stored."""
+    from skewless.offline.skew import offline_plan
+    from skewless.registry.feature_refs import resolve_feature_refs
+    from skewless.v1 import registry_pb2
+
+    registry = registry_pb2.Registry(project="p", version=1)
+    registry.entities.add(
+        name="driver",
+        join_keys=[registry_pb2.JoinKey(name="driver_id", value_type=VT.VALUE_TYPE_INT64)],
+    )
+    registry.data_sources.add(name="src", timestamp_field="ts").file.path = "d.parquet"
+    view = registry.feature_views.add(
+        name="stats", entities=["driver"], source="src", online=True, offline=True, generation=2
+    )
+    view.features.add(name="trips", value_type=VT.VALUE_TYPE_INT64)
+    plan = offline_plan(resolve_feature_refs(registry, ["stats:trips"]))
+    assert [(v.name, v.storage_name) for v in plan.views] == [("stats", "stats@2")]

@@ -303,8 +303,12 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
     if path.is_dir():
         path = path / CONFIG_FILE
     if not path.is_file():
+        folder = path.parent if path.name == CONFIG_FILE else path
         raise DefinitionError(
-            f"{path}: no {CONFIG_FILE} here; is this a feature repository?", reason="INVALID_CONFIG"
+            f"{folder} has no {CONFIG_FILE}, so it is not a feature repository: run the "
+            "command in the repository's folder or pass that folder (e.g. `skewless apply "
+            "PATH`), or create one with `skewless init`",
+            reason="INVALID_CONFIG",
         )
     try:
         raw = yaml.safe_load(path.read_text()) or {}

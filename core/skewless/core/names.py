@@ -27,6 +27,8 @@ __all__ = [
     "check_identifier",
     "is_identifier",
     "quote_identifier",
+    "storage_name",
+    "view_of_storage",
 ]
 
 #: Longest accepted name of any object, feature, join key or column.
@@ -96,3 +98,22 @@ def quote_identifier(name: str) -> str:
     if not is_identifier(name):
         raise ValueError(f"refusing to put {name!r:.80} into SQL: not a validated identifier")
     return f'"{name}"'
+
+
+def storage_name(view: str, generation: int) -> str:
+    """The name a feature view's stored values live under, for one generation.
+
+    Generation 0 is the view's own name; a later one (after `skewless apply` changed a
+    feature's type or the view's keys) is `<view>@<generation>`, which no view can be
+    named. Online keys, the offline history folder and the watermark all use it, so the
+    values of an earlier generation are never read as the current definition.
+    """
+    return view if generation <= 0 else f"{view}@{generation}"
+
+
+def view_of_storage(name: str) -> str:
+    """The feature view whose values a storage name (see `storage_name`) holds.
+
+    For messages and reports, which name the view, never its generation.
+    """
+    return name.partition("@")[0]

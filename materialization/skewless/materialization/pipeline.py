@@ -251,7 +251,7 @@ def _write_latest(
                 raise _Stopped
             rows = prepare_rows(
                 config.project,
-                plan.name,
+                plan.storage_name,
                 batch,
                 join_keys=plan.key_names,
                 features=plan.features,
@@ -280,7 +280,7 @@ def _stage_history(
         The staged files and the number of rows they hold.
 
     """
-    history = HistoryWriter(config, plan.name, plan.history_schema)
+    history = HistoryWriter(config, plan.storage_name, plan.history_schema)
     rows = 0
     try:
         for batch in window.batches(time_ordered=True):
@@ -314,7 +314,7 @@ def _materialize_online_only(
         for batch in window.batches(latest_only=True):
             rows = prepare_rows(
                 config.project,
-                plan.name,
+                plan.storage_name,
                 batch,
                 join_keys=plan.key_names,
                 features=plan.features,
@@ -322,7 +322,7 @@ def _materialize_online_only(
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
             report(Phase.ONLINE, done, total)
-    advance_watermark(config, plan.name, start, end)
+    advance_watermark(config, plan.storage_name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -390,10 +390,10 @@ def _materialize_view(
             if latest is not None:
                 latest.close()  # after the pool has waited for the online half
     try:
-        commit_window(config, plan.name, start, end, staged)
+        commit_window(config, plan.storage_name, start, end, staged)
     finally:
         discard(staged)
-    advance_watermark(config, plan.name, start, end)
+    advance_watermark(config, plan.storage_name, start, end)
     return ViewResult(
         view=plan.name,
         start=start,
@@ -503,7 +503,7 @@ def materialize_incremental(
     plans = _select(registry, views)
     held = locks if locks is not None else ViewLocks(config, [p.name for p in plans])
     try:
-        windows = [(p, read_watermark(config, p.name) or EPOCH, end) for p in plans]
+        windows = [(p, read_watermark(config, p.storage_name) or EPOCH, end) for p in plans]
         return _run(config, registry, windows, progress, held, writer)
     finally:
         if locks is None:

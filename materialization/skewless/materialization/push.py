@@ -69,7 +69,7 @@ async def _write_online(
         (
             prepare_rows(
                 config.project,
-                item.plan.name,
+                item.plan.storage_name,
                 item.table,
                 join_keys=item.plan.key_names,
                 features=item.plan.features,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
+from skewless.core.names import storage_name
 from skewless.materialization.schedule import RegistrySource
 from skewless.offline.maintenance import MaintenanceResult, apply_retention
 from skewless.v1 import registry_pb2
@@ -34,7 +35,8 @@ def sweep_retention(
         retention = view.offline_retention.ToTimedelta()
         if retention.total_seconds() <= 0:
             continue
-        out.append(apply_retention(config, view.name, retention, now=now or datetime.now(UTC)))
+        table = storage_name(view.name, view.generation)  # the current generation's
+        out.append(apply_retention(config, table, retention, now=now or datetime.now(UTC)))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
+from skewless.core.names import storage_name
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
 from skewless.materialization.pipeline import EPOCH, materializable_views
 from skewless.materialization.view_state import read_watermark
@@ -39,6 +40,12 @@ class RegistrySource(Protocol):
     def current(self) -> registry_pb2.Registry:
         """The registry in force (raises FailedPreconditionError if none)."""
         ...
+
+
+def _watermark(config: RepoConfig, registry: registry_pb2.Registry, view: str) -> datetime | None:
+    """The watermark of the view's current generation."""
+    generation = next((v.generation for v in registry.feature_views if v.name == view), 0)
+    return read_watermark(config, storage_name(view, generation))
 
 
 def due_boundary(now: datetime, period: timedelta) -> datetime:
@@ -78,7 +85,7 @@ class Scheduler:
             if view.name not in batch or period <= timedelta(0):
                 continue
             boundary = due_boundary(now, period)
-            watermark = read_watermark(self.config, view.name)
+            watermark = read_watermark(self.config, storage_name(view.name, view.generation))
             if watermark is not None and watermark >= boundary:
                 continue
             state = self._states.get(view.name)
@@ -101,7 +108,7 @@ class Scheduler:
                 self.config,
                 registry,
                 [view],
-                window_start=read_watermark(self.config, view) or EPOCH,
+                window_start=_watermark(self.config, registry, view) or EPOCH,
                 window_end=end,
                 incremental=True,
                 trigger=Trigger.SCHEDULE,

@@ -19,8 +19,10 @@ from typing import IO
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
+from skewless.core.names import storage_name
+from skewless.offline.offline_store import history_files
 
-__all__ = ["ViewLocks", "advance_watermark", "read_watermark"]
+__all__ = ["ViewLocks", "advance_watermark", "has_stored_values", "read_watermark"]
 
 
 class ViewLocks:
@@ -100,3 +102,14 @@ def advance_watermark(config: RepoConfig, view: str, start: datetime, end: datet
     watermark = read_watermark(config, view)
     if watermark is None or start <= watermark < end:
         _write_watermark(config, view, end)
+
+
+def has_stored_values(config: RepoConfig, view: str, generation: int) -> bool:
+    """Whether a view holds values under a generation: a watermark or offline history.
+
+    This is what `skewless plan` and `apply` ask before calling a change breaking. Rows
+    pushed to a view kept online only (`offline: false`) leave neither, so they are not
+    seen; a type or key change starts a new generation for them all the same.
+    """
+    name = storage_name(view, generation)
+    return read_watermark(config, name) is not None or bool(history_files(config, name))

@@ -1,8 +1,12 @@
 """Each feature view's history as a Delta Lake table: snapshots, commits, the layout mark.
 
-The offline store under `<data_dir>/offline/` holds one Delta table per view
-(`<view>/_delta_log/` plus Parquet files) and `_layout.json`, the layout version of the
-store. This module is the only place that talks to `deltalake`: it reads a table's
+The offline store under `<data_dir>/offline/` holds one Delta table per view and
+generation, named by the view's storage name (`<view>/` or, after a breaking change,
+`<view>@<generation>/`: `skewless.core.names.storage_name`; each holds `_delta_log/` plus
+Parquet files) and `_layout.json`, the layout version of the store. Every `view` argument
+here is such a storage name; messages name the view.
+
+This module is the only place that talks to `deltalake`: it reads a table's
 snapshot (latest, a pinned version or the state as of a time) as the list of its files
 with their event-time statistics, and commits file actions (adds and removes) as one
 Delta commit, retried on conflicts with concurrent writers.
@@ -33,7 +37,7 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Tra
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError, NotFoundError
-from skewless.core.names import EVENT_DATE, EVENT_TIMESTAMP
+from skewless.core.names import EVENT_DATE, EVENT_TIMESTAMP, view_of_storage
 
 __all__ = [
     "EVENT_DATE",
@@ -350,7 +354,8 @@ def read_snapshot(
     return Snapshot(version=pinned.version(), files=_files_of(pinned), root=root)
 
 
-def _no_version(view: str, version: int | None, as_of: datetime | None) -> NotFoundError:
+def _no_version(table: str, version: int | None, as_of: datetime | None) -> NotFoundError:
+    view = view_of_storage(table)
     what = f"version {version}" if version is not None else f"a version as of {as_of}"
     return NotFoundError(
         f"feature view {view!r} has no offline {what}: it is before the first commit, "
@@ -476,10 +481,10 @@ def commit_actions(
             continue
         return committed
     raise FailedPreconditionError(
-        f"feature view {view!r}: the offline commit kept conflicting with concurrent "
-        "writers; retry it",
+        f"feature view {view_of_storage(view)!r}: the offline commit kept conflicting with "
+        "concurrent writers; retry it",
         reason="OFFLINE_COMMIT_CONFLICT",
-        metadata={"feature_view": view},
+        metadata={"feature_view": view_of_storage(view)},
     )
 
 

@@ -7,7 +7,9 @@ One row per served entity row of a logged `GetOnlineFeatures` call, with columns
 * per feature, named `<view>__<feature>`: its served value in the declared type (null
   unless PRESENT), `<view>__<feature>__status` (the `FeatureStatus` name without its
   prefix: `PRESENT`, `NULL_VALUE`, `NOT_FOUND`, `OUTSIDE_MAX_AGE`) and
-  `<view>__<feature>__event_time` (timestamp[us, UTC]; null when NOT_FOUND).
+  `<view>__<feature>__event_time` (timestamp[us, UTC]; null when NOT_FOUND). The value
+  column's field metadata `skewless.storage` names the view's generation it was served
+  from; `read_log` reads the columns of another generation than the current one as null.
 
 Files live under `<data_dir>/offline/_logs/<service>/date=YYYY-MM-DD/` (the UTC day of
 the request time), one per flush of one server process, named
@@ -48,6 +50,7 @@ __all__ = [
     "LOG_META_SCHEMA",
     "SERVED_PREFIX",
     "STATUS_NAMES",
+    "STORAGE_METADATA",
     "LogColumns",
     "LoggedCall",
     "decode_calls",
@@ -128,12 +131,30 @@ def log_columns(plan: FeaturePlan) -> list[LogColumns]:
     return out
 
 
+#: Field metadata of a served value column: the storage name (the view's generation,
+#: `skewless.core.names.storage_name`) it was served from.
+STORAGE_METADATA = b"skewless.storage"
+
+
 def log_schema(plan: FeaturePlan) -> pa.Schema:
-    """The Arrow schema of a service's log rows."""
+    """The Arrow schema of a service's log rows.
+
+    Each served value column records, as field metadata, the storage name of the view's
+    generation it was served from, so that values of an earlier generation are never read
+    back as the current definition (`read_log`).
+    """
+    storage = {v.name: v.storage_name for v in plan.views}
     fields = list(LOG_META_SCHEMA)
     fields += [pa.field(k.name, arrow_type(k.value_type)) for k in plan.join_keys]
     for c in log_columns(plan):
-        fields.append(pa.field(c.value, arrow_type(c.feature.value_type)))
+        stored = storage.get(c.feature.view, c.feature.view)
+        fields.append(
+            pa.field(
+                c.value,
+                arrow_type(c.feature.value_type),
+                metadata={STORAGE_METADATA: stored.encode()},
+            )
+        )
         fields.append(pa.field(c.status, pa.string()))
         fields.append(pa.field(c.event_time, _UTC_US))
     return pa.schema(fields)
@@ -411,11 +432,6 @@ def read_log(
         [pa.field(f.name, _DICTIONARY) if f.name in repeated else f for f in schema]
     )
     options = ds.ParquetReadOptions(dictionary_columns=repeated)
-    dataset = ds.dataset(
-        [str(p) for p in files],
-        schema=read_schema,
-        format=ds.ParquetFileFormat(read_options=options),
-    )
     condition = None
     time = ds.field("request_time")
     if start_us is not None:
@@ -423,10 +439,63 @@ def read_log(
     if end_us is not None:
         before = time < pa.scalar(end_us, pa.int64()).cast(_UTC_US)
         condition = before if condition is None else condition & before
-    table = dataset.to_table(filter=condition)
+    # Files in runs by which views they hold another generation of (those columns then
+    # read as null, like a column no file holds): never an old type read as the new one.
+    runs: list[tuple[frozenset[str], list[Path]]] = []
+    for path in files:
+        stale = _other_generations(path, plan) if served else frozenset()
+        if runs and runs[-1][0] == stale:
+            runs[-1][1].append(path)
+        else:
+            runs.append((stale, [path]))
+    parts = []
+    for stale, paths in runs:
+        dropped = {
+            name
+            for c in log_columns(plan)
+            if c.feature.view in stale
+            for name in (c.value, c.status, c.event_time)
+        }
+        dataset = ds.dataset(
+            [str(p) for p in paths],
+            schema=pa.schema([f for f in read_schema if f.name not in dropped]),
+            format=ds.ParquetFileFormat(read_options=options),
+        )
+        part = dataset.to_table(filter=condition)
+        if dropped:
+            part = pa.Table.from_arrays(
+                [
+                    pa.nulls(part.num_rows, f.type) if f.name in dropped else part.column(f.name)
+                    for f in read_schema
+                ],
+                schema=read_schema,
+            )
+        parts.append(part)
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
     if ordered and table.num_rows:
         table = table.take(pc.sort_indices(table.column("request_time")))
     return table
+
+
+def _other_generations(path: Path, plan: FeaturePlan) -> frozenset[str]:
+    """The views whose served columns in a log file come from another generation.
+
+    A column without the metadata (or of a file written before it was recorded) was
+    served from generation 0, the view's own name.
+    """
+    schema = pq.read_schema(path)
+    names = set(schema.names)
+    stale = set()
+    for c in log_columns(plan):
+        view = c.feature.view
+        if view in stale or c.value not in names:
+            continue
+        metadata = schema.field(c.value).metadata or {}
+        stored = metadata.get(STORAGE_METADATA, view.encode()).decode()
+        current = next((v.storage_name for v in plan.views if v.name == view), view)
+        if stored != current:
+            stale.add(view)
+    return frozenset(stale)
 
 
 #: Prefix of the served columns `log_entity_rows` adds when asked.

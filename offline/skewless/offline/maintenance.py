@@ -15,6 +15,9 @@ safe while servers read and writers commit:
   read (FAILED_PRECONDITION, not a wrong answer).
 * `apply_retention` removes, in one commit, the files whose rows are all older than a
   view's `offline_retention` (whole files: the table keeps at least the retention).
+
+Each takes the table's storage name (`skewless.core.names.storage_name`: callers pass the
+view's current generation); results name the view.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
 
 from skewless.core.config import RepoConfig
-from skewless.core.names import EVENT_TIMESTAMP
+from skewless.core.names import EVENT_TIMESTAMP, view_of_storage
 from skewless.offline.delta_log import (
     ORIGIN_PUSH,
     PUSH_SUFFIX,
@@ -59,7 +62,7 @@ class MaintenanceResult:
     """What one operation did to one view.
 
     Attributes:
-        view: The feature view.
+        view: The feature view (its name, not the storage name of its generation).
         files_removed: Files taken out of the table (or deleted, for vacuum).
         files_added: Files written.
         version: The table version after it (None: no table).
@@ -73,7 +76,7 @@ class MaintenanceResult:
 
 
 def offline_views(config: RepoConfig) -> list[str]:
-    """The views that have an offline table, sorted."""
+    """The storage names that have an offline table (every generation of a view), sorted."""
     root = config.offline_dir
     if not root.is_dir():
         return []
@@ -151,14 +154,14 @@ def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceR
 
     snapshot = read_snapshot(config, view)
     if snapshot is None:
-        return MaintenanceResult(view, 0, 0, None)
+        return MaintenanceResult(view_of_storage(view), 0, 0, None)
     schema = pa.schema(DeltaTable(table_uri(root)).schema().to_arrow())
     try:
         version = commit_actions(config, view, schema, plan, operation="compact")
     except BaseException:
         unpublish(root, written)
         raise
-    return MaintenanceResult(view, counts[0], counts[1], version)
+    return MaintenanceResult(view_of_storage(view), counts[0], counts[1], version)
 
 
 def vacuum(config: RepoConfig, view: str, retain: timedelta) -> MaintenanceResult:
@@ -166,13 +169,13 @@ def vacuum(config: RepoConfig, view: str, retain: timedelta) -> MaintenanceResul
     root = history_dir(config, view)
     snapshot = read_snapshot(config, view)
     if snapshot is None:
-        return MaintenanceResult(view, 0, 0, None)
+        return MaintenanceResult(view_of_storage(view), 0, 0, None)
     table = DeltaTable(table_uri(root))
     hours = int(retain.total_seconds() // 3600)
     deleted = table.vacuum(
         retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
     )
-    return MaintenanceResult(view, len(deleted), 0, snapshot.version)
+    return MaintenanceResult(view_of_storage(view), len(deleted), 0, snapshot.version)
 
 
 def apply_retention(
@@ -192,8 +195,8 @@ def apply_retention(
 
     snapshot = read_snapshot(config, view)
     if snapshot is None:
-        return MaintenanceResult(view, 0, 0, None)
+        return MaintenanceResult(view_of_storage(view), 0, 0, None)
     root = history_dir(config, view)
     schema = pa.schema(DeltaTable(table_uri(root)).schema().to_arrow())
     version = commit_actions(config, view, schema, plan, operation="retention")
-    return MaintenanceResult(view, removed[0], 0, version)
+    return MaintenanceResult(view_of_storage(view), removed[0], 0, version)

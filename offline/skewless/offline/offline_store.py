@@ -1,6 +1,8 @@
 """The offline store: each feature view's history as a Delta Lake table.
 
-Layout under `<data_dir>/offline/<view>/` (see docs/offline-store.md): a Delta table
+Layout under `<data_dir>/offline/<storage name>/` (the view's name, or `<view>@<generation>`
+after a breaking change: `skewless.core.names.storage_name`; every `view` argument of this
+module is that storage name; see docs/offline-store.md): a Delta table
 (`_delta_log/`) partitioned by `event_date` (the UTC day of event time), whose Parquet
 files hold the view's join keys, `event_timestamp` (timestamp[us, UTC], never null),
 `created_timestamp` (timestamp[us, UTC], may be null) and the view's features with

@@ -280,11 +280,11 @@ def stage_history(config: RepoConfig, prepared: PreparedPush) -> StagedPush:
             if not item.plan.view.offline or item.table.num_rows == 0:
                 continue
             writer = HistoryWriter(
-                config, item.plan.name, item.plan.history_schema, origin=ORIGIN_PUSH
+                config, item.plan.storage_name, item.plan.history_schema, origin=ORIGIN_PUSH
             )
             try:
                 writer.write(item.table)
-                staged.files[item.plan.name] = writer.close()
+                staged.files[item.plan.storage_name] = writer.close()
             except BaseException:
                 writer.abort()
                 raise

@@ -67,7 +67,9 @@ def read_snapshots(
     snapshots = {}
     for view in plan.views:
         pinned = view.name in pins or as_of is not None
-        snapshot = read_snapshot(config, view.name, version=pins.get(view.name), as_of=as_of)
+        snapshot = read_snapshot(
+            config, view.storage_name, version=pins.get(view.name), as_of=as_of
+        )
         if pinned and snapshot is not None:
             _check_not_vacuumed(view.name, snapshot)
         if snapshot is None or not snapshot.files:
@@ -108,7 +110,7 @@ def view_histories(
         snapshot = (
             snapshots[view.name]
             if snapshots is not None and view.name in snapshots
-            else read_snapshot(config, view.name)
+            else read_snapshot(config, view.storage_name)
         )
         if span is None:
             files = []

@@ -22,6 +22,7 @@ CLI prints it as a table or JSON, and the server's schedule turns it into gauges
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Sequence
@@ -41,7 +42,6 @@ from skewless.offline.retrieval import start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
     ResolvedFeature,
-    ViewPlan,
     resolve_feature_service,
 )
 from skewless.v1 import monitoring_service_pb2, registry_pb2, types_pb2
@@ -102,14 +102,8 @@ def offline_plan(plan: FeaturePlan) -> FeaturePlan:
             output_name=_offline_ts_name(view.name),
         )
         extra.append(ts)
-        views.append(
-            ViewPlan(
-                name=view.name,
-                join_keys=view.join_keys,
-                ttl_micros=view.ttl_micros,
-                features=(*view.features, ts),
-            )
-        )
+        # (every other field kept: the join reads the view's current generation)
+        views.append(dataclasses.replace(view, features=(*view.features, ts)))
     return FeaturePlan(views=tuple(views), features=(*plan.features, *extra))
 
 

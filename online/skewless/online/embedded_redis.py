@@ -50,8 +50,11 @@ def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found is None:
         raise StoreUnavailableError(
-            "redis-server not found on PATH: run `make setup` (installs it with apt-get), "
-            f"set ${_BINARY_ENV}, or configure online_store.redis_url in skewless.yaml",
+            "redis-server is not installed (not found on PATH), and skewless starts one "
+            "when skewless.yaml sets no online_store.redis_url. Install it (Debian/Ubuntu: "
+            "`sudo apt-get install redis-server`; macOS: `brew install redis`; in a skewless "
+            f"checkout `make setup`), set ${_BINARY_ENV} to its path, or set "
+            "online_store.redis_url in skewless.yaml to a Redis you run (redis://host:6379/0)",
             reason="REDIS_BINARY_NOT_FOUND",
         )
     return found

@@ -179,7 +179,7 @@ def compile_plan(
         lookups.append(
             ViewLookup(
                 view=view.name,
-                key_prefix=view_key_prefix(project, view.name),
+                key_prefix=view_key_prefix(project, view.storage_name),
                 key_set=key_sets.index(key_set),
                 fields=tuple(fields),
                 ttl_micros=view.ttl_micros,

@@ -35,7 +35,12 @@ from skewless.core.errors import (
     listing,
     quoted,
 )
-from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, check_identifier
+from skewless.core.names import (
+    CREATED_TIMESTAMP,
+    EVENT_TIMESTAMP,
+    check_identifier,
+    storage_name,
+)
 from skewless.core.types import arrow_type
 from skewless.v1 import registry_pb2
 
@@ -107,6 +112,11 @@ class ResolvedView:
         return str(self.view.name)
 
     @property
+    def storage_name(self) -> str:
+        """Where the view's current generation of values is stored (`storage_name`)."""
+        return storage_name(self.view.name, self.view.generation)
+
+    @property
     def timestamp_field(self) -> str:
         """The source column holding event times."""
         return str(self.source.timestamp_field)
@@ -160,6 +170,7 @@ class ViewPlan:
         join_keys: The view's join keys, in the order of its entities and their keys.
         ttl_micros: The view's TTL in microseconds; 0 means unlimited.
         features: The requested features of this view, in request order.
+        storage_name: Where its current generation of values is stored (`storage_name`).
 
     """
 
@@ -167,6 +178,11 @@ class ViewPlan:
     join_keys: tuple[JoinKeySpec, ...]
     ttl_micros: int
     features: tuple[ResolvedFeature, ...]
+    storage_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.storage_name:
+            object.__setattr__(self, "storage_name", self.name)
 
     @property
     def join_key_names(self) -> tuple[str, ...]:
@@ -369,6 +385,7 @@ def _build(
             join_keys=index.join_keys(index.views[name]),
             ttl_micros=_ttl_micros(index.views[name]),
             features=tuple(group),
+            storage_name=storage_name(name, index.views[name].generation),
         )
         for name, group in order.items()
     )

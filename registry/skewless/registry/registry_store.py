@@ -13,11 +13,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
 from skewless.core.errors import DefinitionError, FailedPreconditionError
 from skewless.v1 import registry_pb2
+
+if TYPE_CHECKING:
+    from skewless.registry.registry_diff import RegistryPlan
 
 __all__ = ["ApplyResult", "RegistryStore", "registry_digest", "registry_not_applied"]
 
@@ -39,11 +43,13 @@ class ApplyResult:
     Attributes:
         registry: The registry now stored.
         changed: False when the definitions equalled the stored ones (nothing written).
+        plan: What the apply changed, object by object (set by `skewless.registry.apply`).
 
     """
 
     registry: registry_pb2.Registry
     changed: bool
+    plan: RegistryPlan | None = None
 
 
 def registry_not_applied() -> FailedPreconditionError:

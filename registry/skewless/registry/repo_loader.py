@@ -10,7 +10,7 @@ needs the whole repository (names, references, types, SQL) is checked by
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,13 @@ from skewless.registry.definitions import (
 from skewless.registry.policies import Policy
 from skewless.registry.validation import DefinitionProblem
 
-__all__ = ["DEFINITIONS_DIR", "LoadedRepo", "definition_files", "load_definitions"]
+__all__ = [
+    "DEFINITIONS_DIR",
+    "LoadedRepo",
+    "definition_files",
+    "load_definition_texts",
+    "load_definitions",
+]
 
 #: The folder of a repository that holds the definition files.
 DEFINITIONS_DIR = "features"
@@ -133,6 +139,46 @@ def load_definitions(root: Path) -> LoadedRepo:
     )
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases (`*name`), which can multiply a small text."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted here", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_definition_texts(files: Mapping[str, str]) -> LoadedRepo:
+    """Reads definition files sent as text (over the API), as `load_definitions` reads a folder.
+
+    YAML aliases are refused (a few bytes of them can expand into millions of objects).
+
+    Args:
+        files: Path relative to the repository (`features/drivers.yaml`) -> YAML text;
+            read in path order.
+
+    Returns:
+        The objects read and the problems met; the caller decides whether to raise.
+
+    """
+    reader = _Reader(loader=_NoAliasLoader)
+    for origin in sorted(files):
+        reader.read_text(files[origin], origin)
+    return LoadedRepo(
+        definitions=RepoDefinitions(
+            entities=tuple(reader.entities),
+            sources=tuple(reader.sources),
+            feature_views=tuple(reader.views),
+            feature_services=tuple(reader.services),
+        ),
+        problems=tuple(reader.problems),
+        files=tuple(sorted(files)),
+    )
+
+
 class _Fields:
     """Typed access to one YAML mapping, recording problems against its object."""
 
@@ -211,7 +257,8 @@ class _Fields:
 class _Reader:
     """Accumulates the objects and problems of all files."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> None:
+        self.loader = loader
         self.entities: list[Entity] = []
         self.sources: list[DataSource] = []
         self.views: list[FeatureView] = []
@@ -221,8 +268,21 @@ class _Reader:
 
     def read_file(self, path: Path, origin: str) -> None:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            self.problems.append(
+                DefinitionProblem(origin, "", f"not valid YAML: {_yaml_error(exc)}")
+            )
+            return
+        self.read_text(text, origin)
+
+    def read_text(self, text: str, origin: str) -> None:
+        try:
+            raw = yaml.load(text, Loader=self.loader)
+        except RecursionError:
+            self.problems.append(DefinitionProblem(origin, "", "not valid YAML: nested too deeply"))
+            return
+        except yaml.YAMLError as exc:
             self.problems.append(
                 DefinitionProblem(origin, "", f"not valid YAML: {_yaml_error(exc)}")
             )

@@ -370,15 +370,7 @@ class _Validator:
             return True
         files = resolve_source_files(self.root, source.path)
         if not files:
-            looked = (
-                Path(source.path) if Path(source.path).is_absolute() else self.root / source.path
-            )
-            self.add(
-                origin,
-                obj,
-                f"path {source.path!r} matches no file (looked for {looked}); "
-                "generate the data or fix the path",
-            )
+            self.add(origin, obj, _no_file_message(self.root, source.path))
             return False
         self.source_files[source.name] = files
         return True
@@ -607,11 +599,19 @@ class _Validator:
                     f"columns: {listed}",
                 )
             elif not _timestamp_column(columns[column]):
+                cast = f"CAST({quote_identifier(column)} AS TIMESTAMPTZ)"
+                fix = (
+                    f"cast it in the view's sql: {cast}"
+                    if view.sql
+                    else f"give the view sql: SELECT * REPLACE ({cast} AS "
+                    f"{quote_identifier(column)}) FROM source"
+                )
+                text = " (times stored as text)" if "CHAR" in columns[column].upper() else ""
                 self.add(
                     origin,
                     obj,
-                    f"column {column!r} of {output} is {columns[column]}, not a TIMESTAMP; "
-                    f"cast it in sql: CAST({quote_identifier(column)} AS TIMESTAMPTZ)",
+                    f"column {column!r} of {output} is {columns[column]}{text}, not a "
+                    f"TIMESTAMP; {fix}",
                 )
         expected = [("join key", k.name, k.value_type) for k in keys.values()]
         expected += [("feature", f.name, f.value_type) for f in view.features]
@@ -710,6 +710,24 @@ class _Validator:
                             f"({', '.join(FEATURE_LOG_COLUMNS)}); rename it or turn logging off",
                         )
                         return
+
+
+def _no_file_message(root: Path, path: str) -> str:
+    """Why a source path matches no file: where it was looked for, what is there."""
+    absolute = Path(path).is_absolute()
+    looked = Path(path) if absolute else root / path
+    relative = "" if absolute else f"relative to the repository root {root}, "
+    message = f"path {path!r} matches no file ({relative}looked for {looked})"
+    folder = looked.parent
+    while any(ch in folder.name for ch in "*?[") and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir():
+        near = sorted(p.name for p in folder.iterdir() if p.is_file())[:5]
+        held = f"holds {', '.join(near)}" if near else "is empty"
+        message += f"; {folder} {held}"
+    else:
+        message += f"; the folder {folder} does not exist"
+    return message + ": generate the data (a repository's generate_data.py) or fix the path"
 
 
 def _add_referenced(listed: list[Any], obj: Any) -> None:

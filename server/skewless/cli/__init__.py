@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from skewless.cli import materialize, offline, registry, serve, skew, ui
+from skewless.cli import init, materialize, offline, plan, registry, serve, skew, ui
 from skewless.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from skewless.core.errors import SkewlessError
 
@@ -27,7 +27,9 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init.add_commands(commands)
     registry.add_commands(commands)
+    plan.add_commands(commands)
     serve.add_commands(commands)
     materialize.add_commands(commands)
     offline.add_commands(commands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK
@@ -14,9 +15,15 @@ __all__ = ["add_commands"]
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from skewless.materialization.view_state import has_stored_values
     from skewless.registry.apply import apply_repo
 
-    result = apply_repo(args.repo)
+    config = load_repo_config(args.repo)
+    result = apply_repo(
+        config.root,
+        allow_breaking=args.allow_breaking,
+        has_values=partial(has_stored_values, config),
+    )
     reg = result.registry
     counts = (
         f"{len(reg.entities)} entities, {len(reg.data_sources)} sources, "
@@ -24,6 +31,18 @@ def _apply(args: argparse.Namespace) -> int:
     )
     if result.changed:
         print(f"applied project {reg.project!r} as registry version {reg.version}: {counts}")
+        plan = result.plan
+        if plan is not None and plan.current_version:
+            for change in plan.changes:
+                print(f"  {change.action.value} {change.kind} {change.name!r}")
+                if change.name not in plan.rematerialize:  # said once, below
+                    for note in change.notes:
+                        print(f"    {note}")
+        if plan is not None and plan.rematerialize:
+            print(
+                "these views start empty (NOT_FOUND) until materialized again: "
+                f"skewless materialize-incremental --views {' '.join(plan.rematerialize)}"
+            )
     else:
         print(f"no changes: project {reg.project!r} stays at registry version {reg.version}")
     return EXIT_OK
@@ -72,6 +91,12 @@ def add_commands(commands: Any) -> None:
     """Adds `apply`, `list` and `search` to the `skewless` parser's subcommands."""
     p = commands.add_parser("apply", help="validate the definitions and write the registry")
     p.add_argument("repo", nargs="?", default=".", help="feature repository (default: .)")
+    p.add_argument(
+        "--allow-breaking",
+        action="store_true",
+        help="apply breaking changes too (see `skewless plan`); views whose feature types "
+        "or keys change start empty and must be materialized again",
+    )
     p.set_defaults(func=_apply)
 
     p = commands.add_parser("list", help="list registered objects")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import socket
 from typing import Any
 
 from skewless.cli.exit_codes import EXIT_OK
 from skewless.cli.ui import bind_console, console_target
 from skewless.core.config import RepoConfig, load_repo_config
-from skewless.core.errors import DefinitionError
+from skewless.core.errors import DefinitionError, FailedPreconditionError
 
 __all__ = ["add_commands"]
 
@@ -42,6 +43,29 @@ def _start_console(sock: Any, served: RepoConfig) -> Any:
     return console
 
 
+def _refuse_port_in_use(host: str, port: int) -> None:
+    """Refuses a gRPC port something already listens on, before anything starts.
+
+    The server binds with SO_REUSEPORT (for `--workers`), so a second `skewless serve` on
+    the same port would otherwise share it silently, each answering some of the calls.
+    """
+    if port == 0:
+        return
+    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host.strip("[]")
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            pass
+    except OSError:
+        return
+    raise FailedPreconditionError(
+        f"port {port} on {host} is already in use (another `skewless serve`, or another "
+        "program): stop it, or serve on another port with --port P (0 picks a free one) "
+        "or server.port in skewless.yaml",
+        reason="PORT_IN_USE",
+        metadata={"port": str(port)},
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from skewless.online.connection import redacted_url
     from skewless.online.embedded_redis import online_store_config
@@ -58,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise DefinitionError(refusal, reason="INSECURE_BIND_REFUSED")
     if requested.server_tls is not None:
         CertificateFiles(requested.server_tls)
+    _refuse_port_in_use(requested.server_host, requested.server_port)
     build_authenticator(requested.auth)  # the token or JWKS file, before anything starts
     ui_socket = None if args.ui_port is None else bind_console(DEFAULT_UI_HOST, args.ui_port)
     consoles: list[Any] = []  # the console, once the gRPC port is known

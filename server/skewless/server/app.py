@@ -15,7 +15,7 @@ import grpc
 import redis.asyncio as aioredis
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import SkewlessError
@@ -24,6 +24,8 @@ from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
 from skewless.server.auth import Access, AuthInterceptor, build_authenticator
 from skewless.server.context import ServerContext
+from skewless.server.reflection import SERVICE_NAMES as REFLECTION_SERVICES
+from skewless.server.reflection import add_reflection
 from skewless.server.registry_holder import RegistryHolder
 from skewless.server.rpc import register_service, register_wrapped
 from skewless.server.services.historical import HistoricalServicer
@@ -210,11 +212,10 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
     register_wrapped(
         server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(health_servicer, s)
     )
-    names = (*SERVICE_NAMES, _service(health_pb2, "Health").full_name, reflection.SERVICE_NAME)
+    health_name = _service(health_pb2, "Health").full_name
+    names = (*SERVICE_NAMES, health_name, *REFLECTION_SERVICES)
     reflector = reflection.aio.ReflectionServicer(names)
-    register_wrapped(
-        server, lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, s)
-    )
+    register_wrapped(server, lambda s: add_reflection(reflector, s))
     port = bind(server, config)  # TLS when configured; plaintext only where allowed
     return (
         SkewlessServer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +55,7 @@ RPC_METHODS: dict[str, str] = {
     "skewless.v1.RegistryService/GetFeatureService": "get_feature_service",
     "skewless.v1.RegistryService/ListFeatureServices": "list_feature_services",
     "skewless.v1.RegistryService/SearchFeatures": "search_features",
+    "skewless.v1.RegistryService/PlanRepository": "plan_repository",
     "skewless.v1.MaterializationService/StartMaterialization": "start_materialization",
     "skewless.v1.MaterializationService/GetMaterializationJob": "get_materialization_job",
     "skewless.v1.MaterializationService/ListMaterializationJobs": "list_materialization_jobs",
@@ -445,6 +446,35 @@ class Client:
             "matches",
             timeout,
         )
+
+    def plan_repository(
+        self, files: Mapping[str, str], *, timeout: float | None = None
+    ) -> registry_service_pb2.PlanRepositoryResponse:
+        """Returns what applying these definition files would change (nothing is written).
+
+        Args:
+            files: Every definition file of the repository: its path relative to the
+                repository (`features/drivers.yaml`) -> its YAML text.
+            timeout: Seconds before the call is abandoned.
+
+        Returns:
+            The changes field by field, which are breaking, and which feature views would
+            need to be materialized again.
+
+        Raises:
+            InvalidArgumentError: The definitions have problems (all listed in the message).
+
+        """
+        request = registry_service_pb2.PlanRepositoryRequest(
+            files=[
+                registry_service_pb2.DefinitionFile(path=path, content=content)
+                for path, content in files.items()
+            ]
+        )
+        response: registry_service_pb2.PlanRepositoryResponse = self._call(
+            self._registry.PlanRepository, request, timeout
+        )
+        return response
 
     # --- materialization ---------------------------------------------------------------------
 

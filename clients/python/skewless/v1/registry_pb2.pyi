@@ -427,6 +427,7 @@ class FeatureView(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     OFFLINE_RETENTION_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Unique name within the project; an identifier."""
     source: _builtins.str
@@ -443,6 +444,13 @@ class FeatureView(_message.Message):
     """Optional. What the view holds."""
     owner: _builtins.str
     """Optional. The team or person responsible."""
+    generation: _builtins.int
+    """Output only. Which generation of stored values the view reads and writes; 0 at first.
+    `skewless apply` increases it when a feature's type or the view's entities or join keys
+    change: each generation has its own online keys, offline history and watermark, so
+    values written under an earlier definition are never read as the new one. A new
+    generation starts empty and must be materialized again.
+    """
     @_builtins.property
     def entities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required. Names of the entities whose join keys key this view's rows."""
@@ -488,10 +496,11 @@ class FeatureView(_message.Message):
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         offline_retention: _duration_pb2.Duration | None = ...,
+        generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["offline_retention", b"offline_retention", "schedule", b"schedule", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline", b"offline", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "generation", b"generation", "name", b"name", "offline", b"offline", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "schedule", b"schedule", "source", b"source", "sql", b"sql", "tags", b"tags", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from skewless.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,66 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ObjectKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObjectKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObjectKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBJECT_KIND_UNSPECIFIED: _ObjectKind.ValueType  # 0
+    """Unset; never returned."""
+    OBJECT_KIND_ENTITY: _ObjectKind.ValueType  # 1
+    """An `Entity`."""
+    OBJECT_KIND_DATA_SOURCE: _ObjectKind.ValueType  # 2
+    """A `DataSource`."""
+    OBJECT_KIND_FEATURE_VIEW: _ObjectKind.ValueType  # 3
+    """A `FeatureView`."""
+    OBJECT_KIND_FEATURE_SERVICE: _ObjectKind.ValueType  # 4
+    """A `FeatureService`."""
+
+class ObjectKind(_ObjectKind, metaclass=_ObjectKindEnumTypeWrapper):
+    """The kind of a registered object."""
+
+OBJECT_KIND_UNSPECIFIED: ObjectKind.ValueType  # 0
+"""Unset; never returned."""
+OBJECT_KIND_ENTITY: ObjectKind.ValueType  # 1
+"""An `Entity`."""
+OBJECT_KIND_DATA_SOURCE: ObjectKind.ValueType  # 2
+"""A `DataSource`."""
+OBJECT_KIND_FEATURE_VIEW: ObjectKind.ValueType  # 3
+"""A `FeatureView`."""
+OBJECT_KIND_FEATURE_SERVICE: ObjectKind.ValueType  # 4
+"""A `FeatureService`."""
+Global___ObjectKind: _TypeAlias = ObjectKind  # noqa: Y015
+
+class _ChangeAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_ACTION_UNSPECIFIED: _ChangeAction.ValueType  # 0
+    """Unset; never returned."""
+    CHANGE_ACTION_ADDED: _ChangeAction.ValueType  # 1
+    """The object is new."""
+    CHANGE_ACTION_REMOVED: _ChangeAction.ValueType  # 2
+    """The object is no longer defined."""
+    CHANGE_ACTION_CHANGED: _ChangeAction.ValueType  # 3
+    """The object exists before and after, with other values."""
+
+class ChangeAction(_ChangeAction, metaclass=_ChangeActionEnumTypeWrapper):
+    """What happens to an object."""
+
+CHANGE_ACTION_UNSPECIFIED: ChangeAction.ValueType  # 0
+"""Unset; never returned."""
+CHANGE_ACTION_ADDED: ChangeAction.ValueType  # 1
+"""The object is new."""
+CHANGE_ACTION_REMOVED: ChangeAction.ValueType  # 2
+"""The object is no longer defined."""
+CHANGE_ACTION_CHANGED: ChangeAction.ValueType  # 3
+"""The object exists before and after, with other values."""
+Global___ChangeAction: _TypeAlias = ChangeAction  # noqa: Y015
 
 @_typing.final
 class GetRegistryInfoRequest(_message.Message):
@@ -582,3 +643,185 @@ class SearchFeaturesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchFeaturesResponse: _TypeAlias = SearchFeaturesResponse  # noqa: Y015
+
+@_typing.final
+class DefinitionFile(_message.Message):
+    """One definition file of a feature repository, as `features/` holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Required. The path relative to the repository's root, under `features/` and ending
+    in `.yaml` or `.yml`, e.g. `features/drivers.yaml`.
+    """
+    content: _builtins.str
+    """Required. The file's YAML text. At most 1 MiB."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefinitionFile: _TypeAlias = DefinitionFile  # noqa: Y015
+
+@_typing.final
+class PlanRepositoryRequest(_message.Message):
+    """Request for `RegistryService.PlanRepository`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionFile]:
+        """Required. Every definition file of the repository (the whole set: an object in the
+        registry that no file defines is reported as removed). At most 1,000 files.
+        """
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___DefinitionFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRepositoryRequest: _TypeAlias = PlanRepositoryRequest  # noqa: Y015
+
+@_typing.final
+class FieldChange(_message.Message):
+    """One field of an object that changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Output only. The field's path in the definition, e.g. `ttl`,
+    `features.conv_rate.value_type` or `tags.tier`.
+    """
+    before: _builtins.str
+    """Output only. The value before, as text; empty when the field was unset."""
+    after: _builtins.str
+    """Output only. The value after, as text; empty when the field becomes unset."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class ObjectChange(_message.Message):
+    """One object that an apply adds, removes or changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    FIELD_CHANGES_FIELD_NUMBER: _builtins.int
+    BREAKING_REASONS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    kind: Global___ObjectKind.ValueType
+    """Output only. The kind of object."""
+    name: _builtins.str
+    """Output only. Its name."""
+    action: Global___ChangeAction.ValueType
+    """Output only. What happens to it."""
+    @_builtins.property
+    def field_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]:
+        """Output only. The fields that change (for CHANGED; for ADDED and REMOVED the fields
+        of the object itself are not listed).
+        """
+
+    @_builtins.property
+    def breaking_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Why the change is breaking, one sentence each; empty when it is not.
+        `skewless apply` refuses a breaking change unless `--allow-breaking`.
+        """
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. What to do after applying (for example which windows to materialize
+        again); advice, not a refusal.
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ObjectKind.ValueType = ...,
+        name: _builtins.str = ...,
+        action: Global___ChangeAction.ValueType = ...,
+        field_changes: _abc.Iterable[Global___FieldChange] | None = ...,
+        breaking_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "breaking_reasons", b"breaking_reasons", "field_changes", b"field_changes", "kind", b"kind", "name", b"name", "notes", b"notes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectChange: _TypeAlias = ObjectChange  # noqa: Y015
+
+@_typing.final
+class PlanRepositoryResponse(_message.Message):
+    """Response of `RegistryService.PlanRepository`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    BREAKING_FIELD_NUMBER: _builtins.int
+    REMATERIALIZE_FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    registry_version: _builtins.int
+    """Output only. The registry version compared against; 0 when nothing is applied yet."""
+    breaking: _builtins.bool
+    """Output only. Whether any change is breaking (some `breaking_reasons` is set)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectChange]:
+        """Output only. Every object that changes, by kind then name; empty when the files
+        equal the registry.
+        """
+
+    @_builtins.property
+    def rematerialize_feature_views(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Feature views that start a new generation of stored values (a feature
+        type or the keys change): they serve NOT_FOUND until materialized again.
+        """
+
+    def __init__(
+        self,
+        *,
+        registry_version: _builtins.int = ...,
+        changes: _abc.Iterable[Global___ObjectChange] | None = ...,
+        breaking: _builtins.bool = ...,
+        rematerialize_feature_views: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaking", b"breaking", "changes", b"changes", "registry_version", b"registry_version", "rematerialize_feature_views", b"rematerialize_feature_views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRepositoryResponse: _TypeAlias = PlanRepositoryResponse  # noqa: Y015

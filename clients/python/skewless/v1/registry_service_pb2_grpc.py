@@ -87,6 +87,11 @@ class RegistryServiceStub:
                 request_serializer=skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesRequest.SerializeToString,
                 response_deserializer=skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesResponse.FromString,
                 _registered_method=True)
+        self.PlanRepository = channel.unary_unary(
+                '/skewless.v1.RegistryService/PlanRepository',
+                request_serializer=skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryRequest.SerializeToString,
+                response_deserializer=skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -177,6 +182,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanRepository(self, request, context):
+        """Compares definition files with the registry being served and returns what
+        `skewless apply` would change, field by field, flagging the breaking changes (the
+        check `skewless plan` runs), so that CI can gate a pull request of definitions.
+        Nothing is written. The files are validated as `skewless apply` validates them, against
+        the server's repository (source paths and SQL bind against its data).
+        INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+        the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+        files (`DEFINITION_FILES_TOO_LARGE`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +248,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.SearchFeatures,
                     request_deserializer=skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesRequest.FromString,
                     response_serializer=skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesResponse.SerializeToString,
+            ),
+            'PlanRepository': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanRepository,
+                    request_deserializer=skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryRequest.FromString,
+                    response_serializer=skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -504,6 +528,33 @@ class RegistryService:
             '/skewless.v1.RegistryService/SearchFeatures',
             skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesRequest.SerializeToString,
             skewless_dot_v1_dot_registry__service__pb2.SearchFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanRepository(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skewless.v1.RegistryService/PlanRepository',
+            skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryRequest.SerializeToString,
+            skewless_dot_v1_dot_registry__service__pb2.PlanRepositoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,16 @@ class RegistryServiceStub:
     INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
     FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
     """
+    PlanRepository: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.PlanRepositoryRequest, _registry_service_pb2.PlanRepositoryResponse]
+    """Compares definition files with the registry being served and returns what
+    `skewless apply` would change, field by field, flagging the breaking changes (the
+    check `skewless plan` runs), so that CI can gate a pull request of definitions.
+    Nothing is written. The files are validated as `skewless apply` validates them, against
+    the server's repository (source paths and SQL bind against its data).
+    INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+    the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+    files (`DEFINITION_FILES_TOO_LARGE`).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -128,6 +138,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     the query (case-insensitive); `skewless search` runs the same search.
     INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
     FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+    """
+    PlanRepository: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.PlanRepositoryRequest, _registry_service_pb2.PlanRepositoryResponse]  # type: ignore[assignment]
+    """Compares definition files with the registry being served and returns what
+    `skewless apply` would change, field by field, flagging the breaking changes (the
+    check `skewless plan` runs), so that CI can gate a pull request of definitions.
+    Nothing is written. The files are validated as `skewless apply` validates them, against
+    the server's repository (source paths and SQL bind against its data).
+    INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+    the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+    files (`DEFINITION_FILES_TOO_LARGE`).
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +256,22 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         the query (case-insensitive); `skewless search` runs the same search.
         INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
         FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
+        """
+
+    @_abc_1.abstractmethod
+    def PlanRepository(
+        self,
+        request: _registry_service_pb2.PlanRepositoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.PlanRepositoryResponse, _abc.Awaitable[_registry_service_pb2.PlanRepositoryResponse]]:
+        """Compares definition files with the registry being served and returns what
+        `skewless apply` would change, field by field, flagging the breaking changes (the
+        check `skewless plan` runs), so that CI can gate a pull request of definitions.
+        Nothing is written. The files are validated as `skewless apply` validates them, against
+        the server's repository (source paths and SQL bind against its data).
+        INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+        the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+        files (`DEFINITION_FILES_TOO_LARGE`).
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

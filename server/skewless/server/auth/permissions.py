@@ -285,6 +285,8 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
             "GetFeatureService",
             "ListFeatureServices",
             "SearchFeatures",
+            # Writes nothing: compares definition files with the registry it reads.
+            "PlanRepository",
         )
     },
     "grpc.health.v1.Health": {"*": _OPEN},

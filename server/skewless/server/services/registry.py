@@ -2,20 +2,136 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Sequence
+from functools import partial
+from pathlib import PurePosixPath
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
-from skewless.core.errors import InvalidArgumentError, NotFoundError, quoted
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError, NotFoundError, quoted, shown
+from skewless.materialization.view_state import has_stored_values
+from skewless.registry.registry_diff import Action, RegistryPlan, plan_changes
+from skewless.registry.repo_loader import DEFINITIONS_DIR, load_definition_texts
 from skewless.registry.search import search_features
+from skewless.registry.validation import validate_definitions
 from skewless.server.context import ServerContext
 from skewless.server.pagination import paginate
 from skewless.server.rpc import UnaryHandler
 from skewless.v1 import registry_pb2
 from skewless.v1 import registry_service_pb2 as pb
 
-__all__ = ["RegistryServicer"]
+__all__ = ["RegistryServicer", "plan_files", "plan_response"]
+
+
+#: Most definition files one `PlanRepository` call may send, and most bytes per file.
+MAX_DEFINITION_FILES = 1000
+MAX_DEFINITION_FILE_BYTES = 1 << 20
+_SHOWN_PROBLEMS = 20
+_KINDS = {
+    "entity": pb.OBJECT_KIND_ENTITY,
+    "data source": pb.OBJECT_KIND_DATA_SOURCE,
+    "feature view": pb.OBJECT_KIND_FEATURE_VIEW,
+    "feature service": pb.OBJECT_KIND_FEATURE_SERVICE,
+}
+_ACTIONS = {
+    Action.ADDED: pb.CHANGE_ACTION_ADDED,
+    Action.REMOVED: pb.CHANGE_ACTION_REMOVED,
+    Action.CHANGED: pb.CHANGE_ACTION_CHANGED,
+}
+
+
+def _definition_files(files: Sequence[pb.DefinitionFile]) -> dict[str, str]:
+    """The request's files by path, checked: count, size and where each path points."""
+    if len(files) > MAX_DEFINITION_FILES:
+        raise InvalidArgumentError(
+            f"{len(files):,} definition files exceed the limit of {MAX_DEFINITION_FILES:,}",
+            field="files",
+            reason="DEFINITION_FILES_TOO_LARGE",
+            metadata={"limit": str(MAX_DEFINITION_FILES), "count": str(len(files))},
+        )
+    out: dict[str, str] = {}
+    for i, item in enumerate(files):
+        path = PurePosixPath(item.path)
+        if (
+            path.is_absolute()
+            or len(path.parts) < 2
+            or path.parts[0] != DEFINITIONS_DIR
+            or ".." in path.parts
+            or "\\" in item.path
+            or path.suffix not in (".yaml", ".yml")
+            or item.path in out
+        ):
+            raise InvalidArgumentError(
+                f"files[{i}].path {quoted(item.path)} is not a definition file path: give "
+                f"each file once, relative to the repository, under {DEFINITIONS_DIR}/ and "
+                "ending in .yaml or .yml",
+                field=f"files[{i}].path",
+                reason="INVALID_DEFINITION_PATH",
+                metadata={"path": item.path},
+            )
+        if len(item.content.encode()) > MAX_DEFINITION_FILE_BYTES:
+            raise InvalidArgumentError(
+                f"files[{i}] ({quoted(item.path)}) is over {MAX_DEFINITION_FILE_BYTES:,} bytes",
+                field=f"files[{i}].content",
+                reason="DEFINITION_FILES_TOO_LARGE",
+                metadata={"limit": str(MAX_DEFINITION_FILE_BYTES), "path": item.path},
+            )
+        out[item.path] = item.content
+    return out
+
+
+def plan_files(
+    config: RepoConfig, current: registry_pb2.Registry | None, files: dict[str, str]
+) -> RegistryPlan:
+    """Validates definition files against the server's repository and plans their apply.
+
+    Raises:
+        InvalidArgumentError: `DEFINITIONS_INVALID`, the message listing the problems.
+
+    """
+    loaded = load_definition_texts(files)
+    problems = list(loaded.problems)
+    problems += validate_definitions(loaded.definitions, root=config.root)
+    if problems:
+        unique = sorted(dict.fromkeys(problems), key=lambda p: p.file)
+        shown_lines = "\n".join(
+            f"  - {shown(config.redacted(str(p)), 300)}" for p in unique[:_SHOWN_PROBLEMS]
+        )
+        more = len(unique) - _SHOWN_PROBLEMS
+        tail = f"\n  and {more:,} more" if more > 0 else ""
+        raise InvalidArgumentError(
+            f"{len(unique)} problem(s) in the definition files:\n{shown_lines}{tail}",
+            field="files",
+            reason="DEFINITIONS_INVALID",
+            metadata={"problem_count": str(len(unique))},
+        )
+    proposed = loaded.definitions.to_registry(config.project)
+    return plan_changes(current, proposed, has_values=partial(has_stored_values, config))
+
+
+def plan_response(plan: RegistryPlan) -> pb.PlanRepositoryResponse:
+    """A plan as its wire message."""
+    return pb.PlanRepositoryResponse(
+        registry_version=plan.current_version,
+        changes=[
+            pb.ObjectChange(
+                kind=_KINDS[c.kind],
+                name=c.name,
+                action=_ACTIONS[c.action],
+                field_changes=[
+                    pb.FieldChange(field=f.field, before=f.before, after=f.after) for f in c.fields
+                ],
+                breaking_reasons=c.breaking,
+                notes=c.notes,
+            )
+            for c in plan.changes
+        ],
+        breaking=bool(plan.breaking),
+        rematerialize_feature_views=plan.rematerialize,
+    )
 
 
 class _Named(Protocol):
@@ -179,3 +295,13 @@ class RegistryServicer:
         ]
         page, token = paginate(matches, request.page_size, request.page_token, " ".join(words))
         return pb.SearchFeaturesResponse(matches=page, next_page_token=token)
+
+    async def PlanRepository(
+        self, request: pb.PlanRepositoryRequest, context: Ctx
+    ) -> pb.PlanRepositoryResponse:
+        """Compares definition files with the registry being served (writes nothing)."""
+        files = _definition_files(request.files)
+        holder = self.ctx.registry
+        current = holder.current if holder.loaded else None
+        plan = await asyncio.to_thread(plan_files, self.ctx.config, current, files)
+        return plan_response(plan)

@@ -694,8 +694,14 @@ type FeatureView struct {
 	// older than this (by event time) are removed from the offline table on a schedule
 	// (and deleted by a later vacuum). Zero means forever.
 	OfflineRetention *durationpb.Duration `protobuf:"bytes,13,opt,name=offline_retention,json=offlineRetention,proto3" json:"offline_retention,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Output only. Which generation of stored values the view reads and writes; 0 at first.
+	// `skewless apply` increases it when a feature's type or the view's entities or join keys
+	// change: each generation has its own online keys, offline history and watermark, so
+	// values written under an earlier definition are never read as the new one. A new
+	// generation starts empty and must be materialized again.
+	Generation    int64 `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FeatureView) Reset() {
@@ -817,6 +823,13 @@ func (x *FeatureView) GetOfflineRetention() *durationpb.Duration {
 		return x.OfflineRetention
 	}
 	return nil
+}
+
+func (x *FeatureView) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // A selection of features from one feature view.
@@ -1201,7 +1214,7 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	"\x04tags\x18\x04 \x03(\v2\x1e.skewless.v1.Feature.TagsEntryR\x04tags\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x04\n" +
 	"\vFeatureView\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bentities\x18\x02 \x03(\tR\bentities\x120\n" +
@@ -1216,7 +1229,10 @@ const file_skewless_v1_registry_proto_rawDesc = "" +
 	" \x01(\tR\vdescription\x12\x14\n" +
 	"\x05owner\x18\v \x01(\tR\x05owner\x126\n" +
 	"\x04tags\x18\f \x03(\v2\".skewless.v1.FeatureView.TagsEntryR\x04tags\x12F\n" +
-	"\x11offline_retention\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10offlineRetention\x1a7\n" +
+	"\x11offline_retention\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10offlineRetention\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x0e \x01(\x03R\n" +
+	"generation\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +

@@ -22,6 +22,124 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The kind of a registered object.
+type ObjectKind int32
+
+const (
+	// Unset; never returned.
+	ObjectKind_OBJECT_KIND_UNSPECIFIED ObjectKind = 0
+	// An `Entity`.
+	ObjectKind_OBJECT_KIND_ENTITY ObjectKind = 1
+	// A `DataSource`.
+	ObjectKind_OBJECT_KIND_DATA_SOURCE ObjectKind = 2
+	// A `FeatureView`.
+	ObjectKind_OBJECT_KIND_FEATURE_VIEW ObjectKind = 3
+	// A `FeatureService`.
+	ObjectKind_OBJECT_KIND_FEATURE_SERVICE ObjectKind = 4
+)
+
+// Enum value maps for ObjectKind.
+var (
+	ObjectKind_name = map[int32]string{
+		0: "OBJECT_KIND_UNSPECIFIED",
+		1: "OBJECT_KIND_ENTITY",
+		2: "OBJECT_KIND_DATA_SOURCE",
+		3: "OBJECT_KIND_FEATURE_VIEW",
+		4: "OBJECT_KIND_FEATURE_SERVICE",
+	}
+	ObjectKind_value = map[string]int32{
+		"OBJECT_KIND_UNSPECIFIED":     0,
+		"OBJECT_KIND_ENTITY":          1,
+		"OBJECT_KIND_DATA_SOURCE":     2,
+		"OBJECT_KIND_FEATURE_VIEW":    3,
+		"OBJECT_KIND_FEATURE_SERVICE": 4,
+	}
+)
+
+func (x ObjectKind) Enum() *ObjectKind {
+	p := new(ObjectKind)
+	*p = x
+	return p
+}
+
+func (x ObjectKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ObjectKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_skewless_v1_registry_service_proto_enumTypes[0].Descriptor()
+}
+
+func (ObjectKind) Type() protoreflect.EnumType {
+	return &file_skewless_v1_registry_service_proto_enumTypes[0]
+}
+
+func (x ObjectKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ObjectKind.Descriptor instead.
+func (ObjectKind) EnumDescriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{0}
+}
+
+// What happens to an object.
+type ChangeAction int32
+
+const (
+	// Unset; never returned.
+	ChangeAction_CHANGE_ACTION_UNSPECIFIED ChangeAction = 0
+	// The object is new.
+	ChangeAction_CHANGE_ACTION_ADDED ChangeAction = 1
+	// The object is no longer defined.
+	ChangeAction_CHANGE_ACTION_REMOVED ChangeAction = 2
+	// The object exists before and after, with other values.
+	ChangeAction_CHANGE_ACTION_CHANGED ChangeAction = 3
+)
+
+// Enum value maps for ChangeAction.
+var (
+	ChangeAction_name = map[int32]string{
+		0: "CHANGE_ACTION_UNSPECIFIED",
+		1: "CHANGE_ACTION_ADDED",
+		2: "CHANGE_ACTION_REMOVED",
+		3: "CHANGE_ACTION_CHANGED",
+	}
+	ChangeAction_value = map[string]int32{
+		"CHANGE_ACTION_UNSPECIFIED": 0,
+		"CHANGE_ACTION_ADDED":       1,
+		"CHANGE_ACTION_REMOVED":     2,
+		"CHANGE_ACTION_CHANGED":     3,
+	}
+)
+
+func (x ChangeAction) Enum() *ChangeAction {
+	p := new(ChangeAction)
+	*p = x
+	return p
+}
+
+func (x ChangeAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangeAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_skewless_v1_registry_service_proto_enumTypes[1].Descriptor()
+}
+
+func (ChangeAction) Type() protoreflect.EnumType {
+	return &file_skewless_v1_registry_service_proto_enumTypes[1]
+}
+
+func (x ChangeAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangeAction.Descriptor instead.
+func (ChangeAction) EnumDescriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{1}
+}
+
 // Request for `RegistryService.GetRegistryInfo`.
 type GetRegistryInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1146,6 +1264,343 @@ func (x *SearchFeaturesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// One definition file of a feature repository, as `features/` holds it.
+type DefinitionFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The path relative to the repository's root, under `features/` and ending
+	// in `.yaml` or `.yml`, e.g. `features/drivers.yaml`.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Required. The file's YAML text. At most 1 MiB.
+	Content       string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DefinitionFile) Reset() {
+	*x = DefinitionFile{}
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DefinitionFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DefinitionFile) ProtoMessage() {}
+
+func (x *DefinitionFile) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DefinitionFile.ProtoReflect.Descriptor instead.
+func (*DefinitionFile) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DefinitionFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DefinitionFile) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+// Request for `RegistryService.PlanRepository`.
+type PlanRepositoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Every definition file of the repository (the whole set: an object in the
+	// registry that no file defines is reported as removed). At most 1,000 files.
+	Files         []*DefinitionFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanRepositoryRequest) Reset() {
+	*x = PlanRepositoryRequest{}
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRepositoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRepositoryRequest) ProtoMessage() {}
+
+func (x *PlanRepositoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRepositoryRequest.ProtoReflect.Descriptor instead.
+func (*PlanRepositoryRequest) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PlanRepositoryRequest) GetFiles() []*DefinitionFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+// One field of an object that changes.
+type FieldChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only. The field's path in the definition, e.g. `ttl`,
+	// `features.conv_rate.value_type` or `tags.tier`.
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// Output only. The value before, as text; empty when the field was unset.
+	Before string `protobuf:"bytes,2,opt,name=before,proto3" json:"before,omitempty"`
+	// Output only. The value after, as text; empty when the field becomes unset.
+	After         string `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FieldChange) Reset() {
+	*x = FieldChange{}
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FieldChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FieldChange) ProtoMessage() {}
+
+func (x *FieldChange) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FieldChange.ProtoReflect.Descriptor instead.
+func (*FieldChange) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FieldChange) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *FieldChange) GetBefore() string {
+	if x != nil {
+		return x.Before
+	}
+	return ""
+}
+
+func (x *FieldChange) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+// One object that an apply adds, removes or changes.
+type ObjectChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only. The kind of object.
+	Kind ObjectKind `protobuf:"varint,1,opt,name=kind,proto3,enum=skewless.v1.ObjectKind" json:"kind,omitempty"`
+	// Output only. Its name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Output only. What happens to it.
+	Action ChangeAction `protobuf:"varint,3,opt,name=action,proto3,enum=skewless.v1.ChangeAction" json:"action,omitempty"`
+	// Output only. The fields that change (for CHANGED; for ADDED and REMOVED the fields
+	// of the object itself are not listed).
+	FieldChanges []*FieldChange `protobuf:"bytes,4,rep,name=field_changes,json=fieldChanges,proto3" json:"field_changes,omitempty"`
+	// Output only. Why the change is breaking, one sentence each; empty when it is not.
+	// `skewless apply` refuses a breaking change unless `--allow-breaking`.
+	BreakingReasons []string `protobuf:"bytes,5,rep,name=breaking_reasons,json=breakingReasons,proto3" json:"breaking_reasons,omitempty"`
+	// Output only. What to do after applying (for example which windows to materialize
+	// again); advice, not a refusal.
+	Notes         []string `protobuf:"bytes,6,rep,name=notes,proto3" json:"notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObjectChange) Reset() {
+	*x = ObjectChange{}
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObjectChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObjectChange) ProtoMessage() {}
+
+func (x *ObjectChange) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObjectChange.ProtoReflect.Descriptor instead.
+func (*ObjectChange) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ObjectChange) GetKind() ObjectKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ObjectKind_OBJECT_KIND_UNSPECIFIED
+}
+
+func (x *ObjectChange) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ObjectChange) GetAction() ChangeAction {
+	if x != nil {
+		return x.Action
+	}
+	return ChangeAction_CHANGE_ACTION_UNSPECIFIED
+}
+
+func (x *ObjectChange) GetFieldChanges() []*FieldChange {
+	if x != nil {
+		return x.FieldChanges
+	}
+	return nil
+}
+
+func (x *ObjectChange) GetBreakingReasons() []string {
+	if x != nil {
+		return x.BreakingReasons
+	}
+	return nil
+}
+
+func (x *ObjectChange) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+// Response of `RegistryService.PlanRepository`.
+type PlanRepositoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only. The registry version compared against; 0 when nothing is applied yet.
+	RegistryVersion int64 `protobuf:"varint,1,opt,name=registry_version,json=registryVersion,proto3" json:"registry_version,omitempty"`
+	// Output only. Every object that changes, by kind then name; empty when the files
+	// equal the registry.
+	Changes []*ObjectChange `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Output only. Whether any change is breaking (some `breaking_reasons` is set).
+	Breaking bool `protobuf:"varint,3,opt,name=breaking,proto3" json:"breaking,omitempty"`
+	// Output only. Feature views that start a new generation of stored values (a feature
+	// type or the keys change): they serve NOT_FOUND until materialized again.
+	RematerializeFeatureViews []string `protobuf:"bytes,4,rep,name=rematerialize_feature_views,json=rematerializeFeatureViews,proto3" json:"rematerialize_feature_views,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
+func (x *PlanRepositoryResponse) Reset() {
+	*x = PlanRepositoryResponse{}
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRepositoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRepositoryResponse) ProtoMessage() {}
+
+func (x *PlanRepositoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_registry_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRepositoryResponse.ProtoReflect.Descriptor instead.
+func (*PlanRepositoryResponse) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_registry_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PlanRepositoryResponse) GetRegistryVersion() int64 {
+	if x != nil {
+		return x.RegistryVersion
+	}
+	return 0
+}
+
+func (x *PlanRepositoryResponse) GetChanges() []*ObjectChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *PlanRepositoryResponse) GetBreaking() bool {
+	if x != nil {
+		return x.Breaking
+	}
+	return false
+}
+
+func (x *PlanRepositoryResponse) GetRematerializeFeatureViews() []string {
+	if x != nil {
+		return x.RematerializeFeatureViews
+	}
+	return nil
+}
+
 var File_skewless_v1_registry_service_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_registry_service_proto_rawDesc = "" +
@@ -1216,7 +1671,40 @@ const file_skewless_v1_registry_service_proto_rawDesc = "" +
 	"\x05owner\x18\x05 \x01(\tR\x05owner\"u\n" +
 	"\x16SearchFeaturesResponse\x123\n" +
 	"\amatches\x18\x01 \x03(\v2\x19.skewless.v1.FeatureMatchR\amatches\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xab\a\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\">\n" +
+	"\x0eDefinitionFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\"J\n" +
+	"\x15PlanRepositoryRequest\x121\n" +
+	"\x05files\x18\x01 \x03(\v2\x1b.skewless.v1.DefinitionFileR\x05files\"Q\n" +
+	"\vFieldChange\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12\x16\n" +
+	"\x06before\x18\x02 \x01(\tR\x06before\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\tR\x05after\"\x82\x02\n" +
+	"\fObjectChange\x12+\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x17.skewless.v1.ObjectKindR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +
+	"\x06action\x18\x03 \x01(\x0e2\x19.skewless.v1.ChangeActionR\x06action\x12=\n" +
+	"\rfield_changes\x18\x04 \x03(\v2\x18.skewless.v1.FieldChangeR\ffieldChanges\x12)\n" +
+	"\x10breaking_reasons\x18\x05 \x03(\tR\x0fbreakingReasons\x12\x14\n" +
+	"\x05notes\x18\x06 \x03(\tR\x05notes\"\xd4\x01\n" +
+	"\x16PlanRepositoryResponse\x12)\n" +
+	"\x10registry_version\x18\x01 \x01(\x03R\x0fregistryVersion\x123\n" +
+	"\achanges\x18\x02 \x03(\v2\x19.skewless.v1.ObjectChangeR\achanges\x12\x1a\n" +
+	"\bbreaking\x18\x03 \x01(\bR\bbreaking\x12>\n" +
+	"\x1brematerialize_feature_views\x18\x04 \x03(\tR\x19rematerializeFeatureViews*\x9d\x01\n" +
+	"\n" +
+	"ObjectKind\x12\x1b\n" +
+	"\x17OBJECT_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12OBJECT_KIND_ENTITY\x10\x01\x12\x1b\n" +
+	"\x17OBJECT_KIND_DATA_SOURCE\x10\x02\x12\x1c\n" +
+	"\x18OBJECT_KIND_FEATURE_VIEW\x10\x03\x12\x1f\n" +
+	"\x1bOBJECT_KIND_FEATURE_SERVICE\x10\x04*|\n" +
+	"\fChangeAction\x12\x1d\n" +
+	"\x19CHANGE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13CHANGE_ACTION_ADDED\x10\x01\x12\x19\n" +
+	"\x15CHANGE_ACTION_REMOVED\x10\x02\x12\x19\n" +
+	"\x15CHANGE_ACTION_CHANGED\x10\x032\x86\b\n" +
 	"\x0fRegistryService\x12\\\n" +
 	"\x0fGetRegistryInfo\x12#.skewless.v1.GetRegistryInfoRequest\x1a$.skewless.v1.GetRegistryInfoResponse\x12J\n" +
 	"\tGetEntity\x12\x1d.skewless.v1.GetEntityRequest\x1a\x1e.skewless.v1.GetEntityResponse\x12S\n" +
@@ -1227,7 +1715,8 @@ const file_skewless_v1_registry_service_proto_rawDesc = "" +
 	"\x10ListFeatureViews\x12$.skewless.v1.ListFeatureViewsRequest\x1a%.skewless.v1.ListFeatureViewsResponse\x12b\n" +
 	"\x11GetFeatureService\x12%.skewless.v1.GetFeatureServiceRequest\x1a&.skewless.v1.GetFeatureServiceResponse\x12h\n" +
 	"\x13ListFeatureServices\x12'.skewless.v1.ListFeatureServicesRequest\x1a(.skewless.v1.ListFeatureServicesResponse\x12Y\n" +
-	"\x0eSearchFeatures\x12\".skewless.v1.SearchFeaturesRequest\x1a#.skewless.v1.SearchFeaturesResponseBW\n" +
+	"\x0eSearchFeatures\x12\".skewless.v1.SearchFeaturesRequest\x1a#.skewless.v1.SearchFeaturesResponse\x12Y\n" +
+	"\x0ePlanRepository\x12\".skewless.v1.PlanRepositoryRequest\x1a#.skewless.v1.PlanRepositoryResponseBW\n" +
 	"\x0fdev.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3"
 
 var (
@@ -1242,73 +1731,88 @@ func file_skewless_v1_registry_service_proto_rawDescGZIP() []byte {
 	return file_skewless_v1_registry_service_proto_rawDescData
 }
 
-var file_skewless_v1_registry_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_skewless_v1_registry_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_skewless_v1_registry_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_skewless_v1_registry_service_proto_goTypes = []any{
-	(*GetRegistryInfoRequest)(nil),      // 0: skewless.v1.GetRegistryInfoRequest
-	(*GetRegistryInfoResponse)(nil),     // 1: skewless.v1.GetRegistryInfoResponse
-	(*GetEntityRequest)(nil),            // 2: skewless.v1.GetEntityRequest
-	(*GetEntityResponse)(nil),           // 3: skewless.v1.GetEntityResponse
-	(*ListEntitiesRequest)(nil),         // 4: skewless.v1.ListEntitiesRequest
-	(*ListEntitiesResponse)(nil),        // 5: skewless.v1.ListEntitiesResponse
-	(*GetDataSourceRequest)(nil),        // 6: skewless.v1.GetDataSourceRequest
-	(*GetDataSourceResponse)(nil),       // 7: skewless.v1.GetDataSourceResponse
-	(*ListDataSourcesRequest)(nil),      // 8: skewless.v1.ListDataSourcesRequest
-	(*ListDataSourcesResponse)(nil),     // 9: skewless.v1.ListDataSourcesResponse
-	(*GetFeatureViewRequest)(nil),       // 10: skewless.v1.GetFeatureViewRequest
-	(*GetFeatureViewResponse)(nil),      // 11: skewless.v1.GetFeatureViewResponse
-	(*ListFeatureViewsRequest)(nil),     // 12: skewless.v1.ListFeatureViewsRequest
-	(*ListFeatureViewsResponse)(nil),    // 13: skewless.v1.ListFeatureViewsResponse
-	(*GetFeatureServiceRequest)(nil),    // 14: skewless.v1.GetFeatureServiceRequest
-	(*GetFeatureServiceResponse)(nil),   // 15: skewless.v1.GetFeatureServiceResponse
-	(*ListFeatureServicesRequest)(nil),  // 16: skewless.v1.ListFeatureServicesRequest
-	(*ListFeatureServicesResponse)(nil), // 17: skewless.v1.ListFeatureServicesResponse
-	(*SearchFeaturesRequest)(nil),       // 18: skewless.v1.SearchFeaturesRequest
-	(*FeatureMatch)(nil),                // 19: skewless.v1.FeatureMatch
-	(*SearchFeaturesResponse)(nil),      // 20: skewless.v1.SearchFeaturesResponse
-	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
-	(*Entity)(nil),                      // 22: skewless.v1.Entity
-	(*DataSource)(nil),                  // 23: skewless.v1.DataSource
-	(*FeatureView)(nil),                 // 24: skewless.v1.FeatureView
-	(*FeatureService)(nil),              // 25: skewless.v1.FeatureService
-	(*Feature)(nil),                     // 26: skewless.v1.Feature
+	(ObjectKind)(0),                     // 0: skewless.v1.ObjectKind
+	(ChangeAction)(0),                   // 1: skewless.v1.ChangeAction
+	(*GetRegistryInfoRequest)(nil),      // 2: skewless.v1.GetRegistryInfoRequest
+	(*GetRegistryInfoResponse)(nil),     // 3: skewless.v1.GetRegistryInfoResponse
+	(*GetEntityRequest)(nil),            // 4: skewless.v1.GetEntityRequest
+	(*GetEntityResponse)(nil),           // 5: skewless.v1.GetEntityResponse
+	(*ListEntitiesRequest)(nil),         // 6: skewless.v1.ListEntitiesRequest
+	(*ListEntitiesResponse)(nil),        // 7: skewless.v1.ListEntitiesResponse
+	(*GetDataSourceRequest)(nil),        // 8: skewless.v1.GetDataSourceRequest
+	(*GetDataSourceResponse)(nil),       // 9: skewless.v1.GetDataSourceResponse
+	(*ListDataSourcesRequest)(nil),      // 10: skewless.v1.ListDataSourcesRequest
+	(*ListDataSourcesResponse)(nil),     // 11: skewless.v1.ListDataSourcesResponse
+	(*GetFeatureViewRequest)(nil),       // 12: skewless.v1.GetFeatureViewRequest
+	(*GetFeatureViewResponse)(nil),      // 13: skewless.v1.GetFeatureViewResponse
+	(*ListFeatureViewsRequest)(nil),     // 14: skewless.v1.ListFeatureViewsRequest
+	(*ListFeatureViewsResponse)(nil),    // 15: skewless.v1.ListFeatureViewsResponse
+	(*GetFeatureServiceRequest)(nil),    // 16: skewless.v1.GetFeatureServiceRequest
+	(*GetFeatureServiceResponse)(nil),   // 17: skewless.v1.GetFeatureServiceResponse
+	(*ListFeatureServicesRequest)(nil),  // 18: skewless.v1.ListFeatureServicesRequest
+	(*ListFeatureServicesResponse)(nil), // 19: skewless.v1.ListFeatureServicesResponse
+	(*SearchFeaturesRequest)(nil),       // 20: skewless.v1.SearchFeaturesRequest
+	(*FeatureMatch)(nil),                // 21: skewless.v1.FeatureMatch
+	(*SearchFeaturesResponse)(nil),      // 22: skewless.v1.SearchFeaturesResponse
+	(*DefinitionFile)(nil),              // 23: skewless.v1.DefinitionFile
+	(*PlanRepositoryRequest)(nil),       // 24: skewless.v1.PlanRepositoryRequest
+	(*FieldChange)(nil),                 // 25: skewless.v1.FieldChange
+	(*ObjectChange)(nil),                // 26: skewless.v1.ObjectChange
+	(*PlanRepositoryResponse)(nil),      // 27: skewless.v1.PlanRepositoryResponse
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*Entity)(nil),                      // 29: skewless.v1.Entity
+	(*DataSource)(nil),                  // 30: skewless.v1.DataSource
+	(*FeatureView)(nil),                 // 31: skewless.v1.FeatureView
+	(*FeatureService)(nil),              // 32: skewless.v1.FeatureService
+	(*Feature)(nil),                     // 33: skewless.v1.Feature
 }
 var file_skewless_v1_registry_service_proto_depIdxs = []int32{
-	21, // 0: skewless.v1.GetRegistryInfoResponse.update_time:type_name -> google.protobuf.Timestamp
-	22, // 1: skewless.v1.GetEntityResponse.entity:type_name -> skewless.v1.Entity
-	22, // 2: skewless.v1.ListEntitiesResponse.entities:type_name -> skewless.v1.Entity
-	23, // 3: skewless.v1.GetDataSourceResponse.data_source:type_name -> skewless.v1.DataSource
-	23, // 4: skewless.v1.ListDataSourcesResponse.data_sources:type_name -> skewless.v1.DataSource
-	24, // 5: skewless.v1.GetFeatureViewResponse.feature_view:type_name -> skewless.v1.FeatureView
-	24, // 6: skewless.v1.ListFeatureViewsResponse.feature_views:type_name -> skewless.v1.FeatureView
-	25, // 7: skewless.v1.GetFeatureServiceResponse.feature_service:type_name -> skewless.v1.FeatureService
-	25, // 8: skewless.v1.ListFeatureServicesResponse.feature_services:type_name -> skewless.v1.FeatureService
-	26, // 9: skewless.v1.FeatureMatch.feature:type_name -> skewless.v1.Feature
-	19, // 10: skewless.v1.SearchFeaturesResponse.matches:type_name -> skewless.v1.FeatureMatch
-	0,  // 11: skewless.v1.RegistryService.GetRegistryInfo:input_type -> skewless.v1.GetRegistryInfoRequest
-	2,  // 12: skewless.v1.RegistryService.GetEntity:input_type -> skewless.v1.GetEntityRequest
-	4,  // 13: skewless.v1.RegistryService.ListEntities:input_type -> skewless.v1.ListEntitiesRequest
-	6,  // 14: skewless.v1.RegistryService.GetDataSource:input_type -> skewless.v1.GetDataSourceRequest
-	8,  // 15: skewless.v1.RegistryService.ListDataSources:input_type -> skewless.v1.ListDataSourcesRequest
-	10, // 16: skewless.v1.RegistryService.GetFeatureView:input_type -> skewless.v1.GetFeatureViewRequest
-	12, // 17: skewless.v1.RegistryService.ListFeatureViews:input_type -> skewless.v1.ListFeatureViewsRequest
-	14, // 18: skewless.v1.RegistryService.GetFeatureService:input_type -> skewless.v1.GetFeatureServiceRequest
-	16, // 19: skewless.v1.RegistryService.ListFeatureServices:input_type -> skewless.v1.ListFeatureServicesRequest
-	18, // 20: skewless.v1.RegistryService.SearchFeatures:input_type -> skewless.v1.SearchFeaturesRequest
-	1,  // 21: skewless.v1.RegistryService.GetRegistryInfo:output_type -> skewless.v1.GetRegistryInfoResponse
-	3,  // 22: skewless.v1.RegistryService.GetEntity:output_type -> skewless.v1.GetEntityResponse
-	5,  // 23: skewless.v1.RegistryService.ListEntities:output_type -> skewless.v1.ListEntitiesResponse
-	7,  // 24: skewless.v1.RegistryService.GetDataSource:output_type -> skewless.v1.GetDataSourceResponse
-	9,  // 25: skewless.v1.RegistryService.ListDataSources:output_type -> skewless.v1.ListDataSourcesResponse
-	11, // 26: skewless.v1.RegistryService.GetFeatureView:output_type -> skewless.v1.GetFeatureViewResponse
-	13, // 27: skewless.v1.RegistryService.ListFeatureViews:output_type -> skewless.v1.ListFeatureViewsResponse
-	15, // 28: skewless.v1.RegistryService.GetFeatureService:output_type -> skewless.v1.GetFeatureServiceResponse
-	17, // 29: skewless.v1.RegistryService.ListFeatureServices:output_type -> skewless.v1.ListFeatureServicesResponse
-	20, // 30: skewless.v1.RegistryService.SearchFeatures:output_type -> skewless.v1.SearchFeaturesResponse
-	21, // [21:31] is the sub-list for method output_type
-	11, // [11:21] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	28, // 0: skewless.v1.GetRegistryInfoResponse.update_time:type_name -> google.protobuf.Timestamp
+	29, // 1: skewless.v1.GetEntityResponse.entity:type_name -> skewless.v1.Entity
+	29, // 2: skewless.v1.ListEntitiesResponse.entities:type_name -> skewless.v1.Entity
+	30, // 3: skewless.v1.GetDataSourceResponse.data_source:type_name -> skewless.v1.DataSource
+	30, // 4: skewless.v1.ListDataSourcesResponse.data_sources:type_name -> skewless.v1.DataSource
+	31, // 5: skewless.v1.GetFeatureViewResponse.feature_view:type_name -> skewless.v1.FeatureView
+	31, // 6: skewless.v1.ListFeatureViewsResponse.feature_views:type_name -> skewless.v1.FeatureView
+	32, // 7: skewless.v1.GetFeatureServiceResponse.feature_service:type_name -> skewless.v1.FeatureService
+	32, // 8: skewless.v1.ListFeatureServicesResponse.feature_services:type_name -> skewless.v1.FeatureService
+	33, // 9: skewless.v1.FeatureMatch.feature:type_name -> skewless.v1.Feature
+	21, // 10: skewless.v1.SearchFeaturesResponse.matches:type_name -> skewless.v1.FeatureMatch
+	23, // 11: skewless.v1.PlanRepositoryRequest.files:type_name -> skewless.v1.DefinitionFile
+	0,  // 12: skewless.v1.ObjectChange.kind:type_name -> skewless.v1.ObjectKind
+	1,  // 13: skewless.v1.ObjectChange.action:type_name -> skewless.v1.ChangeAction
+	25, // 14: skewless.v1.ObjectChange.field_changes:type_name -> skewless.v1.FieldChange
+	26, // 15: skewless.v1.PlanRepositoryResponse.changes:type_name -> skewless.v1.ObjectChange
+	2,  // 16: skewless.v1.RegistryService.GetRegistryInfo:input_type -> skewless.v1.GetRegistryInfoRequest
+	4,  // 17: skewless.v1.RegistryService.GetEntity:input_type -> skewless.v1.GetEntityRequest
+	6,  // 18: skewless.v1.RegistryService.ListEntities:input_type -> skewless.v1.ListEntitiesRequest
+	8,  // 19: skewless.v1.RegistryService.GetDataSource:input_type -> skewless.v1.GetDataSourceRequest
+	10, // 20: skewless.v1.RegistryService.ListDataSources:input_type -> skewless.v1.ListDataSourcesRequest
+	12, // 21: skewless.v1.RegistryService.GetFeatureView:input_type -> skewless.v1.GetFeatureViewRequest
+	14, // 22: skewless.v1.RegistryService.ListFeatureViews:input_type -> skewless.v1.ListFeatureViewsRequest
+	16, // 23: skewless.v1.RegistryService.GetFeatureService:input_type -> skewless.v1.GetFeatureServiceRequest
+	18, // 24: skewless.v1.RegistryService.ListFeatureServices:input_type -> skewless.v1.ListFeatureServicesRequest
+	20, // 25: skewless.v1.RegistryService.SearchFeatures:input_type -> skewless.v1.SearchFeaturesRequest
+	24, // 26: skewless.v1.RegistryService.PlanRepository:input_type -> skewless.v1.PlanRepositoryRequest
+	3,  // 27: skewless.v1.RegistryService.GetRegistryInfo:output_type -> skewless.v1.GetRegistryInfoResponse
+	5,  // 28: skewless.v1.RegistryService.GetEntity:output_type -> skewless.v1.GetEntityResponse
+	7,  // 29: skewless.v1.RegistryService.ListEntities:output_type -> skewless.v1.ListEntitiesResponse
+	9,  // 30: skewless.v1.RegistryService.GetDataSource:output_type -> skewless.v1.GetDataSourceResponse
+	11, // 31: skewless.v1.RegistryService.ListDataSources:output_type -> skewless.v1.ListDataSourcesResponse
+	13, // 32: skewless.v1.RegistryService.GetFeatureView:output_type -> skewless.v1.GetFeatureViewResponse
+	15, // 33: skewless.v1.RegistryService.ListFeatureViews:output_type -> skewless.v1.ListFeatureViewsResponse
+	17, // 34: skewless.v1.RegistryService.GetFeatureService:output_type -> skewless.v1.GetFeatureServiceResponse
+	19, // 35: skewless.v1.RegistryService.ListFeatureServices:output_type -> skewless.v1.ListFeatureServicesResponse
+	22, // 36: skewless.v1.RegistryService.SearchFeatures:output_type -> skewless.v1.SearchFeaturesResponse
+	27, // 37: skewless.v1.RegistryService.PlanRepository:output_type -> skewless.v1.PlanRepositoryResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_registry_service_proto_init() }
@@ -1322,13 +1826,14 @@ func file_skewless_v1_registry_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_registry_service_proto_rawDesc), len(file_skewless_v1_registry_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_skewless_v1_registry_service_proto_goTypes,
 		DependencyIndexes: file_skewless_v1_registry_service_proto_depIdxs,
+		EnumInfos:         file_skewless_v1_registry_service_proto_enumTypes,
 		MessageInfos:      file_skewless_v1_registry_service_proto_msgTypes,
 	}.Build()
 	File_skewless_v1_registry_service_proto = out.File

@@ -29,6 +29,7 @@ const (
 	RegistryService_GetFeatureService_FullMethodName   = "/skewless.v1.RegistryService/GetFeatureService"
 	RegistryService_ListFeatureServices_FullMethodName = "/skewless.v1.RegistryService/ListFeatureServices"
 	RegistryService_SearchFeatures_FullMethodName      = "/skewless.v1.RegistryService/SearchFeatures"
+	RegistryService_PlanRepository_FullMethodName      = "/skewless.v1.RegistryService/PlanRepository"
 )
 
 // RegistryServiceClient is the client API for RegistryService service.
@@ -71,6 +72,15 @@ type RegistryServiceClient interface {
 	// INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
 	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	SearchFeatures(ctx context.Context, in *SearchFeaturesRequest, opts ...grpc.CallOption) (*SearchFeaturesResponse, error)
+	// Compares definition files with the registry being served and returns what
+	// `skewless apply` would change, field by field, flagging the breaking changes (the
+	// check `skewless plan` runs), so that CI can gate a pull request of definitions.
+	// Nothing is written. The files are validated as `skewless apply` validates them, against
+	// the server's repository (source paths and SQL bind against its data).
+	// INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+	// the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+	// files (`DEFINITION_FILES_TOO_LARGE`).
+	PlanRepository(ctx context.Context, in *PlanRepositoryRequest, opts ...grpc.CallOption) (*PlanRepositoryResponse, error)
 }
 
 type registryServiceClient struct {
@@ -181,6 +191,16 @@ func (c *registryServiceClient) SearchFeatures(ctx context.Context, in *SearchFe
 	return out, nil
 }
 
+func (c *registryServiceClient) PlanRepository(ctx context.Context, in *PlanRepositoryRequest, opts ...grpc.CallOption) (*PlanRepositoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlanRepositoryResponse)
+	err := c.cc.Invoke(ctx, RegistryService_PlanRepository_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryServiceServer is the server API for RegistryService service.
 // All implementations must embed UnimplementedRegistryServiceServer
 // for forward compatibility.
@@ -221,6 +241,15 @@ type RegistryServiceServer interface {
 	// INVALID_ARGUMENT for an empty query (`EMPTY_QUERY`) or a bad page size or token;
 	// FAILED_PRECONDITION (`REGISTRY_NOT_APPLIED`) before anything is applied.
 	SearchFeatures(context.Context, *SearchFeaturesRequest) (*SearchFeaturesResponse, error)
+	// Compares definition files with the registry being served and returns what
+	// `skewless apply` would change, field by field, flagging the breaking changes (the
+	// check `skewless plan` runs), so that CI can gate a pull request of definitions.
+	// Nothing is written. The files are validated as `skewless apply` validates them, against
+	// the server's repository (source paths and SQL bind against its data).
+	// INVALID_ARGUMENT for definitions with problems (`DEFINITIONS_INVALID`, every problem in
+	// the message), a bad file path (`INVALID_DEFINITION_PATH`) or too many or too large
+	// files (`DEFINITION_FILES_TOO_LARGE`).
+	PlanRepository(context.Context, *PlanRepositoryRequest) (*PlanRepositoryResponse, error)
 	mustEmbedUnimplementedRegistryServiceServer()
 }
 
@@ -260,6 +289,9 @@ func (UnimplementedRegistryServiceServer) ListFeatureServices(context.Context, *
 }
 func (UnimplementedRegistryServiceServer) SearchFeatures(context.Context, *SearchFeaturesRequest) (*SearchFeaturesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SearchFeatures not implemented")
+}
+func (UnimplementedRegistryServiceServer) PlanRepository(context.Context, *PlanRepositoryRequest) (*PlanRepositoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PlanRepository not implemented")
 }
 func (UnimplementedRegistryServiceServer) mustEmbedUnimplementedRegistryServiceServer() {}
 func (UnimplementedRegistryServiceServer) testEmbeddedByValue()                         {}
@@ -462,6 +494,24 @@ func _RegistryService_SearchFeatures_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_PlanRepository_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanRepositoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).PlanRepository(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_PlanRepository_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).PlanRepository(ctx, req.(*PlanRepositoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RegistryService_ServiceDesc is the grpc.ServiceDesc for RegistryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -508,6 +558,10 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SearchFeatures",
 			Handler:    _RegistryService_SearchFeatures_Handler,
+		},
+		{
+			MethodName: "PlanRepository",
+			Handler:    _RegistryService_PlanRepository_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
