@@ -145,6 +145,14 @@ def test_plan_repository_over_grpc_gates_a_definitions_change(repo: Path) -> Non
         # Nothing was written.
         assert client.get_registry_info().version == 1
 
+        # `skewless plan --target` asks the server the same question, as a CI job would.
+        remote = skewless("plan", "--target", served.target, cwd=repo)
+        assert remote.returncode == 1, remote.stdout + remote.stderr
+        assert "plan for project 'repo' against registry version 1:" in remote.stdout
+        assert "features.clicks.value_type: INT64 -> STRING" in remote.stdout
+        assert "BREAKING: feature 'clicks' changes type" in remote.stdout
+        assert remote.stdout == skewless("plan", cwd=repo).stdout  # the same plan, locally
+
         # Definitions with problems: every problem in one INVALID_ARGUMENT, no server path.
         broken = {FEATURES.as_posix(): proposed[FEATURES.as_posix()].replace(
             "data/user_activity.parquet", "data/missing.parquet")}  # fmt: skip
@@ -153,6 +161,10 @@ def test_plan_repository_over_grpc_gates_a_definitions_change(repo: Path) -> Non
         assert info.value.reason == "DEFINITIONS_INVALID"
         assert "'data/missing.parquet' matches no file" in info.value.message
         assert str(repo) not in info.value.message
+        (repo / FEATURES).write_text(broken[FEATURES.as_posix()])
+        remote = skewless("plan", "--target", served.target, cwd=repo)
+        assert remote.returncode == 2
+        assert "answered INVALID_ARGUMENT" in remote.stderr and "matches no file" in remote.stderr
 
         # YAML aliases (a few bytes that expand into millions of objects) and deep nesting.
         bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"

@@ -6,19 +6,34 @@ stores which views hold values (`has_stored_values`). It prints one line per obj
 and `BREAKING:` lines for changes `apply` refuses without `--allow-breaking`. Exit code 0
 when nothing is breaking, 1 when something is (so CI can gate a definitions change), 2
 for definitions with problems.
+
+With `--target HOST:PORT` the plan is made by a running server instead
+(`RegistryService.PlanRepository`): the definition files are sent, and the server
+compares them with the registry it serves and its stores, as a CI job needs. Only the
+repository's `features/` is read; `skewless.yaml` is not needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from skewless.core.config import RepoConfig, load_repo_config
 from skewless.materialization.view_state import has_stored_values
 from skewless.registry.apply import plan_apply, plan_repo
-from skewless.registry.registry_diff import Action, RegistryPlan
+from skewless.registry.registry_diff import (
+    Action,
+    FieldChange,
+    ObjectChange,
+    RegistryPlan,
+)
+from skewless.registry.repo_loader import definition_files
+from skewless.v1 import registry_pb2, registry_service_pb2
 
 __all__ = ["add_commands", "render_plan", "repo_plan"]
 
@@ -71,10 +86,66 @@ def render_plan(plan: RegistryPlan, project: str) -> list[str]:
     return lines
 
 
+_KIND_NAMES = {
+    registry_service_pb2.OBJECT_KIND_ENTITY: "entity",
+    registry_service_pb2.OBJECT_KIND_DATA_SOURCE: "data source",
+    registry_service_pb2.OBJECT_KIND_FEATURE_VIEW: "feature view",
+    registry_service_pb2.OBJECT_KIND_FEATURE_SERVICE: "feature service",
+}
+_ACTION_NAMES = {
+    registry_service_pb2.CHANGE_ACTION_ADDED: Action.ADDED,
+    registry_service_pb2.CHANGE_ACTION_REMOVED: Action.REMOVED,
+    registry_service_pb2.CHANGE_ACTION_CHANGED: Action.CHANGED,
+}
+
+
+def plan_of_response(response: registry_service_pb2.PlanRepositoryResponse) -> RegistryPlan:
+    """A `PlanRepository` answer as a `RegistryPlan` (without the registry), to render."""
+    return RegistryPlan(
+        current_version=response.registry_version,
+        changes=tuple(
+            ObjectChange(
+                kind=_KIND_NAMES.get(c.kind, "object"),
+                name=c.name,
+                action=_ACTION_NAMES.get(c.action, Action.CHANGED),
+                fields=tuple(FieldChange(f.field, f.before, f.after) for f in c.field_changes),
+                breaking=tuple(c.breaking_reasons),
+                notes=tuple(c.notes),
+            )
+            for c in response.changes
+        ),
+        rematerialize=tuple(response.rematerialize_feature_views),
+        registry=registry_pb2.Registry(),
+    )
+
+
+def _remote_plan(args: argparse.Namespace) -> tuple[RegistryPlan, str]:
+    from skewless.client import Client
+
+    root = Path(args.repo).resolve()
+    files = {p.relative_to(root).as_posix(): p.read_text() for p in definition_files(root)}
+    root_ca = args.root_ca.read_bytes() if args.root_ca is not None else None
+    token = os.environ.get("SKEWLESS_TOKEN") or None
+    with Client(args.target, tls=args.tls, root_certificates=root_ca, token=token) as client:
+        response = client.plan_repository(files)
+        project = client.get_registry_info().project if response.registry_version else "?"
+    return plan_of_response(response), project
+
+
 def _plan(args: argparse.Namespace) -> int:
-    config = load_repo_config(args.repo)
-    plan = repo_plan(config)
-    print("\n".join(render_plan(plan, config.project)))
+    from skewless.client import SkewlessClientError
+
+    if args.target:
+        try:
+            plan, project = _remote_plan(args)
+        except SkewlessClientError as exc:
+            code = exc.code.name if exc.code is not None else "an error"
+            print(f"error: {args.target} answered {code}: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        config = load_repo_config(args.repo)
+        plan, project = repo_plan(config), config.project
+    print("\n".join(render_plan(plan, project)))
     return EXIT_FAILED if plan.breaking else EXIT_OK
 
 
@@ -84,4 +155,11 @@ def add_commands(commands: Any) -> None:
         "plan", help="show what apply would change and which changes are breaking"
     )
     p.add_argument("repo", nargs="?", default=".", help="feature repository (default: .)")
+    p.add_argument(
+        "--target",
+        help="ask a running server (HOST:PORT) instead: it compares the repository's "
+        "features/ with the registry it serves (a token, if any, from $SKEWLESS_TOKEN)",
+    )
+    p.add_argument("--tls", action="store_true", help="connect to --target with TLS")
+    p.add_argument("--root-ca", type=Path, help="PEM roots that verify --target (implies --tls)")
     p.set_defaults(func=_plan)
