@@ -319,6 +319,15 @@ def test_permissions_allow_and_deny_each_action(
         assert ops.get_registry_info().project == "authz"
         allowed(lambda: ops.start_materialization(["driver_live"], end_time=NOW, incremental=True))
         allowed(ops.list_materialization_jobs)
+        # Planning reads source files and runs the definitions' SQL on the server.
+        denied(
+            ops,
+            "operator",
+            "PlanRepository",
+            lambda: ops.plan_repository({"features/a.yaml": "entities: []\n"}),
+            "admin",
+            "project",
+        )
     with client(served, "views-ops-token") as view_ops:
         denied(
             view_ops,
@@ -344,6 +353,7 @@ def test_permissions_allow_and_deny_each_action(
         admin.get_registry_info()
         admin.get_historical_features(entity_rows(), features=["driver_recent:trips"])
         admin.push_features(rows([4]), push_source="driver_push")
+        assert admin.plan_repository({"features/a.yaml": "entities: []\n"}).registry_version
     with client(served, "nobody-token") as nobody:
         denied(
             nobody,

@@ -257,6 +257,9 @@ class MethodRule:
 
 
 _REGISTRY = MethodRule(action=Action.READ_REGISTRY)
+# Planning writes nothing, but it checks the files' source paths and runs their SQL
+# against the server's data: the same privilege as applying them.
+_ADMIN = MethodRule(action=Action.ADMIN)
 _SERVICER = MethodRule(in_servicer=True)
 _OPEN = MethodRule(open=True)
 _AUTHENTICATED = MethodRule()
@@ -285,12 +288,11 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
             "GetFeatureService",
             "ListFeatureServices",
             "SearchFeatures",
-            # Writes nothing: compares definition files with the registry it reads.
-            "PlanRepository",
         )
     },
     "grpc.health.v1.Health": {"*": _OPEN},
 }
+METHOD_RULES["skewless.v1.RegistryService"]["PlanRepository"] = _ADMIN
 _REFLECTION_SERVICES = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",

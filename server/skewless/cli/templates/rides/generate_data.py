@@ -178,7 +178,7 @@ def _anchor(text: str) -> datetime:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
+    parser.add_argument("--out", type=Path, default=Path(__file__).absolute().parent / "data")
     parser.add_argument(
         "--anchor",
         type=_anchor,
