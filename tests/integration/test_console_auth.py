@@ -7,7 +7,8 @@ Playwright drives Debian's Chromium: without a token every page is the sign-in f
 wrong token is refused with the server's message; a good one lets the user in, held
 in an HttpOnly, Secure, SameSite=Strict session cookie that is not the token; the
 auditor's start of a job shows PERMISSION_DENIED; sign-out ends it. The skew report
-page shows a mismatch induced by overwriting a served value in Redis by hand.
+page shows a mismatch induced by overwriting a served value in Redis by hand, and a
+stale row induced by a history row that arrives after the call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from skewless.core.config import load_repo_config
 from skewless.online.embedded_redis import EmbeddedRedis
 from skewless.online.layout import redis_key
 from skewless.registry import FeatureLogging, Policy
-from skewless.v1 import types_pb2
+from skewless.v1 import online_service_pb2, types_pb2
 from tests.helpers.repos import live_definitions, save_registry
 from tests.integration.auth_repo import POLICIES, TOKENS, token_file
 from tests.integration.served import ServerThread
@@ -40,6 +41,7 @@ from tests.integration.test_console import CHROMIUM, CHROMIUM_ARGS, shoot
 PROJECT = "console_authz"
 UTC_US = pa.timestamp("us", tz="UTC")
 EVENT_TIME = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+LATE = dt.timedelta(minutes=2)
 AUDITOR = Policy(
     name="auditors",
     subjects=("auditor",),
@@ -53,12 +55,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _rows(ids: list[int]) -> pa.Table:
+def _rows(ids: list[int], when: dt.datetime = EVENT_TIME) -> pa.Table:
     n = len(ids)
     return pa.table(
         {
             "driver_id": pa.array(ids, pa.int64()),
-            "ts": pa.array([EVENT_TIME] * n, UTC_US),
+            "ts": pa.array([when] * n, UTC_US),
             "created": pa.nulls(n, UTC_US),
             "conv_rate": pa.array([0.25 * i for i in ids], pa.float64()),
             "trips": pa.array([10 * i for i in ids], pa.int64()),
@@ -169,7 +171,8 @@ def test_refused_without_a_token_let_in_with_one_denied_to_materialize(
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
     # The auditor may read jobs but not start one: the server's refusal on the form.
-    page.goto("/jobs")
+    response = page.goto("/jobs")
+    assert response is not None and response.headers["cache-control"] == "no-store"
     page.get_by_role("button", name="Start materialization").click()
     alert = page.get_by_role("alert")
     expect(alert.locator(".code")).to_have_text("PERMISSION_DENIED")
@@ -208,6 +211,13 @@ def test_skew_report_and_freshness_show_an_induced_mismatch(
     )
     r.close()
     admin.get_online_features({"driver_id": [2]}, feature_service="live")
+    # Driver 3's history gets a later row after the calls (history arriving late): what
+    # was served at request time was older than the offline row then, by LATE.
+    admin.push_features(
+        _rows([3], EVENT_TIME + LATE),
+        push_source="driver_push",
+        destination=online_service_pb2.PUSH_DESTINATION_OFFLINE,
+    )
     deadline = time.monotonic() + 20
     while admin.get_skew_report("live").logged_requests < 2:  # the log flushes every 0.2 s
         assert time.monotonic() < deadline, "the feature log was not written"
@@ -223,16 +233,20 @@ def test_skew_report_and_freshness_show_an_induced_mismatch(
     expect(page.locator('[data-field="logged-rows"]')).to_have_text(str(report.logged_rows))
     conv = page.locator('tr[data-feature="driver_live:conv_rate"]')
     expect(conv.locator('[data-category="VALUE_MISMATCH"]')).to_have_text("1")
-    expect(conv.locator('[data-category="MATCH"]')).to_have_text("3")
+    expect(conv.locator('[data-category="SERVED_STALE"]')).to_have_text("1")
+    expect(conv.locator('[data-category="MATCH"]')).to_have_text("2")
     expect(conv.locator("svg.skew-bar rect.cat-VALUE_MISMATCH")).to_have_count(1)
     trips = page.locator('tr[data-feature="driver_live:trips"]')
     expect(trips.locator('[data-category="VALUE_MISMATCH"]')).to_have_text("0")
+    expect(trips.locator('[data-category="MATCH"]')).to_have_text("3")
+    stale = page.locator('table.lag tr[data-feature="driver_live:conv_rate"]')
+    expect(stale.locator('[data-field="lag-max"]')).to_have_text("2min")
     (example,) = page.locator('table.examples tr[data-category="VALUE_MISMATCH"]').all()
     expect(example.locator("td.served")).to_have_text("-1.0")
     expect(example.locator("td.offline")).to_have_text("0.5")
     expect(example).to_contain_text("driver_id=2")
     fresh = page.locator('#view-freshness tr[data-view="driver_live"]')
-    expect(fresh.locator('[data-field="stale-rows"]')).to_have_text("0")
+    expect(fresh.locator('[data-field="stale-rows"]')).to_have_text("1")
     shoot(page, shots, "skew-report")
 
     # Reading needs no JavaScript: the same page, the same counts, without it.
@@ -241,15 +255,16 @@ def test_skew_report_and_freshness_show_an_induced_mismatch(
 
     # Freshness of the pushed view: the newest event time in history and the lag.
     stores = admin.get_feature_view_freshness("driver_live")
-    assert stores.newest_event_time.ToDatetime(dt.UTC) == EVENT_TIME
-    assert not stores.HasField("watermark_time") and stores.history_rows == 3
+    assert stores.newest_event_time.ToDatetime(dt.UTC) == EVENT_TIME + LATE
+    assert not stores.HasField("watermark_time") and stores.history_rows == 4
     page.goto("/views/driver_live/freshness")
     expect(page.locator('[data-field="newest-event-time"]')).to_contain_text(
-        EVENT_TIME.strftime("%Y-%m-%d %H:%M:%S")
+        (EVENT_TIME + LATE).strftime("%Y-%m-%d %H:%M:%S")
     )
     expect(page.locator('[data-field="watermark"]')).to_contain_text("never materialized")
     lag = page.locator('tr[data-service="live"]')
-    expect(lag.locator('[data-field="stale-rows"]')).to_have_text("0")
+    expect(lag.locator('[data-field="stale-rows"]')).to_have_text("1")
+    expect(lag.locator('[data-field="lag-max"]')).to_have_text("2min")
     shoot(page, shots, "view-freshness")
 
     for name, code in (("", grpc.StatusCode.INVALID_ARGUMENT), ("nope", grpc.StatusCode.NOT_FOUND)):

@@ -43,7 +43,7 @@ CATEGORIES: tuple[str, ...] = tuple(
     if number != 0
 )
 #: Width of a feature's category bar, in SVG units.
-BAR_WIDTH = 280.0
+BAR_WIDTH = 240.0
 #: Width of the longest lag bar.
 LAG_WIDTH = 200.0
 #: The smallest width a non-empty category gets, so that one row in a million shows.
