@@ -36,7 +36,7 @@ from skewless.v1 import online_service_pb2, types_pb2
 from tests.helpers.repos import live_definitions, save_registry
 from tests.integration.auth_repo import POLICIES, TOKENS, token_file
 from tests.integration.served import ServerThread
-from tests.integration.test_console import CHROMIUM, CHROMIUM_ARGS, shoot
+from tests.integration.test_console import CHROMIUM, CHROMIUM_ARGS, shoot, unlabelled_controls
 
 PROJECT = "console_authz"
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -153,7 +153,11 @@ def test_refused_without_a_token_let_in_with_one_denied_to_materialize(
     assert response is not None and response.status == 401
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     expect(page.get_by_role("alert")).to_contain_text("UNAUTHENTICATED")
+    assert unlabelled_controls(page) == []
     shoot(page, shots, "sign-in")
+    for path in ("/", "/search?q=trips", "/lookup?feature_service=live&rows=driver_id%0A1"):
+        refused = context.request.get(path)  # pages whose sections settle their calls too
+        assert refused.status == 401 and 'action="/signin"' in refused.text(), path
 
     # A wrong token: refused with the server's message, no session.
     assert sign_in(page, "not-a-token").status == 401
@@ -247,6 +251,7 @@ def test_skew_report_and_freshness_show_an_induced_mismatch(
     expect(example).to_contain_text("driver_id=2")
     fresh = page.locator('#view-freshness tr[data-view="driver_live"]')
     expect(fresh.locator('[data-field="stale-rows"]')).to_have_text("1")
+    assert unlabelled_controls(page) == []
     shoot(page, shots, "skew-report")
 
     # Reading needs no JavaScript: the same page, the same counts, without it.

@@ -56,6 +56,7 @@ def test_the_store_holds_no_cookie_value() -> None:
         ("https://evil.example/", "/"),
         ("//evil.example/", "/"),
         ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
         ("/signin", "/"),
         ("/signout", "/"),
     ],

@@ -50,6 +50,8 @@ def safe_next(path: str) -> str:
     """Where to go after signing in: a path of this console, else the overview."""
     if not path.startswith("/") or path.startswith("//") or "\\" in path:
         return "/"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        return "/"
     if path.startswith(("/signin", "/signout")):
         return "/"
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf import duration_pb2
 from starlette.requests import Request
 from starlette.responses import Response
@@ -187,8 +186,6 @@ async def skew_report(request: Request) -> Response:
         )
     )
     if outcome.error is not None:
-        if outcome.error.code == grpc.StatusCode.UNAUTHENTICATED:
-            raise outcome.error  # the sign-in form, in place of the page
         return render(
             request,
             "skew.html",

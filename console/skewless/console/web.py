@@ -116,8 +116,16 @@ class Outcome(Generic[_T]):
 
 
 async def settle(call: Awaitable[_T]) -> Outcome[_T]:
-    """Awaits a call; a failed call becomes an `Outcome` with its error."""
+    """Awaits a call; a failed call becomes an `Outcome` with its error.
+
+    Raises:
+        SkewlessClientError: UNAUTHENTICATED, which no section shows: the whole page
+            becomes the sign-in form (see `skewless.console.auth_pages`).
+
+    """
     try:
         return Outcome(await call, None)
     except SkewlessClientError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise
         return Outcome(None, exc)
