@@ -356,7 +356,16 @@ def test_start_a_materialization_and_watch_it_succeed(
     expect(page.locator('[data-field="window-end"]')).to_contain_text(
         newest_end.strftime("%Y-%m-%d %H:%M:%S")
     )
-    expect(page.locator('[data-slot="history-freshness"]')).to_be_visible()
+    stores = client.get_feature_view_freshness("driver_stats")
+    for field, stamp in (
+        ("watermark", stores.watermark_time),
+        ("newest-event-time", stores.newest_event_time),
+    ):
+        assert stamp.seconds > 0, field  # materialized: both are known
+        expect(page.locator(f'[data-field="{field}"]')).to_contain_text(
+            stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        )
+    expect(page.locator('[data-field="history-rows"]')).to_have_text(str(stores.history_rows))
     shoot(page, shots, "freshness")
 
     # A refused start shows the server's status and message on the form.

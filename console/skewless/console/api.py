@@ -24,6 +24,8 @@ from skewless.v1 import (
     historical_service_pb2,
     materialization_service_pb2,
     materialization_service_pb2_grpc,
+    monitoring_service_pb2,
+    monitoring_service_pb2_grpc,
     online_service_pb2,
     online_service_pb2_grpc,
     registry_pb2,
@@ -65,6 +67,8 @@ class Backend:
     Attributes:
         settings: Where the server is and the channel credentials.
         channel: The asyncio channel (opened by `open`, on the serving event loop).
+        auth_seen: Whether the server has refused a call as UNAUTHENTICATED: it checks
+            identities, so the pages offer to sign in.
 
     """
 
@@ -72,9 +76,11 @@ class Backend:
         """Prepares the backend; `open` connects it."""
         self.settings = settings
         self.channel: grpc.aio.Channel | None = None
+        self.auth_seen = False
         self.registry: registry_service_pb2_grpc.RegistryServiceStub
         self.online: online_service_pb2_grpc.OnlineServiceStub
         self.materialization: materialization_service_pb2_grpc.MaterializationServiceStub
+        self.monitoring: monitoring_service_pb2_grpc.MonitoringServiceStub
         self.health: health_pb2_grpc.HealthStub
 
     def open(self) -> None:
@@ -85,6 +91,7 @@ class Backend:
         self.materialization = materialization_service_pb2_grpc.MaterializationServiceStub(
             self.channel
         )
+        self.monitoring = monitoring_service_pb2_grpc.MonitoringServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
@@ -115,7 +122,10 @@ class Api:
                 request, timeout=self._backend.settings.timeout, metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            error = from_rpc_error(exc)
+            if error.code == grpc.StatusCode.UNAUTHENTICATED:
+                self._backend.auth_seen = True
+            raise error from None
 
     async def _all_pages(
         self, method: Callable[..., Awaitable[Any]], make: Callable[[str], Any], items: str
@@ -273,6 +283,18 @@ class Api:
         job: materialization_service_pb2.MaterializationJob = response.job
         return job
 
+    async def view_freshness(
+        self, feature_view: str
+    ) -> materialization_service_pb2.GetFeatureViewFreshnessResponse:
+        """A view's watermark and the newest event time in its offline history."""
+        request = materialization_service_pb2.GetFeatureViewFreshnessRequest(
+            feature_view=feature_view
+        )
+        response: materialization_service_pb2.GetFeatureViewFreshnessResponse = await self._call(
+            self._backend.materialization.GetFeatureViewFreshness, request
+        )
+        return response
+
     # --- online ----------------------------------------------------------------------------
 
     async def online_features(
@@ -281,5 +303,31 @@ class Api:
         """Looks up the latest feature values of entity rows."""
         response: online_service_pb2.GetOnlineFeaturesResponse = await self._call(
             self._backend.online.GetOnlineFeatures, request
+        )
+        return response
+
+    # --- monitoring ------------------------------------------------------------------------
+
+    async def skew_report(
+        self,
+        feature_service: str,
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        float_tolerance: float = 0.0,
+        max_examples: int = 0,
+    ) -> monitoring_service_pb2.GetSkewReportResponse:
+        """The skew report of a feature service's log over [start_time, end_time)."""
+        request = monitoring_service_pb2.GetSkewReportRequest(
+            feature_service=feature_service,
+            float_tolerance=float_tolerance,
+            max_examples=max_examples,
+        )
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        response: monitoring_service_pb2.GetSkewReportResponse = await self._call(
+            self._backend.monitoring.GetSkewReport, request
         )
         return response

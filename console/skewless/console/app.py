@@ -2,8 +2,9 @@
 
 `create_app(settings)` returns a Starlette app that talks to the server at
 `settings.target`. Every page's calls carry the call metadata that `caller_metadata`
-computes from the browser request (by default none beyond `settings.metadata`); that is
-where a user's token goes once the server checks identities.
+computes from the browser request: by default the signed-in user's bearer token
+(`skewless.console.auth_pages`), after `settings.metadata`. A page the server refuses as
+UNAUTHENTICATED shows the sign-in form instead.
 
 A call that fails renders the page's error box or an error page with the gRPC status
 code and the server's message, with a matching HTTP status (NOT_FOUND is 404,
@@ -17,7 +18,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,10 +31,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from skewless.client.errors import SkewlessClientError
-from skewless.console import freshness_page, job_pages, lookup_page, registry_pages
+from skewless.console import (
+    auth_pages,
+    freshness_page,
+    job_pages,
+    lookup_page,
+    registry_pages,
+    skew_page,
+)
 from skewless.console.api import Backend
 from skewless.console.display import FILTERS
 from skewless.console.middleware import ConsoleMiddleware
+from skewless.console.sessions import SessionStore
 from skewless.console.settings import ConsoleSettings
 from skewless.console.web import CallerMetadata, ConsoleState, http_status, render
 
@@ -41,10 +52,6 @@ _log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
 #: Largest request body the console reads (the start form is a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
-
-
-def _no_metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    return ()
 
 
 def _wants_json(request: Request) -> bool:
@@ -57,6 +64,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     status = http_status(exc.code)
     if _wants_json(request):
         return JSONResponse({"code": code, "message": exc.message}, status_code=status)
+    if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+        return auth_pages.refused_page(request, exc)
     return render(request, "error.html", {"code": code, "message": exc.message}, status_code=status)
 
 
@@ -90,15 +99,22 @@ def create_app(
 
     Args:
         settings: Target, channel credentials and fixed call metadata.
-        caller_metadata: Computes per-request call metadata (e.g. `authorization` from
-            the user's session); none by default.
+        caller_metadata: Computes per-request call metadata; by default the signed-in
+            user's `authorization: Bearer <token>` (none when not signed in).
 
     Returns:
         The ASGI application. Its channel opens at startup (lifespan) and closes at shutdown.
 
     """
     backend = Backend(settings)
-    templates = Jinja2Templates(directory=str(_HERE / "templates"))
+
+    def identity(request: Request) -> dict[str, Any]:
+        return {
+            "signed_in": auth_pages.current_session(request) is not None,
+            "auth_seen": backend.auth_seen,
+        }
+
+    templates = Jinja2Templates(directory=str(_HERE / "templates"), context_processors=[identity])
     templates.env.filters.update(FILTERS)
     templates.env.globals["target"] = settings.target
     templates.env.globals["secure"] = settings.secure
@@ -113,7 +129,9 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *auth_pages.routes,
             *registry_pages.routes,
+            *skew_page.routes,
             *freshness_page.routes,
             *job_pages.routes,
             *lookup_page.routes,
@@ -131,6 +149,7 @@ def create_app(
     app.state.console = ConsoleState(
         backend=backend,
         templates=templates,
-        caller_metadata=caller_metadata or _no_metadata,
+        caller_metadata=caller_metadata or auth_pages.session_metadata,
+        sessions=SessionStore(),
     )
     return app

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from skewless.client.online import STATUS_NAMES, value_to_python
-from skewless.v1 import materialization_service_pb2, registry_pb2, types_pb2
+from skewless.v1 import materialization_service_pb2, monitoring_service_pb2, registry_pb2, types_pb2
 
 __all__ = [
     "FILTERS",
@@ -21,6 +21,7 @@ __all__ = [
     "feature_value",
     "file_format",
     "job_state",
+    "skew_category",
     "source_kind",
     "status_name",
     "to_datetime",
@@ -33,6 +34,10 @@ _TYPE_NAMES: dict[int, str] = {
 }
 _JOB_STATES: dict[int, str] = {
     n: name.removeprefix("JOB_STATE_") for name, n in materialization_service_pb2.JobState.items()
+}
+_SKEW_CATEGORIES: dict[int, str] = {
+    n: name.removeprefix("SKEW_CATEGORY_")
+    for name, n in monitoring_service_pb2.SkewCategory.items()
 }
 _FORMATS: dict[int, str] = {
     n: name.removeprefix("FILE_FORMAT_") for name, n in registry_pb2.FileFormat.items()
@@ -49,6 +54,11 @@ def type_name(value_type: int) -> str:
 def job_state(state: int) -> str:
     """`JOB_STATE_SUCCEEDED` as `SUCCEEDED`."""
     return _JOB_STATES.get(state, str(state))
+
+
+def skew_category(category: int) -> str:
+    """`SKEW_CATEGORY_VALUE_MISMATCH` as `VALUE_MISMATCH`."""
+    return _SKEW_CATEGORIES.get(category, str(category))
 
 
 def status_name(status: int) -> str:
@@ -153,6 +163,7 @@ FILTERS = {
     "feature_value": feature_value,
     "file_format": file_format,
     "job_state": job_state,
+    "skew_category": skew_category,
     "source_kind": source_kind,
     "status_name": status_name,
     "type_name": type_name,

@@ -1,15 +1,16 @@
-"""Freshness: how recently each feature view was materialized.
+"""Freshness: how recently each feature view was materialized, and how far online trails.
 
-It shows what the API exposes today: a view's jobs (the newest one, its state, and the
-newest window end of a job that succeeded).
-
-The newest event time in the offline history and how far the online store trails it
-are not exposed by the API yet; the pages keep a marked place for them, to be filled
-from the skew report's freshness figures.
+Per view: its newest job and state and the newest window end of a job that succeeded
+(`ListMaterializationJobs`); its watermark and the newest event time in its offline
+history (`GetFeatureViewFreshness`); and, for each feature service that serves the view
+with logging on, how far the served rows trailed the offline history over the last
+`LAG_WINDOW` (the `ViewFreshness` figures of `GetSkewReport`). The list of every view
+shows the jobs only (one call for all views).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,13 +19,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from skewless.client.errors import SkewlessClientError
 from skewless.console.api import MAX_PAGE_SIZE
 from skewless.console.display import to_datetime
 from skewless.console.web import api, http_status, render, settle
 from skewless.v1 import materialization_service_pb2 as mpb
-from skewless.v1 import registry_pb2
+from skewless.v1 import monitoring_service_pb2, registry_pb2
 
-__all__ = ["Freshness", "freshness_of", "routes"]
+__all__ = ["LAG_WINDOW", "Freshness", "OnlineLag", "freshness_of", "routes"]
+
+#: The span of served calls whose skew report gives a view's online lag.
+LAG_WINDOW = dt.timedelta(hours=24)
 
 #: How many schedule periods may pass after the newest window end before a scheduled
 #: view is shown as behind schedule.
@@ -77,6 +82,35 @@ def freshness_of(
     )
 
 
+@dataclass(frozen=True)
+class OnlineLag:
+    """How far one feature service's served rows of a view trailed the offline history.
+
+    Attributes:
+        service: The feature service (logging on).
+        figures: The view's `ViewFreshness` in the service's skew report; None on error
+            or when the report has no entry for the view.
+        logged_rows: The logged entity rows the report read.
+        error: The failed report call, if it failed.
+
+    """
+
+    service: str
+    figures: monitoring_service_pb2.ViewFreshness | None
+    logged_rows: int
+    error: SkewlessClientError | None
+
+
+def _logged_services(
+    services: Iterable[registry_pb2.FeatureService], view: str
+) -> list[registry_pb2.FeatureService]:
+    return [
+        s
+        for s in services
+        if s.logging.sample_rate > 0 and view in {p.feature_view for p in s.projections}
+    ]
+
+
 async def freshness_all(request: Request) -> Response:
     """Every view's freshness, from the newest jobs (one page of the job list)."""
     caller = api(request)
@@ -93,12 +127,30 @@ async def freshness_all(request: Request) -> Response:
 
 
 async def freshness_view(request: Request) -> Response:
-    """One view's freshness, from its own jobs."""
+    """One view's freshness: its jobs, watermark, history and online lag."""
     name = request.path_params["name"]
     caller = api(request)
     view = await caller.feature_view(name)
-    jobs = await settle(caller.jobs(feature_view=name, page_size=MAX_PAGE_SIZE))
+    jobs, stores, services = await asyncio.gather(
+        settle(caller.jobs(feature_view=name, page_size=MAX_PAGE_SIZE)),
+        settle(caller.view_freshness(name)),
+        settle(caller.feature_services()),
+    )
     now = dt.datetime.now(dt.UTC)
+    logged = _logged_services(services.value or [], name)
+    reports = await asyncio.gather(
+        *(
+            settle(caller.skew_report(s.name, start_time=now - LAG_WINDOW, max_examples=1))
+            for s in logged
+        )
+    )
+    lags = []
+    for service, report in zip(logged, reports, strict=True):
+        figures = None
+        if report.value is not None:
+            figures = next((v for v in report.value.views if v.feature_view == name), None)
+        rows = report.value.logged_rows if report.value is not None else 0
+        lags.append(OnlineLag(service.name, figures, rows, report.error))
     return render(
         request,
         "freshness.html",
@@ -106,6 +158,10 @@ async def freshness_view(request: Request) -> Response:
             "view": view,
             "fresh": freshness_of(view, jobs.value[0] if jobs.value else [], now),
             "jobs_error": jobs.error,
+            "stores": stores,
+            "services_error": services.error,
+            "lags": lags,
+            "lag_window": LAG_WINDOW,
             "now": now,
             "periods": BEHIND_AFTER_PERIODS,
         },

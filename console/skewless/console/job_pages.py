@@ -13,6 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -149,6 +150,8 @@ async def jobs(request: Request) -> Response:
             form.feature_views, start_time=start, end_time=end, incremental=incremental
         )
     except SkewlessClientError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise  # the sign-in form, in place of the page
         return await job_list(request, form=form, form_error=exc)
     return RedirectResponse(f"/jobs/{quote(job.job_id, safe='')}", status_code=303)
 

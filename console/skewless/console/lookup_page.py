@@ -11,6 +11,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -122,6 +123,8 @@ async def lookup(request: Request) -> Response:
         context["form_error"] = str(exc)
         status = 400
     except SkewlessClientError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise  # the sign-in form, in place of the page
         context["error"] = exc
         status = http_status(exc.code)
     return render(request, "lookup.html", context, status_code=status)

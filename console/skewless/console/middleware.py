@@ -6,6 +6,8 @@
   styles), no framing, no MIME sniffing, same-origin referrers.
 - Cross-site form posts are refused: a POST whose `Origin` is another site gets 403, so
   a page elsewhere cannot start jobs through a user's browser.
+- A signed-in browser's pages are `Cache-Control: no-store`: they show that user's data,
+  which must not outlive the session in the browser's cache.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from skewless.console.sessions import COOKIE_NAME
 
 __all__ = ["ConsoleMiddleware"]
 
@@ -27,6 +31,7 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 ]
+_SESSION_COOKIE = f"{COOKIE_NAME}=".encode()
 _FORBIDDEN = b"cross-site request refused: this form can only be posted from the console itself"
 
 
@@ -70,6 +75,9 @@ class ConsoleMiddleware:
             await send({"type": "http.response.body", "body": _FORBIDDEN})
             return
         started = time.perf_counter()
+        private = _SESSION_COOKIE in _header(scope, b"cookie").encode("latin-1") and not str(
+            scope.get("path", "")
+        ).startswith("/static/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -77,6 +85,8 @@ class ConsoleMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"server-timing", f"app;dur={elapsed:.2f}".encode()))
                 headers.extend(_SECURITY_HEADERS)
+                if private and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)
 

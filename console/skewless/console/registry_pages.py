@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -58,6 +59,8 @@ async def search(request: Request) -> Response:
             query, page_size=SEARCH_PAGE_SIZE, page_token=token
         )
     except SkewlessClientError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise  # the sign-in form, in place of the page
         context["error"] = exc
         return render(request, "search.html", context, status_code=http_status(exc.code))
     context.update(matches=matches, next_token=next_token, first_page=not token)

@@ -13,14 +13,17 @@ from starlette.templating import Jinja2Templates
 
 from skewless.client.errors import SkewlessClientError
 from skewless.console.api import Api, Backend
+from skewless.console.sessions import SessionStore
 
 __all__ = [
     "CallerMetadata",
     "ConsoleState",
     "Outcome",
     "api",
+    "backend",
     "http_status",
     "render",
+    "sessions",
     "settle",
 ]
 
@@ -53,12 +56,14 @@ class ConsoleState:
         backend: The channel to the server.
         templates: The Jinja environment of the pages.
         caller_metadata: The per-request call metadata hook.
+        sessions: The signed-in browsers and their tokens.
 
     """
 
     backend: Backend
     templates: Jinja2Templates
     caller_metadata: CallerMetadata
+    sessions: SessionStore
 
 
 def _state(request: Request) -> ConsoleState:
@@ -70,6 +75,16 @@ def api(request: Request) -> Api:
     """The API as the browser's user sees it (their call metadata on every call)."""
     state = _state(request)
     return state.backend.caller(state.caller_metadata(request))
+
+
+def backend(request: Request) -> Backend:
+    """The console's channel to the server."""
+    return _state(request).backend
+
+
+def sessions(request: Request) -> SessionStore:
+    """The console's sessions."""
+    return _state(request).sessions
 
 
 def http_status(code: grpc.StatusCode | None) -> int:
@@ -101,8 +116,16 @@ class Outcome(Generic[_T]):
 
 
 async def settle(call: Awaitable[_T]) -> Outcome[_T]:
-    """Awaits a call; a failed call becomes an `Outcome` with its error."""
+    """Awaits a call; a failed call becomes an `Outcome` with its error.
+
+    Raises:
+        SkewlessClientError: UNAUTHENTICATED, which no section shows: the whole page
+            becomes the sign-in form (see `skewless.console.auth_pages`).
+
+    """
     try:
         return Outcome(await call, None)
     except SkewlessClientError as exc:
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise
         return Outcome(None, exc)

@@ -59,6 +59,7 @@ RPC_METHODS: dict[str, str] = {
     "skewless.v1.MaterializationService/StartMaterialization": "start_materialization",
     "skewless.v1.MaterializationService/GetMaterializationJob": "get_materialization_job",
     "skewless.v1.MaterializationService/ListMaterializationJobs": "list_materialization_jobs",
+    "skewless.v1.MaterializationService/GetFeatureViewFreshness": "get_feature_view_freshness",
     "skewless.v1.MonitoringService/GetSkewReport": "get_skew_report",
 }
 
@@ -522,6 +523,18 @@ class Client:
             "jobs",
             timeout,
         )
+
+    def get_feature_view_freshness(
+        self, feature_view: str, *, timeout: float | None = None
+    ) -> materialization_service_pb2.GetFeatureViewFreshnessResponse:
+        """Returns a view's watermark and the newest event time in its offline history."""
+        request = materialization_service_pb2.GetFeatureViewFreshnessRequest(
+            feature_view=feature_view
+        )
+        response: materialization_service_pb2.GetFeatureViewFreshnessResponse = self._call(
+            self._materialization.GetFeatureViewFreshness, request, timeout
+        )
+        return response
 
     # --- monitoring --------------------------------------------------------------------------
 

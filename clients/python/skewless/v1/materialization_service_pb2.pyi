@@ -323,3 +323,70 @@ class ListMaterializationJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMaterializationJobsResponse: _TypeAlias = ListMaterializationJobsResponse  # noqa: Y015
+
+@_typing.final
+class GetFeatureViewFreshnessRequest(_message.Message):
+    """Request for `MaterializationService.GetFeatureViewFreshness`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    feature_view: _builtins.str
+    """Required. The feature view's name."""
+    def __init__(
+        self,
+        *,
+        feature_view: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_view", b"feature_view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureViewFreshnessRequest: _TypeAlias = GetFeatureViewFreshnessRequest  # noqa: Y015
+
+@_typing.final
+class GetFeatureViewFreshnessResponse(_message.Message):
+    """Response of `MaterializationService.GetFeatureViewFreshness`, for the view's current
+    generation (a breaking change starts a new one, with its own watermark and history).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    WATERMARK_TIME_FIELD_NUMBER: _builtins.int
+    NEWEST_EVENT_TIME_FIELD_NUMBER: _builtins.int
+    HISTORY_ROWS_FIELD_NUMBER: _builtins.int
+    feature_view: _builtins.str
+    """Output only. The feature view."""
+    history_rows: _builtins.int
+    """Output only. The rows in the committed offline history."""
+    @_builtins.property
+    def watermark_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. The end of the view's last contiguous materialized window: an
+        incremental run continues from here. Unset when the view was never materialized
+        (or is fed by pushes only).
+        """
+
+    @_builtins.property
+    def newest_event_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. The newest event time in the view's committed offline history
+        (materialized and pushed rows). Unset when the history is empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        feature_view: _builtins.str = ...,
+        watermark_time: _timestamp_pb2.Timestamp | None = ...,
+        newest_event_time: _timestamp_pb2.Timestamp | None = ...,
+        history_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newest_event_time", b"newest_event_time", "watermark_time", b"watermark_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_view", b"feature_view", "history_rows", b"history_rows", "newest_event_time", b"newest_event_time", "watermark_time", b"watermark_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureViewFreshnessResponse: _TypeAlias = GetFeatureViewFreshnessResponse  # noqa: Y015

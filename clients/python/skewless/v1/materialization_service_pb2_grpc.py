@@ -51,6 +51,11 @@ class MaterializationServiceStub:
                 request_serializer=skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsRequest.SerializeToString,
                 response_deserializer=skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsResponse.FromString,
                 _registered_method=True)
+        self.GetFeatureViewFreshness = channel.unary_unary(
+                '/skewless.v1.MaterializationService/GetFeatureViewFreshness',
+                request_serializer=skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessRequest.SerializeToString,
+                response_deserializer=skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessResponse.FromString,
+                _registered_method=True)
 
 
 class MaterializationServiceServicer:
@@ -92,6 +97,22 @@ class MaterializationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFeatureViewFreshness(self, request, context):
+        """Returns how fresh one feature view's stores are: its watermark (where incremental
+        runs continue) and the newest event time in its committed offline history. How far
+        the online store trails that history is in the skew report
+        (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+
+        Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+        feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+        (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+        (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+        (`OFFLINE_LAYOUT_OUTDATED`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaterializationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +130,11 @@ def add_MaterializationServiceServicer_to_server(servicer, server):
                     servicer.ListMaterializationJobs,
                     request_deserializer=skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsRequest.FromString,
                     response_serializer=skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsResponse.SerializeToString,
+            ),
+            'GetFeatureViewFreshness': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeatureViewFreshness,
+                    request_deserializer=skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessRequest.FromString,
+                    response_serializer=skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +220,33 @@ class MaterializationService:
             '/skewless.v1.MaterializationService/ListMaterializationJobs',
             skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsRequest.SerializeToString,
             skewless_dot_v1_dot_materialization__service__pb2.ListMaterializationJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeatureViewFreshness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skewless.v1.MaterializationService/GetFeatureViewFreshness',
+            skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessRequest.SerializeToString,
+            skewless_dot_v1_dot_materialization__service__pb2.GetFeatureViewFreshnessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,18 @@ class MaterializationServiceStub:
     """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
     token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
     """
+    GetFeatureViewFreshness: _grpc.UnaryUnaryMultiCallable[_materialization_service_pb2.GetFeatureViewFreshnessRequest, _materialization_service_pb2.GetFeatureViewFreshnessResponse]
+    """Returns how fresh one feature view's stores are: its watermark (where incremental
+    runs continue) and the newest event time in its committed offline history. How far
+    the online store trails that history is in the skew report
+    (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+    feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+    (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+    (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+    (`OFFLINE_LAYOUT_OUTDATED`).
+    """
 
 @_typing.type_check_only
 class MaterializationServiceAsyncStub(MaterializationServiceStub):
@@ -86,6 +98,18 @@ class MaterializationServiceAsyncStub(MaterializationServiceStub):
     ListMaterializationJobs: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.ListMaterializationJobsRequest, _materialization_service_pb2.ListMaterializationJobsResponse]  # type: ignore[assignment]
     """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
     token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
+    """
+    GetFeatureViewFreshness: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.GetFeatureViewFreshnessRequest, _materialization_service_pb2.GetFeatureViewFreshnessResponse]  # type: ignore[assignment]
+    """Returns how fresh one feature view's stores are: its watermark (where incremental
+    runs continue) and the newest event time in its committed offline history. How far
+    the online store trails that history is in the skew report
+    (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+
+    Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+    feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+    (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+    (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+    (`OFFLINE_LAYOUT_OUTDATED`).
     """
 
 class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +155,24 @@ class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_materialization_service_pb2.ListMaterializationJobsResponse, _abc.Awaitable[_materialization_service_pb2.ListMaterializationJobsResponse]]:
         """Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
         token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetFeatureViewFreshness(
+        self,
+        request: _materialization_service_pb2.GetFeatureViewFreshnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_materialization_service_pb2.GetFeatureViewFreshnessResponse, _abc.Awaitable[_materialization_service_pb2.GetFeatureViewFreshnessResponse]]:
+        """Returns how fresh one feature view's stores are: its watermark (where incremental
+        runs continue) and the newest event time in its committed offline history. How far
+        the online store trails that history is in the skew report
+        (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+
+        Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+        feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+        (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+        (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+        (`OFFLINE_LAYOUT_OUTDATED`).
         """
 
 def add_MaterializationServiceServicer_to_server(servicer: MaterializationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,7 +15,8 @@ What each RPC needs (`METHOD_RULES`; a method without a rule is refused):
   offline values);
 - `PushFeatures`: `push` on the feature view named, or on every view the push source
   feeds; `StartMaterialization`: `materialize` on every view it runs;
-- every `RegistryService` RPC and reading materialization jobs: `read_registry`;
+- every `RegistryService` RPC, reading materialization jobs and a view's freshness:
+  `read_registry`;
 - health is open; reflection needs a valid credential unless `auth.open_reflection`.
 
 A grant on the project covers everything in it; `admin` covers every action. A refusal
@@ -273,6 +274,7 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
         "StartMaterialization": _SERVICER,
         "GetMaterializationJob": _REGISTRY,
         "ListMaterializationJobs": _REGISTRY,
+        "GetFeatureViewFreshness": _REGISTRY,
     },
     # Listed one by one: a new registry RPC (a write, say) is refused until it has a rule.
     "skewless.v1.RegistryService": {

@@ -8,16 +8,21 @@ a worker thread; the call returns immediately. Job records live under the data d
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from skewless.core.errors import InvalidArgumentError
+from skewless.core.config import RepoConfig
+from skewless.core.errors import InvalidArgumentError, NotFoundError, quoted
+from skewless.core.names import storage_name
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
 from skewless.materialization.pipeline import materializable_views
+from skewless.materialization.view_state import read_watermark
+from skewless.offline.delta_log import read_snapshot
 from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.errors import ERROR_DOMAIN
@@ -59,6 +64,24 @@ def _error_status(record: JobRecord) -> status_pb2.Status | None:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _freshness(config: RepoConfig, view: str, storage: str) -> pb.GetFeatureViewFreshnessResponse:
+    """A view generation's watermark and the newest event time of its committed history."""
+    response = pb.GetFeatureViewFreshnessResponse(feature_view=view)
+    watermark = read_watermark(config, storage)
+    if watermark is not None:
+        response.watermark_time.FromDatetime(watermark)
+    snapshot = read_snapshot(config, storage)
+    files = [] if snapshot is None else [f for f in snapshot.files if f.rows > 0]
+    if files:
+        newest = max(f.max_event_us for f in files)
+        response.newest_event_time.FromDatetime(_EPOCH + timedelta(microseconds=newest))
+        response.history_rows = sum(f.rows for f in files)
+    return response
+
+
 def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
     """Converts a job record to its wire form."""
     return pb.MaterializationJob(
@@ -92,6 +115,7 @@ class MaterializationServicer:
             "StartMaterialization": self.StartMaterialization,
             "GetMaterializationJob": self.GetMaterializationJob,
             "ListMaterializationJobs": self.ListMaterializationJobs,
+            "GetFeatureViewFreshness": self.GetFeatureViewFreshness,
         }
 
     async def StartMaterialization(
@@ -178,3 +202,27 @@ class MaterializationServicer:
         return pb.ListMaterializationJobsResponse(
             jobs=[job_to_proto(r) for r in page], next_page_token=token
         )
+
+    async def GetFeatureViewFreshness(
+        self,
+        request: pb.GetFeatureViewFreshnessRequest,
+        context: grpc.aio.ServicerContext[
+            pb.GetFeatureViewFreshnessRequest, pb.GetFeatureViewFreshnessResponse
+        ],
+    ) -> pb.GetFeatureViewFreshnessResponse:
+        """Returns a view's watermark and the newest event time of its offline history."""
+        name = request.feature_view
+        if not name:
+            raise InvalidArgumentError(
+                "feature_view is required", field="feature_view", reason="MISSING_FEATURE_VIEW"
+            )
+        view = next((v for v in self.ctx.registry.current.feature_views if v.name == name), None)
+        if view is None:
+            raise NotFoundError(
+                f"no feature view named {quoted(name)} in the registry; "
+                "see ListFeatureViews for what exists",
+                reason="FEATURE_VIEW_NOT_FOUND",
+                metadata={"feature_view": name},
+            )
+        storage = storage_name(view.name, view.generation)
+        return await asyncio.to_thread(_freshness, self.ctx.config, view.name, storage)

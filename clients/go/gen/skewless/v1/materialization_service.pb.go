@@ -569,6 +569,129 @@ func (x *ListMaterializationJobsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// Request for `MaterializationService.GetFeatureViewFreshness`.
+type GetFeatureViewFreshnessRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The feature view's name.
+	FeatureView   string `protobuf:"bytes,1,opt,name=feature_view,json=featureView,proto3" json:"feature_view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFeatureViewFreshnessRequest) Reset() {
+	*x = GetFeatureViewFreshnessRequest{}
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFeatureViewFreshnessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFeatureViewFreshnessRequest) ProtoMessage() {}
+
+func (x *GetFeatureViewFreshnessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFeatureViewFreshnessRequest.ProtoReflect.Descriptor instead.
+func (*GetFeatureViewFreshnessRequest) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetFeatureViewFreshnessRequest) GetFeatureView() string {
+	if x != nil {
+		return x.FeatureView
+	}
+	return ""
+}
+
+// Response of `MaterializationService.GetFeatureViewFreshness`, for the view's current
+// generation (a breaking change starts a new one, with its own watermark and history).
+type GetFeatureViewFreshnessResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only. The feature view.
+	FeatureView string `protobuf:"bytes,1,opt,name=feature_view,json=featureView,proto3" json:"feature_view,omitempty"`
+	// Output only. The end of the view's last contiguous materialized window: an
+	// incremental run continues from here. Unset when the view was never materialized
+	// (or is fed by pushes only).
+	WatermarkTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=watermark_time,json=watermarkTime,proto3" json:"watermark_time,omitempty"`
+	// Output only. The newest event time in the view's committed offline history
+	// (materialized and pushed rows). Unset when the history is empty.
+	NewestEventTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=newest_event_time,json=newestEventTime,proto3" json:"newest_event_time,omitempty"`
+	// Output only. The rows in the committed offline history.
+	HistoryRows   int64 `protobuf:"varint,4,opt,name=history_rows,json=historyRows,proto3" json:"history_rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFeatureViewFreshnessResponse) Reset() {
+	*x = GetFeatureViewFreshnessResponse{}
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFeatureViewFreshnessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFeatureViewFreshnessResponse) ProtoMessage() {}
+
+func (x *GetFeatureViewFreshnessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFeatureViewFreshnessResponse.ProtoReflect.Descriptor instead.
+func (*GetFeatureViewFreshnessResponse) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetFeatureViewFreshnessResponse) GetFeatureView() string {
+	if x != nil {
+		return x.FeatureView
+	}
+	return ""
+}
+
+func (x *GetFeatureViewFreshnessResponse) GetWatermarkTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WatermarkTime
+	}
+	return nil
+}
+
+func (x *GetFeatureViewFreshnessResponse) GetNewestEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NewestEventTime
+	}
+	return nil
+}
+
+func (x *GetFeatureViewFreshnessResponse) GetHistoryRows() int64 {
+	if x != nil {
+		return x.HistoryRows
+	}
+	return 0
+}
+
 var File_skewless_v1_materialization_service_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_materialization_service_proto_rawDesc = "" +
@@ -609,17 +732,25 @@ const file_skewless_v1_materialization_service_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"~\n" +
 	"\x1fListMaterializationJobsResponse\x123\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x1f.skewless.v1.MaterializationJobR\x04jobs\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x82\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"C\n" +
+	"\x1eGetFeatureViewFreshnessRequest\x12!\n" +
+	"\ffeature_view\x18\x01 \x01(\tR\vfeatureView\"\xf2\x01\n" +
+	"\x1fGetFeatureViewFreshnessResponse\x12!\n" +
+	"\ffeature_view\x18\x01 \x01(\tR\vfeatureView\x12A\n" +
+	"\x0ewatermark_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\rwatermarkTime\x12F\n" +
+	"\x11newest_event_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnewestEventTime\x12!\n" +
+	"\fhistory_rows\x18\x04 \x01(\x03R\vhistoryRows*\x82\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_FAILED\x10\x042\xeb\x02\n" +
+	"\x10JOB_STATE_FAILED\x10\x042\xe1\x03\n" +
 	"\x16MaterializationService\x12k\n" +
 	"\x14StartMaterialization\x12(.skewless.v1.StartMaterializationRequest\x1a).skewless.v1.StartMaterializationResponse\x12n\n" +
 	"\x15GetMaterializationJob\x12).skewless.v1.GetMaterializationJobRequest\x1a*.skewless.v1.GetMaterializationJobResponse\x12t\n" +
-	"\x17ListMaterializationJobs\x12+.skewless.v1.ListMaterializationJobsRequest\x1a,.skewless.v1.ListMaterializationJobsResponseBW\n" +
+	"\x17ListMaterializationJobs\x12+.skewless.v1.ListMaterializationJobsRequest\x1a,.skewless.v1.ListMaterializationJobsResponse\x12t\n" +
+	"\x17GetFeatureViewFreshness\x12+.skewless.v1.GetFeatureViewFreshnessRequest\x1a,.skewless.v1.GetFeatureViewFreshnessResponseBW\n" +
 	"\x0fdev.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3"
 
 var (
@@ -635,7 +766,7 @@ func file_skewless_v1_materialization_service_proto_rawDescGZIP() []byte {
 }
 
 var file_skewless_v1_materialization_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skewless_v1_materialization_service_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_skewless_v1_materialization_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_skewless_v1_materialization_service_proto_goTypes = []any{
 	(JobState)(0),                           // 0: skewless.v1.JobState
 	(*MaterializationJob)(nil),              // 1: skewless.v1.MaterializationJob
@@ -645,32 +776,38 @@ var file_skewless_v1_materialization_service_proto_goTypes = []any{
 	(*GetMaterializationJobResponse)(nil),   // 5: skewless.v1.GetMaterializationJobResponse
 	(*ListMaterializationJobsRequest)(nil),  // 6: skewless.v1.ListMaterializationJobsRequest
 	(*ListMaterializationJobsResponse)(nil), // 7: skewless.v1.ListMaterializationJobsResponse
-	(*timestamppb.Timestamp)(nil),           // 8: google.protobuf.Timestamp
-	(*status.Status)(nil),                   // 9: google.rpc.Status
+	(*GetFeatureViewFreshnessRequest)(nil),  // 8: skewless.v1.GetFeatureViewFreshnessRequest
+	(*GetFeatureViewFreshnessResponse)(nil), // 9: skewless.v1.GetFeatureViewFreshnessResponse
+	(*timestamppb.Timestamp)(nil),           // 10: google.protobuf.Timestamp
+	(*status.Status)(nil),                   // 11: google.rpc.Status
 }
 var file_skewless_v1_materialization_service_proto_depIdxs = []int32{
-	8,  // 0: skewless.v1.MaterializationJob.window_start_time:type_name -> google.protobuf.Timestamp
-	8,  // 1: skewless.v1.MaterializationJob.window_end_time:type_name -> google.protobuf.Timestamp
+	10, // 0: skewless.v1.MaterializationJob.window_start_time:type_name -> google.protobuf.Timestamp
+	10, // 1: skewless.v1.MaterializationJob.window_end_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: skewless.v1.MaterializationJob.state:type_name -> skewless.v1.JobState
-	8,  // 3: skewless.v1.MaterializationJob.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 4: skewless.v1.MaterializationJob.update_time:type_name -> google.protobuf.Timestamp
-	9,  // 5: skewless.v1.MaterializationJob.error_status:type_name -> google.rpc.Status
-	8,  // 6: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 7: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
+	10, // 3: skewless.v1.MaterializationJob.create_time:type_name -> google.protobuf.Timestamp
+	10, // 4: skewless.v1.MaterializationJob.update_time:type_name -> google.protobuf.Timestamp
+	11, // 5: skewless.v1.MaterializationJob.error_status:type_name -> google.rpc.Status
+	10, // 6: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
+	10, // 7: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: skewless.v1.StartMaterializationResponse.job:type_name -> skewless.v1.MaterializationJob
 	1,  // 9: skewless.v1.GetMaterializationJobResponse.job:type_name -> skewless.v1.MaterializationJob
 	1,  // 10: skewless.v1.ListMaterializationJobsResponse.jobs:type_name -> skewless.v1.MaterializationJob
-	2,  // 11: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
-	4,  // 12: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
-	6,  // 13: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
-	3,  // 14: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
-	5,  // 15: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
-	7,  // 16: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	10, // 11: skewless.v1.GetFeatureViewFreshnessResponse.watermark_time:type_name -> google.protobuf.Timestamp
+	10, // 12: skewless.v1.GetFeatureViewFreshnessResponse.newest_event_time:type_name -> google.protobuf.Timestamp
+	2,  // 13: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
+	4,  // 14: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
+	6,  // 15: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
+	8,  // 16: skewless.v1.MaterializationService.GetFeatureViewFreshness:input_type -> skewless.v1.GetFeatureViewFreshnessRequest
+	3,  // 17: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
+	5,  // 18: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
+	7,  // 19: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
+	9,  // 20: skewless.v1.MaterializationService.GetFeatureViewFreshness:output_type -> skewless.v1.GetFeatureViewFreshnessResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_materialization_service_proto_init() }
@@ -684,7 +821,7 @@ func file_skewless_v1_materialization_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_materialization_service_proto_rawDesc), len(file_skewless_v1_materialization_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	MaterializationService_StartMaterialization_FullMethodName    = "/skewless.v1.MaterializationService/StartMaterialization"
 	MaterializationService_GetMaterializationJob_FullMethodName   = "/skewless.v1.MaterializationService/GetMaterializationJob"
 	MaterializationService_ListMaterializationJobs_FullMethodName = "/skewless.v1.MaterializationService/ListMaterializationJobs"
+	MaterializationService_GetFeatureViewFreshness_FullMethodName = "/skewless.v1.MaterializationService/GetFeatureViewFreshness"
 )
 
 // MaterializationServiceClient is the client API for MaterializationService service.
@@ -50,6 +51,17 @@ type MaterializationServiceClient interface {
 	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
 	// token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
 	ListMaterializationJobs(ctx context.Context, in *ListMaterializationJobsRequest, opts ...grpc.CallOption) (*ListMaterializationJobsResponse, error)
+	// Returns how fresh one feature view's stores are: its watermark (where incremental
+	// runs continue) and the newest event time in its committed offline history. How far
+	// the online store trails that history is in the skew report
+	// (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+	//
+	// Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+	// feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+	// (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+	// (`OFFLINE_LAYOUT_OUTDATED`).
+	GetFeatureViewFreshness(ctx context.Context, in *GetFeatureViewFreshnessRequest, opts ...grpc.CallOption) (*GetFeatureViewFreshnessResponse, error)
 }
 
 type materializationServiceClient struct {
@@ -90,6 +102,16 @@ func (c *materializationServiceClient) ListMaterializationJobs(ctx context.Conte
 	return out, nil
 }
 
+func (c *materializationServiceClient) GetFeatureViewFreshness(ctx context.Context, in *GetFeatureViewFreshnessRequest, opts ...grpc.CallOption) (*GetFeatureViewFreshnessResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetFeatureViewFreshnessResponse)
+	err := c.cc.Invoke(ctx, MaterializationService_GetFeatureViewFreshness_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MaterializationServiceServer is the server API for MaterializationService service.
 // All implementations must embed UnimplementedMaterializationServiceServer
 // for forward compatibility.
@@ -116,6 +138,17 @@ type MaterializationServiceServer interface {
 	// Lists jobs, newest first, a page at a time. INVALID_ARGUMENT for a bad page size or
 	// token (`INVALID_PAGE_SIZE`, `INVALID_PAGE_TOKEN`).
 	ListMaterializationJobs(context.Context, *ListMaterializationJobsRequest) (*ListMaterializationJobsResponse, error)
+	// Returns how fresh one feature view's stores are: its watermark (where incremental
+	// runs continue) and the newest event time in its committed offline history. How far
+	// the online store trails that history is in the skew report
+	// (`MonitoringService.GetSkewReport`, `ViewFreshness`).
+	//
+	// Errors: INVALID_ARGUMENT: a request that does not parse (`MALFORMED_REQUEST`), no
+	// feature view (`MISSING_FEATURE_VIEW`). NOT_FOUND: an unknown feature view
+	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
+	// (`REGISTRY_NOT_APPLIED`), an offline store in an older layout
+	// (`OFFLINE_LAYOUT_OUTDATED`).
+	GetFeatureViewFreshness(context.Context, *GetFeatureViewFreshnessRequest) (*GetFeatureViewFreshnessResponse, error)
 	mustEmbedUnimplementedMaterializationServiceServer()
 }
 
@@ -134,6 +167,9 @@ func (UnimplementedMaterializationServiceServer) GetMaterializationJob(context.C
 }
 func (UnimplementedMaterializationServiceServer) ListMaterializationJobs(context.Context, *ListMaterializationJobsRequest) (*ListMaterializationJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListMaterializationJobs not implemented")
+}
+func (UnimplementedMaterializationServiceServer) GetFeatureViewFreshness(context.Context, *GetFeatureViewFreshnessRequest) (*GetFeatureViewFreshnessResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFeatureViewFreshness not implemented")
 }
 func (UnimplementedMaterializationServiceServer) mustEmbedUnimplementedMaterializationServiceServer() {
 }
@@ -211,6 +247,24 @@ func _MaterializationService_ListMaterializationJobs_Handler(srv interface{}, ct
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MaterializationService_GetFeatureViewFreshness_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFeatureViewFreshnessRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaterializationServiceServer).GetFeatureViewFreshness(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaterializationService_GetFeatureViewFreshness_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaterializationServiceServer).GetFeatureViewFreshness(ctx, req.(*GetFeatureViewFreshnessRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MaterializationService_ServiceDesc is the grpc.ServiceDesc for MaterializationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -229,6 +283,10 @@ var MaterializationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListMaterializationJobs",
 			Handler:    _MaterializationService_ListMaterializationJobs_Handler,
+		},
+		{
+			MethodName: "GetFeatureViewFreshness",
+			Handler:    _MaterializationService_GetFeatureViewFreshness_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
