@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,36 @@ def test_cli_and_rpc_find_the_same_features(
     assert code == (0 if over_rpc else 1)
     if words == ["growth"]:
         assert over_rpc == ["driver_stats:conv_rate", "driver_stats:trips"]
+
+
+def test_search_pages_and_follows_a_new_registry_version(tmp_path: Path, redis_url: str) -> None:
+    repo = write_repo(tmp_path / "repo", project="search", redis_url=redis_url)
+    config = load_repo_config(repo)
+    store = RegistryStore(config.registry_path)
+    store.save(_registry())
+    server = ServerThread(dataclasses.replace(config, server_port=0)).start()
+    try:
+        with Client(f"127.0.0.1:{server.port}") as client:
+            # One match a page: every page is built from the same ordered matches.
+            paged = [m.reference for m in client.search_features("driver", page_size=1)]
+            assert paged == ["driver_stats:conv_rate", "driver_stats:trips"]
+            assert [m.owner for m in client.search_features("trips")] == ["ml-platform"]
+            newer = _registry()
+            newer.feature_views[0].features.add(
+                name="acceptance", value_type=types_pb2.VALUE_TYPE_FLOAT64
+            )
+            assert store.save(newer).changed
+            deadline = time.monotonic() + 15
+            found: list[str] = []
+            while time.monotonic() < deadline:
+                found = [m.reference for m in client.search_features("driver", page_size=1)]
+                if len(found) == 3:
+                    break
+                time.sleep(0.2)
+            assert found == [
+                "driver_stats:acceptance",
+                "driver_stats:conv_rate",
+                "driver_stats:trips",
+            ]
+    finally:
+        server.stop()

@@ -15,7 +15,7 @@ from skewless.core.errors import InvalidArgumentError, NotFoundError, quoted, sh
 from skewless.materialization.view_state import has_stored_values
 from skewless.registry.registry_diff import Action, RegistryPlan, plan_changes
 from skewless.registry.repo_loader import DEFINITIONS_DIR, load_definition_texts
-from skewless.registry.search import search_features
+from skewless.registry.search import SearchIndex
 from skewless.registry.validation import validate_definitions
 from skewless.server.context import ServerContext
 from skewless.server.pagination import paginate
@@ -167,6 +167,19 @@ class RegistryServicer:
     def __init__(self, ctx: ServerContext) -> None:
         """Binds the servicer to the server's shared state."""
         self.ctx = ctx
+        self._search_index: SearchIndex | None = None
+        # Index each version as it is loaded, before it is served, so no search waits for it.
+        ctx.registry.subscribe(self._index_registry)
+
+    def _index_registry(self, registry: registry_pb2.Registry) -> None:
+        self._search_index = SearchIndex(registry)
+
+    def _index(self) -> SearchIndex:
+        reg = self._reg
+        index = self._search_index
+        if index is None or index.registry is not reg:
+            index = self._search_index = SearchIndex(reg)
+        return index
 
     def handlers(self) -> dict[str, UnaryHandler]:
         """The handler of each RPC, for `skewless.server.rpc.register_service`."""
@@ -283,17 +296,23 @@ class RegistryServicer:
                 field="query",
                 reason="EMPTY_QUERY",
             )
-        matches = [
-            pb.FeatureMatch(
-                feature_view=hit.view.name,
-                feature=hit.feature,
-                reference=hit.reference,
-                entities=hit.view.entities,
-                owner=hit.view.owner,
+        index = self._index()
+        # Page the positions of the matches, then build messages for that page only.
+        positions, token = paginate(
+            index.positions(words), request.page_size, request.page_token, " ".join(words)
+        )
+        page: list[pb.FeatureMatch] = []
+        for position in positions:
+            hit = index.hit(position)
+            page.append(
+                pb.FeatureMatch(
+                    feature_view=hit.view.name,
+                    feature=hit.feature,
+                    reference=hit.reference,
+                    entities=hit.view.entities,
+                    owner=hit.view.owner,
+                )
             )
-            for hit in search_features(self._reg, words)
-        ]
-        page, token = paginate(matches, request.page_size, request.page_token, " ".join(words))
         return pb.SearchFeaturesResponse(matches=page, next_page_token=token)
 
     async def PlanRepository(
