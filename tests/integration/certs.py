@@ -54,8 +54,12 @@ def _write_leaf(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
     )
 
 
-def make_tls_files(folder: Path, client_name: str = "etl-service@skewless.test") -> TLSFiles:
-    """Writes a new CA, a server and a client certificate under `folder`."""
+def make_tls_files(
+    folder: Path,
+    client_name: str = "etl-service@skewless.test",
+    server_names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> TLSFiles:
+    """Writes a new CA, a server certificate (of `server_names`) and a client one."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="skewless tests")
     files = TLSFiles(
@@ -67,6 +71,6 @@ def make_tls_files(folder: Path, client_name: str = "etl-service@skewless.test")
         client_name=client_name,
     )
     ca.cert_pem.write_to_path(str(files.ca))
-    _write_leaf(ca.issue_cert("127.0.0.1", "localhost"), files.server_cert, files.server_key)
+    _write_leaf(ca.issue_cert(*server_names), files.server_cert, files.server_key)
     _write_leaf(ca.issue_cert(client_name), files.client_cert, files.client_key)
     return files

@@ -48,6 +48,39 @@ def test_server_tls_paths_resolve_relative_to_the_repository(tmp_path: Path) -> 
     assert not config.server_insecure
 
 
+_TLS = "server:\n  tls: {cert_file: s.pem, key_file: s.key}\n"
+
+
+def test_ui_settings_resolve_relative_to_the_repository(tmp_path: Path) -> None:
+    ui = "ui: {ca_file: tls/ca.pem, cert_file: c.pem, key_file: c.key, server_name: fs.test}\n"
+    config = load_repo_config(_repo(tmp_path, _TLS + ui))
+    root = tmp_path.resolve()
+    assert config.ui_tls is not None
+    assert config.ui_tls.ca_file == root / "tls" / "ca.pem"
+    assert (config.ui_tls.cert_file, config.ui_tls.key_file) == (root / "c.pem", root / "c.key")
+    assert config.ui_tls.server_name == "fs.test"
+    assert load_repo_config(_repo(tmp_path, _TLS)).ui_tls is None
+
+
+@pytest.mark.parametrize(
+    ("ui", "message"),
+    [
+        ("ui: {ca: a.pem}\n", "unknown setting.*ui: ca"),
+        ("ui: {cert_file: c.pem}\n", "ui needs cert_file and key_file together"),
+        ("ui: {server_name: 3}\n", "ui.server_name must be a host name"),
+        ("ui: [a]\n", "'ui' must be a mapping"),
+    ],
+)
+def test_bad_ui_settings_are_named(tmp_path: Path, ui: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        load_repo_config(_repo(tmp_path, _TLS + ui))
+
+
+def test_ui_settings_need_a_tls_server(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError, match=r"server\.tls is not set"):
+        load_repo_config(_repo(tmp_path, "ui: {ca_file: ca.pem}\n"))
+
+
 def test_no_server_tls_by_default(tmp_path: Path) -> None:
     config = load_repo_config(_repo(tmp_path, ""))
     assert config.server_tls is None and config.redis_tls is None

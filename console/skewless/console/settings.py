@@ -43,6 +43,9 @@ class ConsoleSettings:
         root_certificates: PEM roots that verify the server; the system roots when None.
         certificate_chain: PEM client certificate, for mTLS.
         private_key: PEM private key of `certificate_chain`.
+        server_name: The name to verify in the server's certificate, when it is not the
+            host of `target` (e.g. dialing 127.0.0.1 a server whose certificate names
+            `features.example.com`); the certificate is still verified against the roots.
         metadata: Call metadata sent with every call, before any per-user metadata.
         timeout: Deadline of each call, in seconds.
 
@@ -53,6 +56,7 @@ class ConsoleSettings:
     root_certificates: bytes | None = None
     certificate_chain: bytes | None = None
     private_key: bytes | None = None
+    server_name: str | None = None
     metadata: Metadata = field(default=())
     timeout: float = 10.0
 
@@ -65,6 +69,7 @@ class ConsoleSettings:
         root_ca: Path | None = None,
         client_cert: Path | None = None,
         client_key: Path | None = None,
+        server_name: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float = 10.0,
     ) -> ConsoleSettings:
@@ -83,6 +88,7 @@ class ConsoleSettings:
             root_certificates=root_ca.read_bytes() if root_ca else None,
             certificate_chain=client_cert.read_bytes() if client_cert else None,
             private_key=client_key.read_bytes() if client_key else None,
+            server_name=server_name or None,
             metadata=tuple((k.lower(), v) for k, v in metadata),
             timeout=timeout,
         )
@@ -90,7 +96,9 @@ class ConsoleSettings:
     @property
     def secure(self) -> bool:
         """Whether the channel uses TLS."""
-        return bool(self.tls or self.root_certificates or self.certificate_chain)
+        return bool(
+            self.tls or self.root_certificates or self.certificate_chain or self.server_name
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """Returns the TLS channel credentials, or None for a plaintext channel."""
@@ -102,12 +110,19 @@ class ConsoleSettings:
             certificate_chain=self.certificate_chain,
         )
 
-    def open_channel(self) -> grpc.aio.Channel:
-        """Opens the console's one asyncio channel (call from the serving event loop)."""
-        options = [
+    def channel_options(self) -> list[tuple[str, str | int]]:
+        """The options of the console's channel (message sizes, the verified name)."""
+        options: list[tuple[str, str | int]] = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ]
+        if self.server_name and self.secure:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return options
+
+    def open_channel(self) -> grpc.aio.Channel:
+        """Opens the console's one asyncio channel (call from the serving event loop)."""
+        options = self.channel_options()
         credentials = self.channel_credentials()
         if credentials is None:
             return grpc.aio.insecure_channel(self.target, options=options)

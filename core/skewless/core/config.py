@@ -17,6 +17,7 @@ from skewless.core.names import IDENTIFIER_RULE, is_identifier
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_SERVER_PORT",
+    "ConsoleTLS",
     "RedisTLS",
     "RepoConfig",
     "ServerTLS",
@@ -50,6 +51,29 @@ class ServerTLS:
     def mutual(self) -> bool:
         """Whether clients must present a certificate (mTLS)."""
         return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
+class ConsoleTLS:
+    """How `skewless serve --ui-port`'s console reaches a TLS server (`ui`).
+
+    The console is a gRPC client of the server like any other, so it must verify the
+    server's certificate and, under mutual TLS, present one of its own.
+
+    Attributes:
+        ca_file: PEM CA bundle that verifies `server.tls.cert_file`; None uses the
+            system roots.
+        cert_file: PEM client certificate, needed when `server.tls.client_ca_file` is set.
+        key_file: PEM private key of `cert_file`.
+        server_name: The name to verify in the server's certificate; None takes one the
+            certificate holds (the console dials the server on this machine).
+
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,8 @@ class RepoConfig:
             past it they are memory-mapped from a file under `spill_dir`.
         server_tls: TLS (and mTLS) of the gRPC port; None serves plaintext.
         server_insecure: Allow plaintext on an address other than loopback.
+        ui_tls: How the console of `skewless serve --ui-port` reaches a TLS server
+            (`ui`); None: the system roots, no client certificate.
         feature_log_flush_seconds: Seconds between writes of the feature log (at most
             this much of the log is lost if the server process crashes).
         feature_log_queue_calls: Most sampled calls waiting to be written; past it
@@ -119,6 +145,7 @@ class RepoConfig:
     history_memory_limit: int = 512 * 2**20
     server_tls: ServerTLS | None = None
     server_insecure: bool = False
+    ui_tls: ConsoleTLS | None = None
     feature_log_flush_seconds: float = 5.0
     feature_log_queue_calls: int = 10_000
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -238,6 +265,50 @@ def _server_tls(server: dict[str, Any], root: Path, path: Path) -> ServerTLS | N
     return ServerTLS(cert_file=cert, key_file=key, client_ca_file=files["client_ca_file"])
 
 
+_UI_KEYS = ("ca_file", "cert_file", "key_file", "server_name")
+
+
+def _ui_tls(
+    raw: dict[str, Any], tls: ServerTLS | None, root: Path, path: Path
+) -> ConsoleTLS | None:
+    ui = _section(raw, "ui", path)
+    if not ui:
+        return None
+    unknown = set(ui) - set(_UI_KEYS)
+    if unknown:
+        raise DefinitionError(
+            f"{path}: unknown setting(s) in ui: {', '.join(sorted(map(str, unknown)))} "
+            f"(expected {', '.join(_UI_KEYS)})",
+            reason="INVALID_CONFIG",
+        )
+    if tls is None:
+        raise DefinitionError(
+            f"{path}: the ui settings say how the console verifies a TLS server, but "
+            "server.tls is not set (the console then reaches the server in plaintext over "
+            "loopback): remove ui, or configure server.tls",
+            reason="INVALID_CONFIG",
+        )
+    files = {key: _file_setting(ui, key, "ui", root, path) for key in _UI_KEYS[:3]}
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise DefinitionError(
+            f"{path}: ui needs cert_file and key_file together (the console's client "
+            "certificate and its key, for a server with server.tls.client_ca_file)",
+            reason="INVALID_CONFIG",
+        )
+    name = ui.get("server_name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise DefinitionError(
+            f"{path}: ui.server_name must be a host name in the server's certificate, got {name!r}",
+            reason="INVALID_CONFIG",
+        )
+    return ConsoleTLS(
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+        server_name=name.strip() if name else None,
+    )
+
+
 def _redis_tls(
     online: dict[str, Any], redis_url: str | None, root: Path, path: Path
 ) -> RedisTLS | None:
@@ -318,7 +389,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         raise DefinitionError(
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
-    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth"}
+    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth", "ui"}
     if unknown:
         raise DefinitionError(
             f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
@@ -381,6 +452,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         entity_source_roots=tuple((root / Path(r).expanduser()).resolve() for r in roots),
         server_tls=server_tls,
         server_insecure=insecure,
+        ui_tls=_ui_tls(raw, server_tls, root, path),
         auth=parse_auth_section(
             raw.get("auth"),
             root=root,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import socket
+import sys
+import threading
 from typing import Any
 
+from skewless.cli.embedded_console import console_settings, probe
 from skewless.cli.exit_codes import EXIT_OK
 from skewless.cli.ui import bind_console, console_target
 from skewless.core.config import RepoConfig, load_repo_config
@@ -35,12 +38,29 @@ def _config(args: argparse.Namespace) -> RepoConfig:
 
 
 def _start_console(sock: Any, served: RepoConfig) -> Any:
-    from skewless.console import ConsoleServer, ConsoleSettings
+    from skewless.console import ConsoleServer
 
     target = console_target(served.server_host, served.server_port)
-    console = ConsoleServer(ConsoleSettings(target=target), sock=sock).start()
+    settings = console_settings(served, target)
+    console = ConsoleServer(settings, sock=sock).start()
     print(f"skewless console on {console.url}", flush=True)
+    # Off the server's event loop (this runs on it): the check calls that server.
+    threading.Thread(
+        target=_check_console, args=(settings, served), name="console-check", daemon=True
+    ).start()
     return console
+
+
+def _check_console(settings: Any, served: RepoConfig) -> None:
+    """Says whether the console reaches the server, and if not what to set."""
+    trouble = probe(settings, served)
+    if trouble is not None:
+        print(f"error: {trouble}", file=sys.stderr, flush=True)
+        return
+    how = "plaintext"
+    if settings.secure:
+        how = "mutual TLS" if settings.certificate_chain else "TLS"
+    print(f"skewless console reaches the server {settings.target} over {how}", flush=True)
 
 
 def _refuse_port_in_use(host: str, port: int) -> None:
@@ -84,6 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
         CertificateFiles(requested.server_tls)
     _refuse_port_in_use(requested.server_host, requested.server_port)
     build_authenticator(requested.auth)  # the token or JWKS file, before anything starts
+    if args.ui_port is not None:
+        # What the console needs to reach a TLS server, before anything starts.
+        console_settings(requested, console_target("127.0.0.1", 1))
     ui_socket = None if args.ui_port is None else bind_console(DEFAULT_UI_HOST, args.ui_port)
     consoles: list[Any] = []  # the console, once the gRPC port is known
     with online_store_config(requested) as (config, embedded):

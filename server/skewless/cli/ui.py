@@ -53,9 +53,12 @@ def _ui(args: argparse.Namespace) -> int:
             root_ca=args.root_ca,
             client_cert=args.client_cert,
             client_key=args.client_key,
+            server_name=args.server_name,
         )
     except OSError as exc:
         raise SkewlessError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:  # a client certificate without its key, or the reverse
+        raise SkewlessError(str(exc)) from None
     console = ConsoleServer(settings, sock=bind_console(host, port), access_log=args.verbose)
     print(f"skewless console on {console.url} (server {target})", flush=True)
     console.serve_forever()
@@ -72,4 +75,9 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--root-ca", type=Path, help="PEM roots that verify the server (implies --tls)")
     p.add_argument("--client-cert", type=Path, help="PEM client certificate, for mTLS")
     p.add_argument("--client-key", type=Path, help="PEM key of --client-cert")
+    p.add_argument(
+        "--server-name",
+        help="name to verify in the server's certificate when it is not --target's host "
+        "(implies --tls)",
+    )
     p.set_defaults(func=_ui)
