@@ -9,7 +9,6 @@ import sys
 import threading
 from typing import Any
 
-from skewless.cli.embedded_console import console_settings, probe
 from skewless.cli.exit_codes import EXIT_OK
 from skewless.cli.ui import bind_console, console_target
 from skewless.core.config import RepoConfig, load_repo_config
@@ -38,6 +37,7 @@ def _config(args: argparse.Namespace) -> RepoConfig:
 
 
 def _start_console(sock: Any, served: RepoConfig) -> Any:
+    from skewless.cli.embedded_console import console_settings
     from skewless.console import ConsoleServer
 
     target = console_target(served.server_host, served.server_port)
@@ -53,6 +53,8 @@ def _start_console(sock: Any, served: RepoConfig) -> Any:
 
 def _check_console(settings: Any, served: RepoConfig) -> None:
     """Says whether the console reaches the server, and if not what to set."""
+    from skewless.cli.embedded_console import probe
+
     trouble = probe(settings, served)
     if trouble is not None:
         print(f"error: {trouble}", file=sys.stderr, flush=True)
@@ -105,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
     _refuse_port_in_use(requested.server_host, requested.server_port)
     build_authenticator(requested.auth)  # the token or JWKS file, before anything starts
     if args.ui_port is not None:
+        from skewless.cli.embedded_console import console_settings
+
         # What the console needs to reach a TLS server, before anything starts.
         console_settings(requested, console_target("127.0.0.1", 1))
     ui_socket = None if args.ui_port is None else bind_console(DEFAULT_UI_HOST, args.ui_port)
