@@ -42,7 +42,7 @@ from skewless.core.errors import StoreUnavailableError
 from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from skewless.online.codec import encode_column, encode_redis_keys, encode_timestamps, to_micros
 from skewless.online.connection import tls_options
-from skewless.online.resp import bulk, bulk_strings, is_transient, store_unavailable
+from skewless.online.resp import bulk, bulk_parts, bulk_strings, is_transient, store_unavailable
 from skewless.registry.feature_refs import FeatureSpec
 
 __all__ = [
@@ -244,14 +244,15 @@ def _slice_bytes(column: pa.Array, start: int, stop: int) -> bytes:
 
 def _packed_parts(rows: OnlineRows) -> tuple[pa.Array, pa.Array]:
     """The RESP bulk string of each row's key, and of each row's arguments, in Arrow."""
-    n = len(rows)
     keys = bulk_strings(rows.keys)
-    parts = [bulk_strings(encode_timestamps(rows.event_micros))]
+    # One concatenation of every column's pieces: no intermediate column per argument.
+    parts = bulk_parts(encode_timestamps(rows.event_micros))
     if rows.created_micros is not None:
-        parts.append(bulk_strings(encode_timestamps(rows.created_micros)))
+        parts.extend(bulk_parts(encode_timestamps(rows.created_micros)))
     else:
-        parts.append(pa.array([b"$0\r\n\r\n"] * n, pa.binary()))
-    parts.extend(bulk_strings(v) for v in rows.values)
+        parts.append(pa.scalar(b"$0\r\n\r\n", pa.binary()))
+    for values in rows.values:
+        parts.extend(bulk_parts(values))
     records = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
     if not isinstance(records, pa.Array) or records.null_count:
         raise ValueError("cannot pack rows")
