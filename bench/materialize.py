@@ -27,7 +27,8 @@ then measures in one run, each in a child process (for its peak RSS):
 
 Every run reports its wall time and its CPU time: the process's (DuckDB's threads
 included) and Redis's (from `INFO cpu`). The machine's cores may be shared: CPU time moves
-much less with load from elsewhere than wall time, and the load average is printed.
+much less with load from elsewhere than wall time; the load average and how busy the
+machine's cores were during each run (all processes, from /proc/stat) are printed.
 
 Usage:
 
@@ -86,6 +87,16 @@ def cpu_s() -> float:
     """CPU seconds of this process so far (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (0, 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def redis_cpu_s(client: object) -> float:
@@ -361,12 +372,15 @@ def main() -> None:
                 client.flushall()
                 loads.append(os.getloadavg()[0])
                 before = redis_cpu_s(client)
+                busy = machine_jiffies()
                 if mode == "feast":
                     total = sizes["driver_rows"] + sizes["customer_rows"]
                     result: dict[str, float] = run_feast(args.feast_python, server.url, total)
                 else:
                     result = run_child(mode, server.url)  # type: ignore[assignment]
                 result["redis_cpu_s"] = redis_cpu_s(client) - before
+                after = machine_jiffies()
+                result["machine_busy"] = (after[0] - busy[0]) / max(after[1] - busy[1], 1)
                 result["redis_used_mb"] = client.info("memory")["used_memory"] / 2**20
                 runs[mode].append(result)
             if not args.no_parts:
@@ -396,7 +410,8 @@ def main() -> None:
     for mode, rs in runs.items():
         walls = ", ".join(f"{r['wall_s']:.2f}" for r in rs)
         cpus = ", ".join(f"{r.get('cpu_s', float('nan')):.2f}+{r['redis_cpu_s']:.2f}" for r in rs)
-        print(f"  {mode:<12} every run: wall {walls}; CPU (+Redis) {cpus}")
+        busy = ", ".join(f"{r['machine_busy']:.0%}" for r in rs)
+        print(f"  {mode:<12} every run: wall {walls}; CPU (+Redis) {cpus}; machine busy {busy}")
 
     def cpu(mode: str) -> float:
         return results[mode].get("cpu_s", float("nan")) + results[mode]["redis_cpu_s"]

@@ -6,8 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from skewless.core.types import arrow_type
+from skewless.online import resp
 from skewless.online.codec import (
     decode_value,
     encode_column,
@@ -16,6 +19,7 @@ from skewless.online.codec import (
     to_micros,
 )
 from skewless.online.layout import redis_key
+from skewless.online.resp import bulk
 from skewless.registry.feature_refs import FeatureSpec
 from skewless.v1 import types_pb2
 
@@ -148,3 +152,20 @@ def test_packed_commands_equal_what_redis_py_packs(with_created: bool) -> None:
     ]
     assert list(writer._packed_calls(rows, expire, "f" * 40)) == expected
     assert len(expected) == 3
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=40),
+    st.integers(0, 4),
+    st.booleans(),
+)
+def test_bulk_strings_are_bulk_of_each_value(
+    values: list[bytes | None], width: int, one_width: bool
+) -> None:
+    if one_width:  # every value of one length: the header is one scalar
+        values = [None if v is None else (v * width)[:width].ljust(width, b"x") for v in values]
+    column = pa.array(values, pa.binary())
+    expected = [bulk(v or b"") for v in values]
+    assert resp.bulk_strings(column).to_pylist() == expected
+    for start in (0, min(3, len(values))):  # a slice: the array's offset is honoured
+        assert resp.bulk_strings(column.slice(start)).to_pylist() == expected[start:]

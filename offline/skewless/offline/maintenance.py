@@ -49,6 +49,7 @@ from skewless.offline.delta_log import (
 from skewless.offline.offline_store import (
     StagedFile,
     history_dir,
+    parquet_options,
     publish_staged,
     staged_path,
     unpublish,
@@ -130,7 +131,7 @@ def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceR
             rel = str(first.with_name(f"{stem}-c{uuid.uuid4().hex[:6]}{PUSH_SUFFIX}"))
             tmp = staged_path(root, rel)
             with tmp.open("wb") as sink:
-                pq.write_table(ordered, sink)
+                pq.write_table(ordered, sink, **parquet_options(ordered.schema))
                 size = sink.tell()
             micros = pc.cast(ordered.column(EVENT_TIMESTAMP), pa.int64())
             mm = pc.min_max(micros).as_py()

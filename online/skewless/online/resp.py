@@ -29,6 +29,7 @@ __all__ = [
     "ONLINE_STORE_UNAVAILABLE",
     "RespPipeline",
     "bulk",
+    "bulk_parts",
     "bulk_strings",
     "is_transient",
     "pack_commands",
@@ -60,11 +61,27 @@ _DOLLAR = pa.scalar(b"$", pa.binary())
 _NOSEP = pa.scalar(b"", pa.binary())
 
 
+def bulk_parts(values: pa.Array) -> list[pa.Array | pa.Scalar]:
+    """Pieces whose element-wise concatenation is `bulk` of every value (a null is empty).
+
+    A column whose values all have one length (fixed-width encodings, timestamps of one
+    magnitude) gets its `$<length>` header as one scalar instead of a column of them.
+    """
+    if values.null_count:
+        values = pc.fill_null(values, b"")
+    lengths = pc.binary_length(values)
+    bounds = pc.min_max(lengths).as_py()
+    if len(values) and bounds["min"] == bounds["max"]:
+        header: pa.Array | pa.Scalar = pa.scalar(b"$%d\r\n" % bounds["min"], pa.binary())
+    else:
+        digits = pc.cast(pc.cast(lengths, pa.string()), pa.binary())
+        header = pc.binary_join_element_wise(_DOLLAR, digits, _CRLF, _NOSEP)
+    return [header, values, _CRLF]
+
+
 def bulk_strings(values: pa.Array) -> pa.Array:
     """`bulk` of every value of a binary array, with Arrow kernels (a null is empty)."""
-    values = pc.fill_null(values, b"")
-    lengths = pc.cast(pc.cast(pc.binary_length(values), pa.string()), pa.binary())
-    return pc.binary_join_element_wise(_DOLLAR, lengths, _CRLF, values, _CRLF, _NOSEP)
+    return pc.binary_join_element_wise(*bulk_parts(values), _NOSEP)
 
 
 # --- what a failure means ------------------------------------------------------------------
