@@ -135,7 +135,7 @@ def child_serve(scale: float) -> None:
         server_port=0,
         metrics_port=0,
     )
-    RegistryStore(config.registry_path).save(historical_registry())
+    RegistryStore(config.storage).save(historical_registry())
 
     async def main() -> None:
         server, port = create_server(config)
