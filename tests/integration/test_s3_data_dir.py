@@ -309,6 +309,20 @@ def test_two_servers_share_one_bucket_and_one_redis(
                 break
             assert time.monotonic() < deadline, one.output() + two.output()
             time.sleep(0.5)
+        # Both serve the same training set from the bucket, through the client.
+        wanted = ["driver_stats:conv_rate", "driver_stats:label"]
+        entity = pa.table(
+            {
+                "driver_id": pa.array([0, 3, 4, 9], pa.int64()),
+                "event_timestamp": pa.array([now] * 4, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        answers = []
+        for served in (one, two):
+            with Client(served.target) as client:
+                answers.append(client.get_historical_features(entity, features=wanted))
+        assert answers[0].equals(answers[1])
+        assert answers[0]["conv_rate"].null_count == 1  # driver 9 has no rows
     # Every period was materialized once: the scheduled windows never overlap, they
     # follow each other, and each is one window commit of the Delta table.
     windows = sorted((j.window_start, j.window_end) for j in jobs)
