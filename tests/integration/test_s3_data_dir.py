@@ -35,6 +35,7 @@ from skewless.core.storage import ObjectStoreSettings
 from skewless.materialization.jobs import JobState, JobStore
 from skewless.materialization.pipeline import materialize
 from skewless.materialization.view_state import read_watermark
+from skewless.offline.maintenance import vacuum
 from skewless.offline.offline_store import read_snapshot, snapshot_files
 from skewless.offline.point_in_time import point_in_time_join
 from skewless.offline.retrieval import view_histories
@@ -184,8 +185,9 @@ _KILLED_JOB = textwrap.dedent(
     registry = make_registry()
     started = start_job(config, registry, ["driver_stats"], window_start=T0,
                         window_end=T0 + timedelta(days=2), incremental=False, trigger=Trigger.CLI)
+    m._ONLINE_BATCH_ROWS = 5
     def progress(p):
-        if p.phase == "compute" and p.rows_done > 0:
+        if p.phase == {phase!r} and p.rows_done > 0:
             marker.write_text(started.record.job_id)
             time.sleep(60)
     run_job(config, registry, JobStore(config), started.record, locks=started.locks,
@@ -194,9 +196,11 @@ _KILLED_JOB = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("phase", ["compute", "online"])
 def test_sigkill_mid_window_on_s3_then_rerun_converges(
-    pair: tuple[RepoConfig, RepoConfig], tmp_path: Path, s3_server: S3Server
+    pair: tuple[RepoConfig, RepoConfig], tmp_path: Path, s3_server: S3Server, phase: str
 ) -> None:
+    """Killed while uploading its day files (compute) or after (online, files complete)."""
     local, remote = pair
     registry = make_registry()
     materialize(remote, registry, T0, T0 + 2 * DAY)
@@ -213,8 +217,8 @@ def test_sigkill_mid_window_on_s3_then_rerun_converges(
         key=s3_server.access_key,
         secret=s3_server.secret_key,
         marker=str(marker),
+        phase=phase,
     )
-    # Small history batches: the kill lands while day files are half uploaded.
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 90
@@ -227,6 +231,16 @@ def test_sigkill_mid_window_on_s3_then_rerun_converges(
         proc.wait(10)
     job_id = marker.read_text()
     assert history(remote).equals(before)  # the previous version, untouched
+    if phase == "online":  # its complete day files are in the bucket, referenced by nothing
+        snapshot = read_snapshot(remote, "driver_stats")
+        assert snapshot is not None
+        committed = {f"offline/driver_stats/{f.path}" for f in snapshot.files}
+        uploaded = {
+            f.key
+            for f in remote.storage.list_files("offline/driver_stats", recursive=True)
+            if f.key.endswith(".parquet")
+        }
+        assert uploaded - committed
     record = JobStore(remote).get(job_id)
     assert record.state == JobState.FAILED and record.error is not None
     assert record.error.reason == "JOB_PROCESS_EXITED"
@@ -236,6 +250,17 @@ def test_sigkill_mid_window_on_s3_then_rerun_converges(
     materialize(local, registry, T0, T0 + 2 * DAY)
     assert history(remote).equals(history(local))
     assert training_set(remote, labels()).equals(training_set(local, labels()))
+    # Vacuum deletes what the killed job left (and what older versions held).
+    vacuum(remote, "driver_stats", timedelta(0))
+    snapshot = read_snapshot(remote, "driver_stats")
+    assert snapshot is not None
+    left = {
+        f.key
+        for f in remote.storage.list_files("offline/driver_stats", recursive=True)
+        if f.key.endswith(".parquet")
+    }
+    assert left == {f"offline/driver_stats/{f.path}" for f in snapshot.files}
+    assert history(remote).equals(history(local))
 
 
 def _write_repo(root: Path, s3: S3Server, data_url: str, redis_url: str) -> Path:

@@ -39,6 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
+from skewless.core.storage import object_store_error
 from skewless.core.types import arrow_type
 from skewless.registry.feature_refs import ViewPlan
 
@@ -228,8 +229,9 @@ class HistoryLoader:
         """
         view = vh.view
         remote = vh.filesystem is not None
+        failures: list[BaseException] = []
         if remote:
-            source = _remote_source(vh, dedupe)
+            source = _remote_source(vh, dedupe, failures)
             self.con.register(f"__src{index}", source)
             relation = self.con.sql(_load_sql(index, view, dedupe, remote=True), params=params)
         else:
@@ -283,6 +285,8 @@ class HistoryLoader:
         except BaseException:
             if spill is not None:
                 spill.abort()
+            if failures:  # DuckDB wraps what the stream raised: raise the status itself
+                raise failures[0] from None
             raise
         finally:
             reader.close()
@@ -324,12 +328,15 @@ def _paths(vh: ViewHistory) -> list[str]:
 _REMOTE_READ_AHEAD = 4
 
 
-def _remote_source(vh: ViewHistory, dedupe: bool) -> pa.RecordBatchReader:
+def _remote_source(
+    vh: ViewHistory, dedupe: bool, failures: list[BaseException]
+) -> pa.RecordBatchReader:
     """The view's history files on object storage as one Arrow stream, in path order.
 
     Columns: join keys, event and created time, features (in the view's declared types;
     null where a file lacks one), and with `dedupe` `__file_index` (the file's rank in
-    path order) and `file_row_number`, as DuckDB's own scan gives them.
+    path order) and `file_row_number`, as DuckDB's own scan gives them. A read failure
+    is appended to `failures` as its status (`object_store_error`) before it is raised.
     """
     fs = vh.filesystem
     assert fs is not None
@@ -338,7 +345,10 @@ def _remote_source(vh: ViewHistory, dedupe: bool) -> pa.RecordBatchReader:
     features = [(f.name, arrow_type(f.value_type)) for f in view.features]
     utc = pa.timestamp("us", tz="UTC")
     fixed = [(EVENT_TIMESTAMP, utc)] + ([(CREATED_TIMESTAMP, utc)] if dedupe else [])
-    first = pq.read_schema(paths[0], filesystem=fs) if paths else pa.schema([])
+    try:
+        first = pq.read_schema(paths[0], filesystem=fs) if paths else pa.schema([])
+    except OSError as exc:
+        raise object_store_error(exc, paths[0].split("/", 1)[0]) from None
     keys = [
         (k, first.field(k).type if k in first.names else pa.string()) for k in view.join_key_names
     ]
@@ -349,10 +359,15 @@ def _remote_source(vh: ViewHistory, dedupe: bool) -> pa.RecordBatchReader:
     schema = pa.schema(fields)
 
     def read(path: str) -> pa.Table:
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle, pre_buffer=True)
-            present = [n for n, _ in wanted if n in parquet.schema_arrow.names]
-            return parquet.read(columns=present)
+        try:
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle, pre_buffer=True)
+                present = [n for n, _ in wanted if n in parquet.schema_arrow.names]
+                return parquet.read(columns=present)
+        except OSError as exc:
+            failure = object_store_error(exc, path.split("/", 1)[0])
+            failures.append(failure)
+            raise failure from None
 
     def batches() -> Iterator[pa.RecordBatch]:
         with ThreadPoolExecutor(_REMOTE_READ_AHEAD, thread_name_prefix="skewless-s3") as pool:
