@@ -272,8 +272,8 @@ def check_layout(config: RepoConfig, *, create: bool = False) -> None:
         outdated = outdated_views(config)
         if outdated:
             raise _outdated(outdated)
-        if not create:
-            return  # nothing stored yet (or nothing written since the layout mark)
+        if not create and not (storage.is_local and config.offline_dir.is_dir()):
+            return  # nothing stored yet
         body = (json.dumps({"layout": LAYOUT_VERSION, "format": "delta"}) + "\n").encode()
         if storage.is_local:
             storage.write_bytes(mark, body)

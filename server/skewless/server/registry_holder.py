@@ -100,17 +100,30 @@ class RegistryHolder:
     async def watch(self, interval: float = 1.0) -> None:
         """Polls the registry forever, reloading on change; cancel to stop.
 
-        The poll runs in a worker thread (on object storage it is a listing request).
+        The poll runs in a worker thread (on object storage it is a listing request). A
+        store outage is logged once when it starts and once when it ends, not per poll.
         """
+        failing = ""
         while True:
             await asyncio.sleep(interval)
             try:
                 changed, stat, registry = await asyncio.to_thread(self._fetch)
-                if changed:
-                    self._install(stat, registry)
             except SkewlessError as exc:  # a store outage must not stop serving
-                _log.warning(
-                    "registry reload failed (%s); still serving the previous version", exc.message
-                )
+                if exc.message != failing:
+                    _log.warning(
+                        "registry reload failed (%s); still serving the previous version",
+                        exc.message,
+                    )
+                failing = exc.message
+                continue
             except Exception:  # a bad file must not stop serving the good version
                 _log.exception("registry reload failed; still serving the previous version")
+                continue
+            if failing:
+                _log.info("the registry can be read again")
+                failing = ""
+            if changed:
+                try:
+                    self._install(stat, registry)
+                except Exception:
+                    _log.exception("registry reload failed; still serving the previous version")
