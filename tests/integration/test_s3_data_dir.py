@@ -314,7 +314,7 @@ def test_two_servers_share_one_bucket_and_one_redis(
             time.sleep(0.1)
         # One apply of a new version: both servers serve it within a second.
         applied = time.monotonic()
-        RegistryStore(config.storage).save(make_registry(schedule=timedelta(seconds=2)))
+        RegistryStore(config.storage).save(make_registry(schedule=timedelta(seconds=2), push=True))
         seen: dict[str, float] = {}
         while len(seen) < 2 and time.monotonic() - applied < 10:
             for served in (one, two):
@@ -348,6 +348,28 @@ def test_two_servers_share_one_bucket_and_one_redis(
                 answers.append(client.get_historical_features(entity, features=wanted))
         assert answers[0].equals(answers[1])
         assert answers[0]["conv_rate"].null_count == 1  # driver 9 has no rows
+        # A push through one server is history the other joins (one Delta append).
+        pushed = pa.table(
+            {
+                "driver_id": pa.array([77], pa.int64()),
+                "ts": pa.array([now - timedelta(seconds=5)], pa.timestamp("us", tz="UTC")),
+                "created": pa.array([now], pa.timestamp("us", tz="UTC")),
+                "conv_rate": pa.array([0.77]),
+                "trips": pa.array([7], pa.int64()),
+                "label": pa.array(["pushed"]),
+            }
+        )
+        with Client(one.target) as client:
+            client.push_features(pushed, push_source="driver_push")
+        probe = pa.table(
+            {
+                "driver_id": pa.array([77], pa.int64()),
+                "event_timestamp": pa.array([now], pa.timestamp("us", tz="UTC")),
+            }
+        )
+        with Client(two.target) as client:
+            got = client.get_historical_features(probe, features=["driver_live:conv_rate"])
+        assert got["conv_rate"].to_pylist() == [0.77]
     # Every period was materialized once: the scheduled windows never overlap, they
     # follow each other, and each is one window commit of the Delta table.
     windows = sorted((j.window_start, j.window_end) for j in jobs)
