@@ -155,7 +155,7 @@ def main() -> None:
     config = RepoConfig(
         root=DATA, project="bench", data_dir=DATA / ".skewless", redis_url=redis.url, server_port=0
     )
-    RegistryStore(config.registry_path).save(build_registry(args.views))
+    RegistryStore(config.storage).save(build_registry(args.views))
     server = ServerThread(config, run_schedules=False).start()
     console = ConsoleServer(ConsoleSettings(target=f"127.0.0.1:{server.port}"), port=0).start()
     pages: list[tuple[str, str | Callable[[int], str], bool]] = [

@@ -108,8 +108,8 @@ def handler_us(url: str, request_bytes: bytes, calls: int, rounds: int = 5) -> d
         config = RepoConfig(
             root=root, project=PROJECT, data_dir=root / "data", redis_url=url, metrics_port=0
         )
-        RegistryStore(config.registry_path).save(registry(0.0))
-        holder = RegistryHolder(RegistryStore(config.registry_path))
+        RegistryStore(config.storage).save(registry(0.0))
+        holder = RegistryHolder(RegistryStore(config.storage))
         holder.reload()
         request = online_service_pb2.GetOnlineFeaturesRequest.FromString(request_bytes)
 
@@ -159,7 +159,7 @@ def main() -> None:
                 for name, rate in RATES.items():
                     root = top / f"log-{name}"
                     config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
-                    RegistryStore(config.registry_path).save(registry(rate))
+                    RegistryStore(config.storage).save(registry(rate))
                     roots[name], ports[name] = root, free_port()
                     procs[name] = start_server(kind, root, rs.url, ports[name])
                 handoffs: dict[str, float] = {}

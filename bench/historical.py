@@ -12,6 +12,10 @@ label time and a label), then measures in one run, each side in its own processe
   (tie-break dedupe, ASOF LEFT JOIN per view with the TTL bound, input order restored)
   on the same files into an Arrow table.
 
+With `--s3`, the same skewless call is also run against a server whose data dir is on a
+real S3-compatible server (SeaweedFS `weed` on loopback, started by the script; the offline
+store is uploaded to it once), interleaved with the local runs, and both are reported.
+
 Both results are compared (row count and a checksum of every feature column). Each of
 those is a first call in a fresh process; with `--calls N` (default 3) the script also
 times N calls on one server and N runs in one bare process and prints the steady state
@@ -25,12 +29,13 @@ needs `feast[duckdb]`) over the same Parquet history and entity rows, on
 run on those rows, for a like-for-like ratio. Usage:
 
     .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000] [--repeat 1]
-        [--calls 3] [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
+        [--calls 3] [--s3] [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -135,7 +140,22 @@ def child_serve(scale: float) -> None:
         server_port=0,
         metrics_port=0,
     )
-    RegistryStore(config.registry_path).save(historical_registry())
+    s3 = os.environ.get(_S3_ENV)
+    if s3:  # the data dir on the S3 server `--s3` started
+        from skewless.core.storage import ObjectStoreSettings
+
+        where = json.loads(s3)
+        config = dataclasses.replace(
+            config,
+            data_dir=base / "local-s3",
+            data_url=where["data_url"],
+            object_store=ObjectStoreSettings(
+                endpoint_url=where["endpoint_url"],
+                access_key_id=where["access_key"],
+                secret_access_key=where["secret_key"],
+            ),
+        )
+    RegistryStore(config.storage).save(historical_registry())
 
     async def main() -> None:
         server, port = create_server(config)
@@ -421,12 +441,16 @@ def _run_json(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_skewless(scale: float, rows: int, calls: int = 1) -> dict:
+def run_skewless(scale: float, rows: int, calls: int = 1, s3: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != _S3_ENV}
+    if s3 is not None:
+        env[_S3_ENV] = json.dumps(s3)
     server = subprocess.Popen(
         [sys.executable, __file__, "_serve", str(scale)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     assert server.stdout is not None and server.stdin is not None
     try:
@@ -445,6 +469,57 @@ def run_skewless(scale: float, rows: int, calls: int = 1) -> dict:
     return result
 
 
+_S3_ENV = "SKEWLESS_BENCH_S3"
+
+
+def run_s3(args: argparse.Namespace) -> None:
+    """Local vs s3:// data dir, interleaved runs of the same call (`--s3`)."""
+    import pyarrow.fs as pafs
+
+    sys.path.insert(0, str(HERE.parent))
+    from tests.helpers.s3 import running_s3_server
+
+    with running_s3_server(HERE / ".data" / "s3-weed") as server:
+        prefix = f"bench-{args.scale}"
+        source = data_dir(args.scale) / "data" / "offline"
+        t = time.perf_counter()
+        pafs.copy_files(
+            str(source),
+            f"{server.bucket}/{prefix}/offline",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=server.filesystem(),
+        )
+        print(f"offline store uploaded to the S3 server in {time.perf_counter() - t:.1f}s")
+        where = {
+            "data_url": server.uri(prefix),
+            "endpoint_url": server.endpoint_url,
+            "access_key": server.access_key,
+            "secret_key": server.secret_key,
+        }
+        runs: dict[str, list[dict]] = {"local": [], "s3": []}
+        for _ in range(args.repeat):
+            runs["local"].append(run_skewless(args.scale, args.rows))
+            runs["s3"].append(run_skewless(args.scale, args.rows, s3=where))
+    load = os.getloadavg()
+    print(
+        f"\nlocal vs s3:// data dir, {args.rows:,} entity rows, {args.repeat} interleaved "
+        f"run(s) each, first call per fresh server; load average {load[0]:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
+    print(f"{'data dir':<12}{'wall s':>9}{'CPU s':>9}{'server CPU s':>14}{'server RSS MB':>15}")
+    best = {}
+    for kind, results in runs.items():
+        r = min(results, key=lambda x: x["client_cpu_s"] + x["server_cpu_s"])
+        best[kind] = r
+        cpu = r["client_cpu_s"] + r["server_cpu_s"]
+        print(
+            f"{kind:<12}{min(x['wall_s'] for x in results):>9.2f}{cpu:>9.2f}"
+            f"{r['server_cpu_s']:>14.2f}{r['server_peak_rss_mb']:>15.0f}"
+        )
+    same = best["local"]["checksum"] == best["s3"]["checksum"]
+    print(f"results identical (rows + per-feature sums and null counts): {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
@@ -456,6 +531,11 @@ def main() -> None:
         default=3,
         help="also time this many calls on one server (and runs in one bare process); "
         "the steady state is the best call after the first; 1 skips it",
+    )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="only compare a local data dir with one on an S3 server (SeaweedFS on loopback)",
     )
     parser.add_argument("--feast", action="store_true", help="also run Feast 0.67")
     parser.add_argument("--feast-rows", type=int, default=100_000)
@@ -478,6 +558,9 @@ def main() -> None:
             raise SystemExit(f"no Feast venv at {args.feast_python}; see bench/README.md")
         generate(args.scale, args.feast_rows)
     print(f"data ready in {time.perf_counter() - t:.1f}s under {data_dir(args.scale)}")
+    if args.s3:
+        run_s3(args)
+        return
     ours, bare, bare_nt = [], [], []
     for _ in range(args.repeat):
         bare.append(_run_json(["_bare", str(args.scale), str(args.rows)]))

@@ -707,7 +707,7 @@ def main() -> None:
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
             registry = online_registry()
             registry.policies.append(bench_policy())  # read only when auth is on
-            RegistryStore(config.registry_path).save(registry)
+            RegistryStore(config.storage).save(registry)
             protoset = root / "online.protoset"
             write_protoset(protoset)
             results: dict[tuple[str, str, int], dict] = {}

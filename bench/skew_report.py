@@ -89,10 +89,10 @@ def generate(scale: float, rows: int) -> Path:
         folder = config.offline_dir / view
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet", row_group_size=256_000)
-    RegistryStore(config.registry_path).save(registry())
+    RegistryStore(config.storage).save(registry())
     entities = historical_entity_rows(scale, rows)
     pq.write_table(entities, entity_file)
-    reg = RegistryStore(config.registry_path).require()
+    reg = RegistryStore(config.storage).require()
     plan = resolve_feature_service(reg, SERVICE, full_feature_names=True)
     join = start_retrieval(
         config,
@@ -145,7 +145,7 @@ def _peak_mb() -> float:
 
 def child(kind: str, base: Path) -> None:
     config = config_for(base)
-    reg = RegistryStore(config.registry_path).require()
+    reg = RegistryStore(config.storage).require()
     started, cpu = time.perf_counter(), time.process_time()
     out: dict[str, object] = {}
     if kind == "retrieval":

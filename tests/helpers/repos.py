@@ -59,6 +59,4 @@ def live_definitions() -> RepoDefinitions:
 
 def save_registry(config: RepoConfig, definitions: RepoDefinitions) -> registry_pb2.Registry:
     """Stores the definitions as the repository's registry and returns it."""
-    return (
-        RegistryStore(config.registry_path).save(definitions.to_registry(config.project)).registry
-    )
+    return RegistryStore(config.storage).save(definitions.to_registry(config.project)).registry

@@ -448,7 +448,7 @@ def test_policies_change_with_the_registry(
         actions=("read_registry",),
         resources=("project",),
     )
-    store = RegistryStore(config.registry_path)
+    store = RegistryStore(config.storage)
     before = store.require().version
     try:
         store.save(

@@ -93,7 +93,7 @@ def test_logged_rows_are_typed_columns_read_by_duckdb_and_pyarrow(config: RepoCo
     assert unlogged is None  # logging off: nothing logged, nothing echoed
     assert not log_dir(config, "unlogged").exists()
     files = log_files(config, "live")
-    assert files and all(f.parent.name.startswith("date=") for f in files)
+    assert files and all(Path(f).parent.name.startswith("date=") for f in files)
     table = ds.dataset(log_dir(config, "live"), format="parquet", partitioning="hive").to_table()
     table = table.sort_by([("request_time", "ascending"), ("driver_id", "ascending")])
     assert table.num_rows == 4
@@ -216,7 +216,7 @@ def test_sigterm_mid_traffic_loses_no_logged_row(tmp_path: Path, redis_url: str)
     logged = table["request_id"].to_pylist()
     assert set(ids) <= set(logged)  # every call answered with an id was written
     assert table.num_rows == 2 * len(set(logged))
-    pids = {f.name.split("-")[1] for f in log_files(config, "live")}
+    pids = {Path(f).name.split("-")[1] for f in log_files(config, "live")}
     assert 1 <= len(pids) <= 2  # each worker writes files named with its own pid
     assert (
         timedelta(0) <= datetime.now(UTC) - table["request_time"][0].as_py() < timedelta(minutes=5)

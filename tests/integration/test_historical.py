@@ -194,7 +194,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Itera
         server_port=0,
         metrics_port=0,
     )
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     write_histories(config)
     server = ServerThread(config).start()
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -208,7 +208,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Itera
 
 def expected(config: RepoConfig, rows: pa.Table, *, full: bool = False) -> pa.Table:
     """The same join run in process (itself checked against the brute-force reference)."""
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     assert registry is not None
     plan = resolve_feature_service(registry, "model", full_feature_names=full)
     join = point_in_time_join(

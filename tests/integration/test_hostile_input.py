@@ -617,7 +617,7 @@ def test_a_killed_materialization_leaves_nothing_after_the_rerun(
 
     config = make_config(tmp_path / "repo", redis_url)
     write_source(config, driver_rows(n_drivers=50, n_times=24 * 20))
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     script = (
         "import sys, time; from skewless.materialization import pipeline as p\n"
         "from skewless.offline import offline_store as o\n"

@@ -200,7 +200,7 @@ def _config(tmp_path: Path, url: str, cluster: bool) -> RepoConfig:
 @pytest.fixture
 def served(tmp_path: Path, online_store: OnlineStore) -> Iterator[Served]:
     config = _config(tmp_path, online_store.url, online_store.cluster)
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     server = ServerThread(config).start()
     client = Client(f"127.0.0.1:{server.port}", timeout=5.0)
     yield Served(client=client, store=online_store, config=config, server=server)
@@ -487,7 +487,7 @@ def test_redis_down_unavailable_within_deadline_then_recovers(
         url=fresh_redis.url, cluster=False, client=redis.Redis.from_url(fresh_redis.url)
     )
     config = _config(tmp_path, fresh_redis.url, False)
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     server = ServerThread(config).start()
     try:
         with Client(f"127.0.0.1:{server.port}") as client:
@@ -524,7 +524,7 @@ def test_hung_redis_answers_unavailable_before_deadline(
     tmp_path: Path, fresh_redis: EmbeddedRedis
 ) -> None:
     config = _config(tmp_path, fresh_redis.url, False)
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     server = ServerThread(config).start()
     assert fresh_redis.process is not None
     try:
@@ -632,7 +632,7 @@ def _two_free_ports() -> int:
 @single_redis_only
 def test_two_workers_share_one_port(tmp_path: Path, online_store: OnlineStore) -> None:
     config = _config(tmp_path, online_store.url, False)
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     port, metrics = free_port(), _two_free_ports()
     args = {
         "root": str(tmp_path),

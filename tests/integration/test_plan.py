@@ -94,7 +94,7 @@ def test_a_breaking_type_change_never_serves_old_values_as_the_new_type(repo: Pa
         assert refused.returncode == 2
         assert "1 breaking change(s); nothing was applied" in refused.stderr
         assert "--allow-breaking" in refused.stderr
-        assert RegistryStore(config.registry_path).require().version == 1
+        assert RegistryStore(config.storage).require().version == 1
         assert lookup(client)[1] == ["PRESENT", "PRESENT"]  # still the old definition
 
         applied = ok("apply", "--allow-breaking", cwd=repo)

@@ -56,13 +56,13 @@ def rows(ids: list[int], hours: list[float], rate: list[float | None] | None = N
 @pytest.fixture
 def config(tmp_path: Path, redis_url: str) -> RepoConfig:
     config = make_config(tmp_path / "repo", redis_url, project="push")
-    RegistryStore(config.registry_path).save(make_registry(push=True))
+    RegistryStore(config.storage).save(make_registry(push=True))
     return config
 
 
 @pytest.fixture
 def ctx(config: RepoConfig):
-    holder = RegistryHolder(RegistryStore(config.registry_path))
+    holder = RegistryHolder(RegistryStore(config.storage))
     holder.reload()
     return ServerContext(
         config=config, registry=holder, redis=aioredis.Redis.from_url(config.redis_url)
@@ -193,7 +193,7 @@ def test_bad_rows_are_refused_and_nothing_is_written(
 
 
 def test_unknown_targets_and_garbage(config: RepoConfig) -> None:
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     with pytest.raises(NotFoundError, match="push source"):
         prepare_push(registry, rows([1], [1]), push_source="nope")
     with pytest.raises(NotFoundError, match="feature view"):
@@ -205,7 +205,7 @@ def test_unknown_targets_and_garbage(config: RepoConfig) -> None:
 
 
 def test_naive_timestamps_are_utc_and_nulls_allowed_in_features(config: RepoConfig) -> None:
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     table = rows([1, 2], [1, 2], rate=[None, 2.0]).set_column(
         1, "ts", pa.array([(T0 + timedelta(hours=1)).replace(tzinfo=None)] * 2, pa.timestamp("ms"))
     )
@@ -234,7 +234,7 @@ def test_concurrent_pushes_keep_the_newest(ctx: ServerContext, config: RepoConfi
         await ctx.redis.aclose()
         return results
 
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     plan_rows = [
         prepare_push(registry, rows([1, 2, 3], [h, h, h]), feature_view="driver_live")
         for h in hours[30:]
@@ -268,7 +268,7 @@ def test_concurrent_pushes_keep_the_newest(ctx: ServerContext, config: RepoConfi
 
 def test_created_time_breaks_event_time_ties(config: RepoConfig) -> None:
     writer = OnlineWriter.from_url(config.redis_url)
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
 
     def write(rate: float, created_seconds: int | None) -> int:
         table = rows([9], [1], rate=[rate])
@@ -320,7 +320,7 @@ def test_materialize_and_push_on_redis_cluster(tmp_path: Path, cluster_url: str)
     )
     write_source(config, driver_rows(n_drivers=300, n_times=4))
     registry = make_registry(push=True)
-    RegistryStore(config.registry_path).save(registry)
+    RegistryStore(config.storage).save(registry)
     result = materialize(config, registry, T0, T0 + timedelta(hours=4), views=["driver_stats"])
     assert result.views[0].online_rows_written == 300
     client = RedisCluster.from_url(cluster_url)
@@ -332,7 +332,7 @@ def test_materialize_and_push_on_redis_cluster(tmp_path: Path, cluster_url: str)
         assert stored_rates == {d: float(d * 1000 + 3) for d in range(300)}
         assert len({client.keyslot(f"push:driver_stats:{{{d}}}") for d in range(300)}) > 100
 
-        holder = RegistryHolder(RegistryStore(config.registry_path))
+        holder = RegistryHolder(RegistryStore(config.storage))
         holder.reload()
 
         async def go():
@@ -415,7 +415,7 @@ def test_push_over_grpc_with_rich_errors(config: RepoConfig) -> None:
 
 
 def test_writer_recovers_when_the_script_cache_is_flushed(config: RepoConfig) -> None:
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     writer = OnlineWriter.from_url(config.redis_url)
 
     def write(hour: int) -> int:

@@ -106,7 +106,7 @@ def secure_redis(tmp_path: Path) -> Iterator[SecureRedis]:
 def _repo(tmp_path: Path, url: str, tls: RedisTLS | None) -> RepoConfig:
     config = replace(make_config(tmp_path / "repo", url), redis_tls=tls, metrics_port=0)
     write_source(config, driver_rows())
-    RegistryStore(config.registry_path).save(make_registry(push=True))
+    RegistryStore(config.storage).save(make_registry(push=True))
     return config
 
 

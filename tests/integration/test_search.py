@@ -56,7 +56,7 @@ def test_cli_and_rpc_find_the_same_features(
 ) -> None:
     repo = write_repo(tmp_path / "repo", project="search", redis_url=redis_url)
     config = load_repo_config(repo)
-    RegistryStore(config.registry_path).save(_registry())
+    RegistryStore(config.storage).save(_registry())
     server = ServerThread(dataclasses.replace(config, server_port=0)).start()
     try:
         with Client(f"127.0.0.1:{server.port}") as client:

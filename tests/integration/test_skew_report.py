@@ -329,7 +329,7 @@ def _ctx_of(client: Client, config: RepoConfig):
     from skewless.server.context import ServerContext
     from skewless.server.registry_holder import RegistryHolder
 
-    holder = RegistryHolder(RegistryStore(config.registry_path))
+    holder = RegistryHolder(RegistryStore(config.storage))
     holder.reload()
     return ServerContext(config=config, registry=holder, redis=None)  # type: ignore[arg-type]
 

@@ -36,7 +36,7 @@ class Store:
 def store(tmp_path: Path, redis_url: str) -> Iterator[Store]:
     config = make_config(tmp_path / "repo", redis_url)
     write_source(config, driver_rows())
-    RegistryStore(config.registry_path).save(make_registry())
+    RegistryStore(config.storage).save(make_registry())
     server = ServerThread(config, run_schedules=False).start()
     client = Client(f"127.0.0.1:{server.port}", timeout=60.0)
     try:

@@ -133,3 +133,58 @@ def test_feature_log_settings(tmp_path: Path) -> None:
 def test_feature_log_settings_are_checked(tmp_path: Path, value: str) -> None:
     with pytest.raises(DefinitionError, match=r"server\.feature_log"):
         load_repo_config(_repo(tmp_path, f"server:\n  feature_log: {value}\n"))
+
+
+def test_an_s3_data_dir_takes_the_object_store_from_config_then_aws_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    repo = _repo(
+        tmp_path,
+        "data_dir: s3://features/team/rides/\nobject_store:\n"
+        "  endpoint_url: http://127.0.0.1:8333\n  region: us-east-1\n",
+    )
+    config = load_repo_config(repo)
+    assert config.data_url == "s3://features/team/rides"
+    assert config.data_dir == tmp_path.resolve() / ".skewless"  # the local parts only
+    assert config.object_store is not None
+    assert config.object_store.region == "us-east-1"  # the file wins
+    assert config.object_store.access_key_id == "from-env"
+    assert "env-secret" not in repr(config.object_store)
+    assert config.storage.uri("offline/v") == "s3://features/team/rides/offline/v"
+    assert config.redacted("at features/team/rides/offline/v/x.parquet") == (
+        "at <data_dir>/offline/v/x.parquet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("data_dir: s3://UPPER/x\n", "bucket"),
+        ("data_dir: s3://bucket/../x\n", "prefix"),
+        ("object_store: {region: x}\n", "not an s3://"),
+        ("data_dir: s3://bucket/x\nobject_store: {endpoint: x}\n", "unknown setting"),
+        ("data_dir: s3://bucket/x\nobject_store: {endpoint_url: ftp://h}\n", "http"),
+        (
+            "data_dir: s3://bucket/x\nobject_store: {endpoint_url: 'http://10.0.0.5:9000'}\n",
+            "https",
+        ),
+        ("data_dir: s3://bucket/x\nobject_store: {allow_http: 'yes'}\n", "bool"),
+    ],
+)
+def test_bad_object_store_settings_are_refused(tmp_path: Path, setting: str, problem: str) -> None:
+    with pytest.raises(DefinitionError, match=problem) as caught:
+        load_repo_config(_repo(tmp_path, setting))
+    assert caught.value.reason == "INVALID_CONFIG"
+
+
+def test_plain_http_elsewhere_needs_allow_http(tmp_path: Path) -> None:
+    setting = "data_dir: s3://bucket/x\nobject_store:\n  endpoint_url: http://10.0.0.5:9000\n"
+    config = load_repo_config(_repo(tmp_path, setting + "  allow_http: true\n"))
+    assert config.object_store is not None and config.object_store.http
+    assert config.storage.storage_options is not None
+    assert config.storage.storage_options["AWS_ALLOW_HTTP"] == "true"
+    assert config.storage.storage_options["conditional_put"] == "etag"

@@ -13,6 +13,13 @@ import yaml
 from skewless.core.auth_config import AuthConfig, parse_auth_section
 from skewless.core.errors import DefinitionError
 from skewless.core.names import IDENTIFIER_RULE, is_identifier
+from skewless.core.storage import (
+    DataStorage,
+    ObjectStoreSettings,
+    is_object_store_url,
+    open_storage,
+    parse_s3_url,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -100,7 +107,12 @@ class RepoConfig:
         root: Absolute path of the repository folder.
         project: Project name; namespaces registry, offline and online data.
         data_dir: Absolute path holding the registry, the offline store and the
-            embedded Redis data.
+            embedded Redis data; with `data_url` set, only the local parts (spill
+            files, the embedded Redis).
+        data_url: `s3://bucket/prefix` when the data dir is on object storage (the
+            registry, offline store, job records, watermarks and feature logs live
+            there); None: everything is under `data_dir`.
+        object_store: How to reach `data_url` (endpoint, region, credentials).
         redis_url: URL of an existing Redis; None makes `skewless serve` start its own.
         redis_port: Port for the embedded Redis; 0 picks a free one.
         redis_cluster: Whether `redis_url` points at a Redis Cluster.
@@ -126,12 +138,16 @@ class RepoConfig:
         auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
-    `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
+    `state_dir(view)`, `spill_dir` and `embedded_redis_dir` (local paths), and
+    `storage`, through which every part that may live on object storage is read and
+    written (keys relative to the data dir: `registry.pb`, `offline/...`, `jobs/...`).
     """
 
     root: Path
     project: str
     data_dir: Path
+    data_url: str | None = None
+    object_store: ObjectStoreSettings | None = None
     redis_url: str | None = None
     redis_port: int = 0
     redis_cluster: bool = False
@@ -151,6 +167,16 @@ class RepoConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
+    def storage(self) -> DataStorage:
+        """The data dir's storage: the local folder, or the object store at `data_url`."""
+        return open_storage(self.data_dir, self.data_url, self.object_store)
+
+    @property
+    def data_location(self) -> str:
+        """The data dir as shown to people: its folder, or `s3://bucket/prefix`."""
+        return self.data_url or str(self.data_dir)
+
+    @property
     def entity_roots(self) -> tuple[Path, ...]:
         """Folders entity-row sources may read: the configured ones, else the repository."""
         return self.entity_source_roots or (self.root,)
@@ -161,9 +187,12 @@ class RepoConfig:
         Paths under the repository become relative to it, paths under the data dir
         start with `<data_dir>`, and any other absolute path becomes `<path>`.
         """
-        known = {str(self.root): "", str(self.data_dir): "<data_dir>/"}
+        known = {str(self.root) + os.sep: "", str(self.data_dir) + os.sep: "<data_dir>/"}
+        if self.data_url is not None:
+            known[self.data_url + "/"] = "<data_dir>/"
+            known[self.data_url.removeprefix("s3://") + "/"] = "<data_dir>/"
         for prefix in sorted(known, key=len, reverse=True):
-            text = text.replace(prefix + os.sep, known[prefix])
+            text = text.replace(prefix, known[prefix])
         return _ABSOLUTE_PATH.sub("<path>", text)
 
     @property
@@ -357,6 +386,67 @@ def _feature_log(server: dict[str, Any], path: Path) -> tuple[float, int]:
     return float(flush), queue
 
 
+_OBJECT_STORE_KEYS = (
+    "endpoint_url",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "allow_http",
+)
+
+
+def _object_store(
+    raw: dict[str, Any], path: Path, data_url: str | None
+) -> ObjectStoreSettings | None:
+    """`object_store: {endpoint_url, region, ...}` over the AWS_* environment variables."""
+    section = _section(raw, "object_store", path)
+    unknown = set(section) - set(_OBJECT_STORE_KEYS)
+    if unknown:
+        raise DefinitionError(
+            f"{path}: unknown setting(s) in object_store: {', '.join(sorted(map(str, unknown)))} "
+            f"(expected {', '.join(_OBJECT_STORE_KEYS)})",
+            reason="INVALID_CONFIG",
+        )
+    if data_url is None:
+        if section:
+            raise DefinitionError(
+                f"{path}: object_store is set but data_dir is not an s3://bucket/prefix URL",
+                reason="INVALID_CONFIG",
+            )
+        return None
+    for key, value in section.items():
+        wanted = bool if key == "allow_http" else str
+        if value is not None and not isinstance(value, wanted):
+            raise DefinitionError(
+                f"{path}: object_store.{key} must be a {wanted.__name__}",
+                reason="INVALID_CONFIG",
+            )
+    env = ObjectStoreSettings.from_env()
+    settings = ObjectStoreSettings(
+        endpoint_url=section.get("endpoint_url") or env.endpoint_url,
+        region=section.get("region") or env.region,
+        access_key_id=section.get("access_key_id") or env.access_key_id,
+        secret_access_key=section.get("secret_access_key") or env.secret_access_key,
+        session_token=section.get("session_token") or env.session_token,
+        allow_http=bool(section.get("allow_http", env.allow_http)),
+    )
+    if settings.endpoint_url is not None and not settings.endpoint_url.startswith(
+        ("http://", "https://")
+    ):
+        raise DefinitionError(
+            f"{path}: object_store.endpoint_url must be an http:// or https:// URL",
+            reason="INVALID_CONFIG",
+        )
+    if settings.http and not (settings.allow_http or settings.loopback):
+        raise DefinitionError(
+            f"{path}: object_store.endpoint_url is plain http on another machine: use "
+            "https, or set object_store.allow_http: true (or AWS_ALLOW_HTTP=true)",
+            reason="INVALID_CONFIG",
+        )
+    return settings
+
+
 def load_repo_config(repo: str | Path) -> RepoConfig:
     """Reads `skewless.yaml` from a repository folder.
 
@@ -389,7 +479,9 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         raise DefinitionError(
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
-    unknown = set(raw) - {"project", "data_dir", "online_store", "server", "auth", "ui"}
+    unknown = set(raw) - {
+        "project", "data_dir", "object_store", "online_store", "server", "auth", "ui"
+    }
     if unknown:
         raise DefinitionError(
             f"{path}: unknown setting(s): {', '.join(sorted(unknown))}", reason="INVALID_CONFIG"
@@ -401,9 +493,27 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             reason="INVALID_CONFIG",
         )
     root = path.parent
-    data_dir = Path(raw.get("data_dir") or ".skewless")
-    if not data_dir.is_absolute():
-        data_dir = root / data_dir
+    data_setting = raw.get("data_dir") or ".skewless"
+    if not isinstance(data_setting, str):
+        raise DefinitionError(
+            f"{path}: 'data_dir' must be a folder or an s3://bucket/prefix URL, "
+            f"got {data_setting!r:.80}",
+            reason="INVALID_CONFIG",
+        )
+    data_url: str | None = None
+    if is_object_store_url(data_setting):
+        try:
+            data_url = parse_s3_url(data_setting).url
+        except ValueError as exc:
+            raise DefinitionError(
+                f"{path}: data_dir {data_setting!r:.80}: {exc}", reason="INVALID_CONFIG"
+            ) from None
+        data_dir = root / ".skewless"  # the local parts: spill files, the embedded Redis
+    else:
+        data_dir = Path(data_setting)
+        if not data_dir.is_absolute():
+            data_dir = root / data_dir
+    object_store = _object_store(raw, path, data_url)
     online = _section(raw, "online_store", path)
     server = _section(raw, "server", path)
     redis_url = online.get("redis_url")
@@ -440,6 +550,8 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         root=root,
         project=project,
         data_dir=data_dir.resolve(),
+        data_url=data_url,
+        object_store=object_store,
         redis_url=redis_url,
         redis_port=_port(online.get("port", 0), "online_store.port", path),
         redis_cluster=bool(online.get("cluster", False)),

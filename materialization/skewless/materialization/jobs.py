@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from skewless.core.config import RepoConfig
@@ -127,6 +127,8 @@ class JobRecord:
         update_time: When it last changed.
         pid: The process running it.
         trigger: Who started it (`cli`, `api`, `schedule`).
+        host: The machine running it (a data dir on object storage is shared by
+            several); a dead process is only detected on its own machine.
 
     """
 
@@ -144,6 +146,7 @@ class JobRecord:
     update_time: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     pid: int = dataclasses.field(default_factory=os.getpid)
     trigger: Trigger = Trigger.API
+    host: str = dataclasses.field(default_factory=socket.gethostname)
 
     @property
     def finished(self) -> bool:
@@ -184,12 +187,18 @@ class JobRecord:
         )
 
 
+#: The folder (key prefix) of job records in the data dir.
+JOBS_DIR = "jobs"
+
 _JOB_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
 
 
 def is_job_id(text: str) -> bool:
     """Whether `text` has the form of a job ID (`<UTC creation time>-<8 hex digits>`)."""
     return isinstance(text, str) and _JOB_ID.fullmatch(text) is not None
+
+
+_HOST = socket.gethostname()
 
 
 def _alive(pid: int) -> bool:
@@ -206,11 +215,11 @@ class JobStore:
     """The job records of one project."""
 
     def __init__(self, config: RepoConfig) -> None:
-        """Binds the store to `<data_dir>/jobs`."""
-        self.root = config.jobs_dir
+        """Binds the store to `<data_dir>/jobs` (a folder, or a prefix on object storage)."""
+        self.storage = config.storage
         self._lock = threading.Lock()
 
-    def _path(self, job_id: str) -> Path:
+    def _path(self, job_id: str) -> str:
         if not is_job_id(job_id):
             raise InvalidArgumentError(
                 f"{quoted(job_id, 64)} is not a job ID: job IDs look like "
@@ -219,14 +228,11 @@ class JobStore:
                 reason="INVALID_JOB_ID",
                 metadata={"job_id": job_id},
             )
-        return self.root / f"{job_id}.json"
+        return f"{JOBS_DIR}/{job_id}.json"
 
     def _save(self, record: JobRecord) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(record.job_id)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_text(json.dumps(record.to_json()))
-        os.replace(tmp, path)
+        # One writer per record (the job's process): an atomic replace is enough.
+        self.storage.write_bytes(self._path(record.job_id), json.dumps(record.to_json()).encode())
 
     def create(
         self,
@@ -262,18 +268,17 @@ class JobStore:
             return record
 
     def _read(self, job_id: str) -> JobRecord:
-        try:
-            data = json.loads(self._path(job_id).read_text())
-        except FileNotFoundError:
+        raw = self.storage.read_bytes(self._path(job_id))
+        if raw is None:
             raise NotFoundError(
                 f"no materialization job {job_id}; list jobs to see the known IDs",
                 reason="JOB_NOT_FOUND",
                 metadata={"job_id": job_id},
-            ) from None
-        return JobRecord.from_json(data)
+            )
+        return JobRecord.from_json(json.loads(raw))
 
     def _reported(self, record: JobRecord) -> JobRecord:
-        if not record.finished and not _alive(record.pid):
+        if not record.finished and record.host in ("", _HOST) and not _alive(record.pid):
             return dataclasses.replace(
                 record,
                 state=JobState.FAILED,
@@ -300,12 +305,15 @@ class JobStore:
 
     def list(self, feature_view: str = "") -> list[JobRecord]:
         """Returns all jobs (optionally only those including a view), newest first."""
-        if not self.root.is_dir():
-            return []
         records = []
-        for path in sorted(self.root.glob("*.json"), reverse=True):
+        for stored in reversed(self.storage.list_files(JOBS_DIR)):
+            if not stored.key.endswith(".json") or not is_job_id(stored.key[5:-5]):
+                continue
             try:
-                record = JobRecord.from_json(json.loads(path.read_text()))
+                raw = self.storage.read_bytes(stored.key)
+                if raw is None:
+                    continue
+                record = JobRecord.from_json(json.loads(raw))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if feature_view and feature_view not in record.feature_views:
@@ -354,6 +362,7 @@ def start_job(
     window_end: datetime,
     incremental: bool,
     trigger: Trigger,
+    locks: ViewLocks | None = None,
 ) -> StartedJob:
     """Checks the views, takes their locks and records a PENDING job (the one way to start).
 
@@ -365,6 +374,7 @@ def start_job(
         window_end: The window's end (exclusive).
         incremental: Continue each view from its watermark.
         trigger: Who starts it (`cli`, `api`, `schedule`).
+        locks: The views' locks when the caller took them already (released on error).
 
     Raises:
         NotFoundError: An unknown view (nothing is locked or recorded).
@@ -372,9 +382,15 @@ def start_job(
 
     """
     names = list(dict.fromkeys(views)) or materializable_views(registry)
-    for name in names:
-        resolve_view(registry, name)
-    locks = ViewLocks(config, names)
+    try:
+        for name in names:
+            resolve_view(registry, name)
+    except BaseException:
+        if locks is not None:
+            locks.release()
+        raise
+    if locks is None:
+        locks = ViewLocks(config, names)
     try:
         record = JobStore(config).create(
             names,

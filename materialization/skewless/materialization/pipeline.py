@@ -20,7 +20,8 @@ history (nothing is committed before both halves are done) and at worst
 newer-but-identical online values; re-running the window converges to the state of one
 clean run. Two jobs never materialize the same view at once: each view has a lock file
 under `<data_dir>/materialization/<view>/` held with `flock`, which the kernel releases
-when the holder dies.
+when the holder dies (on object storage: a lease in the shared Redis, checked again
+right before the commit; `skewless.materialization.lease`).
 """
 
 from __future__ import annotations
@@ -341,6 +342,7 @@ def _materialize_view(
     end: datetime,
     writer: OnlineWriter | None,
     report: Callable[[Phase, int, int], None],
+    fence: Callable[[str], None] | None = None,
 ) -> ViewResult:
     if not plan.view.offline:
         return _materialize_online_only(config, registry, plan, start, end, writer, report)
@@ -390,6 +392,8 @@ def _materialize_view(
             if latest is not None:
                 latest.close()  # after the pool has waited for the online half
     try:
+        if fence is not None:
+            fence(plan.name)  # still the view's lock holder (a lease may have expired)
         commit_window(config, plan.storage_name, start, end, staged)
     finally:
         discard(staged)
@@ -431,7 +435,9 @@ def _run(
             if end <= start:
                 result = ViewResult(plan.name, start, end, 0, 0, 0)
             else:
-                result = _materialize_view(config, registry, plan, start, end, writer, report)
+                result = _materialize_view(
+                    config, registry, plan, start, end, writer, report, fence=held.check
+                )
             results.append(result)
             report(Phase.DONE, result.rows_read, result.rows_read)
         return MaterializeResult(views=tuple(results))

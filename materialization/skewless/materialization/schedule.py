@@ -5,8 +5,10 @@ A view with schedule P is due when its watermark is behind the latest multiple o
 incrementally from its watermark to that boundary, so one run covers every period
 missed while the server was down (catch-up). A failed run is retried after a backoff
 that doubles from `base_backoff` up to `max_backoff`; its error is in the job record
-(trigger `schedule`). A view whose lock is held (a CLI or API job is running) is tried
-again at the next tick. Views run one at a time, in worker threads.
+(trigger `schedule`). A view whose lock is held (a CLI or API job is running, or another
+server sharing an object-store data dir runs it) is tried again at the next tick; the
+watermark is read again once the lock is held, so a period another server already ran is
+not run twice. Views run one at a time, in worker threads.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from skewless.core.errors import FailedPreconditionError
 from skewless.core.names import storage_name
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
 from skewless.materialization.pipeline import EPOCH, materializable_views
-from skewless.materialization.view_state import read_watermark
+from skewless.materialization.view_state import ViewLocks, read_watermark
 from skewless.v1 import registry_pb2
 
 __all__ = ["RegistrySource", "Scheduler", "due_boundary", "run_scheduler"]
@@ -100,21 +102,34 @@ class Scheduler:
         """Runs one view's incremental materialization to `end` (blocking).
 
         Returns:
-            The finished job, or None when another job holds the view's lock.
+            The finished job, or None when another job holds the view's lock, or ran
+            this period already (another server sharing the data dir).
 
         """
         try:
-            started = start_job(
-                self.config,
-                registry,
-                [view],
-                window_start=_watermark(self.config, registry, view) or EPOCH,
-                window_end=end,
-                incremental=True,
-                trigger=Trigger.SCHEDULE,
-            )
-        except FailedPreconditionError:  # a CLI or API job holds the view
+            locks = ViewLocks(self.config, [view])
+        except FailedPreconditionError:  # a CLI, API or other server's job holds the view
             return None
+        try:
+            # Read again under the lock: another server may have run this period while
+            # this one read the watermark (the lock makes the check and the run one step).
+            watermark = _watermark(self.config, registry, view)
+        except BaseException:
+            locks.release()
+            raise
+        if watermark is not None and watermark >= end:
+            locks.release()
+            return None
+        started = start_job(
+            self.config,
+            registry,
+            [view],
+            window_start=watermark or EPOCH,
+            window_end=end,
+            incremental=True,
+            trigger=Trigger.SCHEDULE,
+            locks=locks,
+        )
         result = run_job(
             self.config, registry, JobStore(self.config), started.record, locks=started.locks
         )
@@ -137,7 +152,7 @@ class Scheduler:
     async def tick(self, registry: registry_pb2.Registry, now: datetime) -> list[JobRecord]:
         """Runs every due view once, one after another; returns the finished jobs."""
         finished = []
-        for view, end in self.due(registry, now):
+        for view, end in await asyncio.to_thread(self.due, registry, now):
             record = await asyncio.to_thread(self.run_view, registry, view, end, now)
             if record is not None:
                 finished.append(record)

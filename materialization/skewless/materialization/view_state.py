@@ -1,9 +1,12 @@
 """A view's materialization state: its job lock and its watermark.
 
-Both live in the view's state folder (`RepoConfig.state_dir(view)`). The lock is a file
-held with `flock` (the kernel releases it when the holder dies), so two jobs never
-materialize one view at once. The watermark is the end of the view's last contiguous
-materialized range, replaced atomically.
+In a local data dir both live in the view's state folder (`RepoConfig.state_dir(view)`):
+the lock is a file held with `flock` (the kernel releases it when the holder dies), so
+two jobs never materialize one view at once. On object storage the lock is a lease in
+the shared Redis (`skewless.materialization.lease`), since servers sharing the data dir
+share no kernel. The watermark is the end of the view's last contiguous materialized
+range, `materialization/<view>/watermark.json` in the data dir, replaced atomically
+(written only by the holder of the view's lock).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
@@ -20,13 +22,18 @@ from typing import IO
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError
 from skewless.core.names import storage_name
+from skewless.materialization.lease import LeaseSet
 from skewless.offline.offline_store import history_files
 
 __all__ = ["ViewLocks", "advance_watermark", "has_stored_values", "read_watermark"]
 
 
 class ViewLocks:
-    """Exclusive per-view job locks (`flock`), released on `release` or process death."""
+    """Exclusive per-view job locks, released on `release` or process death.
+
+    `flock` files in a local data dir; leases in the shared Redis when the data dir is
+    on object storage.
+    """
 
     def __init__(self, config: RepoConfig, views: Sequence[str]) -> None:
         """Acquires every view's lock without waiting, in name order.
@@ -37,6 +44,10 @@ class ViewLocks:
         """
         self.views = tuple(sorted(set(views)))
         self._handles: list[IO[str]] = []
+        self._leases: LeaseSet | None = None
+        if not config.storage.is_local:
+            self._leases = LeaseSet(config, self.views)
+            return
         try:
             for view in self.views:
                 folder = config.state_dir(view)
@@ -57,8 +68,20 @@ class ViewLocks:
             self.release()
             raise
 
+    def check(self, view: str) -> None:
+        """Raises unless this job still holds the view's lock (a lease can expire).
+
+        Raises:
+            FailedPreconditionError: `MATERIALIZATION_LEASE_LOST`.
+
+        """
+        if self._leases is not None:
+            self._leases.check(view)
+
     def release(self) -> None:
         """Releases every lock held."""
+        if self._leases is not None:
+            self._leases.release()
         for handle in self._handles:
             with contextlib.suppress(OSError):
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -77,24 +100,21 @@ class ViewLocks:
         self.release()
 
 
+def _watermark_key(view: str) -> str:
+    return f"materialization/{view}/watermark.json"
+
+
 def read_watermark(config: RepoConfig, view: str) -> datetime | None:
     """Returns the end of the view's last contiguous materialized range, if any."""
-    try:
-        raw = json.loads((config.state_dir(view) / "watermark.json").read_text())
-    except FileNotFoundError:
+    data = config.storage.read_bytes(_watermark_key(view))
+    if data is None:
         return None
-    return datetime.fromisoformat(raw["watermark"])
+    return datetime.fromisoformat(json.loads(data)["watermark"])
 
 
 def _write_watermark(config: RepoConfig, view: str, value: datetime) -> None:
-    folder = config.state_dir(view)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "watermark.json.tmp"
-    with tmp.open("w") as handle:
-        json.dump({"watermark": value.isoformat()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / "watermark.json")
+    payload = json.dumps({"watermark": value.isoformat()}).encode()
+    config.storage.write_bytes(_watermark_key(view), payload)
 
 
 def advance_watermark(config: RepoConfig, view: str, start: datetime, end: datetime) -> None:

@@ -20,24 +20,25 @@ pruning reads back. Other engines see a plain partitioned Delta table.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import FailedPreconditionError, NotFoundError
+from skewless.core.errors import FailedPreconditionError, NotFoundError, SkewlessError
 from skewless.core.names import EVENT_DATE, EVENT_TIMESTAMP, view_of_storage
+from skewless.core.storage import DataStorage, object_store_error
 
 __all__ = [
     "EVENT_DATE",
@@ -48,15 +49,20 @@ __all__ = [
     "HistoryFile",
     "Plan",
     "Snapshot",
+    "TableLocation",
     "check_layout",
     "commit_actions",
     "file_add",
     "file_remove",
     "origin_of",
     "read_snapshot",
+    "storage_errors",
+    "table_location",
     "table_uri",
 ]
 
+#: The offline store's folder (key prefix) in the data dir.
+OFFLINE_DIR = "offline"
 #: The file in `<data_dir>/offline/` naming the store's layout.
 LAYOUT_FILE = "_layout.json"
 #: 1 was day-partitioned Parquet committed by `_manifest.json`; 2 is one Delta table a view.
@@ -75,6 +81,68 @@ _WINDOW_APP = "skewless-window"
 _ATTEMPTS = 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class TableLocation:
+    """Where one view's Delta table lives: a data dir's storage and the table's key.
+
+    Attributes:
+        storage: The data dir (a local folder or an object-store prefix).
+        key: The table folder's key in it (`offline/<storage name>`).
+
+    """
+
+    storage: DataStorage
+
+    key: str
+
+    def path(self, rel: str = "") -> str:
+        """The `filesystem` path of a file of the table (relative path `rel`)."""
+        return self.storage.fs_path(f"{self.key}/{rel}" if rel else self.key)
+
+    @property
+    def uri(self) -> str:
+        """The table's URI for `deltalake`."""
+        return self.storage.uri(self.key)
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem `path` is a path of."""
+        return self.storage.filesystem
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the table is in a local folder (DuckDB reads its files directly)."""
+        return self.storage.is_local
+
+    def open(self, version: int | None = None) -> DeltaTable:
+        """The table (at a version), with the storage's options."""
+        return DeltaTable(self.uri, version=version, storage_options=self.storage.storage_options)
+
+
+def table_location(config: RepoConfig, view: str) -> TableLocation:
+    """The location of a view's table (`view` is its storage name)."""
+    return TableLocation(config.storage, f"{OFFLINE_DIR}/{view}")
+
+
+@contextlib.contextmanager
+def storage_errors(location: TableLocation | DataStorage) -> Iterator[None]:
+    """On object storage, turns a `deltalake` or pyarrow I/O failure into its status.
+
+    (Locally such failures are bugs or full disks and propagate as they are.)
+    """
+    storage = location.storage if isinstance(location, TableLocation) else location
+    if storage.is_local:
+        yield
+        return
+    try:
+        yield
+    except (SkewlessError, TableNotFoundError, CommitFailedError, FileNotFoundError):
+        raise
+    except (DeltaError, OSError) as exc:
+        bucket = storage.url.removeprefix("s3://").split("/", 1)[0]
+        raise object_store_error(exc, bucket) from None
 
 
 @dataclass(frozen=True)
@@ -106,13 +174,13 @@ class Snapshot:
     Attributes:
         version: The Delta table version.
         files: Its files, sorted by path.
-        root: The table folder.
+        root: The table's location.
 
     """
 
     version: int
     files: tuple[HistoryFile, ...]
-    root: Path
+    root: TableLocation
 
 
 #: Derives a commit's (adds, removes) from the snapshot it is based on.
@@ -124,9 +192,9 @@ def origin_of(path: str) -> str:
     return ORIGIN_PUSH if path.endswith(PUSH_SUFFIX) else ORIGIN_WINDOW
 
 
-def table_uri(root: Path) -> str:
-    """The deltalake URI of a table folder."""
-    return str(root)
+def table_uri(root: TableLocation) -> str:
+    """The deltalake URI of a table."""
+    return root.uri
 
 
 def _us_text(micros: int) -> str:
@@ -143,7 +211,7 @@ def day_text(micros: int) -> str:
     return (_EPOCH_DAY + timedelta(days=micros // 86_400_000_000)).isoformat()
 
 
-def file_add(root: Path, file: HistoryFile) -> AddAction:
+def file_add(root: TableLocation, file: HistoryFile) -> AddAction:
     """The add action of a written file (its day partition and event-time statistics)."""
     stats = {
         "numRecords": file.rows,
@@ -151,7 +219,7 @@ def file_add(root: Path, file: HistoryFile) -> AddAction:
         "maxValues": {EVENT_TIMESTAMP: _us_text(file.max_event_us)},
         "nullCount": {EVENT_TIMESTAMP: 0},
     }
-    size = file.size or (root / file.path).stat().st_size
+    size = file.size or int(root.filesystem.get_file_info(root.path(file.path)).size or 0)
     return AddAction(
         path=file.path,
         size=size,
@@ -175,7 +243,7 @@ def file_remove(file: HistoryFile) -> RemoveAction:
 
 # --- the layout mark ---------------------------------------------------------------------
 
-_checked: set[Path] = set()
+_checked: set[str] = set()
 _checked_lock = threading.Lock()
 
 
@@ -188,27 +256,29 @@ def check_layout(config: RepoConfig, *, create: bool = False) -> None:
             re-materialization into an emptied offline folder rebuilds.
 
     """
-    root = config.offline_dir
+    storage = config.storage
+    marker = storage.uri(OFFLINE_DIR)
     with _checked_lock:
-        if root in _checked:
+        if marker in _checked:
             return
-    mark = root / LAYOUT_FILE
+    mark = f"{OFFLINE_DIR}/{LAYOUT_FILE}"
+    raw = storage.read_bytes(mark)
+    version: int | None
     try:
-        version = int(json.loads(mark.read_text())["layout"])
-    except FileNotFoundError:
-        version = None
+        version = None if raw is None else int(json.loads(raw)["layout"])
     except (ValueError, KeyError, TypeError):
         version = -1
     if version is None:
         outdated = outdated_views(config)
         if outdated:
             raise _outdated(outdated)
-        if not create and not root.is_dir():
+        if not create and not (storage.is_local and config.offline_dir.is_dir()):
             return  # nothing stored yet
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"{LAYOUT_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"layout": LAYOUT_VERSION, "format": "delta"}) + "\n")
-        os.replace(tmp, mark)
+        body = (json.dumps({"layout": LAYOUT_VERSION, "format": "delta"}) + "\n").encode()
+        if storage.is_local:
+            storage.write_bytes(mark, body)
+        else:
+            storage.create(mark, body)  # several servers may mark it at once: one wins
     elif version != LAYOUT_VERSION:
         raise FailedPreconditionError(
             f"the offline store has layout version {version}, this server reads "
@@ -218,11 +288,16 @@ def check_layout(config: RepoConfig, *, create: bool = False) -> None:
             metadata={"layout": str(version)},
         )
     with _checked_lock:
-        _checked.add(root)
+        _checked.add(marker)
 
 
 def outdated_views(config: RepoConfig) -> list[str]:
-    """Views stored in the manifest layout (or as loose Parquet files), sorted."""
+    """Views stored in the manifest layout (or as loose Parquet files), sorted.
+
+    (The manifest layout never lived on object storage: there this is always empty.)
+    """
+    if not config.storage.is_local:
+        return []
     root = config.offline_dir
     if not root.is_dir():
         return []
@@ -248,7 +323,7 @@ def _outdated(views: Sequence[str]) -> FailedPreconditionError:
 def forget_layout_check(config: RepoConfig) -> None:
     """Makes the next `check_layout` look again (after a migration)."""
     with _checked_lock:
-        _checked.discard(config.offline_dir)
+        _checked.discard(config.storage.uri(OFFLINE_DIR))
 
 
 # --- snapshots ---------------------------------------------------------------------------
@@ -257,13 +332,13 @@ _tables: dict[str, DeltaTable] = {}
 _tables_lock = threading.RLock()
 
 
-def _latest(root: Path, *, refresh: bool = True) -> DeltaTable | None:
+def _latest(root: TableLocation, *, refresh: bool = True) -> DeltaTable | None:
     """The table at its latest version (cached per process, updated incrementally).
 
     With `refresh=False` a cached table is returned as last read (an append needs no
     fresh snapshot: deltalake rebases it onto newer commits).
     """
-    uri = table_uri(root)
+    uri = root.uri
     with _tables_lock:  # (re-entrant: callers may hold it)
         table = _tables.get(uri)
         if table is not None and not refresh:
@@ -274,10 +349,12 @@ def _latest(root: Path, *, refresh: bool = True) -> DeltaTable | None:
                 return table
             except (DeltaError, OSError):
                 _tables.pop(uri, None)  # the table was deleted or replaced: read it afresh
-        if not (root / _DELTA_LOG).is_dir():
+                if not root.is_local:
+                    raise  # an outage, not a replaced table: say so (`storage_errors`)
+        if root.is_local and not root.storage.local_path(f"{root.key}/{_DELTA_LOG}").is_dir():
             return None
         try:
-            table = DeltaTable(uri)
+            table = root.open()
         except TableNotFoundError:
             return None
         _tables[uri] = table
@@ -328,8 +405,19 @@ def read_snapshot(
         FailedPreconditionError: `OFFLINE_LAYOUT_OUTDATED` (see `check_layout`).
 
     """
+    root = table_location(config, view)
+    with storage_errors(root):
+        return _read_snapshot(config, root, view, version, as_of)
+
+
+def _read_snapshot(
+    config: RepoConfig,
+    root: TableLocation,
+    view: str,
+    version: int | None,
+    as_of: datetime | None,
+) -> Snapshot | None:
     check_layout(config)
-    root = config.offline_dir / view
     table = _latest(root)
     if table is None:
         if version is not None or as_of is not None:
@@ -344,9 +432,9 @@ def read_snapshot(
     if version is not None and version > latest.version:
         raise _no_version(view, version, as_of)
     try:
-        pinned = DeltaTable(table_uri(root), version=version) if version is not None else None
+        pinned = root.open(version) if version is not None else None
         if pinned is None:
-            pinned = DeltaTable(table_uri(root))
+            pinned = root.open()
             assert as_of is not None
             pinned.load_as_version(as_of.astimezone(UTC))
     except (DeltaError, OSError, ValueError) as exc:
@@ -368,18 +456,19 @@ def _no_version(table: str, version: int | None, as_of: datetime | None) -> NotF
 # --- commits -----------------------------------------------------------------------------
 
 
-def _create(root: Path, schema: pa.Schema) -> None:
+def _create(root: TableLocation, schema: pa.Schema) -> None:
     """Creates an empty table (losing a creation race to another writer is fine)."""
     try:
         DeltaTable.create(
-            table_uri(root),
+            root.uri,
             schema,
             partition_by=[EVENT_DATE],
             mode="ignore",
             configuration={"delta.checkpointInterval": "50"},
+            storage_options=root.storage.storage_options,
         )
     except DeltaError:
-        if not (root / _DELTA_LOG).is_dir():
+        if not root.storage.list_files(f"{root.key}/{_DELTA_LOG}"):
             raise
 
 
@@ -434,8 +523,22 @@ def commit_actions(
         FailedPreconditionError: `OFFLINE_COMMIT_CONFLICT` after too many conflicts.
 
     """
+    root = table_location(config, view)
+    with storage_errors(root):
+        return _commit(config, root, view, schema, plan, operation, window, needs_snapshot)
+
+
+def _commit(
+    config: RepoConfig,
+    root: TableLocation,
+    view: str,
+    schema: pa.Schema,
+    plan: Plan,
+    operation: str,
+    window: bool,
+    needs_snapshot: bool,
+) -> int:
     check_layout(config, create=True)
-    root = config.offline_dir / view
     table_schema = _table_schema(schema)
     for attempt in range(_ATTEMPTS):
         table = _latest(root, refresh=needs_snapshot or attempt > 0)
@@ -490,5 +593,7 @@ def commit_actions(
 
 def table_history(config: RepoConfig, view: str) -> list[dict[str, Any]]:
     """The table's commit history, newest first (empty without a table)."""
-    table = _latest(config.offline_dir / view)
-    return [] if table is None else table.history()
+    root = table_location(config, view)
+    with storage_errors(root):
+        table = _latest(root)
+        return [] if table is None else table.history()

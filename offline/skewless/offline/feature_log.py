@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from skewless.core.config import RepoConfig
@@ -324,19 +325,24 @@ def decode_calls(plan: FeaturePlan, calls: Iterable[LoggedCall]) -> pa.Table:
 
 
 def log_dir(config: RepoConfig, service: str) -> Path:
-    """The folder of one feature service's log."""
+    """The local folder of one feature service's log (a local data dir only)."""
     return config.offline_dir / FEATURE_LOG_DIR / service
+
+
+def _log_key(service: str) -> str:
+    """The folder key of one feature service's log in the data dir."""
+    return f"offline/{FEATURE_LOG_DIR}/{service}"
 
 
 _sequence_lock = threading.Lock()
 _sequence = 0
 
 
-def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[Path]:
+def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[str]:
     """Writes log rows as one file per UTC day of request time, atomically.
 
     Returns:
-        The files written.
+        The files written (paths of the data dir's filesystem).
 
     """
     global _sequence
@@ -350,37 +356,41 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[Pa
         with _sequence_lock:
             _sequence += 1
             seq = _sequence
-        folder = log_dir(config, service) / f"date={day.isoformat()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{stamp}-{os.getpid()}-{seq:06d}.parquet"
-        tmp = final.with_name(final.name + ".tmp")
-        with tmp.open("wb") as sink:
-            pq.write_table(part, sink, compression="zstd")
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, final)
-        written.append(final)
+        key = f"{_log_key(service)}/date={day.isoformat()}/{stamp}-{os.getpid()}-{seq:06d}.parquet"
+        buffer = pa.BufferOutputStream()
+        pq.write_table(part, buffer, compression="zstd")
+        # A local temporary file renamed into place, or one PUT: never a partial file.
+        config.storage.write_bytes(key, buffer.getvalue().to_pybytes())
+        written.append(config.storage.fs_path(key))
     return written
 
 
 def log_files(
     config: RepoConfig, service: str, *, start_us: int | None = None, end_us: int | None = None
-) -> list[Path]:
-    """The log files of a service whose day may hold request times in [start, end)."""
-    root = log_dir(config, service)
-    if not root.is_dir():
-        return []
+) -> list[str]:
+    """The log files of a service whose day may hold request times in [start, end).
+
+    Paths of the data dir's filesystem (`config.storage.filesystem`), sorted.
+    """
+    storage = config.storage
+    root = _log_key(service)
     first = _day(start_us) if start_us is not None else None
     last = _day(end_us - 1) if end_us is not None else None
-    files: list[Path] = []
-    for folder in sorted(root.glob("date=*")):
+    files: list[str] = []
+    for folder in storage.list_dirs(root):
+        if not folder.startswith("date="):
+            continue
         try:
-            day = date.fromisoformat(folder.name.removeprefix("date="))
+            day = date.fromisoformat(folder.removeprefix("date="))
         except ValueError:
             continue
         if (first is not None and day < first) or (last is not None and day > last):
             continue
-        files.extend(sorted(folder.glob("*.parquet")))
+        files.extend(
+            storage.fs_path(f.key)
+            for f in storage.list_files(f"{root}/{folder}")
+            if f.key.endswith(".parquet")
+        )
     return files
 
 
@@ -441,9 +451,10 @@ def read_log(
         condition = before if condition is None else condition & before
     # Files in runs by which views they hold another generation of (those columns then
     # read as null, like a column no file holds): never an old type read as the new one.
-    runs: list[tuple[frozenset[str], list[Path]]] = []
+    fs = config.storage.filesystem
+    runs: list[tuple[frozenset[str], list[str]]] = []
     for path in files:
-        stale = _other_generations(path, plan) if served else frozenset()
+        stale = _other_generations(path, plan, fs) if served else frozenset()
         if runs and runs[-1][0] == stale:
             runs[-1][1].append(path)
         else:
@@ -457,7 +468,8 @@ def read_log(
             for name in (c.value, c.status, c.event_time)
         }
         dataset = ds.dataset(
-            [str(p) for p in paths],
+            paths,
+            filesystem=fs,
             schema=pa.schema([f for f in read_schema if f.name not in dropped]),
             format=ds.ParquetFileFormat(read_options=options),
         )
@@ -477,13 +489,13 @@ def read_log(
     return table
 
 
-def _other_generations(path: Path, plan: FeaturePlan) -> frozenset[str]:
+def _other_generations(path: str, plan: FeaturePlan, fs: pafs.FileSystem) -> frozenset[str]:
     """The views whose served columns in a log file come from another generation.
 
     A column without the metadata (or of a file written before it was recorded) was
     served from generation 0, the view's own name.
     """
-    schema = pq.read_schema(path)
+    schema = pq.read_schema(path, filesystem=fs)
     names = set(schema.names)
     stale = set()
     for c in log_columns(plan):

@@ -12,6 +12,11 @@ time range) are read from Parquet once into Arrow and split in two:
 
 Ties (two rows with one key and one event time) are resolved on the index only: it then
 keeps each group's winner by created time, file rank (path order) and row in file.
+
+DuckDB reads local history files itself. Files on object storage (DuckDB's S3 extension
+is not used) are read by pyarrow's S3 filesystem, a few files ahead, into one Arrow
+stream in path order with the same columns (a column a file lacks is null, each file's
+row numbers and rank added for the tie-break), which DuckDB scans with the same query.
 """
 
 from __future__ import annotations
@@ -19,16 +24,22 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from skewless.core.names import CREATED_TIMESTAMP, EVENT_TIMESTAMP, quote_identifier
+from skewless.core.storage import object_store_error
 from skewless.core.types import arrow_type
 from skewless.registry.feature_refs import ViewPlan
 
@@ -63,8 +74,11 @@ def _where(index: int, view: ViewPlan) -> str:
     return where
 
 
-def _load_sql(index: int, view: ViewPlan, dedupe: bool) -> str:
-    """Reads the pruned history: the index columns first, then the features."""
+def _load_sql(index: int, view: ViewPlan, dedupe: bool, remote: bool = False) -> str:
+    """Reads the pruned history: the index columns first, then the features.
+
+    `remote`: read the Arrow stream `__src<index>` (`_remote_source`) instead of the files.
+    """
     columns = [
         *(quote_identifier(k) for k in view.join_key_names),
         f"{EVENT_TIMESTAMP}::TIMESTAMPTZ AS {INDEX_TIME}",
@@ -79,6 +93,8 @@ def _load_sql(index: int, view: ViewPlan, dedupe: bool) -> str:
         ]
     columns += [f"{quote_identifier(f.name)} AS __f{j}" for j, f in enumerate(view.features)]
     select = f"SELECT {', '.join(columns)} FROM "
+    if remote:
+        return f"{select}__src{index} WHERE {_where(index, view)}"
     if not dedupe:
         return f"{select}read_parquet($files{index}, {_SCAN}) WHERE {_where(index, view)}"
     return (
@@ -109,12 +125,15 @@ class ViewHistory:
             none can hold a candidate (its features are then null).
         version: The offline table version the files were listed from (None when the
             view has no table).
+        filesystem: The object store's filesystem the files are paths of; None for
+            local files (DuckDB reads those itself).
 
     """
 
     view: ViewPlan
-    files: tuple[Path, ...]
+    files: tuple[Path | str, ...]
     version: int | None = None
+    filesystem: pafs.FileSystem | None = None
 
 
 @dataclass
@@ -209,9 +228,16 @@ class HistoryLoader:
 
         """
         view = vh.view
-        relation = self.con.sql(
-            _load_sql(index, view, dedupe), params={f"files{index}": _paths(vh), **params}
-        )
+        remote = vh.filesystem is not None
+        failures: list[BaseException] = []
+        if remote:
+            source = _remote_source(vh, dedupe, failures)
+            self.con.register(f"__src{index}", source)
+            relation = self.con.sql(_load_sql(index, view, dedupe, remote=True), params=params)
+        else:
+            relation = self.con.sql(
+                _load_sql(index, view, dedupe), params={f"files{index}": _paths(vh), **params}
+            )
         assert relation is not None
         n_index = len(view.join_key_names) + (4 if dedupe else 1)
         schema = pa.schema(
@@ -259,9 +285,13 @@ class HistoryLoader:
         except BaseException:
             if spill is not None:
                 spill.abort()
+            if failures:  # DuckDB wraps what the stream raised: raise the status itself
+                raise failures[0] from None
             raise
         finally:
             reader.close()
+            if remote:
+                self.con.unregister(f"__src{index}")
         index_schema = pa.schema([reader.schema.field(k) for k in range(n_index)])
         index_table = pa.Table.from_batches(index_batches, index_schema)
         del index_batches
@@ -292,6 +322,75 @@ class HistoryLoader:
 
 def _paths(vh: ViewHistory) -> list[str]:
     return sorted(str(p) for p in vh.files)
+
+
+#: Files on object storage read ahead of the one being scanned.
+_REMOTE_READ_AHEAD = 4
+
+
+def _remote_source(
+    vh: ViewHistory, dedupe: bool, failures: list[BaseException]
+) -> pa.RecordBatchReader:
+    """The view's history files on object storage as one Arrow stream, in path order.
+
+    Columns: join keys, event and created time, features (in the view's declared types;
+    null where a file lacks one), and with `dedupe` `__file_index` (the file's rank in
+    path order) and `file_row_number`, as DuckDB's own scan gives them. A read failure
+    is appended to `failures` as its status (`object_store_error`) before it is raised.
+    """
+    fs = vh.filesystem
+    assert fs is not None
+    view = vh.view
+    paths = _paths(vh)
+    features = [(f.name, arrow_type(f.value_type)) for f in view.features]
+    utc = pa.timestamp("us", tz="UTC")
+    fixed = [(EVENT_TIMESTAMP, utc)] + ([(CREATED_TIMESTAMP, utc)] if dedupe else [])
+    try:
+        first = pq.read_schema(paths[0], filesystem=fs) if paths else pa.schema([])
+    except OSError as exc:
+        raise object_store_error(exc, paths[0].split("/", 1)[0]) from None
+    keys = [
+        (k, first.field(k).type if k in first.names else pa.string()) for k in view.join_key_names
+    ]
+    wanted = [*keys, *fixed, *features]
+    fields = [pa.field(name, typ) for name, typ in wanted]
+    if dedupe:
+        fields += [pa.field("__file_index", pa.int64()), pa.field("file_row_number", pa.int64())]
+    schema = pa.schema(fields)
+
+    def read(path: str) -> pa.Table:
+        try:
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle, pre_buffer=True)
+                present = [n for n, _ in wanted if n in parquet.schema_arrow.names]
+                return parquet.read(columns=present)
+        except OSError as exc:
+            failure = object_store_error(exc, path.split("/", 1)[0])
+            failures.append(failure)
+            raise failure from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        with ThreadPoolExecutor(_REMOTE_READ_AHEAD, thread_name_prefix="skewless-s3") as pool:
+            pending = deque(pool.submit(read, p) for p in paths[:_REMOTE_READ_AHEAD])
+            for rank in range(len(paths)):
+                table = pending.popleft().result()
+                ahead = rank + _REMOTE_READ_AHEAD
+                if ahead < len(paths):
+                    pending.append(pool.submit(read, paths[ahead]))
+                n = table.num_rows
+                columns = []
+                for name, typ in wanted:
+                    if name in table.column_names:
+                        column = table.column(name)
+                        columns.append(column if column.type == typ else column.cast(typ))
+                    else:
+                        columns.append(pa.chunked_array([pa.nulls(n, typ)]))
+                if dedupe:
+                    columns.append(pa.chunked_array([pa.array(np.full(n, rank, np.int64))]))
+                    columns.append(pa.chunked_array([pa.array(np.arange(n, dtype=np.int64))]))
+                yield from pa.Table.from_arrays(columns, schema=schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _strictly_ordered(index: pa.Table, keys: Sequence[str]) -> bool:

@@ -25,17 +25,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
 
 from skewless.core.config import RepoConfig
 from skewless.core.names import EVENT_TIMESTAMP, view_of_storage
 from skewless.offline.delta_log import (
+    OFFLINE_DIR,
     ORIGIN_PUSH,
     PUSH_SUFFIX,
     HistoryFile,
@@ -44,13 +44,16 @@ from skewless.offline.delta_log import (
     file_add,
     file_remove,
     read_snapshot,
-    table_uri,
+    storage_errors,
+    table_location,
 )
 from skewless.offline.offline_store import (
     StagedFile,
-    history_dir,
+    finish_sink,
+    open_sink,
     parquet_options,
     publish_staged,
+    staged_file,
     staged_path,
     unpublish,
 )
@@ -78,14 +81,14 @@ class MaintenanceResult:
 
 def offline_views(config: RepoConfig) -> list[str]:
     """The storage names that have an offline table (every generation of a view), sorted."""
-    root = config.offline_dir
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "_delta_log").is_dir())
+    storage = config.storage
+    with storage_errors(storage):
+        names = [n for n in storage.list_dirs(OFFLINE_DIR) if not n.startswith("_")]
+        return [n for n in names if storage.list_files(f"{OFFLINE_DIR}/{n}/_delta_log")]
 
 
 def _day(entry: HistoryFile) -> str:
-    return str(Path(entry.path).parent)
+    return str(PurePosixPath(entry.path).parent)
 
 
 def _push_runs(snapshot: Snapshot) -> list[list[HistoryFile]]:
@@ -112,7 +115,7 @@ def _ordered(table: pa.Table, keys: list[str]) -> pa.Table:
 
 def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceResult:
     """Rewrites each day's runs of pushed files as one file in (event time, key) order."""
-    root = history_dir(config, view)
+    root = table_location(config, view)
     written: list[StagedFile] = []
     counts = [0, 0]
 
@@ -121,22 +124,22 @@ def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceR
         written.clear()
         adds, removes = [], []
         for run in _push_runs(snapshot):
-            tables = [pq.read_table(root / e.path) for e in run]
+            tables = [pq.read_table(root.path(e.path), filesystem=root.filesystem) for e in run]
             merged = pa.concat_tables(tables, promote_options="permissive")
             ordered = _ordered(merged, join_keys)
             if len(run) == 1 and ordered.equals(merged):
                 continue  # one file, already in order
-            first = Path(run[0].path)
+            first = PurePosixPath(run[0].path)
             stem = first.name.removesuffix(PUSH_SUFFIX)
             rel = str(first.with_name(f"{stem}-c{uuid.uuid4().hex[:6]}{PUSH_SUFFIX}"))
-            tmp = staged_path(root, rel)
-            with tmp.open("wb") as sink:
-                pq.write_table(ordered, sink, **parquet_options(ordered.schema))
-                size = sink.tell()
+            sink = open_sink(root, staged_path(root, rel))
+            pq.write_table(ordered, sink, **parquet_options(ordered.schema))
+            size = finish_sink(root, sink)
             micros = pc.cast(ordered.column(EVENT_TIMESTAMP), pa.int64())
             mm = pc.min_max(micros).as_py()
-            item = StagedFile(
-                file=HistoryFile(
+            item = staged_file(
+                root,
+                HistoryFile(
                     path=rel,
                     min_event_us=mm["min"],
                     max_event_us=mm["max"],
@@ -144,7 +147,7 @@ def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceR
                     origin=ORIGIN_PUSH,
                     size=size,
                 ),
-                tmp_path=tmp,
+                ordered.schema,
             )
             written.append(item)
             removes += [file_remove(e) for e in run]
@@ -156,26 +159,27 @@ def compact(config: RepoConfig, view: str, join_keys: list[str]) -> MaintenanceR
     snapshot = read_snapshot(config, view)
     if snapshot is None:
         return MaintenanceResult(view_of_storage(view), 0, 0, None)
-    schema = pa.schema(DeltaTable(table_uri(root)).schema().to_arrow())
+    with storage_errors(root):
+        schema = pa.schema(root.open().schema().to_arrow())
     try:
         version = commit_actions(config, view, schema, plan, operation="compact")
-    except BaseException:
-        unpublish(root, written)
+    except BaseException as exc:
+        unpublish(root, written, exc)
         raise
     return MaintenanceResult(view_of_storage(view), counts[0], counts[1], version)
 
 
 def vacuum(config: RepoConfig, view: str, retain: timedelta) -> MaintenanceResult:
     """Deletes files that no version within `retain` of now references."""
-    root = history_dir(config, view)
+    root = table_location(config, view)
     snapshot = read_snapshot(config, view)
     if snapshot is None:
         return MaintenanceResult(view_of_storage(view), 0, 0, None)
-    table = DeltaTable(table_uri(root))
     hours = int(retain.total_seconds() // 3600)
-    deleted = table.vacuum(
-        retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
-    )
+    with storage_errors(root):
+        deleted = root.open().vacuum(
+            retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
+        )
     return MaintenanceResult(view_of_storage(view), len(deleted), 0, snapshot.version)
 
 
@@ -197,7 +201,8 @@ def apply_retention(
     snapshot = read_snapshot(config, view)
     if snapshot is None:
         return MaintenanceResult(view_of_storage(view), 0, 0, None)
-    root = history_dir(config, view)
-    schema = pa.schema(DeltaTable(table_uri(root)).schema().to_arrow())
+    root = table_location(config, view)
+    with storage_errors(root):
+        schema = pa.schema(root.open().schema().to_arrow())
     version = commit_actions(config, view, schema, plan, operation="retention")
     return MaintenanceResult(view_of_storage(view), removed[0], 0, version)

@@ -10,6 +10,7 @@ with the repository's memory limits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError, InvalidArgumentError, quoted
+from skewless.offline.delta_log import storage_errors
 from skewless.offline.entity_rows import label_time_range, label_times, validate_entity_schema
 from skewless.offline.history_index import ViewHistory
 from skewless.offline.offline_store import Snapshot, read_snapshot, snapshot_files
@@ -84,14 +86,20 @@ def read_snapshots(
 
 
 def _check_not_vacuumed(view: str, snapshot: Snapshot) -> None:
-    for entry in snapshot.files:
-        if not (snapshot.root / entry.path).exists():
-            raise FailedPreconditionError(
-                f"offline version {snapshot.version} of feature view {view!r} can no longer "
-                "be read: `skewless vacuum` removed its files; pin a newer version",
-                reason="OFFLINE_VERSION_VACUUMED",
-                metadata={"feature_view": view, "version": str(snapshot.version)},
-            )
+    root = snapshot.root
+    if root.is_local:
+        missing = any(not os.path.exists(root.path(e.path)) for e in snapshot.files)
+    else:  # one listing instead of a request per file
+        with storage_errors(root):
+            present = {f.key for f in root.storage.list_files(root.key, recursive=True)}
+        missing = any(f"{root.key}/{e.path}" not in present for e in snapshot.files)
+    if missing:
+        raise FailedPreconditionError(
+            f"offline version {snapshot.version} of feature view {view!r} can no longer "
+            "be read: `skewless vacuum` removed its files; pin a newer version",
+            reason="OFFLINE_VERSION_VACUUMED",
+            metadata={"feature_view": view, "version": str(snapshot.version)},
+        )
 
 
 def view_histories(
@@ -118,7 +126,8 @@ def view_histories(
             start = span[0] - view.ttl_micros if view.ttl_micros else None
             files = snapshot_files(snapshot, start=start, end=span[1] + 1)
         version = snapshot.version if snapshot is not None else None
-        histories.append(ViewHistory(view, tuple(files), version=version))
+        remote = None if snapshot is None or snapshot.root.is_local else snapshot.root.filesystem
+        histories.append(ViewHistory(view, tuple(files), version=version, filesystem=remote))
     return histories
 
 

@@ -50,7 +50,7 @@ def plan_apply(
             materialization layer knows); None assumes no view holds any.
 
     """
-    current = RegistryStore(config.registry_path).load()
+    current = RegistryStore(config.storage).load()
     return plan_changes(current, proposed, has_values=has_values or _no_values)
 
 
@@ -68,7 +68,7 @@ def _save(config: RepoConfig, plan: RegistryPlan, *, allow_breaking: bool) -> Ap
             reason="BREAKING_CHANGES",
             metadata={"objects": listing(c.name for c in breaking)},
         )
-    result = RegistryStore(config.registry_path).save(plan.registry)
+    result = RegistryStore(config.storage).save(plan.registry)
     return ApplyResult(registry=result.registry, changed=result.changed, plan=plan)
 
 

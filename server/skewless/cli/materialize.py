@@ -94,7 +94,7 @@ def _load(
     config = load_repo_config(repo)
     if redis_url:
         config = dataclasses.replace(config, redis_url=redis_url)
-    return config, RegistryStore(config.registry_path).require()
+    return config, RegistryStore(config.storage).require()
 
 
 def _run(

@@ -62,7 +62,7 @@ def _tables(
 
 
 def _registry(config: RepoConfig) -> registry_pb2.Registry:
-    registry = RegistryStore(config.registry_path).load()
+    registry = RegistryStore(config.storage).load()
     if registry is None:
         raise registry_not_applied()
     return registry

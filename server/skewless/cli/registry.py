@@ -49,7 +49,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    reg = RegistryStore(load_repo_config(args.repo).registry_path).require()
+    reg = RegistryStore(load_repo_config(args.repo).storage).require()
     kind = args.kind
     if kind == "entities":
         for e in reg.entities:
@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    reg = RegistryStore(load_repo_config(args.repo).registry_path).require()
+    reg = RegistryStore(load_repo_config(args.repo).storage).require()
     hits = search_features(reg, args.words)
     for hit in hits:
         print(f"{hit.reference}\t{hit.feature.description}")

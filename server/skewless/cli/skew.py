@@ -105,7 +105,7 @@ def format_report(report: monitoring_service_pb2.GetSkewReportResponse) -> str:
 
 def _skew_command(args: Any) -> int:
     config = load_repo_config(args.repo)
-    registry = RegistryStore(config.registry_path).require()
+    registry = RegistryStore(config.storage).require()
     report = skew_report(
         config,
         registry,

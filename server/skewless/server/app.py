@@ -107,16 +107,21 @@ class SkewlessServer:
     async def start(self) -> None:
         """Loads the registry, starts serving and the background watchers."""
         try:
-            self.ctx.registry.reload()
+            await asyncio.to_thread(self.ctx.registry.reload)
+        except SkewlessError as exc:  # serve anyway: RPCs answer with this error meanwhile
+            _log.error("could not load the registry at start: %s", exc.message)
         except Exception:  # serve anyway: registry RPCs say what is wrong until a good apply
             _log.exception("could not load the registry at start")
         try:
-            check_layout(self.ctx.config)
+            await asyncio.to_thread(check_layout, self.ctx.config)
         except SkewlessError as exc:  # serve anyway: online serving does not need it
             _log.error("offline store: %s", exc.message)
         await self.server.start()
         await self._check_health()
-        self._tasks.append(asyncio.create_task(self.ctx.registry.watch()))
+        # On object storage a new registry must reach every server sharing the bucket
+        # within a second: poll (one listing request) four times a second.
+        interval = 1.0 if self.ctx.config.storage.is_local else 0.25
+        self._tasks.append(asyncio.create_task(self.ctx.registry.watch(interval)))
         self._tasks.append(asyncio.create_task(self._watch_health()))
         if self.run_schedules:
             from skewless.materialization.retention import run_retention
@@ -180,7 +185,7 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
     """
     authenticator = build_authenticator(config.auth)  # files checked before anything starts
     access = Access(enabled=authenticator is not None)
-    holder = RegistryHolder(RegistryStore(config.registry_path))
+    holder = RegistryHolder(RegistryStore(config.storage))
     holder.subscribe(access.load)
     ctx = ServerContext(config=config, registry=holder, redis=open_redis(config), access=access)
     interceptors = (
