@@ -480,7 +480,13 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             f"{path}: expected a mapping at the top level", reason="INVALID_CONFIG"
         )
     unknown = set(raw) - {
-        "project", "data_dir", "object_store", "online_store", "server", "auth", "ui"
+        "project",
+        "data_dir",
+        "object_store",
+        "online_store",
+        "server",
+        "auth",
+        "ui",
     }
     if unknown:
         raise DefinitionError(
