@@ -43,7 +43,7 @@ class Engine:
 
     def examples(self, duckdb_examples: int) -> int:
         """How many hypothesis examples a property draws on this engine."""
-        return duckdb_examples if self.name == "duckdb" else max(4, duckdb_examples // 12)
+        return duckdb_examples if self.name == "duckdb" else max(4, duckdb_examples // 20)
 
     def join(
         self, entity_rows: Any, plan: FeaturePlan, histories: Sequence[ViewHistory], **kw: Any

@@ -38,6 +38,7 @@ import threading
 import urllib.parse
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,9 @@ _log = logging.getLogger(__name__)
 BUCKET_ROWS = 250_000
 _BUCKETS_PER_PARTITION = 4
 
+#: Threads submitting the views' Spark jobs of one join at once.
+_VIEW_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skewless-spark-view")
+
 _by_value_lock = threading.Lock()
 _by_value = False
 
@@ -104,6 +108,21 @@ def _ship_partition_code() -> None:
 
 def _is_connect(session: Any) -> bool:
     return type(session).__module__.startswith("pyspark.sql.connect")
+
+
+def _functions(session: Any) -> Any:
+    """PySpark's column functions for this kind of session.
+
+    `pyspark.sql.functions` picks classic or Connect from process-wide state; a process
+    may hold both kinds of session, so the Connect module is named for Connect sessions.
+    """
+    if _is_connect(session):
+        from pyspark.sql.connect import functions as connect_functions
+
+        return connect_functions
+    from pyspark.sql import functions as classic_functions
+
+    return classic_functions
 
 
 class _Jobs:
@@ -219,7 +238,7 @@ def _history_frame(
     session: Any, view: ViewPlan, paths: Sequence[str], key_types: dict[str, Any], lo_hi: Any
 ) -> Any:
     """The view's pruned history as Spark reads it, in the partition step's columns."""
-    from pyspark.sql import functions as F  # PySpark's convention
+    F = _functions(session)  # PySpark's convention
     from pyspark.sql.pandas.types import from_arrow_schema
 
     # The schema is given, not inferred: inference runs a Spark job per read, and the
@@ -264,7 +283,7 @@ def _join_view(
     slice_rows: int,
 ) -> tuple[LoadedHistory, np.ndarray] | None:
     """One view's join on Spark: its winners' features and each entity row's position."""
-    from pyspark.sql import functions as F  # PySpark's convention
+    F = _functions(session)  # PySpark's convention
     from pyspark.sql.types import LongType, StructField, StructType
 
     view = vh.view
@@ -371,36 +390,39 @@ def spark_point_in_time_join(
         if cancelled.is_set():
             raise JoinCancelled("the join was cancelled")
 
-    def run() -> list[np.ndarray | None]:
-        positions: list[np.ndarray | None] = []
+    def join_one(vh: ViewHistory) -> tuple[LoadedHistory, np.ndarray] | None:
+        """One view's join, its jobs tagged (tags are per thread)."""
+        check()
+        if not vh.files:
+            return None
         jobs.start()
-        view = None
         try:
-            for vh in ordered:
-                check()
-                view = vh.view.name
-                done = (
-                    _join_view(session, table, micros, vh, slice_rows=max(1, chunk_rows))
-                    if vh.files
-                    else None
-                )
-                if done is None:
-                    loaded.append(None)
-                    positions.append(None)
-                else:
-                    loaded.append(done[0])
-                    positions.append(done[1])
             check()
+            return _join_view(session, table, micros, vh, slice_rows=max(1, chunk_rows))
         except (JoinCancelled, SkewlessError):
             raise
         except Exception as exc:
             if cancelled.is_set():
                 raise JoinCancelled("the join was cancelled") from None
-            raise spark_failure(exc, target, view=view) from None
+            raise spark_failure(exc, target, view=vh.view.name) from None
         finally:
             jobs.stop()
+
+    def run() -> list[np.ndarray | None]:
+        """Joins every view, as concurrent Spark jobs (each one small on its own)."""
+        try:
+            if len(ordered) == 1:
+                results = [join_one(ordered[0])]
+            else:
+                results = list(_VIEW_POOL.map(join_one, ordered))
+        finally:
             if join is not None:
                 join.application_id = jobs.application_id()
+        check()
+        positions: list[np.ndarray | None] = []
+        for done in results:
+            loaded.append(None if done is None else done[0])
+            positions.append(None if done is None else done[1])
         return positions
 
     reader = pa.RecordBatchReader.from_batches(

@@ -16,7 +16,9 @@ Two ways to reach Spark (`skewless.core.config.SparkSettings`):
   'pyarrow'".
 
 The session's time zone is UTC unless the configuration says otherwise (results are
-converted to UTC either way; the setting keeps Spark's own messages in UTC).
+converted to UTC either way; the setting keeps Spark's own messages in UTC). A `local`
+master binds loopback only unless `spark.driver.bindAddress` / `spark.driver.host` say
+otherwise.
 """
 
 from __future__ import annotations
@@ -74,9 +76,14 @@ def _local_session(settings: SparkSettings) -> Any:
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = settings.python or sys.executable
-    builder = SparkSession.builder.master(settings.master or "local[*]").appName("skewless")
+    master = settings.master or "local[*]"
+    builder = SparkSession.builder.master(master).appName("skewless")
     conf = dict(settings.conf)
     conf.setdefault("spark.sql.session.timeZone", "UTC")
+    if master.startswith("local"):
+        # A session inside this process needs no address but loopback.
+        conf.setdefault("spark.driver.bindAddress", "127.0.0.1")
+        conf.setdefault("spark.driver.host", "127.0.0.1")
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
