@@ -88,7 +88,9 @@ def running_connect_server(log_dir: Path, timeout: float = 240.0) -> Iterator[Sp
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the Spark Connect server did not start: see {log.name}")
+                    raise RuntimeError(
+                        f"the Spark Connect server did not start: see {log.name}"
+                    ) from None
                 time.sleep(0.25)
         yield SparkConnectServer(port=port, pid=proc.pid)
     finally:

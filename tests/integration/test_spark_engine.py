@@ -93,9 +93,11 @@ def test_an_unreachable_spark_cluster_is_unavailable_with_a_short_message(
     )
     server = ServerThread(config).start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            with pytest.raises(grpc.RpcError) as info:
-                get_historical_features(channel, entity_rows(5), feature_service="model")
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            pytest.raises(grpc.RpcError) as info,
+        ):
+            get_historical_features(channel, entity_rows(5), feature_service="model")
     finally:
         server.stop()
     exc = info.value
@@ -129,7 +131,7 @@ def test_cancelling_a_join_cancels_its_spark_job(
         try:
             join.reader.read_all()
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001  # the test inspects it
+        except BaseException as exc:  # the test inspects it
             outcome.append(exc)
 
     reader = threading.Thread(target=read)
@@ -171,7 +173,7 @@ def test_spark_failures_are_our_statuses_without_traces(
 def test_skewless_runs_without_pyspark_and_the_spark_engine_says_how_to_install_it(
     tmp_path: Path,
 ) -> None:
-    script = f"""
+    script = """
 import sys
 sys.modules["pyspark"] = None  # as if PySpark were not installed
 import skewless.server.app, skewless.offline.retrieval

@@ -100,3 +100,43 @@ def test_feature_log_settings(tmp_path: Path) -> None:
 def test_feature_log_settings_are_checked(tmp_path: Path, value: str) -> None:
     with pytest.raises(DefinitionError, match=r"server\.feature_log"):
         load_repo_config(_repo(tmp_path, f"server:\n  feature_log: {value}\n"))
+
+
+def test_the_offline_engine_is_duckdb_unless_spark_is_chosen(tmp_path: Path) -> None:
+    config = load_repo_config(_repo(tmp_path, ""))
+    assert config.offline_engine == "duckdb" and config.spark is None
+    offline = (
+        "offline:\n  engine: spark\n  spark:\n    remote: sc://spark.internal:15002/;token=x\n"
+    )
+    config = load_repo_config(_repo(tmp_path, offline))
+    assert config.offline_engine == "spark"
+    assert config.spark is not None
+    assert config.spark.remote == "sc://spark.internal:15002/;token=x"
+    assert config.spark.target == "sc://spark.internal:15002"  # no token in messages
+    local = (
+        "offline:\n  engine: spark\n  spark:\n    master: local[4]\n"
+        "    conf: {spark.sql.shuffle.partitions: 8, spark.sql.ansi.enabled: true}\n"
+    )
+    config = load_repo_config(_repo(tmp_path, local))
+    assert config.spark is not None and config.spark.master == "local[4]"
+    assert config.spark.conf == (
+        ("spark.sql.ansi.enabled", "true"),
+        ("spark.sql.shuffle.partitions", "8"),
+    )
+    assert load_repo_config(_repo(tmp_path, "offline: {engine: spark}\n")).spark is not None
+
+
+@pytest.mark.parametrize(
+    ("offline", "message"),
+    [
+        ("offline: {engine: spork}\n", "offline.engine must be one of duckdb, spark"),
+        ("offline: {engines: spark}\n", "unknown setting"),
+        ("offline: {spark: {remote: 'http://x:1'}}\n", "sc://HOST:PORT"),
+        ("offline: {spark: {remote: 'sc://x:1', master: local}}\n", "not both"),
+        ("offline: {spark: {conf: [a]}}\n", "offline.spark.conf"),
+        ("offline: {spark: {cores: 2}}\n", "unknown setting"),
+    ],
+)
+def test_bad_offline_engine_settings_are_named(tmp_path: Path, offline: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message.replace(".", r"\.")):
+        load_repo_config(_repo(tmp_path, offline))

@@ -416,8 +416,16 @@ def spark_point_in_time_join(
             else:
                 results = list(_VIEW_POOL.map(join_one, ordered))
         finally:
+            application = jobs.application_id()
             if join is not None:
-                join.application_id = jobs.application_id()
+                join.application_id = application
+            _log.info(
+                "point-in-time join on Spark (%s, application %s): %d entity rows, %d view(s)",
+                target,
+                application or "unknown",
+                table.num_rows,
+                len(ordered),
+            )
         check()
         positions: list[np.ndarray | None] = []
         for done in results:
