@@ -89,6 +89,9 @@ _BUCKETS_PER_PARTITION = 4
 #: Threads submitting the views' Spark jobs of one join at once.
 _VIEW_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skewless-spark-view")
 
+#: Where job cancellations run (see `_Jobs.interrupt`).
+_CANCEL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skewless-spark-cancel")
+
 _by_value_lock = threading.Lock()
 _by_value = False
 
@@ -132,9 +135,13 @@ class _Jobs:
         self.session = session
         self.tag = f"skewless-historical-{uuid.uuid4().hex}"
         self.connect = _is_connect(session)
+        self._lock = threading.Lock()
+        self._running = 0
 
     def start(self) -> None:
         """Tags every job this thread starts from now on."""
+        with self._lock:
+            self._running += 1
         if self.connect:
             self.session.addTag(self.tag)
         else:
@@ -144,13 +151,25 @@ class _Jobs:
 
     def stop(self) -> None:
         """Stops tagging this thread's jobs."""
+        with self._lock:
+            self._running -= 1
         if self.connect:
             self.session.removeTag(self.tag)
         else:
             self.session.sparkContext.removeJobTag(self.tag)
 
     def interrupt(self) -> None:
-        """Cancels the running tagged jobs (from any thread)."""
+        """Cancels the running tagged jobs, if any, without waiting (from any thread).
+
+        The cancellation is a call to Spark (an RPC on Spark Connect): it runs on a
+        thread of its own, so that a caller on an event loop is never held by it.
+        """
+        with self._lock:
+            if self._running == 0:
+                return
+        _CANCEL_POOL.submit(self._interrupt_now)
+
+    def _interrupt_now(self) -> None:
         try:
             if self.connect:
                 self.session.interruptTag(self.tag)
