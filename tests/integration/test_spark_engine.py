@@ -148,6 +148,9 @@ def test_cancelling_a_join_cancels_its_spark_job(
     assert jobs  # the join ran Spark jobs ...
     statuses = {str(tracker.getJobInfo(j).status) for j in jobs if tracker.getJobInfo(j)}
     assert "FAILED" in statuses  # ... and the running one was cancelled, not finished
+    deadline = time.monotonic() + 30  # Spark ends cancelled jobs asynchronously
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not tracker.getActiveJobsIds()
     join.close()
 

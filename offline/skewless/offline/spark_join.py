@@ -35,10 +35,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,9 @@ _BUCKETS_PER_PARTITION = 4
 #: Threads submitting the views' Spark jobs of one join at once.
 _VIEW_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skewless-spark-view")
 
+#: How long, and how often, a cancellation repeats while the join's threads still run.
+_CANCEL_SECONDS = 60.0
+_CANCEL_REPEAT_SECONDS = 0.25
 #: Where job cancellations run (see `_Jobs.interrupt`).
 _CANCEL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skewless-spark-cancel")
 
@@ -170,13 +174,23 @@ class _Jobs:
         _CANCEL_POOL.submit(self._interrupt_now)
 
     def _interrupt_now(self) -> None:
-        try:
-            if self.connect:
-                self.session.interruptTag(self.tag)
-            else:
-                self.session.sparkContext.cancelJobsWithTag(self.tag)
-        except Exception:  # a session that is gone has nothing to cancel
-            _log.debug("cancelling Spark jobs of %s failed", self.tag, exc_info=True)
+        # Again while threads still work: a view's job may start just after a cancel.
+        deadline = time.monotonic() + _CANCEL_SECONDS
+        while True:
+            try:
+                if self.connect:
+                    self.session.interruptTag(self.tag)
+                else:
+                    self.session.sparkContext.cancelJobsWithTag(self.tag)
+            except Exception:  # a session that is gone has nothing to cancel
+                _log.debug("cancelling Spark jobs of %s failed", self.tag, exc_info=True)
+                return
+            with self._lock:
+                if self._running == 0:
+                    return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(_CANCEL_REPEAT_SECONDS)
 
     def application_id(self) -> str | None:
         """The Spark application the jobs run in, if Spark says."""
@@ -433,7 +447,10 @@ def spark_point_in_time_join(
             if len(ordered) == 1:
                 results = [join_one(ordered[0])]
             else:
-                results = list(_VIEW_POOL.map(join_one, ordered))
+                # Every view's work ends before the join does (none outlives a failure).
+                futures = [_VIEW_POOL.submit(join_one, vh) for vh in ordered]
+                wait(futures)
+                results = [f.result() for f in futures]
         finally:
             application = jobs.application_id()
             if join is not None:
