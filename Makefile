@@ -26,7 +26,7 @@ help: ## List the targets
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
+	$(BIN)/pip install --quiet -e clients/python -e '.[dev,spark]'
 	touch $@
 
 system-deps: ## Install redis-server, the gRPC Java generator and headless Chromium when missing (Debian, needs root)

@@ -30,6 +30,14 @@ run on those rows, for a like-for-like ratio. Usage:
 
     .venv/bin/python bench/historical.py [--scale 1.0] [--rows 1000000] [--repeat 1]
         [--calls 3] [--s3] [--feast [--feast-rows 100000] [--feast-stores file,duckdb]]
+
+With `--engine spark` it compares the offline engines instead: one server on DuckDB and
+one per `--spark-cores` (Spark local[N] in the server process), `--calls` calls each;
+the first call's tables must be identical row for row (`pa.Table.equals`: every row in
+order, every column, type and null), and it prints wall time and the CPU time of the
+server's whole process tree (the JVM and Spark's Python workers included).
+
+    .venv/bin/python bench/historical.py --engine spark [--rows 1000000] [--spark-cores 1,2]
 """
 
 from __future__ import annotations
@@ -122,10 +130,10 @@ def _checksum(table: pa.Table, columns: list[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------- children
 
 
-def child_serve(scale: float) -> None:
+def child_serve(scale: float, engine: str = "duckdb", cores: int = 2) -> None:
     import asyncio
 
-    from skewless.core.config import RepoConfig
+    from skewless.core.config import RepoConfig, SparkSettings
     from skewless.online.embedded_redis import EmbeddedRedis
     from skewless.registry.registry_store import RegistryStore
     from skewless.server.app import create_server
@@ -139,6 +147,16 @@ def child_serve(scale: float) -> None:
         redis_url=redis.url,
         server_port=0,
         metrics_port=0,
+        offline_engine=engine,
+        spark=SparkSettings(
+            master=f"local[{cores}]",
+            conf=(
+                ("spark.driver.memory", "8g"),
+                ("spark.sql.shuffle.partitions", str(2 * cores)),
+                ("spark.ui.enabled", "false"),
+                ("spark.ui.showConsoleProgress", "false"),
+            ),
+        ),
     )
     s3 = os.environ.get(_S3_ENV)
     if s3:  # the data dir on the S3 server `--s3` started
@@ -175,8 +193,14 @@ def child_serve(scale: float) -> None:
         redis.stop()
 
 
-def child_client(scale: float, rows: int, port: int, calls: int = 1) -> None:
-    """Times `calls` retrievals on one server; the figures are the first call's."""
+def child_client(
+    scale: float, rows: int, port: int, calls: int = 1, save: str | None = None
+) -> None:
+    """Times `calls` retrievals on one server; the figures are the first call's.
+
+    With `save`, the first call's table is written there (Arrow IPC) for a row-by-row
+    comparison between engines.
+    """
     import grpc
 
     from skewless.client.historical import get_historical_features
@@ -203,6 +227,9 @@ def child_client(scale: float, rows: int, port: int, calls: int = 1) -> None:
                 "client_rss_before_mb": rss0,
                 "checksum": _checksum(table, FEATURES),
             }
+            if save:
+                with pa.ipc.new_file(save, table.schema) as sink:
+                    sink.write_table(table)
         del table
     print(json.dumps({**result, "walls": walls}))
 
@@ -520,6 +547,120 @@ def run_s3(args: argparse.Namespace) -> None:
     print(f"results identical (rows + per-feature sums and null counts): {same}")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, reaped or not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        # utime, stime, cutime, cstime (children already reaped count in c*)
+        times[int(entry.name)] = sum(int(v) for v in fields[11:15]) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(p for p, parent in parents.items() if parent == current)
+    return total
+
+
+def run_engine(scale: float, rows: int, engine: str, cores: int, calls: int, save: Path) -> dict:
+    """One server on `engine` (Spark: `local[cores]`); `calls` client processes in turn.
+
+    Per call: wall time in the client, CPU of the client and of the server's whole
+    process tree (for Spark: the JVM and its Python workers too). The first call's table
+    is saved to `save` for the row-by-row comparison.
+    """
+    server = subprocess.Popen(
+        [sys.executable, __file__, "_serve", str(scale), engine, str(cores)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    out: dict = {"engine": engine, "cores": cores, "calls": []}
+    try:
+        port = int(server.stdout.readline().split()[1])
+        for call in range(calls):
+            cpu0 = _tree_cpu(server.pid)
+            args = ["_client", str(scale), str(rows), str(port), "1"]
+            result = _run_json([*args, str(save)] if call == 0 else args)
+            result["server_tree_cpu_s"] = _tree_cpu(server.pid) - cpu0
+            out["calls"].append(result)
+        server.stdin.write("\n")
+        server.stdin.flush()
+        server.stdout.readline()
+    finally:
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return out
+
+
+def compare_engines(args: argparse.Namespace) -> None:
+    """DuckDB and Spark (local, each core count) on the same data, row for row."""
+    folder = data_dir(args.scale) / "engines"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = [("duckdb", 2)] + [("spark", int(c)) for c in args.spark_cores.split(",")]
+    results = []
+    for engine, cores in runs:
+        save = folder / f"{engine}-{cores}-{args.rows}.arrow"
+        results.append((run_engine(args.scale, args.rows, engine, cores, args.calls, save), save))
+    reference = pa.ipc.open_file(pa.memory_map(str(results[0][1]))).read_all()
+    load = os.getloadavg()
+    print(
+        f"\nengines on {args.rows:,} entity rows; {os.cpu_count()} cores; load average "
+        f"{load[0]:.1f} / {load[1]:.1f} (1 / 5 min) at the end"
+    )
+    print(
+        f"{'engine':<18}{'call':>5}{'wall s':>9}{'server CPU s':>14}{'client CPU s':>14}"
+        f"{'identical':>11}"
+    )
+    for run, save in results:
+        table = pa.ipc.open_file(pa.memory_map(str(save))).read_all()
+        same = table.equals(reference)  # every row, in order, every column and type
+        label = "duckdb" if run["engine"] == "duckdb" else f"spark local[{run['cores']}]"
+        for i, call in enumerate(run["calls"]):
+            print(
+                f"{label:<18}{i + 1:>5}{call['wall_s']:>9.2f}{call['server_tree_cpu_s']:>14.2f}"
+                f"{call['client_cpu_s']:>14.2f}{str(same) if i == 0 else '':>11}"
+            )
+        del table
+    steady = {
+        (run["engine"], run["cores"]): min(c["wall_s"] for c in run["calls"][1:] or run["calls"])
+        for run, _ in results
+    }
+    cpu = {
+        (run["engine"], run["cores"]): min(
+            c["server_tree_cpu_s"] for c in run["calls"][1:] or run["calls"]
+        )
+        for run, _ in results
+    }
+    duck = ("duckdb", 2)
+    for key in steady:
+        if key != duck:
+            print(
+                f"spark local[{key[1]}] / duckdb (best call after the first): wall "
+                f"{steady[key] / steady[duck]:.2f}x, server CPU {cpu[key] / cpu[duck]:.2f}x"
+            )
+    cores = sorted(k[1] for k in steady if k[0] == "spark")
+    if len(cores) > 1:
+        lo, hi = ("spark", cores[0]), ("spark", cores[-1])
+        print(
+            f"spark scaling local[{cores[0]}] -> local[{cores[-1]}]: wall "
+            f"{steady[lo] / steady[hi]:.2f}x faster"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
@@ -537,6 +678,13 @@ def main() -> None:
         action="store_true",
         help="only compare a local data dir with one on an S3 server (SeaweedFS on loopback)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="spark: compare the Spark engine (local, --spark-cores) with DuckDB, row for row",
+    )
+    parser.add_argument("--spark-cores", default="1,2", help="local[N] sessions to run")
     parser.add_argument("--feast", action="store_true", help="also run Feast 0.67")
     parser.add_argument("--feast-rows", type=int, default=100_000)
     parser.add_argument("--feast-stores", default="file,duckdb")
@@ -560,6 +708,9 @@ def main() -> None:
     print(f"data ready in {time.perf_counter() - t:.1f}s under {data_dir(args.scale)}")
     if args.s3:
         run_s3(args)
+        return
+    if args.engine == "spark":
+        compare_engines(args)
         return
     ours, bare, bare_nt = [], [], []
     for _ in range(args.repeat):
@@ -646,9 +797,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
-        child_serve(float(sys.argv[2]))
+        child_serve(float(sys.argv[2]), *(sys.argv[3:4]), *(int(c) for c in sys.argv[4:5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_client":
-        child_client(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        save = sys.argv[6] if len(sys.argv) > 6 else None
+        child_client(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), save)
     elif len(sys.argv) > 1 and sys.argv[1] in ("_bare", "_bare_no_ties"):
         calls = int(sys.argv[4]) if len(sys.argv) > 4 else 1
         ties = sys.argv[1] == "_bare"

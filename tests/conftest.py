@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from skewless.online.embedded_redis import EmbeddedRedis
+from tests.helpers.engines import ENGINES, SPARK_TEST_SETTINGS, Engine
 from tests.helpers.redis_cluster import RedisClusterNodes, start_cluster
 from tests.helpers.s3 import S3Server, S3ServerError, running_s3_server
 
@@ -60,3 +62,22 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """One real three-node Redis Cluster for the session (flush it before use)."""
     with start_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One real local Spark session (two cores) for the whole test run."""
+    from skewless.offline.spark_session import spark_session, stop_spark_sessions
+
+    session = spark_session(SPARK_TEST_SETTINGS)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    stop_spark_sessions()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each offline engine in turn: a test taking it runs on DuckDB and on Spark."""
+    if request.param == "spark":
+        return Engine("spark", request.getfixturevalue("spark"))
+    return Engine("duckdb")

@@ -29,8 +29,8 @@ from skewless.offline.offline_store import (
     commit_window,
     history_files,
 )
-from skewless.offline.point_in_time import point_in_time_join
 from skewless.registry.feature_refs import resolve_feature_refs, resolve_view
+from tests.helpers.engines import Engine
 from tests.integration.matfixtures import T0, make_registry
 
 HOUR_US = 3_600_000_000
@@ -109,13 +109,21 @@ def _reference(model: list[Live], key: int, t: int) -> dict[str, Any] | None:
     return best
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(ops=st.lists(operation(), min_size=1, max_size=6), probes=st.lists(hours, min_size=1))
-def test_the_store_answers_like_the_model(ops: list[tuple[Any, ...]], probes: list[int]) -> None:
+def test_the_store_answers_like_the_model(engine: Engine) -> None:
+    settings(
+        max_examples=engine.examples(40),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )(
+        given(
+            ops=st.lists(operation(), min_size=1, max_size=6), probes=st.lists(hours, min_size=1)
+        )(check_the_store_answers_like_the_model)
+    )(engine=engine)
+
+
+def check_the_store_answers_like_the_model(
+    engine: Engine, ops: list[tuple[Any, ...]], probes: list[int]
+) -> None:
     registry = make_registry()
     plan = resolve_view(registry, "driver_stats")
     schema = plan.history_schema
@@ -193,7 +201,7 @@ def test_the_store_answers_like_the_model(ops: list[tuple[Any, ...]], probes: li
                 "event_timestamp": pa.array(label_us, pa.int64()).cast(UTC_US),
             }
         )
-        join = point_in_time_join(entity, features, [ViewHistory(features.views[0], tuple(files))])
+        join = engine.join(entity, features, [ViewHistory(features.views[0], tuple(files))])
         try:
             result = join.reader.read_all().to_pylist()
         finally:

@@ -188,3 +188,50 @@ def test_plain_http_elsewhere_needs_allow_http(tmp_path: Path) -> None:
     assert config.storage.storage_options is not None
     assert config.storage.storage_options["AWS_ALLOW_HTTP"] == "true"
     assert config.storage.storage_options["conditional_put"] == "etag"
+
+
+def test_the_offline_engine_is_duckdb_unless_spark_is_chosen(tmp_path: Path) -> None:
+    config = load_repo_config(_repo(tmp_path, ""))
+    assert config.offline_engine == "duckdb" and config.spark is None
+    offline = (
+        "offline:\n  engine: spark\n  spark:\n    remote: sc://spark.internal:15002/;token=x\n"
+    )
+    config = load_repo_config(_repo(tmp_path, offline))
+    assert config.offline_engine == "spark"
+    assert config.spark is not None
+    assert config.spark.remote == "sc://spark.internal:15002/;token=x"
+    assert config.spark.target == "sc://spark.internal:15002"  # no token in messages
+    local = (
+        "offline:\n  engine: spark\n  spark:\n    master: local[4]\n"
+        "    conf: {spark.sql.shuffle.partitions: 8, spark.sql.ansi.enabled: true}\n"
+    )
+    config = load_repo_config(_repo(tmp_path, local))
+    assert config.spark is not None and config.spark.master == "local[4]"
+    assert config.spark.conf == (
+        ("spark.sql.ansi.enabled", "true"),
+        ("spark.sql.shuffle.partitions", "8"),
+    )
+    assert load_repo_config(_repo(tmp_path, "offline: {engine: spark}\n")).spark is not None
+
+
+@pytest.mark.parametrize(
+    ("offline", "message"),
+    [
+        ("offline: {engine: spork}\n", "offline.engine must be one of duckdb, spark"),
+        ("offline: {engines: spark}\n", "unknown setting"),
+        ("offline: {spark: {remote: 'http://x:1'}}\n", "sc://HOST:PORT"),
+        ("offline: {spark: {remote: 'sc://x:1', master: local}}\n", "not both"),
+        ("offline: {spark: {conf: [a]}}\n", "offline.spark.conf"),
+        ("offline: {spark: {cores: 2}}\n", "unknown setting"),
+    ],
+)
+def test_bad_offline_engine_settings_are_named(tmp_path: Path, offline: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message.replace(".", r"\.")):
+        load_repo_config(_repo(tmp_path, offline))
+
+
+def test_the_spark_engine_needs_a_local_data_dir(tmp_path: Path) -> None:
+    setting = "data_dir: s3://bucket/x\noffline: {engine: spark}\n"
+    with pytest.raises(DefinitionError, match="local data dir") as caught:
+        load_repo_config(_repo(tmp_path, setting))
+    assert caught.value.reason == "INVALID_CONFIG"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skewless.core.errors import InvalidArgumentError, NotFoundError
-from skewless.offline.point_in_time import ViewHistory, point_in_time_join
+from skewless.offline.point_in_time import ViewHistory
 from skewless.registry.feature_refs import (
     FeaturePlan,
     parse_feature_ref,
@@ -24,6 +24,9 @@ from skewless.registry.feature_refs import (
     resolve_feature_service,
 )
 from skewless.v1 import registry_pb2, types_pb2
+from tests.helpers.engines import Engine
+
+DUCKDB = Engine("duckdb")
 
 VT = types_pb2.ValueType
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -252,8 +255,14 @@ def plain(table: pa.Table) -> pa.Table:
     )
 
 
-def run_join(entity: pa.Table, plan: FeaturePlan, histories: dict[str, list[HistoryFile]], **kw):
-    join = point_in_time_join(
+def run_join(
+    entity: pa.Table,
+    plan: FeaturePlan,
+    histories: dict[str, list[HistoryFile]],
+    engine: Engine = DUCKDB,
+    **kw,
+):
+    join = engine.join(
         entity,
         plan,
         [ViewHistory(v, tuple(Path(f.path) for f in histories[v.name])) for v in plan.views],
@@ -269,12 +278,7 @@ def run_join(entity: pa.Table, plan: FeaturePlan, histories: dict[str, list[Hist
 # --------------------------------------------------------------------------- properties
 
 
-@settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(
+JOIN_PROPERTY = given(
     driver_files=files_of(driver_rows()),
     trip_files=files_of(trip_rows()),
     entities=st.lists(entity_row(), max_size=12),
@@ -287,7 +291,18 @@ def run_join(entity: pa.Table, plan: FeaturePlan, histories: dict[str, list[Hist
     chunk_rows=st.sampled_from([2_000_000, 2_000_000, 1, 5]),
     history_memory=st.sampled_from([None, None, 0, 100]),
 )
-def test_join_matches_reference(
+
+
+def test_join_matches_reference(engine: Engine) -> None:
+    settings(
+        max_examples=engine.examples(120),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )(JOIN_PROPERTY(check_join_matches_reference))(engine=engine)
+
+
+def check_join_matches_reference(
+    engine,
     driver_files,
     trip_files,
     entities,
@@ -332,6 +347,7 @@ def test_join_matches_reference(
             entity,
             plan,
             histories,
+            engine,
             label_time_column="label_time",
             batch_rows=batch_rows,
             strategy=strategy,  # None: "plain" when no ties, else "dedupe"
@@ -377,7 +393,7 @@ def _entities(pairs: list[tuple[int | None, int]]) -> pa.Table:
 
 @pytest.mark.parametrize("strategy", [None, "dedupe"])
 def test_ttl_boundary_is_inclusive_and_ties_follow_the_documented_rule(
-    tmp_path: Path, strategy: str | None
+    tmp_path: Path, strategy: str | None, engine: Engine
 ) -> None:
     registry = build_registry(driver_ttl_s=10, trip_ttl_s=0)
     plan = resolve_feature_refs(registry, ["driver_stats:rating"])
@@ -390,7 +406,7 @@ def test_ttl_boundary_is_inclusive_and_ties_follow_the_documented_rule(
         tmp_path, [_row(2, 5, created_s=1, rating=3.0), _row(3, 7, rating=7.0)], "b.parquet"
     )
     entity = _entities([(1, 10), (1, 11), (2, 5), (2, 4), (3, 7), (7, 7), (None, 7)])
-    result, _ = run_join(entity, plan, {"driver_stats": first + second}, strategy=strategy)
+    result, _ = run_join(entity, plan, {"driver_stats": first + second}, engine, strategy=strategy)
     assert result.column("rating").to_pylist() == [
         0.5,  # t - ttl == event time: inclusive
         None,  # one microsecond... one second past the TTL
@@ -402,12 +418,12 @@ def test_ttl_boundary_is_inclusive_and_ties_follow_the_documented_rule(
     ]
 
 
-def test_result_streams_in_batches_of_the_requested_size(tmp_path: Path) -> None:
+def test_result_streams_in_batches_of_the_requested_size(tmp_path: Path, engine: Engine) -> None:
     registry = build_registry(driver_ttl_s=0, trip_ttl_s=0)
     plan = resolve_feature_refs(registry, ["driver_stats"])
     files = _history(tmp_path, [_row(d, t) for d in range(5) for t in range(0, 40, 3)])
     entity = _entities([(i % 7, (i * 13) % 50) for i in range(500)][::-1])
-    result, batches = run_join(entity, plan, {"driver_stats": files}, batch_rows=64)
+    result, batches = run_join(entity, plan, {"driver_stats": files}, engine, batch_rows=64)
     assert [b.num_rows for b in batches] == [64] * 7 + [52]
     expected = reference_join(
         entity.to_pylist(),
@@ -423,7 +439,7 @@ def test_result_streams_in_batches_of_the_requested_size(tmp_path: Path) -> None
     assert result.to_pylist() == expected
 
 
-def test_a_view_without_files_in_range_gives_nulls(tmp_path: Path) -> None:
+def test_a_view_without_files_in_range_gives_nulls(tmp_path: Path, engine: Engine) -> None:
     registry = build_registry(driver_ttl_s=0, trip_ttl_s=0)
     plan = resolve_feature_refs(registry, ["trip_stats:label", "driver_stats:trips"])
     files = _history(tmp_path, [_row(1, 0)])
@@ -432,13 +448,13 @@ def test_a_view_without_files_in_range_gives_nulls(tmp_path: Path) -> None:
         .append_column("customer", pa.array(["a", "b"]))
         .append_column("zone", pa.array([1, 1], pa.int32()))
     )
-    result, _ = run_join(entity, plan, {"driver_stats": files, "trip_stats": []})
+    result, _ = run_join(entity, plan, {"driver_stats": files, "trip_stats": []}, engine)
     assert result.column("label").to_pylist() == [None, None]
     assert result.column("label").type == pa.string()
     assert result.column("trips").to_pylist() == [0, None]
 
 
-def test_naive_and_zoned_label_times_mean_the_same_instant(tmp_path: Path) -> None:
+def test_naive_and_zoned_label_times_mean_the_same_instant(tmp_path: Path, engine: Engine) -> None:
     registry = build_registry(driver_ttl_s=0, trip_ttl_s=0)
     plan = resolve_feature_refs(registry, ["driver_stats:trips"])
     files = _history(tmp_path, [_row(1, 0), _row(1, 3600)])
@@ -450,13 +466,13 @@ def test_naive_and_zoned_label_times_mean_the_same_instant(tmp_path: Path) -> No
             pa.timestamp("us"),
         ),
     }
-    naive, _ = run_join(pa.table(rows), plan, {"driver_stats": files})
+    naive, _ = run_join(pa.table(rows), plan, {"driver_stats": files}, engine)
     rows["event_timestamp"] = (
         rows["event_timestamp"]
         .cast(pa.timestamp("us", tz="UTC"))
         .cast(pa.timestamp("us", tz="Europe/Paris"))
     )
-    zoned, _ = run_join(pa.table(rows), plan, {"driver_stats": files})
+    zoned, _ = run_join(pa.table(rows), plan, {"driver_stats": files}, engine)
     assert naive.column("trips").to_pylist() == zoned.column("trips").to_pylist() == [3600, 0]
 
 
@@ -476,12 +492,12 @@ def test_naive_and_zoned_label_times_mean_the_same_instant(tmp_path: Path) -> No
     ],
 )
 def test_bad_entity_rows_are_rejected_before_any_work(
-    tmp_path: Path, columns: dict[str, Any], label: str, match: str
+    tmp_path: Path, columns: dict[str, Any], label: str, match: str, engine: Engine
 ) -> None:
     plan = resolve_feature_refs(build_registry(0, 0), ["driver_stats:rating"])
     files = _history(tmp_path, [_row(1, 0)])
     with pytest.raises(InvalidArgumentError, match=match):
-        run_join(pa.table(columns), plan, {"driver_stats": files}, label_time_column=label)
+        run_join(pa.table(columns), plan, {"driver_stats": files}, engine, label_time_column=label)
 
 
 # --------------------------------------------------------------------------- feature refs

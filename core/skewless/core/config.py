@@ -24,10 +24,12 @@ from skewless.core.storage import (
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_SERVER_PORT",
+    "OFFLINE_ENGINES",
     "ConsoleTLS",
     "RedisTLS",
     "RepoConfig",
     "ServerTLS",
+    "SparkSettings",
     "load_repo_config",
 ]
 
@@ -99,6 +101,38 @@ class RedisTLS:
     key_file: Path | None = None
 
 
+#: The engines historical retrieval can run on (`offline.engine`).
+OFFLINE_ENGINES = ("duckdb", "spark")
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """How skewless reaches Apache Spark (`offline.spark`) when `offline.engine` is `spark`.
+
+    Attributes:
+        remote: A Spark Connect URL (`sc://HOST:PORT`, optionally with `/;param=value`
+            parameters such as `token`): the way to reach an existing cluster.
+        master: The master of a session skewless starts in its own process
+            (`local[2]`, `spark://HOST:PORT`, ...), when `remote` is not set.
+        conf: Spark settings applied to the session (`spark.sql.shuffle.partitions`, ...).
+        python: The interpreter Spark's Python workers run for a session skewless
+            starts (`PYSPARK_PYTHON`); None: the server's own interpreter.
+
+    """
+
+    remote: str | None = None
+    master: str | None = None
+    conf: tuple[tuple[str, str], ...] = ()
+    python: str | None = None
+
+    @property
+    def target(self) -> str:
+        """Where the session runs, for messages: the Connect URL (no parameters) or master."""
+        if self.remote is not None:
+            return self.remote.split("/;", 1)[0]
+        return self.master or "local[*]"
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     """Settings of one feature repository.
@@ -136,6 +170,9 @@ class RepoConfig:
         feature_log_queue_calls: Most sampled calls waiting to be written; past it
             calls are dropped (and counted), never delayed.
         auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
+        offline_engine: Where historical retrieval runs: `duckdb` (in process, the
+            default) or `spark` (see `spark`).
+        spark: How to reach Spark when `offline_engine` is `spark`.
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir` (local paths), and
@@ -165,6 +202,8 @@ class RepoConfig:
     feature_log_flush_seconds: float = 5.0
     feature_log_queue_calls: int = 10_000
     auth: AuthConfig = field(default_factory=AuthConfig)
+    offline_engine: str = "duckdb"
+    spark: SparkSettings | None = None
 
     @property
     def storage(self) -> DataStorage:
@@ -447,6 +486,71 @@ def _object_store(
     return settings
 
 
+def _offline(raw: dict[str, Any], path: Path) -> tuple[str, SparkSettings | None]:
+    """`offline: {engine: duckdb | spark, spark: {remote | master, conf, python}}`."""
+    offline = _section(raw, "offline", path)
+    unknown = set(offline) - {"engine", "spark"}
+    if unknown:
+        raise DefinitionError(
+            f"{path}: unknown setting(s) in offline: {', '.join(sorted(map(str, unknown)))} "
+            "(expected engine, spark)",
+            reason="INVALID_CONFIG",
+        )
+    engine = offline.get("engine", "duckdb")
+    if engine not in OFFLINE_ENGINES:
+        raise DefinitionError(
+            f"{path}: offline.engine must be one of {', '.join(OFFLINE_ENGINES)}, "
+            f"got {engine!r:.80}",
+            reason="INVALID_CONFIG",
+        )
+    if "spark" not in offline:
+        return engine, SparkSettings() if engine == "spark" else None
+    spark = _section(offline, "spark", path)
+    unknown = set(spark) - {"remote", "master", "conf", "python"}
+    if unknown:
+        raise DefinitionError(
+            f"{path}: unknown setting(s) in offline.spark: {', '.join(sorted(map(str, unknown)))} "
+            "(expected remote, master, conf, python)",
+            reason="INVALID_CONFIG",
+        )
+    remote, master, python = spark.get("remote"), spark.get("master"), spark.get("python")
+    if remote is not None and not (isinstance(remote, str) and remote.startswith("sc://")):
+        raise DefinitionError(
+            f"{path}: offline.spark.remote must be a Spark Connect URL sc://HOST:PORT, "
+            f"got {remote!r:.80}",
+            reason="INVALID_CONFIG",
+        )
+    if master is not None and not (isinstance(master, str) and master):
+        raise DefinitionError(
+            f"{path}: offline.spark.master must be a Spark master such as local[2], "
+            f"got {master!r:.80}",
+            reason="INVALID_CONFIG",
+        )
+    if remote is not None and master is not None:
+        raise DefinitionError(
+            f"{path}: offline.spark takes remote (a Spark Connect cluster) or master (a "
+            "session skewless starts), not both",
+            reason="INVALID_CONFIG",
+        )
+    if python is not None and not (isinstance(python, str) and python):
+        raise DefinitionError(
+            f"{path}: offline.spark.python must be an interpreter path, got {python!r:.80}",
+            reason="INVALID_CONFIG",
+        )
+    conf = spark.get("conf") or {}
+    if not isinstance(conf, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in conf.items()
+    ):
+        raise DefinitionError(
+            f"{path}: offline.spark.conf must map Spark setting names to values, got {conf!r:.120}",
+            reason="INVALID_CONFIG",
+        )
+    pairs = tuple(
+        (k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in sorted(conf.items())
+    )
+    return engine, SparkSettings(remote=remote, master=master, conf=pairs, python=python)
+
+
 def load_repo_config(repo: str | Path) -> RepoConfig:
     """Reads `skewless.yaml` from a repository folder.
 
@@ -487,6 +591,7 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         "server",
         "auth",
         "ui",
+        "offline",
     }
     if unknown:
         raise DefinitionError(
@@ -549,6 +654,13 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             reason="INVALID_CONFIG",
         )
     flush, queue = _feature_log(server, path)
+    engine, spark = _offline(raw, path)
+    if engine == "spark" and data_url is not None:
+        raise DefinitionError(
+            f"{path}: offline.engine spark reads the history from a local data dir; with an "
+            "s3:// data_dir use the duckdb engine",
+            reason="INVALID_CONFIG",
+        )
     server_tls = _server_tls(server, root, path)
     return RepoConfig(
         feature_log_flush_seconds=flush,
@@ -577,4 +689,6 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             path=path,
             mutual_tls=server_tls is not None and server_tls.mutual,
         ),
+        offline_engine=engine,
+        spark=spark,
     )

@@ -92,8 +92,10 @@ __all__ = [
     "DEFAULT_CHUNK_ROWS",
     "OUTPUT_BATCH_ROWS",
     "STRATEGIES",
+    "JoinCancelled",
     "PointInTimeJoin",
     "ViewHistory",
+    "assemble_batches",
     "point_in_time_join",
 ]
 
@@ -285,7 +287,7 @@ def point_in_time_join(
     # The work runs on reads, so a caller can `cancel` it from another thread.
     reader = pa.RecordBatchReader.from_batches(
         schema,
-        _assemble(
+        assemble_batches(
             table if entity_columns else table.select([]),
             run,
             check,
@@ -326,7 +328,7 @@ def _take_indices(positions: np.ndarray) -> pa.Array:
     return pa.array(positions, mask=missing) if missing.any() else pa.array(positions)
 
 
-def _assemble(
+def assemble_batches(
     table: pa.Table,
     run: Callable[[], list[np.ndarray | None]],
     check: Callable[[], None],
@@ -335,6 +337,22 @@ def _assemble(
     plan: FeaturePlan,
     batch_rows: int,
 ) -> Iterator[pa.RecordBatch]:
+    """The join's output batches, in input order (shared by every engine).
+
+    `run` finds each view's winner positions; each batch then takes the input columns
+    by position and gathers each view's features.
+
+    Args:
+        table: The entity rows whose columns come first (none: features only).
+        run: Finds, per view, each entity row's position in `loaded[i].features` (-1:
+            no winner), or None when the view has no history (its features are null).
+        check: Raises when the join was cancelled (called before each batch).
+        loaded: Per view, the features gathered from (filled by `run`).
+        schema: The output schema.
+        plan: The resolved features.
+        batch_rows: Rows per output batch.
+
+    """
     positions = run()
     feature_fields = [schema.field(f.output_name) for f in plan.features]
     where = _feature_positions(plan)

@@ -11,12 +11,13 @@ with the repository's memory limits.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 import pyarrow as pa
 
-from skewless.core.config import RepoConfig
+from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import FailedPreconditionError, InvalidArgumentError, quoted
 from skewless.offline.delta_log import storage_errors
 from skewless.offline.entity_rows import label_time_range, label_times, validate_entity_schema
@@ -25,7 +26,35 @@ from skewless.offline.offline_store import Snapshot, read_snapshot, snapshot_fil
 from skewless.offline.point_in_time import PointInTimeJoin, point_in_time_join
 from skewless.registry.feature_refs import FeaturePlan
 
-__all__ = ["check_history", "read_snapshots", "start_retrieval", "view_histories"]
+__all__ = [
+    "HistoricalJoin",
+    "check_history",
+    "read_snapshots",
+    "start_join",
+    "start_retrieval",
+    "view_histories",
+]
+
+
+class HistoricalJoin(Protocol):
+    """A running point-in-time join of either engine (DuckDB or Spark).
+
+    Attributes:
+        schema: The result schema.
+        reader: The result as record batches, in input order (reading runs the join).
+        num_rows: The number of result rows (the number of entity rows).
+
+    """
+
+    schema: pa.Schema
+    reader: pa.RecordBatchReader
+    num_rows: int
+
+    def cancel(self) -> None:
+        """Stops the join at its next step (safe to call from another thread)."""
+
+    def close(self) -> None:
+        """Stops the join and releases what it holds."""
 
 
 def check_history(config: RepoConfig, plan: FeaturePlan) -> None:
@@ -140,17 +169,59 @@ def start_retrieval(
     batch_rows: int,
     entity_columns: bool = True,
     snapshots: dict[str, Snapshot] | None = None,
-) -> PointInTimeJoin:
+) -> HistoricalJoin:
     """Validates the entity rows and starts their point-in-time join (reading runs it).
+
+    The join runs on the repository's offline engine (`offline.engine`).
 
     Raises:
         InvalidArgumentError: The entity rows lack a column, have unusable types, or
             null or out-of-range label times.
+        FailedPreconditionError: `SPARK_NOT_INSTALLED` (Spark engine without PySpark).
+        StoreUnavailableError: `SPARK_UNAVAILABLE`: Spark cannot be reached.
 
     """
     validate_entity_schema(entity_rows.schema, plan, label_time_column)
     histories = view_histories(config, plan, label_times(entity_rows, label_time_column), snapshots)
-    return point_in_time_join(
+    return start_join(
+        config,
+        entity_rows,
+        plan,
+        histories,
+        label_time_column=label_time_column,
+        batch_rows=batch_rows,
+        entity_columns=entity_columns,
+    )
+
+
+def start_join(
+    config: RepoConfig,
+    entity_rows: pa.Table,
+    plan: FeaturePlan,
+    histories: Sequence[ViewHistory],
+    *,
+    label_time_column: str,
+    batch_rows: int,
+    entity_columns: bool = True,
+) -> HistoricalJoin:
+    """Starts the join of entity rows against these histories on the configured engine."""
+    if config.offline_engine == "spark":
+        # Imported here: PySpark is optional, and only this engine needs it.
+        from skewless.offline.spark_join import spark_point_in_time_join
+        from skewless.offline.spark_session import spark_session
+
+        settings = config.spark or SparkSettings()
+        return spark_point_in_time_join(
+            spark_session(settings),
+            entity_rows,
+            plan,
+            histories,
+            target=settings.target,
+            label_time_column=label_time_column,
+            batch_rows=batch_rows,
+            entity_columns=entity_columns,
+        )
+    join: PointInTimeJoin = point_in_time_join(
         entity_rows,
         plan,
         histories,
@@ -161,3 +232,4 @@ def start_retrieval(
         entity_columns=entity_columns,
         temp_directory=config.spill_dir,
     )
+    return join

@@ -65,7 +65,12 @@ class HistoricalServiceStub:
     that reads outside `server.entity_source_roots` and the registered sources
     (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
     (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
-    DEADLINE_EXCEEDED.
+    DEADLINE_EXCEEDED. With the Spark offline engine also: FAILED_PRECONDITION when PySpark
+    is missing (`SPARK_NOT_INSTALLED`), the executors cannot read the history files
+    (`SPARK_CANNOT_READ_HISTORY`) or Spark's Python workers fail
+    (`SPARK_PYTHON_WORKER_FAILED`); UNAVAILABLE when Spark cannot be reached
+    (`SPARK_UNAVAILABLE`) or a Spark job fails (`SPARK_JOB_FAILED`); RESOURCE_EXHAUSTED
+    when Spark runs out of memory (`SPARK_OUT_OF_MEMORY`).
     """
 
 @_typing.type_check_only
@@ -105,7 +110,12 @@ class HistoricalServiceAsyncStub(HistoricalServiceStub):
     that reads outside `server.entity_source_roots` and the registered sources
     (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
     (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
-    DEADLINE_EXCEEDED.
+    DEADLINE_EXCEEDED. With the Spark offline engine also: FAILED_PRECONDITION when PySpark
+    is missing (`SPARK_NOT_INSTALLED`), the executors cannot read the history files
+    (`SPARK_CANNOT_READ_HISTORY`) or Spark's Python workers fail
+    (`SPARK_PYTHON_WORKER_FAILED`); UNAVAILABLE when Spark cannot be reached
+    (`SPARK_UNAVAILABLE`) or a Spark job fails (`SPARK_JOB_FAILED`); RESOURCE_EXHAUSTED
+    when Spark runs out of memory (`SPARK_OUT_OF_MEMORY`).
     """
 
 class HistoricalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -148,7 +158,12 @@ class HistoricalServiceServicer(metaclass=_abc_1.ABCMeta):
         that reads outside `server.entity_source_roots` and the registered sources
         (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
         (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
-        DEADLINE_EXCEEDED.
+        DEADLINE_EXCEEDED. With the Spark offline engine also: FAILED_PRECONDITION when PySpark
+        is missing (`SPARK_NOT_INSTALLED`), the executors cannot read the history files
+        (`SPARK_CANNOT_READ_HISTORY`) or Spark's Python workers fail
+        (`SPARK_PYTHON_WORKER_FAILED`); UNAVAILABLE when Spark cannot be reached
+        (`SPARK_UNAVAILABLE`) or a Spark job fails (`SPARK_JOB_FAILED`); RESOURCE_EXHAUSTED
+        when Spark runs out of memory (`SPARK_OUT_OF_MEMORY`).
         """
 
 def add_HistoricalServiceServicer_to_server(servicer: HistoricalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -39,8 +39,8 @@ from skewless.core.names import EVENT_TIMESTAMP
 from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
 from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
 from skewless.offline.feature_log import log_entity_rows
-from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS, PointInTimeJoin
-from skewless.offline.retrieval import read_snapshots, start_retrieval
+from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS
+from skewless.offline.retrieval import HistoricalJoin, read_snapshots, start_retrieval
 from skewless.registry.feature_refs import (
     FeaturePlan,
     resolve_feature_refs,
@@ -410,7 +410,7 @@ class _Interruptible:
 class _Running:
     """A join being streamed: runs its blocking steps in worker threads, releases once."""
 
-    def __init__(self, join: PointInTimeJoin) -> None:
+    def __init__(self, join: HistoricalJoin) -> None:
         self.join = join
         # The thread's own future: an awaiting task that is cancelled marks its asyncio
         # wrapper done at once, while the thread may still be inside DuckDB.
@@ -492,6 +492,6 @@ def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
     return [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
 
 
-def _close_quietly(join: PointInTimeJoin) -> None:
+def _close_quietly(join: HistoricalJoin) -> None:
     with contextlib.suppress(Exception):
         join.close()

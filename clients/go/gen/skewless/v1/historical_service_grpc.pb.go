@@ -58,7 +58,12 @@ type HistoricalServiceClient interface {
 	// that reads outside `server.entity_source_roots` and the registered sources
 	// (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
 	// (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
-	// DEADLINE_EXCEEDED.
+	// DEADLINE_EXCEEDED. With the Spark offline engine also: FAILED_PRECONDITION when PySpark
+	// is missing (`SPARK_NOT_INSTALLED`), the executors cannot read the history files
+	// (`SPARK_CANNOT_READ_HISTORY`) or Spark's Python workers fail
+	// (`SPARK_PYTHON_WORKER_FAILED`); UNAVAILABLE when Spark cannot be reached
+	// (`SPARK_UNAVAILABLE`) or a Spark job fails (`SPARK_JOB_FAILED`); RESOURCE_EXHAUSTED
+	// when Spark runs out of memory (`SPARK_OUT_OF_MEMORY`).
 	GetHistoricalFeatures(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[GetHistoricalFeaturesRequest, GetHistoricalFeaturesResponse], error)
 }
 
@@ -119,7 +124,12 @@ type HistoricalServiceServer interface {
 	// that reads outside `server.entity_source_roots` and the registered sources
 	// (`ENTITY_SOURCE_NOT_ALLOWED`), or entity SQL calling a function it may not
 	// (`ENTITY_SQL_NOT_ALLOWED`). RESOURCE_EXHAUSTED: a message over 64 MiB. CANCELLED,
-	// DEADLINE_EXCEEDED.
+	// DEADLINE_EXCEEDED. With the Spark offline engine also: FAILED_PRECONDITION when PySpark
+	// is missing (`SPARK_NOT_INSTALLED`), the executors cannot read the history files
+	// (`SPARK_CANNOT_READ_HISTORY`) or Spark's Python workers fail
+	// (`SPARK_PYTHON_WORKER_FAILED`); UNAVAILABLE when Spark cannot be reached
+	// (`SPARK_UNAVAILABLE`) or a Spark job fails (`SPARK_JOB_FAILED`); RESOURCE_EXHAUSTED
+	// when Spark runs out of memory (`SPARK_OUT_OF_MEMORY`).
 	GetHistoricalFeatures(grpc.BidiStreamingServer[GetHistoricalFeaturesRequest, GetHistoricalFeaturesResponse]) error
 	mustEmbedUnimplementedHistoricalServiceServer()
 }
