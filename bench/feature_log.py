@@ -45,6 +45,28 @@ SHAPES = {
 }
 FLUSH = 5.0
 RATES = {"off": 0.0, "0.1": 0.1, "1.0": 1.0}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a live process and of its live descendants."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu.get(current, 0.0)
+        todo += [child for child, parent in parents.items() if parent == current]
+    return total
 
 
 def registry(rate: float):
@@ -178,21 +200,33 @@ def main() -> None:
                         sampled_calls[name] += r["requests"] * RATES[name] * rows
                     for c in concurrencies:
                         runs: dict[str, list[dict]] = {name: [] for name in RATES}
+                        # CPU over the whole block, and a flush interval after it: the
+                        # writer's work lands after the calls it decodes.
+                        time.sleep(FLUSH + 1)
+                        cpu_before = {name: tree_cpu(procs[name].pid) for name in RATES}
                         for _ in range(args.repeat):
                             for name in RATES:
                                 r = raw_load(ports[name], data, c, args.duration)
                                 runs[name].append(r)
                                 sampled_calls[name] += r["requests"] * RATES[name] * rows
+                        time.sleep(FLUSH + 1)
+                        cpu_us = {
+                            name: (tree_cpu(procs[name].pid) - cpu_before[name])
+                            / max(sum(r["requests"] for r in runs[name]), 1)
+                            * 1e6
+                            for name in RATES
+                        }
                         for name in RATES:
                             results[(name, shape, c)] = {
                                 k: statistics.median(run[k] for run in runs[name])
                                 for k in runs[name][0]
                             }
                             r = results[(name, shape, c)]
+                            r["cpu_us"] = cpu_us[name]
                             print(
                                 f"log {name:<4} {shape} c={c:<3} qps={r['qps']:8.0f} "
                                 f"p50={r['p50']:6.2f} p99={r['p99']:6.2f} ms "
-                                f"errors={r['errors']}",
+                                f"cpu={r['cpu_us']:6.1f} us/call errors={r['errors']}",
                                 flush=True,
                             )
                     # The hand-off, on this shape's real request and response.
@@ -224,16 +258,20 @@ def main() -> None:
     print()
     print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
     print(f"servers: {args.workers} worker(s) each; load generator: raw (bench/loadgen)")
-    print("| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off | server CPU us/call "
+        "| CPU vs off |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for shape in args.shapes.split(","):
         for c in concurrencies:
-            base = results[("off", shape, c)]["qps"]
+            base = results[("off", shape, c)]
             for name in RATES:
                 r = results[(name, shape, c)]
                 print(
                     f"| {shape} | {c} | {name} | {r['qps']:.0f} | {r['p50']:.2f} | "
-                    f"{r['p99']:.2f} | {r['qps'] / base:.3f} |"
+                    f"{r['p99']:.2f} | {r['qps'] / base['qps']:.3f} | {r['cpu_us']:.1f} | "
+                    f"{r['cpu_us'] / base['cpu_us']:.3f} |"
                 )
     print()
     for shape, ns in handoffs.items():

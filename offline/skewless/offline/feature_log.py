@@ -43,10 +43,12 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
 from skewless.core.names import FEATURE_LOG_DIR
 from skewless.core.types import arrow_type, list_element_type
+from skewless.offline.log_decoding import decode_batch
 from skewless.registry.feature_refs import FeaturePlan, ResolvedFeature, resolve_feature_service
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
 
 __all__ = [
+    "DECODE_CHUNK_BYTES",
     "LOG_META_SCHEMA",
     "SERVED_PREFIX",
     "STATUS_NAMES",
@@ -315,12 +317,60 @@ class _Columns:
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def decode_calls(plan: FeaturePlan, calls: Iterable[LoggedCall]) -> pa.Table:
-    """Decodes handed-off calls of one service (one registry version) into log rows."""
-    columns = _Columns(plan)
+#: Most response bytes decoded in one piece (bounds the decoder's memory and the time
+#: it holds the GIL at once; each feature's part of a piece is parsed in one call).
+DECODE_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def decode_calls(
+    plan: FeaturePlan, calls: Iterable[LoggedCall], *, vectorized: bool = True
+) -> pa.Table:
+    """Decodes handed-off calls of one service (one registry version) into log rows.
+
+    Calls are decoded in pieces of about `DECODE_CHUNK_BYTES` of responses, column by
+    column (`skewless.offline.log_decoding.decode_batch`); a piece that path declines is
+    decoded call by call, value by value (the general path, also with
+    `vectorized=False`), to the same rows.
+
+    Raises:
+        ValueError: A response does not hold one vector per feature of the plan.
+
+    """
+    schema = log_schema(plan)
+    tables: list[pa.Table] = []
+    for piece in _pieces(list(calls)):
+        table = None
+        if vectorized:
+            table = decode_batch(
+                plan,
+                requests=[c.request for c in piece],
+                responses=[c.response for c in piece],
+                request_ids=[c.request_id for c in piece],
+                request_times_us=[c.request_time_us for c in piece],
+                registry_versions=[c.registry_version for c in piece],
+                schema=schema,
+            )
+        if table is None:
+            columns = _Columns(plan)
+            for call in piece:
+                columns.add(call)
+            table = columns.table()
+        tables.append(table)
+    if not tables:
+        return schema.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _pieces(calls: list[LoggedCall]) -> list[list[LoggedCall]]:
+    pieces: list[list[LoggedCall]] = []
+    size = DECODE_CHUNK_BYTES
     for call in calls:
-        columns.add(call)
-    return columns.table()
+        if size >= DECODE_CHUNK_BYTES:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(call)
+        size += len(call.response)
+    return pieces
 
 
 def log_dir(config: RepoConfig, service: str) -> Path:
@@ -343,6 +393,22 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[Pa
     if table.num_rows == 0:
         return []
     days = pc.cast(table.column("request_time"), pa.date32())
+    # Dictionaries where values repeat (ids, statuses, strings), statistics where readers
+    # filter (request time, keys): each costs a third of the write on the other columns.
+    meta = len(LOG_META_SCHEMA)
+    repeated = [
+        f.name
+        for f in table.schema
+        if f.name == "request_id"
+        or f.name.endswith("__status")
+        or pa.types.is_string(f.type)
+        or pa.types.is_binary(f.type)
+    ]
+    summarized = ["request_time"] + [
+        f.name
+        for f in list(table.schema)[meta:]
+        if not f.metadata and not f.name.endswith(("__status", "__event_time"))
+    ]
     written = []
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     for day in pc.unique(days).to_pylist():
@@ -355,7 +421,13 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[Pa
         final = folder / f"{stamp}-{os.getpid()}-{seq:06d}.parquet"
         tmp = final.with_name(final.name + ".tmp")
         with tmp.open("wb") as sink:
-            pq.write_table(part, sink, compression="zstd")
+            pq.write_table(
+                part,
+                sink,
+                compression="zstd",
+                use_dictionary=repeated,
+                write_statistics=summarized,
+            )
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, final)
