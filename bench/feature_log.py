@@ -48,8 +48,9 @@ RATES = {"off": 0.0, "0.1": 0.1, "1.0": 1.0}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a live process and of its live descendants."""
+def tree_cpu(pid: int, *, writers: bool = True) -> float:
+    """CPU seconds (user + system) of a live process and of its live descendants (without
+    the feature log's writer processes unless `writers`)."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -57,7 +58,10 @@ def tree_cpu(pid: int) -> float:
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
+            continue
+        if not writers and b"skewless.server.log_writer" in command:
             continue
         parents[int(entry)] = int(fields[1])
         cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
@@ -213,15 +217,25 @@ def main() -> None:
                         # writer's work lands after the calls it decodes.
                         time.sleep(FLUSH + 1)
                         cpu_before = {name: tree_cpu(procs[name].pid) for name in RATES}
+                        own_before = {
+                            name: tree_cpu(procs[name].pid, writers=False) for name in RATES
+                        }
                         for _ in range(args.repeat):
                             for name in RATES:
                                 r = raw_load(ports[name], data, c, args.duration)
                                 runs[name].append(r)
                                 sampled_calls[name] += r["requests"] * RATES[name] * rows
                         time.sleep(FLUSH + 1)
+                        calls = {
+                            name: max(sum(r["requests"] for r in runs[name]), 1) for name in RATES
+                        }
                         cpu_us = {
-                            name: (tree_cpu(procs[name].pid) - cpu_before[name])
-                            / max(sum(r["requests"] for r in runs[name]), 1)
+                            name: (tree_cpu(procs[name].pid) - cpu_before[name]) / calls[name] * 1e6
+                            for name in RATES
+                        }
+                        own_us = {
+                            name: (tree_cpu(procs[name].pid, writers=False) - own_before[name])
+                            / calls[name]
                             * 1e6
                             for name in RATES
                         }
@@ -232,10 +246,12 @@ def main() -> None:
                             }
                             r = results[(name, shape, c)]
                             r["cpu_us"] = cpu_us[name]
+                            r["own_us"] = own_us[name]
                             print(
                                 f"log {name:<4} {shape} c={c:<3} qps={r['qps']:8.0f} "
                                 f"p50={r['p50']:6.2f} p99={r['p99']:6.2f} ms "
-                                f"cpu={r['cpu_us']:6.1f} us/call errors={r['errors']}",
+                                f"cpu={r['cpu_us']:6.1f} us/call (serving process "
+                                f"{r['own_us']:6.1f}) errors={r['errors']}",
                                 flush=True,
                             )
                     # The hand-off, on this shape's real request and response.
@@ -269,10 +285,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
     print(f"servers: {args.workers} worker(s) each; load generator: raw (bench/loadgen)")
     print(
-        "| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off | server CPU us/call "
-        "| CPU vs off |"
+        "| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off | CPU us/call (server + "
+        "writer) | CPU vs off | serving process CPU us/call | vs off |"
     )
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for shape in args.shapes.split(","):
         for c in concurrencies:
             base = results[(next(iter(RATES)), shape, c)]
@@ -281,7 +297,8 @@ def main() -> None:
                 print(
                     f"| {shape} | {c} | {name} | {r['qps']:.0f} | {r['p50']:.2f} | "
                     f"{r['p99']:.2f} | {r['qps'] / base['qps']:.3f} | {r['cpu_us']:.1f} | "
-                    f"{r['cpu_us'] / base['cpu_us']:.3f} |"
+                    f"{r['cpu_us'] / base['cpu_us']:.3f} | {r['own_us']:.1f} | "
+                    f"{r['own_us'] / base['own_us']:.3f} |"
                 )
     print()
     for shape, ns in handoffs.items():
