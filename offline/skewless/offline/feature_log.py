@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
@@ -57,6 +57,7 @@ __all__ = [
     "LogColumns",
     "LoggedCall",
     "decode_calls",
+    "iter_log",
     "log_columns",
     "log_dir",
     "log_entity_rows",
@@ -500,13 +501,66 @@ def read_log(
         and the status columns dictionary-encoded.
 
     """
+    return next(
+        _log_parts(
+            config,
+            service,
+            plan,
+            start_us=start_us,
+            end_us=end_us,
+            served=served,
+            ordered=ordered,
+            files=files,
+            batch_rows=None,
+        )
+    )
+
+
+def iter_log(
+    config: RepoConfig,
+    service: str,
+    plan: FeaturePlan,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    files: list[Path] | None = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.Table]:
+    """`read_log`'s rows (every column, in file order) as tables of at most `batch_rows`."""
+    return _log_parts(
+        config,
+        service,
+        plan,
+        start_us=start_us,
+        end_us=end_us,
+        served=True,
+        ordered=False,
+        files=files,
+        batch_rows=batch_rows,
+    )
+
+
+def _log_parts(
+    config: RepoConfig,
+    service: str,
+    plan: FeaturePlan,
+    *,
+    start_us: int | None,
+    end_us: int | None,
+    served: bool,
+    ordered: bool,
+    files: list[Path] | None,
+    batch_rows: int | None,
+) -> Iterator[pa.Table]:
     schema = log_schema(plan)
     if not served:
         schema = pa.schema(list(schema)[: len(LOG_META_SCHEMA) + len(plan.join_keys)])
     if files is None:
         files = log_files(config, service, start_us=start_us, end_us=end_us)
     if not files:
-        return schema.empty_table()
+        if batch_rows is None:
+            yield schema.empty_table()
+        return
     # Statuses and request ids repeat: read them as dictionaries (a third of the cost).
     repeated = [f.name for f in schema if f.name == "request_id" or f.name.endswith("__status")]
     read_schema = pa.schema(
@@ -537,25 +591,44 @@ def read_log(
             if c.feature.view in stale
             for name in (c.value, c.status, c.event_time)
         }
-        dataset = ds.dataset(
-            [str(p) for p in paths],
-            schema=pa.schema([f for f in read_schema if f.name not in dropped]),
-            format=ds.ParquetFileFormat(read_options=options),
-        )
-        part = dataset.to_table(filter=condition)
-        if dropped:
-            part = pa.Table.from_arrays(
-                [
-                    pa.nulls(part.num_rows, f.type) if f.name in dropped else part.column(f.name)
-                    for f in read_schema
-                ],
-                schema=read_schema,
+        readable = pa.schema([f for f in read_schema if f.name not in dropped])
+        fmt = ds.ParquetFileFormat(read_options=options)
+        pieces: Iterable[pa.Table]
+        if batch_rows is None:
+            pieces = [
+                ds.dataset([str(p) for p in paths], schema=readable, format=fmt).to_table(
+                    filter=condition
+                )
+            ]
+        else:  # file by file, batch by batch: in file order, never whole
+            pieces = (
+                pa.Table.from_batches([batch], schema=readable)
+                for path in paths
+                for batch in ds.dataset([str(path)], schema=readable, format=fmt).to_batches(
+                    filter=condition, batch_size=batch_rows
+                )
             )
-        parts.append(part)
+        for part in pieces:
+            if dropped:
+                part = pa.Table.from_arrays(
+                    [
+                        pa.nulls(part.num_rows, f.type)
+                        if f.name in dropped
+                        else part.column(f.name)
+                        for f in read_schema
+                    ],
+                    schema=read_schema,
+                )
+            parts.append(part)
+            if batch_rows is not None:
+                yield part
+                parts.clear()
+    if batch_rows is not None:
+        return
     table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
     if ordered and table.num_rows:
         table = table.take(pc.sort_indices(table.column("request_time")))
-    return table
+    yield table
 
 
 def _other_generations(path: Path, plan: FeaturePlan) -> frozenset[str]:

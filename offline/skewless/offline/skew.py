@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
 import struct
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import list_element_type
 from skewless.offline.feature_log import (
     LogColumns,
+    iter_log,
     log_columns,
     log_files,
     read_log,
@@ -386,6 +388,86 @@ def _concat(parts: list[pa.Array]) -> pa.Array:
     return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
 
+class _Prefetch:
+    """Runs an iterator of tables in a thread, a few tables ahead.
+
+    Parquet reads release the GIL: the log is read while the join and the comparison run.
+    """
+
+    _END = object()
+
+    def __init__(self, tables: Iterator[pa.Table], ahead: int = 2) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(tables,), name="skewless-skew-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, tables: Iterator[pa.Table]) -> None:
+        try:
+            for table in tables:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(table, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item: object = self._END
+        except BaseException as exc:  # raised again in the reading thread
+            item = exc
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.Table)
+            yield item
+
+    def close(self) -> None:
+        """Stops the thread (tables not taken are dropped)."""
+        self._stop.set()
+        self._thread.join()
+
+
+class _Aligned:
+    """Tables from an iterator, re-cut to the sizes asked for."""
+
+    def __init__(self, tables: Iterator[pa.Table]) -> None:
+        self._tables = tables
+        self._held: list[pa.Table] = []
+        self._rows = 0
+
+    def take(self, n: int) -> pa.Table:
+        """The next `n` rows as one table (one chunk per column)."""
+        while self._rows < n:
+            table = next(self._tables, None)
+            if table is None:
+                raise RuntimeError(f"the log ended {n - self._rows} rows early")
+            self._held.append(table)
+            self._rows += table.num_rows
+        whole = pa.concat_tables(self._held) if len(self._held) > 1 else self._held[0]
+        rest = whole.slice(n)
+        self._held = [rest] if rest.num_rows else []
+        self._rows -= n
+        return whole.slice(0, n).combine_chunks()
+
+    def done(self) -> bool:
+        """Whether every row was taken."""
+        return self._rows == 0 and all(t.num_rows == 0 for t in self._tables)
+
+
 class _Tally:
     """One feature's counts, stale lags and example candidates over the batches so far."""
 
@@ -414,7 +496,10 @@ class _Tally:
         *,
         offset: int,
     ) -> None:
-        """Keeps the batch's newest `wanted` not matching rows as example candidates."""
+        """Keeps the batch's newest `wanted` not matching rows as example candidates.
+
+        `log` and `offline` are the batch's rows; `offset` its first row in the log.
+        """
         category = self.category
         assert category is not None
         flagged = pc.indices_nonzero(
@@ -422,13 +507,13 @@ class _Tally:
         )
         if not len(flagged):
             return
-        times = _micros(log.column("request_time").slice(offset, len(category))).take(flagged)
+        times = _micros(log.column("request_time")).take(flagged)
         newest = pc.sort_indices(times, sort_keys=[("", "descending")])  # stable: row order
         chosen = newest.slice(0, wanted)
-        rows = [offset + r for r in flagged.take(chosen).to_pylist()]
+        rows = flagged.take(chosen).to_pylist()
         stamps = times.take(chosen).to_pylist()
-        examples = _examples(rows, log, offline, plan, columns, category, offset=offset)
-        self.candidates += zip(stamps, rows, examples, strict=True)
+        examples = _examples(rows, log, offline, plan, columns, category)
+        self.candidates += zip(stamps, [offset + r for r in rows], examples, strict=True)
 
     def examples(self, wanted: int) -> list[_pb.SkewExample]:
         """The newest `wanted` candidates (ties: the earlier logged row first)."""
@@ -551,28 +636,31 @@ def skew_report(
         response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
     tallies = {c.value: _Tally() for c in log_columns(plan)}
     view_lags: dict[str, list[pa.Array]] = {v.name: [] for v in plan.views}
-    keys_only = log
-    with ThreadPoolExecutor(1, thread_name_prefix="skewless-skew-read") as pool:
-        served = pool.submit(
-            read_log, config, service, plan, start_us=start_us, end_us=end_us, files=files
-        )
-        join = _start_join(config, plan, keys_only)
-        offset = 0
-        try:
-            for batch in join.reader:
-                log = served.result()
-                offline = pa.Table.from_batches([batch])
-                part = log.slice(offset, offline.num_rows)
-                _tally_batch(part, offline, plan, tallies, view_lags, float_tolerance)
-                for columns in log_columns(plan):
-                    tallies[columns.value].pick(
-                        examples_wanted, log, offline, plan, columns, offset=offset
-                    )
-                offset += offline.num_rows
-        finally:
-            join.close()
-    if offset != keys_only.num_rows:
-        raise RuntimeError(f"the join gave {offset} rows for {keys_only.num_rows} logged rows")
+    # The served columns are read batch by batch beside the join's batches (the same
+    # files, so the same rows in the same order): neither side is ever held whole.
+    reading = _Prefetch(
+        iter_log(config, service, plan, start_us=start_us, end_us=end_us, files=files)
+    )
+    served = _Aligned(iter(reading))
+    join = _start_join(config, plan, log)
+    offset = 0
+    try:
+        for batch in join.reader:
+            offline = pa.Table.from_batches([batch])
+            if not offline.num_rows:
+                continue
+            part = served.take(offline.num_rows)
+            _tally_batch(part, offline, plan, tallies, view_lags, float_tolerance)
+            for columns in log_columns(plan):
+                tallies[columns.value].pick(
+                    examples_wanted, part, offline, plan, columns, offset=offset
+                )
+            offset += offline.num_rows
+    finally:
+        join.close()
+        reading.close()
+    if offset != log.num_rows or not served.done():
+        raise RuntimeError(f"the join gave {offset} rows for {log.num_rows} logged rows")
     total = bad = 0
     for columns in log_columns(plan):
         f = columns.feature
