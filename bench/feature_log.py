@@ -45,6 +45,32 @@ SHAPES = {
 }
 FLUSH = 5.0
 RATES = {"off": 0.0, "0.1": 0.1, "1.0": 1.0}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int, *, writers: bool = True) -> float:
+    """CPU seconds (user + system) of a live process and of its live descendants (without
+    the feature log's writer processes unless `writers`)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if not writers and b"skewless.server.log_writer" in command:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu.get(current, 0.0)
+        todo += [child for child, parent in parents.items() if parent == current]
+    return total
 
 
 def registry(rate: float):
@@ -116,7 +142,6 @@ def handler_us(url: str, request_bytes: bytes, calls: int, rounds: int = 5) -> d
         async def run() -> dict[str, float]:
             ctx = ServerContext(config=config, registry=holder, redis=aioredis.Redis.from_url(url))
             servicer = OnlineServicer(ctx)
-            servicer.logger._write = lambda *a: None  # decoding is measured, not writing
             servicer.logger.flush_interval = FLUSH
             best = dict.fromkeys(RATES, float("inf"))
             context = _Context()
@@ -128,6 +153,7 @@ def handler_us(url: str, request_bytes: bytes, calls: int, rounds: int = 5) -> d
                         await servicer.get_online_features(request, context)  # type: ignore[arg-type]
                     best[name] = min(best[name], (time.perf_counter() - started) / calls * 1e6)
                     servicer.logger.flush()  # the writer's work, outside the timed loop
+            servicer.logger.close()
             servicer.reader.close()
             await ctx.redis.aclose()
             return best
@@ -143,7 +169,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--entities", type=int, default=10_000)
+    parser.add_argument(
+        "--rates",
+        default="off,0.1,1.0",
+        help="sample rates of the servers, the first the baseline ('off' twice: an A/A test)",
+    )
     args = parser.parse_args()
+    RATES.clear()
+    for rate in args.rates.split(","):
+        name = rate if rate not in RATES else f"{rate}-{len(RATES)}"
+        RATES[name] = 0.0 if rate == "off" else float(rate)
     build_loadgen()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     kind = f"skewless-{args.workers}raw"
@@ -178,29 +213,54 @@ def main() -> None:
                         sampled_calls[name] += r["requests"] * RATES[name] * rows
                     for c in concurrencies:
                         runs: dict[str, list[dict]] = {name: [] for name in RATES}
+                        # CPU over the whole block, and a flush interval after it: the
+                        # writer's work lands after the calls it decodes.
+                        time.sleep(FLUSH + 1)
+                        cpu_before = {name: tree_cpu(procs[name].pid) for name in RATES}
+                        own_before = {
+                            name: tree_cpu(procs[name].pid, writers=False) for name in RATES
+                        }
                         for _ in range(args.repeat):
                             for name in RATES:
                                 r = raw_load(ports[name], data, c, args.duration)
                                 runs[name].append(r)
                                 sampled_calls[name] += r["requests"] * RATES[name] * rows
+                        time.sleep(FLUSH + 1)
+                        calls = {
+                            name: max(sum(r["requests"] for r in runs[name]), 1) for name in RATES
+                        }
+                        cpu_us = {
+                            name: (tree_cpu(procs[name].pid) - cpu_before[name]) / calls[name] * 1e6
+                            for name in RATES
+                        }
+                        own_us = {
+                            name: (tree_cpu(procs[name].pid, writers=False) - own_before[name])
+                            / calls[name]
+                            * 1e6
+                            for name in RATES
+                        }
                         for name in RATES:
                             results[(name, shape, c)] = {
                                 k: statistics.median(run[k] for run in runs[name])
                                 for k in runs[name][0]
                             }
                             r = results[(name, shape, c)]
+                            r["cpu_us"] = cpu_us[name]
+                            r["own_us"] = own_us[name]
                             print(
                                 f"log {name:<4} {shape} c={c:<3} qps={r['qps']:8.0f} "
                                 f"p50={r['p50']:6.2f} p99={r['p99']:6.2f} ms "
-                                f"errors={r['errors']}",
+                                f"cpu={r['cpu_us']:6.1f} us/call (serving process "
+                                f"{r['own_us']:6.1f}) errors={r['errors']}",
                                 flush=True,
                             )
                     # The hand-off, on this shape's real request and response.
+                    first = next(iter(RATES))
                     import grpc
 
                     from skewless.v1 import online_service_pb2_grpc
 
-                    with grpc.insecure_channel(f"127.0.0.1:{ports['off']}") as channel:
+                    with grpc.insecure_channel(f"127.0.0.1:{ports[first]}") as channel:
                         stub = online_service_pb2_grpc.OnlineServiceStub(channel)
                         request = online_service_pb2.GetOnlineFeaturesRequest.FromString(
                             data.read_bytes()
@@ -224,22 +284,27 @@ def main() -> None:
     print()
     print(f"machine: {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
     print(f"servers: {args.workers} worker(s) each; load generator: raw (bench/loadgen)")
-    print("| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| shape | c | logging | QPS | p50 ms | p99 ms | QPS vs off | CPU us/call (server + "
+        "writer) | CPU vs off | serving process CPU us/call | vs off |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for shape in args.shapes.split(","):
         for c in concurrencies:
-            base = results[("off", shape, c)]["qps"]
+            base = results[(next(iter(RATES)), shape, c)]
             for name in RATES:
                 r = results[(name, shape, c)]
                 print(
                     f"| {shape} | {c} | {name} | {r['qps']:.0f} | {r['p50']:.2f} | "
-                    f"{r['p99']:.2f} | {r['qps'] / base:.3f} |"
+                    f"{r['p99']:.2f} | {r['qps'] / base['qps']:.3f} | {r['cpu_us']:.1f} | "
+                    f"{r['cpu_us'] / base['cpu_us']:.3f} | {r['own_us']:.1f} | "
+                    f"{r['own_us'] / base['own_us']:.3f} |"
                 )
     print()
     for shape, ns in handoffs.items():
         print(f"hand-off on the request path, shape {shape}: {ns:.0f} ns per sampled call")
     for shape, per_rate in handlers.items():
-        base = per_rate["off"]
+        base = next(iter(per_rate.values()))
         shown = ", ".join(f"{name} {us:.1f} us ({us / base:.3f}x)" for name, us in per_rate.items())
         print(f"handler in process (no gRPC), shape {shape}, best of 5 rounds: {shown}")
     for name in RATES:

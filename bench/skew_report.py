@@ -34,6 +34,7 @@ import resource
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,6 +50,7 @@ from skewless.offline.feature_log import (
     log_files,
     write_log_file,
 )
+from skewless.offline.offline_store import HistoryWriter, commit_window
 from skewless.offline.retrieval import start_retrieval
 from skewless.offline.skew import CATEGORY_NAMES, offline_plan, skew_report
 from skewless.registry.feature_refs import resolve_feature_service
@@ -85,10 +87,14 @@ def generate(scale: float, rows: int) -> Path:
     entity_file = base / "entities.parquet"
     if log_dir(config, SERVICE).exists():
         return base
+    # Committed to the offline store by its own writer, as `skewless materialize` does.
     for view, table in historical_views(scale).items():
-        folder = config.offline_dir / view
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, folder / "part-0.parquet", row_group_size=256_000)
+        writer = HistoryWriter(config, view, table.schema)
+        for batch in table.to_batches(1_000_000):
+            writer.write(batch)
+        times = table.column("event_timestamp")
+        lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
+        commit_window(config, view, lo, hi + timedelta(microseconds=1), writer.close())
     RegistryStore(config.storage).save(registry())
     entities = historical_entity_rows(scale, rows)
     pq.write_table(entities, entity_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -266,3 +267,28 @@ def test_training_set_from_the_calls_that_were_served(config: RepoConfig) -> Non
         "NOT_FOUND",
         "PRESENT",
     ]
+
+
+def _writers(config: RepoConfig) -> set[int]:
+    return {int(f.name.split("-")[1]) for f in log_files(config, "live")}
+
+
+def test_a_writer_process_writes_and_one_killed_loses_no_row(config: RepoConfig) -> None:
+    server = ServerThread(config, run_schedules=False).start()
+    target = f"127.0.0.1:{server.port}"
+    ids: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not _writers(config) - {os.getpid()} and time.monotonic() < deadline:
+            ids.append(call(target, [1, 2])[1])  # the first flushes are written in process
+            time.sleep(0.1)
+        writers = _writers(config) - {os.getpid()}
+        assert len(writers) == 1  # then the writer process of this server writes them
+        (writer,) = writers
+        os.kill(writer, signal.SIGKILL)
+        ids += [call(target, [1, 2])[1] for _ in range(5)]
+        time.sleep(1.0)  # flushed every 0.2 s: the one after the kill is written here
+    finally:
+        server.stop()
+    logged = ds.dataset(log_files(config, "live")).to_table()["request_id"].to_pylist()
+    assert sorted(logged) == sorted(i for i in ids for _ in (1, 2))  # none lost, none twice

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -36,7 +39,14 @@ from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.core.types import list_element_type
-from skewless.offline.feature_log import LogColumns, log_columns, read_log, require_log
+from skewless.offline.feature_log import (
+    LogColumns,
+    iter_log,
+    log_columns,
+    log_files,
+    read_log,
+    require_log,
+)
 from skewless.offline.point_in_time import OUTPUT_BATCH_ROWS
 from skewless.offline.retrieval import start_retrieval
 from skewless.registry.feature_refs import (
@@ -330,29 +340,36 @@ def _time_of(scalar: pa.Scalar) -> timestamp_pb2.Timestamp | None:
 
 
 def _examples(
-    rows: pa.Array,
+    rows: Sequence[int],
     log: pa.Table,
     offline: pa.Table,
     plan: FeaturePlan,
     columns: LogColumns,
     category: pa.Array,
+    *,
+    offset: int = 0,
 ) -> list[_pb.SkewExample]:
-    """The example rows, read value by value (a `take` would join every chunk first)."""
+    """The example rows, read value by value (a `take` would join every chunk first).
+
+    `rows` index the log; the offline rows and categories are those of a batch that
+    starts at log row `offset`.
+    """
     f = columns.feature
     view = next(v for v in plan.views if v.name == f.view)
     out = []
-    for row in rows.to_pylist():
+    for row in rows:
+        local = row - offset
         example = _pb.SkewExample(
-            category=category[row].as_py(),
+            category=category[local].as_py(),
             request_id=log.column("request_id")[row].as_py() or "",
             served_value=_value(log.column(columns.value)[row].as_py(), f.value_type),
             served_status=_STATUS_NUMBERS.get(log.column(columns.status)[row].as_py() or "", 0),
-            offline_value=_value(offline.column(f.output_name)[row].as_py(), f.value_type),
+            offline_value=_value(offline.column(f.output_name)[local].as_py(), f.value_type),
         )
         for target, scalar in (
             (example.request_time, log.column("request_time")[row]),
             (example.served_event_time, log.column(columns.event_time)[row]),
-            (example.offline_event_time, offline.column(_offline_ts_name(f.view))[row]),
+            (example.offline_event_time, offline.column(_offline_ts_name(f.view))[local]),
         ):
             stamp = _time_of(scalar)
             if stamp is not None:
@@ -363,6 +380,176 @@ def _examples(
             )
         out.append(example)
     return out
+
+
+def _concat(parts: list[pa.Array]) -> pa.Array:
+    if not parts:
+        return pa.array([], pa.int64())
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+
+class _Prefetch:
+    """Runs an iterator of tables in a thread, a few tables ahead.
+
+    Parquet reads release the GIL: the log is read while the join and the comparison run.
+    """
+
+    _END = object()
+
+    def __init__(self, tables: Iterator[pa.Table], ahead: int = 2) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(tables,), name="skewless-skew-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, tables: Iterator[pa.Table]) -> None:
+        try:
+            for table in tables:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(table, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item: object = self._END
+        except BaseException as exc:  # raised again in the reading thread
+            item = exc
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.Table)
+            yield item
+
+    def close(self) -> None:
+        """Stops the thread (tables not taken are dropped)."""
+        self._stop.set()
+        self._thread.join()
+
+
+class _Aligned:
+    """Tables from an iterator, re-cut to the sizes asked for."""
+
+    def __init__(self, tables: Iterator[pa.Table]) -> None:
+        self._tables = tables
+        self._held: list[pa.Table] = []
+        self._rows = 0
+
+    def take(self, n: int) -> pa.Table:
+        """The next `n` rows as one table (one chunk per column)."""
+        while self._rows < n:
+            table = next(self._tables, None)
+            if table is None:
+                raise RuntimeError(f"the log ended {n - self._rows} rows early")
+            self._held.append(table)
+            self._rows += table.num_rows
+        whole = pa.concat_tables(self._held) if len(self._held) > 1 else self._held[0]
+        rest = whole.slice(n)
+        self._held = [rest] if rest.num_rows else []
+        self._rows -= n
+        return whole.slice(0, n).combine_chunks()
+
+    def done(self) -> bool:
+        """Whether every row was taken."""
+        return self._rows == 0 and all(t.num_rows == 0 for t in self._tables)
+
+
+class _Tally:
+    """One feature's counts, stale lags and example candidates over the batches so far."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(max(_CATEGORIES) + 1, dtype=np.int64)
+        self.lags: list[pa.Array] = []
+        self.category: pa.Array | None = None
+        #: (request time, log row, example) of the newest not matching rows so far.
+        self.candidates: list[tuple[int, int, _pb.SkewExample]] = []
+
+    def add(self, category: pa.Array, lag: pa.Array) -> None:
+        self.counts += np.bincount(
+            category.to_numpy(zero_copy_only=False), minlength=len(self.counts)
+        )[: len(self.counts)]
+        stale = pc.equal(category, _cat(Cat.SKEW_CATEGORY_SERVED_STALE))
+        self.lags.append(_one(pc.filter(lag, stale)))
+        self.category = category
+
+    def pick(
+        self,
+        wanted: int,
+        log: pa.Table,
+        offline: pa.Table,
+        plan: FeaturePlan,
+        columns: LogColumns,
+        *,
+        offset: int,
+    ) -> None:
+        """Keeps the batch's newest `wanted` not matching rows as example candidates.
+
+        `log` and `offline` are the batch's rows; `offset` its first row in the log.
+        """
+        category = self.category
+        assert category is not None
+        flagged = pc.indices_nonzero(
+            pc.is_in(category, value_set=pa.array(_NOT_MATCHING, pa.int8()))
+        )
+        if not len(flagged):
+            return
+        times = _micros(log.column("request_time")).take(flagged)
+        newest = pc.sort_indices(times, sort_keys=[("", "descending")])  # stable: row order
+        chosen = newest.slice(0, wanted)
+        rows = flagged.take(chosen).to_pylist()
+        stamps = times.take(chosen).to_pylist()
+        examples = _examples(rows, log, offline, plan, columns, category)
+        self.candidates += zip(stamps, [offset + r for r in rows], examples, strict=True)
+
+    def examples(self, wanted: int) -> list[_pb.SkewExample]:
+        """The newest `wanted` candidates (ties: the earlier logged row first)."""
+        ordered = sorted(self.candidates, key=lambda c: (-c[0], c[1]))
+        return [example for _, _, example in ordered[:wanted]]
+
+
+def _tally_batch(
+    log: pa.Table,
+    offline: pa.Table,
+    plan: FeaturePlan,
+    tallies: dict[str, _Tally],
+    view_lags: dict[str, list[pa.Array]],
+    tolerance: float,
+) -> None:
+    """Categorizes one batch of logged rows (`log`, already sliced) against its join rows."""
+    prepared: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
+    for columns in log_columns(plan):
+        f = columns.feature
+        offline_time = offline.column(_offline_ts_name(f.view))
+        if f.view not in prepared:  # a view's features share its rows' event times
+            prepared[f.view] = view_arrays(log.column(columns.event_time), offline_time)
+            view_lags[f.view].append(
+                _view_lag(log.column(columns.status), log.column(columns.event_time), offline_time)
+            )
+        category, lag = categorize(
+            served_status=log.column(columns.status),
+            served_value=log.column(columns.value),
+            served_time=log.column(columns.event_time),
+            offline_value=offline.column(f.output_name),
+            offline_time=offline_time,
+            value_type=f.value_type,
+            tolerance=tolerance,
+            prepared=prepared[f.view],
+        )
+        tallies[columns.value].add(category, lag)
 
 
 def _distinct(column: pa.ChunkedArray) -> int:
@@ -426,7 +613,12 @@ def skew_report(
     examples_wanted = max_examples or DEFAULT_EXAMPLES
     plan = resolve_feature_service(registry, service, full_feature_names=True)
     require_log(config, registry, service)
-    log = read_log(config, service, plan, start_us=start_us, end_us=end_us)
+    files = log_files(config, service, start_us=start_us, end_us=end_us)
+    # The join needs only the keys and request times: it starts on those while the served
+    # columns are read beside it (the same files, so the same rows in the same order).
+    log = read_log(
+        config, service, plan, start_us=start_us, end_us=end_us, served=False, files=files
+    )
     response = _pb.GetSkewReportResponse(
         feature_service=service,
         logged_rows=log.num_rows,
@@ -442,33 +634,40 @@ def skew_report(
         response.end_time.CopyFrom(_timestamp(end_us))
     elif log.num_rows:
         response.end_time.CopyFrom(_timestamp(pc.max(times).as_py() + 1))
-    offline = _offline_values(config, plan, log)
+    tallies = {c.value: _Tally() for c in log_columns(plan)}
+    view_lags: dict[str, list[pa.Array]] = {v.name: [] for v in plan.views}
+    # The served columns are read batch by batch beside the join's batches (the same
+    # files, so the same rows in the same order): neither side is ever held whole.
+    reading = _Prefetch(
+        iter_log(config, service, plan, start_us=start_us, end_us=end_us, files=files)
+    )
+    served = _Aligned(iter(reading))
+    join = _start_join(config, plan, log)
+    offset = 0
+    try:
+        for batch in join.reader:
+            offline = pa.Table.from_batches([batch])
+            if not offline.num_rows:
+                continue
+            part = served.take(offline.num_rows)
+            _tally_batch(part, offline, plan, tallies, view_lags, float_tolerance)
+            for columns in log_columns(plan):
+                tallies[columns.value].pick(
+                    examples_wanted, part, offline, plan, columns, offset=offset
+                )
+            offset += offline.num_rows
+    finally:
+        join.close()
+        reading.close()
+    if offset != log.num_rows or not served.done():
+        raise RuntimeError(f"the join gave {offset} rows for {log.num_rows} logged rows")
     total = bad = 0
-    request_micros = _micros(log.column("request_time"))
-    view_lag: dict[str, pa.Array] = {}
-    prepared: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
-    not_matching_set = pa.array(_NOT_MATCHING, pa.int8())
     for columns in log_columns(plan):
         f = columns.feature
-        offline_time = offline.column(_offline_ts_name(f.view))
-        if f.view not in prepared:  # a view's features share its rows' event times
-            prepared[f.view] = view_arrays(log.column(columns.event_time), offline_time)
-        category, lag = categorize(
-            served_status=log.column(columns.status),
-            served_value=log.column(columns.value),
-            served_time=log.column(columns.event_time),
-            offline_value=offline.column(f.output_name),
-            offline_time=offline_time,
-            value_type=f.value_type,
-            tolerance=float_tolerance,
-            prepared=prepared[f.view],
-        )
-        rows = len(category)
-        counts = {
-            int(item["values"]): int(item["counts"])
-            for item in pc.value_counts(category).to_pylist()
-        }
-        not_matching = sum(counts.get(c, 0) for c in _NOT_MATCHING)
+        tally = tallies[columns.value]
+        rows = int(tally.counts.sum())
+        counts = {c: int(tally.counts[c]) for c in _CATEGORIES}
+        not_matching = sum(counts[c] for c in _NOT_MATCHING)
         total += rows
         bad += not_matching
         feature = response.features.add(
@@ -478,22 +677,12 @@ def skew_report(
             mismatch_rate=not_matching / rows if rows else 0.0,
         )
         for c in _CATEGORIES:
-            n = counts.get(c, 0)
+            n = counts[c]
             feature.categories.add(category=c, count=n, rate=n / rows if rows else 0.0)
-        stale = pc.equal(category, _cat(Cat.SKEW_CATEGORY_SERVED_STALE))
-        feature.stale_lag.CopyFrom(_lag(_one(pc.filter(lag, stale))))
-        if not_matching:
-            flagged = pc.indices_nonzero(pc.is_in(category, value_set=not_matching_set))
-            times = request_micros.take(flagged)
-            newest = pc.sort_indices(times, sort_keys=[("", "descending")])
-            picked = _one(flagged.take(newest.slice(0, examples_wanted)))
-            feature.examples.extend(_examples(picked, log, offline, plan, columns, category))
-        if f.view not in view_lag:
-            view_lag[f.view] = _view_lag(
-                log.column(columns.status), log.column(columns.event_time), offline_time
-            )
+        feature.stale_lag.CopyFrom(_lag(_concat(tally.lags)))
+        feature.examples.extend(tally.examples(examples_wanted))
     for view in plan.views:
-        lags = view_lag.get(view.name, pa.array([], pa.int64()))
+        lags = _concat(view_lags[view.name])
         response.views.add(
             feature_view=view.name,
             rows=len(lags),
@@ -504,8 +693,11 @@ def skew_report(
     return response
 
 
-def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.Table:
-    """The point-in-time join of the logged rows at their request times (features only)."""
+def _start_join(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> Any:
+    """The point-in-time join of the logged rows at their request times (features only).
+
+    Streamed in batches of `OUTPUT_BATCH_ROWS`, in log order.
+    """
     keys = [k.name for k in plan.join_keys]
     # One chunk per column: the join's input is sliced and registered, cheaper whole.
     entity_rows = pa.table(
@@ -519,10 +711,7 @@ def _offline_values(config: RepoConfig, plan: FeaturePlan, log: pa.Table) -> pa.
         batch_rows=OUTPUT_BATCH_ROWS,
         entity_columns=False,
     )
-    try:
-        return join.reader.read_all()
-    finally:
-        join.close()
+    return join
 
 
 def summary_rows(report: _pb.GetSkewReportResponse) -> Sequence[tuple[str, ...]]:

@@ -39,6 +39,7 @@ __all__ = [
     "label_call",
     "register_service",
     "register_wrapped",
+    "request_bytes",
 ]
 
 _log = logging.getLogger(__name__)
@@ -51,6 +52,17 @@ BidiHandler = Callable[
 ]
 
 _LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("skewless_rpc_label", default="")
+_REQUEST: contextvars.ContextVar[bytes] = contextvars.ContextVar(
+    "skewless_rpc_request", default=b""
+)
+
+
+def request_bytes() -> bytes:
+    """The current unary call's request as received (empty outside one).
+
+    The feature log hands these off instead of serializing the parsed request again.
+    """
+    return _REQUEST.get()
 
 
 def label_call(feature_service: str) -> None:
@@ -100,6 +112,7 @@ def _unary(method: _Method, handler: UnaryHandler) -> grpc.RpcMethodHandler[Any,
     async def behavior(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         started = time.perf_counter()
         _LABEL.set("")
+        _REQUEST.set(data)
         try:
             response = _serialize(await handler(_parse(method.request, data), context))
         except BaseException as exc:

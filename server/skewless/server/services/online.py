@@ -26,7 +26,7 @@ from skewless.server import metrics
 from skewless.server.auth.permissions import Action, Resource
 from skewless.server.context import ServerContext
 from skewless.server.feature_logger import REQUEST_ID_KEY, FeatureLogger
-from skewless.server.rpc import UnaryHandler, label_call
+from skewless.server.rpc import UnaryHandler, label_call, request_bytes
 from skewless.v1 import online_service_pb2, registry_pb2
 
 __all__ = ["OnlineServicer"]
@@ -125,6 +125,7 @@ class OnlineServicer:
             request_time_us=request_time_us,
             registry_version=version,
             request_id=_caller_request_id(context),
+            request_bytes=request_bytes(),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return response
