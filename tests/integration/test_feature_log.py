@@ -270,7 +270,7 @@ def test_training_set_from_the_calls_that_were_served(config: RepoConfig) -> Non
 
 
 def _writers(config: RepoConfig) -> set[int]:
-    return {int(f.name.split("-")[1]) for f in log_files(config, "live")}
+    return {int(Path(f).name.split("-")[1]) for f in log_files(config, "live")}
 
 
 def test_a_writer_process_writes_and_one_killed_loses_no_row(config: RepoConfig) -> None:
