@@ -5,6 +5,8 @@ server spends per request does not. This starts its own redis-server and loads t
 workload of `online.py`, then for each server (the ideal bare server of `online.py`, and
 skewless as `skewless.server.app` builds it, one process) and each request shape:
 
+`skewless-asyncio` is skewless on asyncio's event loop instead of uvloop.
+
 * `--mode cpu` (default): sends `--requests` calls at concurrency `--concurrency` and
   reports the server process's CPU time (user + system, from /proc) per request;
 * `--mode callgrind`: runs the server under `valgrind --tool=callgrind`, zeroes its
@@ -46,14 +48,9 @@ SHAPES = {"a": ("driver_customer", 1), "b": ("driver_customer", 100)}
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
-def serve_skewless(root: str, url: str, port: int) -> None:
+def serve_skewless(root: str, url: str, port: int, loop: str) -> None:
     """The server as `skewless serve` runs it, one process, no metrics port."""
     from skewless.server.app import serve
-
-    if os.environ.get("SKEWLESS_COST_LOOP") == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     config = RepoConfig(
         root=Path(root),
@@ -62,6 +59,7 @@ def serve_skewless(root: str, url: str, port: int) -> None:
         redis_url=url,
         server_port=port,
         metrics_port=0,
+        **({"event_loop": loop} if loop else {}),
     )
     serve(config)
 
@@ -92,7 +90,8 @@ def start(kind: str, root: Path, url: str, port: int, callgrind: Path | None) ->
         args = [sys.executable, str(HERE / "online.py"), "--ideal-server", str(port)]
         args += ["--redis-url", url]
     else:
-        args = [sys.executable, __file__, "--serve", str(root), url, str(port)]
+        loop = kind.partition("-")[2]  # skewless-asyncio: server.event_loop asyncio
+        args = [sys.executable, __file__, "--serve", str(root), url, str(port), loop]
     if callgrind is not None:
         args = [
             "valgrind",
@@ -104,8 +103,6 @@ def start(kind: str, root: Path, url: str, port: int, callgrind: Path | None) ->
         ]
     log = (root / f"{kind}.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    if kind.endswith("-uvloop"):
-        env["SKEWLESS_COST_LOOP"] = "uvloop"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
     deadline = time.monotonic() + (600 if callgrind else 60)
     while True:
@@ -143,11 +140,11 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="copy the callgrind dumps here (for callgrind_annotate)"
     )
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        root, url, port = args.serve
-        serve_skewless(root, url, int(port))
+        root, url, port, loop = args.serve
+        serve_skewless(root, url, int(port), loop)
         return
     callgrind = args.mode == "callgrind"
     with tempfile.TemporaryDirectory(prefix="skewless-cost-") as tmp:

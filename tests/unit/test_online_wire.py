@@ -387,3 +387,21 @@ def test_packed_hmgets_equal_one_command_at_a_time(rows: list[tuple[int, str]]) 
     reader = hiredis.Reader()  # and it is RESP a parser reads back as those commands
     reader.feed(packed)
     assert [reader.gets() for _ in commands] == commands
+
+
+@_SETTINGS
+@given(_case(), st.data())
+def test_rows_sharing_one_event_time_equal_the_generated_serializer(
+    case: tuple[LookupPlan, int, list[list[bytes | None]]], data: Any
+) -> None:
+    plan, n, replies = case
+    shared = []
+    for index, lookup in enumerate(plan.lookups):  # one event time for all rows of a view
+        ts = data.draw(
+            st.sampled_from(
+                [NOW, NOW - 1, NOW - lookup.ttl_micros, NOW - lookup.ttl_micros - 1, -5]
+            )
+        )
+        for row in replies[index * n : (index + 1) * n]:
+            shared.append([str(ts).encode(), *row[1:]])
+    assert encode_response(plan, n, shared, now_micros=NOW) == _reference(plan, n, shared)

@@ -17,6 +17,7 @@ from skewless.core.names import IDENTIFIER_RULE, is_identifier
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_SERVER_PORT",
+    "EVENT_LOOPS",
     "RedisTLS",
     "RepoConfig",
     "ServerTLS",
@@ -26,6 +27,8 @@ __all__ = [
 CONFIG_FILE = "skewless.yaml"
 DEFAULT_SERVER_PORT = 6566
 DEFAULT_METRICS_PORT = 9464
+#: The event loops the server can run on (`server.event_loop`), the default first.
+EVENT_LOOPS = ("uvloop", "asyncio")
 # An absolute POSIX path inside a message: a "/" not inside a word, then path characters.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>-])/[\w.@+~%=-]+(?:/[\w.@+~%=*?-]*)*")
 
@@ -98,6 +101,8 @@ class RepoConfig:
         feature_log_queue_calls: Most sampled calls waiting to be written; past it
             calls are dropped (and counted), never delayed.
         auth: Authentication of the gRPC port (`auth`); its mode `none` lets every caller in.
+        event_loop: The server's asyncio event loop: `uvloop` (libuv, the default) or
+            `asyncio` (the standard library's).
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir`.
@@ -122,6 +127,7 @@ class RepoConfig:
     feature_log_flush_seconds: float = 5.0
     feature_log_queue_calls: int = 10_000
     auth: AuthConfig = field(default_factory=AuthConfig)
+    event_loop: str = "uvloop"
 
     @property
     def entity_roots(self) -> tuple[Path, ...]:
@@ -363,7 +369,15 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
         )
     flush, queue = _feature_log(server, path)
     server_tls = _server_tls(server, root, path)
+    event_loop = server.get("event_loop", "uvloop")
+    if event_loop not in EVENT_LOOPS:
+        raise DefinitionError(
+            f"{path}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
+            f"got {event_loop!r:.100}",
+            reason="INVALID_CONFIG",
+        )
     return RepoConfig(
+        event_loop=event_loop,
         feature_log_flush_seconds=flush,
         feature_log_queue_calls=queue,
         root=root,

@@ -148,6 +148,10 @@ def store_unavailable(exc: BaseException, *, doing: str, retry: str) -> StoreUna
 # --- the read path's pipeline --------------------------------------------------------------
 
 
+#: What the parser returns when no complete reply is buffered (no reply is this object).
+_INCOMPLETE = object()
+
+
 class _RespProtocol(asyncio.Protocol):
     """One Redis connection: replies parsed by hiredis as the bytes arrive.
 
@@ -157,7 +161,7 @@ class _RespProtocol(asyncio.Protocol):
     """
 
     def __init__(self) -> None:
-        self.parser = hiredis.Reader()
+        self.parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._waiter: asyncio.Future[list[Any]] | None = None
@@ -174,19 +178,21 @@ class _RespProtocol(asyncio.Protocol):
         if waiter is None or waiter.done():  # nothing asked: never reuse this connection
             self.close()
             return
-        replies, count = self._replies, self._count
+        replies = self._replies
         try:
-            while len(replies) < count:
-                reply = parser.gets()
-                if reply is False:
-                    return
-                replies.append(reply)
+            replies.extend(iter(parser.gets, _INCOMPLETE))  # every complete reply, in C
         except hiredis.ProtocolError:  # not Redis speaking: fail the call, drop the socket
             self._waiter = None
             waiter.set_exception(redis.exceptions.ConnectionError("Redis sent an invalid reply"))
             self.close()
             return
+        if len(replies) < self._count:
+            return
         self._waiter = None
+        if len(replies) > self._count:  # more than was asked: never reuse this connection
+            self.close()
+            waiter.set_exception(redis.exceptions.ConnectionError("Redis sent extra replies"))
+            return
         waiter.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
