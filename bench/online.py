@@ -28,6 +28,11 @@ Usage:
 (built with `go build` when its sources change), which uses far less CPU than ghz on wide
 responses.
 
+A kind ending in `-asyncio` (`skewless-1raw-asyncio`) serves on asyncio's event loop
+instead of the default uvloop (`server.event_loop`). `--baseline DIR` names a checkout of
+another commit with its own `.venv`; the `base-N` kinds (`base-1raw`, `base-2raw`) run its
+server, so that a change is measured before and after in one run.
+
 `--servers ...,skewless-1tls,skewless-1jwt` adds the cost of security: `skewless-1tls`
 serves TLS (certificates made for the run with trustme), `skewless-1jwt` TLS with
 `auth.mode: jwt` (an RSA key and JWKS made for the run, one RS256 token sent on every
@@ -178,7 +183,9 @@ async def ideal_server(port: int, url: str) -> None:
 
 def serve_skewless(root: str, url: str, port: int, n: int) -> None:
     security = os.environ.get(_SECURITY_ENV, "")
+    loop = os.environ.get(_LOOP_ENV)
     config = RepoConfig(
+        **({"event_loop": loop} if loop else {}),
         root=Path(root),
         project=PROJECT,
         data_dir=Path(root) / "data",
@@ -201,6 +208,7 @@ def serve_skewless(root: str, url: str, port: int, n: int) -> None:
 # --- the cost of security: TLS, and TLS + JWT ---------------------------------------------
 
 _SECURITY_ENV = "SKEWLESS_BENCH_SECURITY"
+_LOOP_ENV = "SKEWLESS_BENCH_EVENT_LOOP"
 _ISSUER = "https://issuer.bench.skewless/"
 _AUDIENCE = "skewless-bench"
 _SUBJECT = "bench-client"
@@ -270,16 +278,31 @@ if "--typed-registration" in sys.argv:
     OnlineServicer.handlers = typed_handlers
 
 
+#: A checkout of another commit with its own `.venv` (`--baseline`), whose server the
+#: `base-N...` kinds run: before and after a change, measured in one run.
+BASELINE: Path | None = None
+
+
 def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "ideal":
         args = [sys.executable, __file__, "--ideal-server", str(port), "--redis-url", url]
+    elif kind.startswith("base-"):
+        if BASELINE is None:
+            raise SystemExit(f"{kind} needs --baseline DIR (a checkout with its .venv)")
+        n = kind.split("-")[1].removesuffix("raw")
+        python = BASELINE / ".venv" / "bin" / "python"
+        args = [str(python), str(BASELINE / "bench" / "online.py"), "--serve", str(root), url]
+        args += [str(port), n]
     else:
         security = security_of(kind)
-        n = kind.split("-")[1].removesuffix("raw").removesuffix(security)
+        plain = kind.removesuffix("-asyncio")
+        n = plain.split("-")[1].removesuffix("raw").removesuffix(security)
         args = [sys.executable, __file__, "--serve", str(root), url, str(port), n]
-        if not kind.endswith("raw") and not security:
+        if not plain.endswith("raw") and not security:
             args.append("--typed-registration")
     env = {**os.environ, _SECURITY_ENV: security_of(kind)}
+    if kind.endswith("-asyncio"):  # server.event_loop: asyncio instead of uvloop
+        env[_LOOP_ENV] = "asyncio"
     log = root / f"{kind}.log"
     with log.open("wb") as stderr:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
@@ -301,7 +324,7 @@ def start_server(kind: str, root: Path, url: str, port: int) -> subprocess.Popen
             if time.monotonic() > deadline or proc.poll() is not None:
                 tail = log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{kind} server did not start:\n{tail}") from None
-    time.sleep(1.0 if kind.startswith("skewless-2") else 0.3)  # let every worker bind
+    time.sleep(1.0 if kind.split("-")[-1].startswith("2") else 0.3)  # let every worker bind
     return proc
 
 
@@ -620,6 +643,12 @@ def main() -> None:
         default="ghz",
         help="ghz, or the pass-through Go client built from bench/loadgen (far less CPU)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (with its .venv) served by the base-N kinds, "
+        "e.g. --servers ideal,skewless-1raw,base-1raw",
+    )
     parser.add_argument("--ideal-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
@@ -640,6 +669,8 @@ def main() -> None:
         "--feast-workers", default="1,2", help="`feast serve -w N` servers to measure"
     )
     args = parser.parse_args()
+    global BASELINE
+    BASELINE = args.baseline.absolute() if args.baseline else None
     # absolute, not resolved: the venv's python is a symlink; Feast runs in its repo's folder
     args.feast_python = str(Path(args.feast_python).absolute())
     if args.serve:

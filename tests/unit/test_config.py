@@ -235,3 +235,15 @@ def test_the_spark_engine_needs_a_local_data_dir(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError, match="local data dir") as caught:
         load_repo_config(_repo(tmp_path, setting))
     assert caught.value.reason == "INVALID_CONFIG"
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for(tmp_path: Path) -> None:
+    assert load_repo_config(_repo(tmp_path, "")).event_loop == "uvloop"
+    chosen = load_repo_config(_repo(tmp_path, "server:\n  event_loop: asyncio\n"))
+    assert chosen.event_loop == "asyncio"
+
+
+@pytest.mark.parametrize("value", ["trio", "1", "[uvloop]"])
+def test_an_unknown_event_loop_is_named(tmp_path: Path, value: str) -> None:
+    with pytest.raises(DefinitionError, match="event_loop must be one of"):
+        load_repo_config(_repo(tmp_path, f"server:\n  event_loop: {value}\n"))

@@ -304,3 +304,104 @@ def test_deadlines_cancel_only_what_is_due_with_one_timer() -> None:
         later.cancel()
 
     asyncio.run(go())
+
+
+# --- reading INT64 key columns from their bytes -------------------------------------------
+
+_INT64S = st.integers(-(2**63), 2**63 - 1)
+
+
+def _value_bytes(draw: Any) -> bytes:
+    """The bytes of one `Value`: an int64 mostly, else anything a client could send."""
+    kind = draw(
+        st.sampled_from(["int64"] * 6 + ["int32", "string", "null", "bool", "twice", "unknown"])
+    )
+    if kind == "int64":
+        return types_pb2.Value(int64_value=draw(_INT64S)).SerializeToString()
+    if kind == "int32":
+        return types_pb2.Value(
+            int32_value=draw(st.integers(-(2**31), 2**31 - 1))
+        ).SerializeToString()
+    if kind == "string":
+        return types_pb2.Value(string_value=draw(st.text(max_size=8))).SerializeToString()
+    if kind == "null":
+        return b""
+    if kind == "bool":
+        return types_pb2.Value(bool_value=draw(st.booleans())).SerializeToString()
+    first = types_pb2.Value(int64_value=draw(_INT64S)).SerializeToString()
+    if kind == "twice":  # the field sent twice: the last one counts
+        return first + types_pb2.Value(int64_value=draw(_INT64S)).SerializeToString()
+    return first + encode_varint(501 << 3) + encode_varint(draw(st.integers(0, 2**20)))
+
+
+@_SETTINGS
+@given(st.data(), st.integers(1, 40))
+def test_int64_columns_read_from_bytes_equal_value_by_value(data: Any, rows: int) -> None:
+    from skewless.online.entity_keys import _int64_tags, _int64_tags_by_value
+
+    tag = field_tag(types_pb2.RepeatedValue, "values")
+    raw = b"".join(
+        tag + encode_varint(len(v)) + v for v in (_value_bytes(data.draw) for _ in range(rows))
+    )
+    column = types_pb2.RepeatedValue.FromString(raw)
+    reference = _int64_tags_by_value(column.values)
+    assert _int64_tags(column) == reference
+    if reference is not None:  # every value an int64: the layout's own encoding
+        expected = [b"{" + encode_key_part(v.int64_value).encode() + b"}" for v in column.values]
+        assert reference == expected
+
+
+# --- packing the HMGETs --------------------------------------------------------------------
+
+
+@_SETTINGS
+@given(
+    st.lists(
+        st.tuples(_INT64S, st.text(min_size=0, max_size=40)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_packed_hmgets_equal_one_command_at_a_time(rows: list[tuple[int, str]]) -> None:
+    import hiredis
+
+    from skewless.online.reader import _pack_hmgets
+    from skewless.online.resp import pack_commands
+
+    catalog = PlanCatalog("wire")
+    catalog.load(_registry([(2, 0, 0), (1, 0, 1), (3, 60, 2)]))  # INT64, STRING, composite
+    plan = catalog.for_features(["v0", "v1", "v2"], full_feature_names=True)
+    entities = {
+        "k1": [types_pb2.Value(int64_value=k) for k, _ in rows],
+        "k2": [types_pb2.Value(string_value=s) for _, s in rows],
+    }
+    keys = encode_entity_keys(plan, _columns(entities))
+    commands = [
+        [b"HMGET", lookup.key_prefix + suffix, *lookup.fields]
+        for lookup in plan.lookups
+        for suffix in keys.suffixes[lookup.key_set]
+    ]
+    packed, count = _pack_hmgets(plan, keys.suffixes)
+    assert count == len(commands)
+    assert packed == pack_commands(commands)
+    reader = hiredis.Reader()  # and it is RESP a parser reads back as those commands
+    reader.feed(packed)
+    assert [reader.gets() for _ in commands] == commands
+
+
+@_SETTINGS
+@given(_case(), st.data())
+def test_rows_sharing_one_event_time_equal_the_generated_serializer(
+    case: tuple[LookupPlan, int, list[list[bytes | None]]], data: Any
+) -> None:
+    plan, n, replies = case
+    shared = []
+    for index, lookup in enumerate(plan.lookups):  # one event time for all rows of a view
+        ts = data.draw(
+            st.sampled_from(
+                [NOW, NOW - 1, NOW - lookup.ttl_micros, NOW - lookup.ttl_micros - 1, -5]
+            )
+        )
+        for row in replies[index * n : (index + 1) * n]:
+            shared.append([str(ts).encode(), *row[1:]])
+    assert encode_response(plan, n, shared, now_micros=NOW) == _reference(plan, n, shared)

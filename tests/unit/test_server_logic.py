@@ -100,3 +100,18 @@ def test_command_line_times_are_iso_8601_or_now_and_naive_means_utc() -> None:
     assert abs(parse_time("now") - datetime.now(UTC)) < timedelta(seconds=5)
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday")
+
+
+def test_the_server_event_loop_is_uvloop_or_asyncios_own() -> None:
+    import uvloop
+
+    from skewless.server.app import event_loop_factory
+
+    factory = event_loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert event_loop_factory("asyncio") is None  # asyncio.Runner then makes its own

@@ -24,6 +24,7 @@ from skewless.core.storage import (
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_SERVER_PORT",
+    "EVENT_LOOPS",
     "OFFLINE_ENGINES",
     "ConsoleTLS",
     "RedisTLS",
@@ -36,6 +37,8 @@ __all__ = [
 CONFIG_FILE = "skewless.yaml"
 DEFAULT_SERVER_PORT = 6566
 DEFAULT_METRICS_PORT = 9464
+#: The event loops the server can run on (`server.event_loop`), the default first.
+EVENT_LOOPS = ("uvloop", "asyncio")
 # An absolute POSIX path inside a message: a "/" not inside a word, then path characters.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>-])/[\w.@+~%=-]+(?:/[\w.@+~%=*?-]*)*")
 
@@ -173,6 +176,8 @@ class RepoConfig:
         offline_engine: Where historical retrieval runs: `duckdb` (in process, the
             default) or `spark` (see `spark`).
         spark: How to reach Spark when `offline_engine` is `spark`.
+        event_loop: The server's asyncio event loop: `uvloop` (libuv, the default) or
+            `asyncio` (the standard library's).
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
     `state_dir(view)`, `spill_dir` and `embedded_redis_dir` (local paths), and
@@ -202,6 +207,7 @@ class RepoConfig:
     feature_log_flush_seconds: float = 5.0
     feature_log_queue_calls: int = 10_000
     auth: AuthConfig = field(default_factory=AuthConfig)
+    event_loop: str = "uvloop"
     offline_engine: str = "duckdb"
     spark: SparkSettings | None = None
 
@@ -662,7 +668,15 @@ def load_repo_config(repo: str | Path) -> RepoConfig:
             reason="INVALID_CONFIG",
         )
     server_tls = _server_tls(server, root, path)
+    event_loop = server.get("event_loop", "uvloop")
+    if event_loop not in EVENT_LOOPS:
+        raise DefinitionError(
+            f"{path}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
+            f"got {event_loop!r:.100}",
+            reason="INVALID_CONFIG",
+        )
     return RepoConfig(
+        event_loop=event_loop,
         feature_log_flush_seconds=flush,
         feature_log_queue_calls=queue,
         root=root,

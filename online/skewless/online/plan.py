@@ -44,6 +44,9 @@ __all__ = [
 
 #: Most feature references one request may name.
 MAX_FEATURE_REFS = 1000
+#: Key suffixes shorter than this are packed from `ViewLookup.resp_starts` (an INT64
+#: key's is at most 22 bytes).
+RESP_STARTS = 64
 _LIST_CACHE_SIZE = 512
 _FIXED_WIDTH_TYPES = frozenset(
     {
@@ -80,6 +83,9 @@ class ViewLookup:
         ttl_micros: The view's TTL in microseconds; 0 means values never go stale.
         resp_head: The RESP array header and command name of the view's HMGET.
         resp_fields: The RESP encoding of `fields`, sent after each key.
+        resp_starts: By key suffix length (below `RESP_STARTS`), everything of the
+            view's HMGET before the suffix: `resp_head`, the key's bulk length and
+            `key_prefix`; the suffix, CRLF and `resp_fields` follow.
 
     """
 
@@ -90,6 +96,7 @@ class ViewLookup:
     ttl_micros: int
     resp_head: bytes
     resp_fields: bytes
+    resp_starts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,15 +183,21 @@ def compile_plan(
             if feature.name.encode() not in fields:
                 fields.append(feature.name.encode())
         position[view.name] = len(lookups)
+        head = b"*%d\r\n%s" % (len(fields) + 2, bulk(b"HMGET"))
+        prefix = view_key_prefix(project, view.storage_name)
         lookups.append(
             ViewLookup(
                 view=view.name,
-                key_prefix=view_key_prefix(project, view.storage_name),
+                key_prefix=prefix,
                 key_set=key_sets.index(key_set),
                 fields=tuple(fields),
                 ttl_micros=view.ttl_micros,
-                resp_head=b"*%d\r\n%s" % (len(fields) + 2, bulk(b"HMGET")),
+                resp_head=head,
                 resp_fields=b"".join(bulk(f) for f in fields),
+                resp_starts=tuple(
+                    b"%s$%d\r\n%s" % (head, len(prefix) + size, prefix)
+                    for size in range(RESP_STARTS)
+                ),
             )
         )
     outputs = tuple(

@@ -58,16 +58,29 @@ class ReadStats(NamedTuple):
 
 
 def _pack_hmgets(plan: LookupPlan, keys: list[list[bytes]]) -> tuple[bytes, int]:
+    """Every HMGET of a read in RESP, with one `join` per view (no Python work per key).
+
+    Each command is the view's `resp_starts` entry for the suffix's length, the suffix,
+    CRLF and the view's `resp_fields`; a suffix too long for the table is packed
+    by formatting.
+    """
     parts: list[bytes] = []
     count = 0
     for lookup in plan.lookups:
-        head, fields, prefix = lookup.resp_head, lookup.resp_fields, lookup.key_prefix
         suffixes = keys[lookup.key_set]
         count += len(suffixes)
-        for suffix in suffixes:
+        tail = b"\r\n" + lookup.resp_fields
+        try:
+            starts = map(lookup.resp_starts.__getitem__, map(len, suffixes))
+            parts.append(tail.join(map(bytes.__add__, starts, suffixes)))
+        except IndexError:  # a long key (strings): formatted one by one
+            head, prefix = lookup.resp_head, lookup.key_prefix
             parts.append(
-                b"%s$%d\r\n%s%s\r\n%s" % (head, len(prefix) + len(suffix), prefix, suffix, fields)
+                tail.join(
+                    [b"%s$%d\r\n%s%s" % (head, len(prefix) + len(s), prefix, s) for s in suffixes]
+                )
             )
+        parts.append(tail)
     return b"".join(parts), count
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -166,15 +165,74 @@ def store_unavailable(exc: BaseException, *, doing: str, retry: str) -> StoreUna
 # --- the read path's pipeline --------------------------------------------------------------
 
 
-@dataclass
-class _RespConnection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    parser: hiredis.Reader
+#: What the parser returns when no complete reply is buffered (no reply is this object).
+_INCOMPLETE = object()
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One Redis connection: replies parsed by hiredis as the bytes arrive.
+
+    A round trip registers how many replies it waits for and a future; `data_received`
+    feeds the parser and resolves the future once they are all there, so that the
+    caller wakes up once per round trip, not once per read of the socket.
+    """
+
+    def __init__(self) -> None:
+        self.parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._replies: list[Any] = []
+        self._count = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        parser.feed(data)
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # nothing asked: never reuse this connection
+            self.close()
+            return
+        replies = self._replies
+        try:
+            replies.extend(iter(parser.gets, _INCOMPLETE))  # every complete reply, in C
+        except hiredis.ProtocolError:  # not Redis speaking: fail the call, drop the socket
+            self._waiter = None
+            waiter.set_exception(redis.exceptions.ConnectionError("Redis sent an invalid reply"))
+            self.close()
+            return
+        if len(replies) < self._count:
+            return
+        self._waiter = None
+        if len(replies) > self._count:  # more than was asked: never reuse this connection
+            self.close()
+            waiter.set_exception(redis.exceptions.ConnectionError("Redis sent extra replies"))
+            return
+        waiter.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(redis.exceptions.ConnectionError("Redis closed the connection"))
+
+    def roundtrip(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Sends pre-encoded commands; the future gets their `count` replies."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise redis.exceptions.ConnectionError("Redis closed the connection")
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiter, self._replies, self._count = waiter, [], count
+        transport.write(packed)
+        return waiter
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
 
 
 class RespPipeline:
@@ -182,8 +240,9 @@ class RespPipeline:
 
     The read path sends many HMGETs at once and needs nothing of a general client but
     connection reuse: this writes the pre-encoded commands in one `write` and parses the
-    replies in C, which costs a fraction of `redis.asyncio`'s per-command pipeline work.
-    A connection that fails, or whose call is cancelled, is closed, never reused.
+    replies in C as they arrive (`asyncio.Protocol`, no stream reader in between), which
+    costs a fraction of `redis.asyncio`'s per-command pipeline work. A connection that
+    fails, or whose call is cancelled, is closed, never reused.
     """
 
     def __init__(
@@ -201,7 +260,7 @@ class RespPipeline:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.max_idle = max_idle
-        self._idle: list[_RespConnection] = []
+        self._idle: list[_RespProtocol] = []
 
     @classmethod
     def from_client(cls, client: Any) -> RespPipeline | None:
@@ -227,12 +286,13 @@ class RespPipeline:
             password=kw.get("password"),
         )
 
-    async def _connect(self) -> _RespConnection:
+    async def _connect(self) -> _RespProtocol:
+        loop = asyncio.get_running_loop()
+        conn: _RespProtocol
         if self.path:
-            reader, writer = await asyncio.open_unix_connection(self.path)
+            _, conn = await loop.create_unix_connection(_RespProtocol, self.path)
         else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        conn = _RespConnection(reader, writer, hiredis.Reader())
+            _, conn = await loop.create_connection(_RespProtocol, self.host, self.port)
         setup: list[list[bytes]] = []
         if self.username or self.password:  # an ACL user may have no password (nopass)
             auth = [b"AUTH", (self.password or "").encode()]
@@ -243,7 +303,7 @@ class RespPipeline:
             setup.append([b"SELECT", str(self.db).encode()])
         if setup:
             try:
-                for reply in await self._roundtrip(conn, pack_commands(setup), len(setup)):
+                for reply in await conn.roundtrip(pack_commands(setup), len(setup)):
                     if isinstance(reply, Exception):
                         raise redis.exceptions.AuthenticationError(
                             "Redis refused the connection's AUTH or SELECT"
@@ -252,22 +312,6 @@ class RespPipeline:
                 conn.close()
                 raise
         return conn
-
-    @staticmethod
-    async def _roundtrip(conn: _RespConnection, packed: bytes, count: int) -> list[Any]:
-        conn.writer.write(packed)
-        parser, reader = conn.parser, conn.reader
-        replies: list[Any] = []
-        while len(replies) < count:
-            reply = parser.gets()
-            if reply is False:
-                data = await reader.read(1 << 17)
-                if not data:
-                    raise redis.exceptions.ConnectionError("Redis closed the connection")
-                parser.feed(data)
-            else:
-                replies.append(reply)
-        return replies
 
     async def execute(self, packed: bytes, count: int) -> list[Any]:
         """Sends pre-encoded commands and returns their `count` replies, in order.
@@ -285,7 +329,7 @@ class RespPipeline:
         reused = bool(self._idle)
         conn = self._idle.pop() if reused else await self._connect()
         try:
-            replies = await self._roundtrip(conn, packed, count)
+            replies = await conn.roundtrip(packed, count)
         except (redis.exceptions.ConnectionError, OSError):
             conn.close()
             if not reused:
@@ -293,14 +337,14 @@ class RespPipeline:
             self.close()
             conn = await self._connect()
             try:
-                replies = await self._roundtrip(conn, packed, count)
+                replies = await conn.roundtrip(packed, count)
             except BaseException:
                 conn.close()
                 raise
         except BaseException:
             conn.close()
             raise
-        if len(self._idle) < self.max_idle:
+        if len(self._idle) < self.max_idle and not conn.closed:
             self._idle.append(conn)
         else:
             conn.close()

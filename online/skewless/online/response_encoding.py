@@ -4,10 +4,11 @@ The values are never decoded: each stored `skewless.v1.Value` is framed as a
 length-delimited `FeatureVector.values` entry, and statuses and event times are
 written beside them. Field tags come from the descriptors (`skewless.client._wire`).
 
-`encode_response` is the general path; it takes two shortcuts that give the same
-bytes (proven by the property tests against the generated serializer): one entity row
-(`_encode_single`: no per-row loops; it declines values or vectors of 16 KiB or more),
-and columns whose fixed-width values are all set (framed with one `join`).
+`encode_response` is the general path: each feature's column of stored values is
+framed by protobuf's own serializer (`_frame_column`, no Python work per value), and
+rows sharing one event time get it framed once. One entity row takes a shortcut with
+the same bytes (`_encode_single`: no per-row loops; it declines values or vectors of
+16 KiB or more); the property tests prove both equal the generated serializer.
 
 Statuses: a row with no `_ts` is NOT_FOUND (event time unset: the epoch); a row whose
 event time is older than `now - ttl` is OUTSIDE_MAX_AGE (value withheld, event time
@@ -21,7 +22,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from skewless.client._wire import SMALL_VARINTS, encode_varint, field_tag, length_prefix
 from skewless.online.plan import LookupPlan
@@ -65,33 +66,38 @@ def _stored_time(ts: bytes) -> tuple[int, bytes]:
     return micros, timestamp_field(micros)
 
 
-def _frame_value(v: bytes | None) -> bytes:
-    return _TAG_VALUES + length_prefix(len(v)) + v if v else _NULL_VALUE_FIELD
+def _frames_class() -> Any:
+    """A message of one `repeated bytes` field numbered like `FeatureVector.values`.
 
-
-def _frame_column(column: Sequence[bytes | None], *, all_set: bool = False) -> bytes:
-    """Frames stored `Value` bytes as repeated `FeatureVector.values` (null: empty).
-
-    Args:
-        column: The stored values of one feature, one per entity row.
-        all_set: Every value is non-empty and of a fixed-width type: if all lengths are
-            indeed equal, the column is framed with one `join`.
-
+    A `Value` is framed on the wire as length-delimited bytes, exactly as a `bytes`
+    element is: serializing this message with the stored `Value` bytes as its elements
+    gives the `values` entries of a `FeatureVector` (an empty element is a null value),
+    all in C. It lives in a private descriptor pool.
     """
-    lengths = SMALL_VARINTS
-    if all_set:
-        present = cast("Sequence[bytes]", column)  # the caller's promise: no None
-        sizes = set(map(len, present))
-        if len(sizes) == 1:
-            size = sizes.pop()
-            if size < 16384:
-                separator = _TAG_VALUES + lengths[size]
-                return separator + separator.join(present)
-    heads = _VALUE_HEADS
+    fd = descriptor_pb2.FieldDescriptorProto
+    values = _Vector.DESCRIPTOR.fields_by_name["values"]
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="skewless/online/frames.proto", package="skewless.online", syntax="proto3"
+    )
+    proto.message_type.add(name="Frames").field.add(
+        name="values", number=values.number, type=fd.TYPE_BYTES, label=fd.LABEL_REPEATED
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("skewless.online.Frames"))
+
+
+_Frames = _frames_class()
+
+
+def _frame_column(column: Sequence[bytes | None]) -> bytes:
+    """Frames stored `Value` bytes as repeated `FeatureVector.values` (None: null)."""
+    framed: bytes
     try:
-        return b"".join([heads[len(v)] + v if v else _NULL_VALUE_FIELD for v in column])
-    except IndexError:  # a value of 16 KiB or more
-        return b"".join([_frame_value(v) for v in column])
+        framed = _Frames(values=column).SerializeToString()
+    except TypeError:  # an absent field (None): an empty value
+        framed = _Frames(values=[v or b"" for v in column]).SerializeToString()
+    return framed
 
 
 def _encode_single(
@@ -142,10 +148,23 @@ def _encode_single(
 
 
 def _lookup_rows(
-    rows: Sequence[Sequence[bytes | None]], n: int, ttl_micros: int, now_micros: int
+    times: Sequence[bytes | None], n: int, ttl_micros: int, now_micros: int
 ) -> tuple[list[int] | None, bytes]:
-    """Returns the row statuses (None when all PRESENT) and the framed event times."""
-    times = [row[0] for row in rows]
+    """Returns the row statuses (None when all PRESENT) and the framed event times.
+
+    Args:
+        times: The stored `_ts` of each row (None: no row).
+        n: The number of rows.
+        ttl_micros: The view's TTL (0: values never go stale).
+        now_micros: The request time.
+
+    """
+    first = times[0]
+    if first is not None and times.count(first) == n:  # one event time for every row
+        micros, frame = _stored_time(first)
+        if not ttl_micros or micros >= now_micros - ttl_micros:
+            return None, frame * n
+        return [_STALE] * n, frame * n
     distinct = set(times)
     if None not in distinct and len(distinct) <= 8:  # rows often share event times
         stored = {ts: _stored_time(cast("bytes", ts)) for ts in distinct}
@@ -155,8 +174,7 @@ def _lookup_rows(
     statuses: list[int] | None = None
     framed: list[bytes] = []
     oldest = now_micros - ttl_micros if ttl_micros else None
-    for i, row in enumerate(rows):
-        ts = row[0]
+    for i, ts in enumerate(times):
         if ts is None:
             framed.append(_UNSET_TIME_FIELD)
             status = _NOT_FOUND
@@ -199,11 +217,11 @@ def encode_response(
     row_status: list[list[int] | None] = []
     times: list[bytes] = []
     for index, lookup in enumerate(plan.lookups):
-        rows = replies[index * n : (index + 1) * n]
-        statuses, framed = _lookup_rows(rows, n, lookup.ttl_micros, now_micros)
+        transposed = list(zip(*replies[index * n : (index + 1) * n], strict=True))
+        statuses, framed = _lookup_rows(transposed[0], n, lookup.ttl_micros, now_micros)
         row_status.append(statuses)
         times.append(framed)
-        columns.append(list(zip(*rows, strict=True)))
+        columns.append(transposed)
     header = _TAG_STATUSES + length_prefix(n)
     all_present = header + bytes([_PRESENT]) * n
     lengths = SMALL_VARINTS
@@ -213,12 +231,12 @@ def encode_response(
         column: Sequence[bytes | None] = columns[feature.lookup][feature.column]
         if statuses is None:
             if all(column):
-                body = _frame_column(column, all_set=feature.fixed_width) + all_present
+                body = _frame_column(column) + all_present
             else:
                 codes = header + bytes([_PRESENT if v else _NULL for v in column])
                 body = _frame_column(column) + codes
         else:
-            column = [v if s == _PRESENT else None for v, s in zip(column, statuses, strict=True)]
+            column = [v if s == _PRESENT else b"" for v, s in zip(column, statuses, strict=True)]
             codes = header + bytes(
                 [
                     s if s != _PRESENT else (_PRESENT if v else _NULL)

@@ -42,7 +42,14 @@ from skewless.v1 import (
     registry_service_pb2,
 )
 
-__all__ = ["SERVICE_NAMES", "SkewlessServer", "create_server", "open_redis", "serve"]
+__all__ = [
+    "SERVICE_NAMES",
+    "SkewlessServer",
+    "create_server",
+    "event_loop_factory",
+    "open_redis",
+    "serve",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -247,7 +254,13 @@ async def _serve_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    _log.info("worker %d serving on %s:%d", worker_index, config.server_host, port)
+    _log.info(
+        "worker %d serving on %s:%d (%s event loop)",
+        worker_index,
+        config.server_host,
+        port,
+        type(loop).__module__.split(".")[0],
+    )
     if on_ready is not None:
         on_ready(dataclasses.replace(config, server_port=port))
     await stop.wait()
@@ -286,6 +299,24 @@ def serve(
                 f"cannot serve metrics on port {port} ({exc.strerror}): set "
                 "server.metrics_port in skewless.yaml or pass --metrics-port 0"
             ) from exc
-    asyncio.run(
-        _serve_until_signal(config, grace=grace, worker_index=worker_index, on_ready=on_ready)
-    )
+    with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+        runner.run(
+            _serve_until_signal(config, grace=grace, worker_index=worker_index, on_ready=on_ready)
+        )
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the event loop `server.event_loop` names (None: asyncio's own).
+
+    `uvloop` (libuv) costs less CPU per call than asyncio's loop; the server behaves
+    the same on both.
+    """
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not built for this platform (Windows): asyncio's loop
+            _log.warning("uvloop is not installed here; serving on asyncio's event loop")
+            return None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return None
