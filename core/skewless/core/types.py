@@ -20,6 +20,7 @@ __all__ = [
     "MAX_TIME_MICROS",
     "MIN_TIME_MICROS",
     "TIME_RANGE",
+    "VALUE_FIELDS",
     "ColumnType",
     "TypeFamily",
     "arrow_column_type",
@@ -61,6 +62,26 @@ _LISTS = {
 }
 for _list, _elem in _LISTS.items():
     _ARROW[_list] = pa.list_(_ARROW[_elem])
+
+#: The `skewless.v1.Value` field that holds each value type.
+VALUE_FIELDS: dict[int, str] = {
+    VT.VALUE_TYPE_INT32: "int32_value",
+    VT.VALUE_TYPE_INT64: "int64_value",
+    VT.VALUE_TYPE_FLOAT32: "float_value",
+    VT.VALUE_TYPE_FLOAT64: "double_value",
+    VT.VALUE_TYPE_STRING: "string_value",
+    VT.VALUE_TYPE_BYTES: "bytes_value",
+    VT.VALUE_TYPE_BOOL: "bool_value",
+    VT.VALUE_TYPE_TIMESTAMP: "timestamp_value",
+    VT.VALUE_TYPE_INT32_LIST: "int32_list_value",
+    VT.VALUE_TYPE_INT64_LIST: "int64_list_value",
+    VT.VALUE_TYPE_FLOAT32_LIST: "float_list_value",
+    VT.VALUE_TYPE_FLOAT64_LIST: "double_list_value",
+    VT.VALUE_TYPE_STRING_LIST: "string_list_value",
+    VT.VALUE_TYPE_BYTES_LIST: "bytes_list_value",
+    VT.VALUE_TYPE_BOOL_LIST: "bool_list_value",
+    VT.VALUE_TYPE_TIMESTAMP_LIST: "timestamp_list_value",
+}
 
 _DUCKDB: dict[int, str] = {
     VT.VALUE_TYPE_INT32: "INTEGER",

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from skewless.core.config import RepoConfig
 from skewless.core.errors import FailedPreconditionError, InvalidArgumentError
 from skewless.core.names import FEATURE_LOG_DIR
-from skewless.core.types import arrow_type, list_element_type
+from skewless.core.types import VALUE_FIELDS, arrow_type, list_element_type
 from skewless.offline.log_decoding import decode_batch
 from skewless.registry.feature_refs import FeaturePlan, ResolvedFeature, resolve_feature_service
 from skewless.v1 import online_service_pb2, registry_pb2, types_pb2
@@ -88,25 +88,6 @@ _STATUS_ARRAY = pa.array([STATUS_NAMES.get(i, "UNSPECIFIED") for i in range(max(
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 _PRESENT = types_pb2.FEATURE_STATUS_PRESENT
 _NOT_FOUND = types_pb2.FEATURE_STATUS_NOT_FOUND
-
-_FIELD: dict[int, str] = {
-    VT.VALUE_TYPE_INT32: "int32_value",
-    VT.VALUE_TYPE_INT64: "int64_value",
-    VT.VALUE_TYPE_FLOAT32: "float_value",
-    VT.VALUE_TYPE_FLOAT64: "double_value",
-    VT.VALUE_TYPE_STRING: "string_value",
-    VT.VALUE_TYPE_BYTES: "bytes_value",
-    VT.VALUE_TYPE_BOOL: "bool_value",
-    VT.VALUE_TYPE_TIMESTAMP: "timestamp_value",
-    VT.VALUE_TYPE_INT32_LIST: "int32_list_value",
-    VT.VALUE_TYPE_INT64_LIST: "int64_list_value",
-    VT.VALUE_TYPE_FLOAT32_LIST: "float_list_value",
-    VT.VALUE_TYPE_FLOAT64_LIST: "double_list_value",
-    VT.VALUE_TYPE_STRING_LIST: "string_list_value",
-    VT.VALUE_TYPE_BYTES_LIST: "bytes_list_value",
-    VT.VALUE_TYPE_BOOL_LIST: "bool_list_value",
-    VT.VALUE_TYPE_TIMESTAMP_LIST: "timestamp_list_value",
-}
 
 
 @dataclass(frozen=True)
@@ -199,7 +180,7 @@ def _key_values(column: types_pb2.RepeatedValue) -> list[Any]:
 
 def _value_getter(value_type: int) -> Any:
     """Reads one present value (lists and timestamps: a Python value per row)."""
-    name = _FIELD[value_type]
+    name = VALUE_FIELDS[value_type]
     element = list_element_type(value_type)
     if value_type == VT.VALUE_TYPE_TIMESTAMP:
         return lambda v: _micros(v.timestamp_value)
@@ -246,7 +227,7 @@ class _Columns:
         self.statuses = [[] for _ in range(n)]
         self.times = {v.name: [] for v in self.plan.views}
         self._plain = [
-            attrgetter(_FIELD[f.value_type]) if f.value_type in _PLAIN else None
+            attrgetter(VALUE_FIELDS[f.value_type]) if f.value_type in _PLAIN else None
             for f in self.plan.features
         ]
         self._getters = [_value_getter(f.value_type) for f in self.plan.features]

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-from skewless.core.types import arrow_type, list_element_type
+from skewless.core.types import VALUE_FIELDS, arrow_type, list_element_type
 from skewless.registry.feature_refs import FeaturePlan
 from skewless.v1 import online_service_pb2, types_pb2
 
@@ -134,25 +134,6 @@ _VIEWS = _wire_views()
 _Response, _Vector, _Keys = _VIEWS["Response"], _VIEWS["Vector"], _VIEWS["Keys"]
 _Packed = _VIEWS["Packed"]
 
-#: The `Value` field that holds each value type.
-_KIND: dict[int, str] = {
-    VT.VALUE_TYPE_INT32: "int32_value",
-    VT.VALUE_TYPE_INT64: "int64_value",
-    VT.VALUE_TYPE_FLOAT32: "float_value",
-    VT.VALUE_TYPE_FLOAT64: "double_value",
-    VT.VALUE_TYPE_STRING: "string_value",
-    VT.VALUE_TYPE_BYTES: "bytes_value",
-    VT.VALUE_TYPE_BOOL: "bool_value",
-    VT.VALUE_TYPE_TIMESTAMP: "timestamp_value",
-    VT.VALUE_TYPE_INT32_LIST: "int32_list_value",
-    VT.VALUE_TYPE_INT64_LIST: "int64_list_value",
-    VT.VALUE_TYPE_FLOAT32_LIST: "float_list_value",
-    VT.VALUE_TYPE_FLOAT64_LIST: "double_list_value",
-    VT.VALUE_TYPE_STRING_LIST: "string_list_value",
-    VT.VALUE_TYPE_BYTES_LIST: "bytes_list_value",
-    VT.VALUE_TYPE_BOOL_LIST: "bool_list_value",
-    VT.VALUE_TYPE_TIMESTAMP_LIST: "timestamp_list_value",
-}
 _NUMPY: dict[int, Any] = {
     VT.VALUE_TYPE_INT32: np.int32,
     VT.VALUE_TYPE_INT64: np.int64,
@@ -287,7 +268,7 @@ def _keys(plan: FeaturePlan, requests: Sequence[Any], rows: int) -> list[pa.Arra
             if given is None:
                 return None
             parts.append(given.SerializeToString())
-        values = _only_kind(_Keys.FromString(b"".join(parts)).values, _KIND[key.value_type])
+        values = _only_kind(_Keys.FromString(b"".join(parts)).values, VALUE_FIELDS[key.value_type])
         if values is None or len(values) != rows:
             return None  # a null key or one of another kind: the general path reads those
         out.append(_present_values(values, key.value_type))
@@ -355,7 +336,7 @@ def decode_batch(
             return None  # a multi-byte status: not one byte per row
         present = codes == _PRESENT
         count = int(present.sum())
-        values = _only_kind(vector.values, _KIND[feature.value_type])
+        values = _only_kind(vector.values, VALUE_FIELDS[feature.value_type])
         if values is None or len(values) != count:
             return None
         if feature.view not in times:

@@ -38,7 +38,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError
 from skewless.core.names import EVENT_TIMESTAMP
-from skewless.core.types import list_element_type
+from skewless.core.types import VALUE_FIELDS, list_element_type
 from skewless.offline.feature_log import (
     LogColumns,
     iter_log,
@@ -300,34 +300,12 @@ def _value(py: Any, value_type: int) -> types_pb2.Value:
         for item in py:
             value.timestamp_list_value.values.add().FromDatetime(item)
     elif element is not None:
-        name = _TYPE_NAMES[value_type]
-        field = {
-            "int32_list": "int32_list_value",
-            "int64_list": "int64_list_value",
-            "float32_list": "float_list_value",
-            "float64_list": "double_list_value",
-            "string_list": "string_list_value",
-            "bytes_list": "bytes_list_value",
-            "bool_list": "bool_list_value",
-        }[name]
-        getattr(value, field).values.extend(py)
+        getattr(value, VALUE_FIELDS[value_type]).values.extend(py)
     else:
-        field = {
-            int(VT.VALUE_TYPE_INT32): "int32_value",
-            VT.VALUE_TYPE_INT64: "int64_value",
-            VT.VALUE_TYPE_FLOAT32: "float_value",
-            VT.VALUE_TYPE_FLOAT64: "double_value",
-            VT.VALUE_TYPE_STRING: "string_value",
-            VT.VALUE_TYPE_BYTES: "bytes_value",
-            VT.VALUE_TYPE_BOOL: "bool_value",
-        }[value_type]
-        setattr(value, field, py)
+        setattr(value, VALUE_FIELDS[value_type], py)
     return value
 
 
-_TYPE_NAMES: dict[int, str] = {
-    int(n): name.removeprefix("VALUE_TYPE_").lower() for name, n in types_pb2.ValueType.items()
-}
 _STATUS_NUMBERS: dict[str, Any] = {
     name.removeprefix("FEATURE_STATUS_"): n for name, n in types_pb2.FeatureStatus.items()
 }
