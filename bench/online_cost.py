@@ -5,7 +5,10 @@ server spends per request does not. This starts its own redis-server and loads t
 workload of `online.py`, then for each server (the ideal bare server of `online.py`, and
 skewless as `skewless.server.app` builds it, one process) and each request shape:
 
-`skewless-asyncio` is skewless on asyncio's event loop instead of uvloop.
+`skewless-asyncio` is skewless on asyncio's event loop instead of uvloop; `skewless-jwt`
+checks a bearer JWT on every call (`auth.mode: jwt`, one RS256 token, over loopback
+plaintext so that only the authentication is added). With `--baseline DIR`, `base-KIND`
+serves KIND from another checkout (its own `.venv`), beside this one in the same run.
 
 * `--mode cpu` (default): sends `--requests` calls at concurrency `--concurrency` and
   reports the server process's CPU time (user + system, from /proc) per request;
@@ -18,6 +21,7 @@ The load comes from a grpc.aio client in this process: its cost is not counted.
 Usage:
     .venv/bin/python bench/online_cost.py [--mode cpu|callgrind] [--shapes a,b]
         [--servers ideal,skewless] [--requests 2000] [--concurrency 1,32] [--repeat 3]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -48,8 +52,13 @@ SHAPES = {"a": ("driver_customer", 1), "b": ("driver_customer", 100)}
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
-def serve_skewless(root: str, url: str, port: int, loop: str) -> None:
-    """The server as `skewless serve` runs it, one process, no metrics port."""
+def serve_skewless(root: str, url: str, port: int, variant: str) -> None:
+    """The server as `skewless serve` runs it, one process, no metrics port.
+
+    `variant`: '' (uvloop), `asyncio` (asyncio's loop) or `jwt` (JWT authentication).
+    """
+    from online import _AUDIENCE, _ISSUER
+    from skewless.core.auth_config import AuthConfig, JWTSettings
     from skewless.server.app import serve
 
     config = RepoConfig(
@@ -59,7 +68,13 @@ def serve_skewless(root: str, url: str, port: int, loop: str) -> None:
         redis_url=url,
         server_port=port,
         metrics_port=0,
-        **({"event_loop": loop} if loop else {}),
+        **({"event_loop": variant} if variant == "asyncio" else {}),
+        auth=AuthConfig(
+            mode="jwt",
+            jwt=JWTSettings(issuer=_ISSUER, audience=_AUDIENCE, jwks_file=Path(root) / "jwks.json"),
+        )
+        if variant == "jwt"
+        else AuthConfig(),
     )
     serve(config)
 
@@ -70,8 +85,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK
 
 
-async def drive(port: int, data: bytes, requests: int, concurrency: int) -> None:
+async def drive(port: int, data: bytes, requests: int, concurrency: int, token: str = "") -> None:
     """Exactly `requests` calls, `concurrency` at a time, on one channel; all must be OK."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(METHOD)
         left = requests
@@ -80,18 +96,25 @@ async def drive(port: int, data: bytes, requests: int, concurrency: int) -> None
             nonlocal left
             while left > 0:
                 left -= 1
-                await call(data, timeout=30)
+                await call(data, timeout=30, metadata=metadata)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def start(kind: str, root: Path, url: str, port: int, callgrind: Path | None) -> subprocess.Popen:
+def start(
+    kind: str, root: Path, url: str, port: int, callgrind: Path | None, baseline: Path | None
+) -> subprocess.Popen:
     if kind == "ideal":
         args = [sys.executable, str(HERE / "online.py"), "--ideal-server", str(port)]
         args += ["--redis-url", url]
     else:
-        loop = kind.partition("-")[2]  # skewless-asyncio: server.event_loop asyncio
-        args = [sys.executable, __file__, "--serve", str(root), url, str(port), loop]
+        python = sys.executable
+        if kind.startswith("base-"):  # the other checkout's venv imports its own code
+            if baseline is None:
+                sys.exit(f"{kind} needs --baseline DIR")
+            python = str(baseline / ".venv" / "bin" / "python")
+        variant = kind.removeprefix("base-").partition("-")[2]  # asyncio, jwt or ''
+        args = [python, __file__, "--serve", str(root), url, str(port), variant]
     if callgrind is not None:
         args = [
             "valgrind",
@@ -140,6 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="copy the callgrind dumps here (for callgrind_annotate)"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout (with its .venv) served by the base-KIND kinds"
+    )
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -152,8 +178,15 @@ def main() -> None:
         with EmbeddedRedis(root / "redis", persist=False) as rs:
             load_online(rs.url, args.entities, 10)
             config = RepoConfig(root=root, project=PROJECT, data_dir=root / "data")
-            RegistryStore(config.registry_path).save(online_registry())
             servers = args.servers.split(",")
+            registry = online_registry()
+            token = ""
+            if any(kind.endswith("-jwt") for kind in servers):
+                from online import bench_policy, write_security_files
+
+                token = write_security_files(root)
+                registry.policies.append(bench_policy())  # read only when auth is on
+            RegistryStore(config.registry_path).save(registry)
             procs: dict[str, subprocess.Popen] = {}
             outs: dict[str, Path] = {}
             ports = {kind: free_port() for kind in servers}
@@ -161,7 +194,12 @@ def main() -> None:
                 for kind in servers:
                     outs[kind] = root / f"callgrind.{kind}.out"
                     procs[kind] = start(
-                        kind, root, rs.url, ports[kind], outs[kind] if callgrind else None
+                        kind,
+                        root,
+                        rs.url,
+                        ports[kind],
+                        outs[kind] if callgrind else None,
+                        args.baseline,
                     )
                 print(f"load average at start {os.getloadavg()}", flush=True)
                 rows = []
@@ -176,17 +214,18 @@ def main() -> None:
                         for _ in range(1 if callgrind else args.repeat):
                             for kind in servers:  # interleaved
                                 port, pid = ports[kind], procs[kind].pid
-                                asyncio.run(drive(port, data, args.warmup, c))
+                                tok = token if kind.endswith("-jwt") else ""
+                                asyncio.run(drive(port, data, args.warmup, c, tok))
                                 if callgrind:
                                     subprocess.run(["callgrind_control", "-z", str(pid)],
                                                    check=True, capture_output=True)  # fmt: skip
-                                    asyncio.run(drive(port, data, args.requests, c))
+                                    asyncio.run(drive(port, data, args.requests, c, tok))
                                     subprocess.run(["callgrind_control", "-d", str(pid)],
                                                    check=True, capture_output=True)  # fmt: skip
                                     costs[kind].append(callgrind_total(outs[kind]) / args.requests)
                                 else:
                                     before = cpu_seconds(pid)
-                                    asyncio.run(drive(port, data, args.requests, c))
+                                    asyncio.run(drive(port, data, args.requests, c, tok))
                                     used = cpu_seconds(pid) - before
                                     costs[kind].append(used / args.requests * 1e6)
                         for kind in servers:

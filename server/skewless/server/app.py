@@ -22,7 +22,7 @@ from skewless.core.errors import SkewlessError
 from skewless.offline.delta_log import check_layout
 from skewless.online.connection import tls_options
 from skewless.registry.registry_store import RegistryStore
-from skewless.server.auth import Access, AuthInterceptor, build_authenticator
+from skewless.server.auth import Access, AuthGate, build_authenticator
 from skewless.server.context import ServerContext
 from skewless.server.reflection import SERVICE_NAMES as REFLECTION_SERVICES
 from skewless.server.reflection import add_reflection
@@ -195,13 +195,12 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
     holder = RegistryHolder(RegistryStore(config.storage))
     holder.subscribe(access.load)
     ctx = ServerContext(config=config, registry=holder, redis=open_redis(config), access=access)
-    interceptors = (
-        []
+    gate = (
+        None
         if authenticator is None
-        else [AuthInterceptor(authenticator, access, open_reflection=config.auth.open_reflection)]
+        else AuthGate(authenticator, access, open_reflection=config.auth.open_reflection)
     )
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -219,15 +218,15 @@ def create_server(config: RepoConfig, *, run_schedules: bool = True) -> tuple[Sk
         ),
         (_service(monitoring_service_pb2, "MonitoringService"), MonitoringServicer(ctx)),
     ):
-        register_service(server, descriptor, servicer.handlers())
+        register_service(server, descriptor, servicer.handlers(), gate)
     health_servicer = health.aio.HealthServicer()
     register_wrapped(
-        server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(health_servicer, s)
+        server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(health_servicer, s), gate
     )
     health_name = _service(health_pb2, "Health").full_name
     names = (*SERVICE_NAMES, health_name, *REFLECTION_SERVICES)
     reflector = reflection.aio.ReflectionServicer(names)
-    register_wrapped(server, lambda s: add_reflection(reflector, s))
+    register_wrapped(server, lambda s: add_reflection(reflector, s), gate)
     port = bind(server, config)  # TLS when configured; plaintext only where allowed
     return (
         SkewlessServer(

@@ -35,6 +35,7 @@ from skewless.server.errors import code_name, to_status
 
 __all__ = [
     "BidiHandler",
+    "Gate",
     "UnaryHandler",
     "label_call",
     "register_service",
@@ -50,6 +51,10 @@ UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Mes
 BidiHandler = Callable[
     [AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message | bytes]
 ]
+
+#: Wraps each method's handler once, at registration (the authentication gate): the full
+#: method name (`/pkg.Service/Method`) and its handler in, the handler to install out.
+Gate = Callable[[str, "grpc.RpcMethodHandler[Any, Any]"], "grpc.RpcMethodHandler[Any, Any]"]
 
 _LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("skewless_rpc_label", default="")
 _REQUEST: contextvars.ContextVar[bytes] = contextvars.ContextVar(
@@ -169,12 +174,19 @@ def _bidi(method: _Method, handler: BidiHandler) -> grpc.RpcMethodHandler[Any, A
 
 
 def _add(
-    server: grpc.aio.Server, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    server: grpc.aio.Server,
+    service: str,
+    handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+    gate: Gate | None,
 ) -> None:
     # Generic handlers only, never `add_registered_method_handlers`: for every registered
     # method grpc.aio keeps a call request pending with the core and waits on all of them
     # after each call (one future per method, ~20 here), which costs more than the lookup
-    # by path that a generic handler does.
+    # by path that a generic handler does. The gate wraps each handler here, once, rather
+    # than as a `grpc.aio.ServerInterceptor`, which grpc.aio runs as extra coroutines on
+    # every call.
+    if gate is not None:
+        handlers = {name: gate(f"/{service}/{name}", h) for name, h in handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
@@ -182,6 +194,7 @@ def register_service(
     server: grpc.aio.Server,
     service: ServiceDescriptor,
     handlers: Mapping[str, UnaryHandler | BidiHandler],
+    gate: Gate | None = None,
 ) -> None:
     """Registers every method of one skewless service through the boundary.
 
@@ -190,6 +203,7 @@ def register_service(
         service: The service's descriptor (from the generated `*_pb2` module).
         handlers: A handler per method name; each method of the service must have one.
             Unary methods take `UnaryHandler`s, bidi-streaming ones `BidiHandler`s.
+        gate: Wraps each installed handler (authentication), if any.
 
     Raises:
         ValueError: A method has no handler, or a handler names no method.
@@ -213,7 +227,7 @@ def register_service(
             installed[name] = _unary(method, handlers[name])  # type: ignore[arg-type]
         else:
             raise ValueError(f"{service.full_name}/{name}: no boundary for this streaming kind")
-    _add(server, service.full_name, installed)
+    _add(server, service.full_name, installed, gate)
 
 
 class _Capture:
@@ -314,16 +328,19 @@ def _wrapped(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
     return handler
 
 
-def register_wrapped(server: grpc.aio.Server, add: Callable[[Any], None]) -> None:
+def register_wrapped(
+    server: grpc.aio.Server, add: Callable[[Any], None], gate: Gate | None = None
+) -> None:
     """Registers services another library adds (health, reflection) behind our decoding.
 
     Args:
         server: The server.
         add: Calls the library's registration with the object it is given, e.g.
             `lambda s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s)`.
+        gate: Wraps each installed handler (authentication), if any.
 
     """
     capture = _Capture()
     add(capture)
     for service, handlers in capture.services.items():
-        _add(server, service, {name: _wrapped(h) for name, h in handlers.items()})
+        _add(server, service, {name: _wrapped(h) for name, h in handlers.items()}, gate)

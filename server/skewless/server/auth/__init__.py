@@ -1,13 +1,13 @@
 """Authentication and permissions of the gRPC port (`auth` in `skewless.yaml`).
 
 `build_authenticator` turns `auth.mode` into an authenticator (static tokens, JWTs,
-client certificates); `AuthInterceptor` runs it for every call but health; `Access`
+client certificates); `AuthGate` runs it for every call but health; `Access`
 holds the repository's policies and is what servicers call to check a request's
 resources (`Access.require`). See docs/security.md.
 """
 
 from skewless.server.auth.authenticator import Authenticator, build_authenticator
-from skewless.server.auth.interceptor import AuthInterceptor
+from skewless.server.auth.gate import AuthGate
 from skewless.server.auth.permissions import METHOD_RULES, Access, Action, Resource, rule_for
 from skewless.server.auth.principal import CallAuth, Principal, current_call
 
@@ -15,7 +15,7 @@ __all__ = [
     "METHOD_RULES",
     "Access",
     "Action",
-    "AuthInterceptor",
+    "AuthGate",
     "Authenticator",
     "CallAuth",
     "Principal",

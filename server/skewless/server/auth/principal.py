@@ -52,5 +52,5 @@ def current_call() -> CallAuth | None:
 
 
 def set_call(call: CallAuth) -> contextvars.Token[CallAuth | None]:
-    """Makes `call` the current call's authentication (the interceptor does)."""
+    """Makes `call` the current call's authentication (the authentication gate does)."""
     return _CALL.set(call)

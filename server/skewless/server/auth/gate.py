@@ -1,4 +1,9 @@
-"""The server interceptor that authenticates every call before its handler runs.
+"""The gate that authenticates every call before its handler runs.
+
+It wraps each method's handler once, when the server registers it
+(`skewless.server.rpc.register_service(..., gate=...)`), not as a
+`grpc.aio.ServerInterceptor`: grpc.aio runs interceptors as extra coroutines on every
+call, a cost the wrapped handler does not pay.
 
 For each method it finds the method's rule (`permissions.rule_for`): open methods
 (health) pass untouched; any other call must authenticate, and its principal is made
@@ -9,15 +14,14 @@ never lets a call through). A method without a rule is refused.
 
 Failures end the call with the status the one boundary would send (`to_status`:
 code, message, `ErrorInfo`), are counted in `skewless_requests_total`, and audited.
-The wrapped handlers are built once per method, so the cost per call is the
-authentication (cached for JWTs and certificates) and one dictionary lookup.
+The cost per call is the authentication (cached for JWTs and certificates).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -31,41 +35,31 @@ from skewless.server.auth.permissions import Access, Action, MethodRule, check_s
 from skewless.server.auth.principal import CallAuth, set_call
 from skewless.server.errors import to_status
 
-__all__ = ["AuthInterceptor"]
+__all__ = ["AuthGate"]
 
 _log = logging.getLogger(__name__)
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates calls and applies the method rules."""
+class AuthGate:
+    """Authenticates calls and applies the method rules (a `skewless.server.rpc.Gate`)."""
 
     def __init__(
         self, authenticator: Authenticator, access: Access, *, open_reflection: bool
     ) -> None:
-        """Binds the interceptor to the authenticator and the permission check."""
+        """Binds the gate to the authenticator and the permission check."""
         self.authenticator = authenticator
         self.access = access
         self.open_reflection = open_reflection
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        """Returns the method's handler, wrapped unless the method is open."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # UNIMPLEMENTED, as without auth
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+    def __call__(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The handler to install for `method` (`/pkg.Service/Method`): wrapped unless open."""
         rule = rule_for(method, open_reflection=self.open_reflection)
-        wrapped = handler if rule is not None and rule.open else self._wrap(handler, method, rule)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        if rule is not None and rule.open:
+            return handler
+        return self._wrap(handler, method, rule)
 
     async def _admit(self, context: Ctx, rpc: str, rule: MethodRule | None) -> CallAuth:
         """Authenticates the call and applies a project-level rule; aborts on failure."""
