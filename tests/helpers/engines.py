@@ -8,8 +8,10 @@ overhead is far above DuckDB's, so property tests draw fewer examples on it
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from skewless.core.config import SparkSettings
@@ -55,6 +57,8 @@ class Engine:
 
         for name in _DUCKDB_ONLY:
             kw.pop(name, None)
+        # Staged as the server stages them (a local session reads a Parquet file).
+        kw.setdefault("stage_dir", Path(tempfile.gettempdir()) / "skewless-test-spark-stage")
         return spark_point_in_time_join(
             self.session, entity_rows, plan, histories, target="local[2]", **kw
         )

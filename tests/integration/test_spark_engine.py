@@ -122,8 +122,14 @@ def test_cancelling_a_join_cancels_its_spark_job(
     plan, histories = _plan_and_histories(config)
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup(None))
+    stage = tmp_path / "stage"
     join = spark_point_in_time_join(
-        spark, entity_rows(20_000), plan, histories[:1] + histories[1:], target="local[2]"
+        spark,
+        entity_rows(20_000),
+        plan,
+        histories[:1] + histories[1:],
+        target="local[2]",
+        stage_dir=stage,
     )
     outcome: list[BaseException | None] = []
 
@@ -153,6 +159,7 @@ def test_cancelling_a_join_cancels_its_spark_job(
         time.sleep(0.1)
     assert not tracker.getActiveJobsIds()
     join.close()
+    assert stage.is_dir() and not any(stage.iterdir())  # the staged entity rows are gone
 
 
 def test_spark_failures_are_our_statuses_without_traces(

@@ -180,7 +180,8 @@ class RepoConfig:
             `asyncio` (the standard library's).
 
     The data dir's layout is owned here: `registry_path`, `offline_dir`, `jobs_dir`,
-    `state_dir(view)`, `spill_dir` and `embedded_redis_dir` (local paths), and
+    `state_dir(view)`, `spill_dir`, `spark_stage_dir` and `embedded_redis_dir` (local
+    paths), and
     `storage`, through which every part that may live on object storage is read and
     written (keys relative to the data dir: `registry.pb`, `offline/...`, `jobs/...`).
     """
@@ -263,6 +264,11 @@ class RepoConfig:
     def spill_dir(self) -> Path:
         """Where DuckDB and history features spill past their memory limits."""
         return self.data_dir / "tmp" / "duckdb"
+
+    @property
+    def spark_stage_dir(self) -> Path:
+        """Where a local Spark session's inputs are staged for the duration of a job."""
+        return self.data_dir / "tmp" / "spark"
 
     @property
     def embedded_redis_dir(self) -> Path:

@@ -220,6 +220,7 @@ def start_join(
             label_time_column=label_time_column,
             batch_rows=batch_rows,
             entity_columns=entity_columns,
+            stage_dir=config.spark_stage_dir,
         )
     join: PointInTimeJoin = point_in_time_join(
         entity_rows,
