@@ -24,6 +24,7 @@ from typing import Any
 
 from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError, NotFoundError, SkewlessError, quoted
+from skewless.core.heap import release_free_memory_soon
 from skewless.materialization.pipeline import (
     Phase,
     Progress,
@@ -490,3 +491,4 @@ def run_job(
     finally:
         if locks is not None:
             locks.release()
+        release_free_memory_soon()  # the job's freed memory back to the system

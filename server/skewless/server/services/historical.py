@@ -35,6 +35,7 @@ from skewless.client._wire import encode_varint, field_tag
 from skewless.client.ipc_framing import IpcBatchWriter
 from skewless.core.config import RepoConfig
 from skewless.core.errors import InvalidArgumentError, quoted
+from skewless.core.heap import release_free_memory_soon
 from skewless.core.names import EVENT_TIMESTAMP
 from skewless.offline.arrow_ipc import read_ipc_batch, read_ipc_schema
 from skewless.offline.entity_rows import plain_types, read_path, read_sql, validate_entity_schema
@@ -495,3 +496,4 @@ def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
 def _close_quietly(join: HistoricalJoin) -> None:
     with contextlib.suppress(Exception):
         join.close()
+    release_free_memory_soon()  # the join's freed memory back to the system
