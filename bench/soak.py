@@ -12,7 +12,8 @@ does), measures the maximum online QPS for a few seconds, then for `--duration` 
 
 Every call must succeed. Each interval (`--interval`, default 30 s) prints calls and errors
 by kind, online p99, the server's RSS and open file descriptors; the end reports the
-errors (must be 0), the p99 over time, the RSS drift after warm-up (target < 5 %) and
+errors (must be 0), the p99 over time, the RSS drift after warm-up (target < 5 %; also of the
+least RSS sampled each second of an interval, which pulls' transient peaks do not move) and
 the fd drift, with the machine's load average.
 
 Usage:
@@ -334,16 +335,21 @@ def run(args: argparse.Namespace, root: Path, token: str, server: subprocess.Pop
     threads.append(threading.Thread(target=side_worker, daemon=True))
     for thread in threads:
         thread.start()
-    rows: list[tuple[float, float, int, int, dict[str, int], int]] = []
+    rows: list[tuple[float, float, int, int, dict[str, int], int, int]] = []
     started = time.monotonic()
     total_errors = 0
     print(
         "| t (s) | online calls | online p99 ms | pushes | pulls | errors "
-        "| server RSS MiB | fds | load |"
+        "| server RSS MiB | RSS floor MiB | fds | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     while time.monotonic() - started < args.duration:
-        time.sleep(min(args.interval, args.duration - (time.monotonic() - started)))
+        # The floor (least RSS sampled each second) hides the transient peaks of pulls.
+        floor = rss_fds(server.pid)[0]
+        end = min(time.monotonic() + args.interval, started + args.duration)
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            floor = min(floor, rss_fds(server.pid)[0])
         latencies, errors = stats.take()
         online = [x for k, v in latencies.items() if k.startswith("online") for x in v]
         p99 = statistics.quantiles(online, n=100)[98] * 1000 if len(online) > 100 else float("nan")
@@ -351,11 +357,12 @@ def run(args: argparse.Namespace, root: Path, token: str, server: subprocess.Pop
         n_errors = sum(errors.values())
         total_errors += n_errors
         t = time.monotonic() - started
-        rows.append((t, p99, rss, fds, errors, len(online)))
+        floor = min(floor, rss)
+        rows.append((t, p99, rss, fds, errors, len(online), floor))
         print(
             f"| {t:.0f} | {len(online)} | {p99:.2f} | {len(latencies.get('push', []))} | "
-            f"{len(latencies.get('historical', []))} | {n_errors} | {rss / 2**20:.0f} | {fds} | "
-            f"{os.getloadavg()[0]:.1f} |",
+            f"{len(latencies.get('historical', []))} | {n_errors} | {rss / 2**20:.0f} | "
+            f"{floor / 2**20:.0f} | {fds} | {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
     stop.set()
@@ -364,6 +371,7 @@ def run(args: argparse.Namespace, root: Path, token: str, server: subprocess.Pop
     warm = [r for r in rows if r[0] >= args.duration * args.warmup] or rows
     first, last = warm[0], warm[-1]
     drift = (last[2] - first[2]) / first[2] if first[2] else 0.0
+    floor_drift = (last[6] - first[6]) / first[6] if first[6] else 0.0
     print()
     print(
         f"errors: {total_errors}" + (f" (e.g. {stats.error_samples[:3]})" if total_errors else "")
@@ -371,7 +379,8 @@ def run(args: argparse.Namespace, root: Path, token: str, server: subprocess.Pop
     print(f"online p99 over time (ms): {', '.join(f'{r[1]:.1f}' for r in rows)}")
     print(
         f"server RSS after warm-up: {first[2] / 2**20:.0f} -> {last[2] / 2**20:.0f} MiB "
-        f"(drift {drift:+.1%}); fds {first[3]} -> {last[3]}"
+        f"(drift {drift:+.1%}); floor {first[6] / 2**20:.0f} -> {last[6] / 2**20:.0f} MiB "
+        f"(drift {floor_drift:+.1%}); fds {first[3]} -> {last[3]}"
     )
     with Client(target, **kwargs) as client:
         jobs = list(client.list_materialization_jobs())
