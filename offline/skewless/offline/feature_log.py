@@ -151,7 +151,8 @@ class LoggedCall:
     """One sampled call as the request path handed it off (nothing decoded yet).
 
     Attributes:
-        request: The parsed `GetOnlineFeaturesRequest` (already parsed by the boundary).
+        request: The `GetOnlineFeaturesRequest`, parsed (by the boundary) or as received
+            (the writer process reads the keys from the bytes).
         response: The serialized `GetOnlineFeaturesResponse` sent to the caller.
         request_time_us: When the call was served, in microseconds since the epoch.
         request_id: The id echoed to the caller.
@@ -159,7 +160,7 @@ class LoggedCall:
 
     """
 
-    request: online_service_pb2.GetOnlineFeaturesRequest
+    request: online_service_pb2.GetOnlineFeaturesRequest | bytes
     response: bytes
     request_time_us: int
     request_id: str
@@ -245,8 +246,11 @@ class _Columns:
                 f"{len(self.plan.features)} (registry version {call.registry_version})"
             )
         n = len(vectors[0].statuses) if vectors else 0
+        request = call.request
+        if isinstance(request, bytes):
+            request = online_service_pb2.GetOnlineFeaturesRequest.FromString(request)
         for name, column in self.keys.items():
-            given = call.request.entities.get(name)
+            given = request.entities.get(name)
             column.extend(_key_values(given) if given is not None else [None] * n)
         for view, i in self._time_of:
             self.times[view].extend(
@@ -385,7 +389,9 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[st
     global _sequence
     if table.num_rows == 0:
         return []
-    days = pc.cast(table.column("request_time"), pa.date32())
+    times = table.column("request_time")
+    bounds = pc.min_max(times)
+    first, last = (_day_of(bounds[k]) for k in ("min", "max"))
     # Dictionaries where values repeat (ids, statuses, strings), statistics where readers
     # filter (request time, keys): each costs a third of the write on the other columns.
     meta = len(LOG_META_SCHEMA)
@@ -404,8 +410,15 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[st
     ]
     written = []
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
-    for day in pc.unique(days).to_pylist():
-        part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+    if first == last:  # a flush within one day (nearly all): the table as it is
+        parts: Iterable[tuple[date, pa.Table]] = [(first, table)]
+    else:
+        days = pc.cast(times, pa.date32())
+        parts = (
+            (day, table.filter(pc.equal(days, pa.scalar(day, pa.date32()))))
+            for day in pc.unique(days).to_pylist()
+        )
+    for day, part in parts:
         with _sequence_lock:
             _sequence += 1
             seq = _sequence
@@ -422,6 +435,10 @@ def write_log_file(config: RepoConfig, service: str, table: pa.Table) -> list[st
         config.storage.write_bytes(key, buffer.getvalue().to_pybytes())
         written.append(config.storage.fs_path(key))
     return written
+
+
+def _day_of(scalar: pa.Scalar) -> date:
+    return _day(pc.cast(scalar, pa.int64()).as_py())
 
 
 def log_files(
