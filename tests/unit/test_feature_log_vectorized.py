@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skewless.offline import feature_log
+from skewless.offline import feature_log, log_decoding
 from skewless.offline.feature_log import LoggedCall, decode_calls
 from skewless.offline.log_decoding import decode_batch
 from skewless.registry.feature_refs import FeaturePlan, JoinKeySpec, ResolvedFeature, ViewPlan
@@ -211,3 +212,52 @@ def test_many_calls_decode_in_pieces_to_the_same_rows(monkeypatch: pytest.Monkey
     pieces = decode_calls(_PLAN, calls)
     assert pieces.equals(whole)
     assert pieces.column("v__f").to_pylist() == list(range(50))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_STATUSES), _MICROS), min_size=1, max_size=20))
+def test_event_times_read_as_one_run_of_varints_equal_those_read_body_by_body(
+    rows: list[tuple[int, int]],
+) -> None:
+    vector = online_service_pb2.FeatureVector(name="v__f")
+    for status, micros in rows:
+        stamp = vector.event_times.add()
+        if status != S.FEATURE_STATUS_NOT_FOUND:  # as the server sends them
+            stamp.FromMicroseconds(micros)
+    found = np.array([s != S.FEATURE_STATUS_NOT_FOUND for s, _ in rows])
+    fast = log_decoding._event_times(vector.SerializeToString(), found)
+    one_by_one = log_decoding._times_micros([t.SerializeToString() for t in vector.event_times])
+    if all(not 0 <= m < 1_000_000 for s, m in rows if s != S.FEATURE_STATUS_NOT_FOUND):
+        assert fast is not None  # only bodies without seconds (the epoch's first second)
+    if fast is not None:
+        assert fast[found].tolist() == one_by_one[found].tolist()
+
+
+def test_a_found_row_at_the_epoch_is_read_body_by_body_to_the_same_rows() -> None:
+    request = online_service_pb2.GetOnlineFeaturesRequest(feature_service="s")
+    request.entities["k"].values.extend([types_pb2.Value(int64_value=i) for i in range(3)])
+    response = online_service_pb2.GetOnlineFeaturesResponse()
+    vector = response.results.add(name="v__f")
+    for i, (status, micros) in enumerate(
+        [
+            (S.FEATURE_STATUS_PRESENT, 0),
+            (S.FEATURE_STATUS_NOT_FOUND, 0),
+            (S.FEATURE_STATUS_PRESENT, 7),
+        ]
+    ):
+        vector.values.append(
+            types_pb2.Value(int64_value=i)
+            if status == S.FEATURE_STATUS_PRESENT
+            else types_pb2.Value()
+        )
+        vector.statuses.append(status)
+        vector.event_times.add().FromMicroseconds(micros)
+    call = LoggedCall(request.SerializeToString(), response.SerializeToString(), 1, "r", 1)
+    fast = _fast(_PLAN, [call])
+    assert fast is not None
+    assert fast.equals(decode_calls(_PLAN, [call], vectorized=False))
+    assert [t and t.timestamp() for t in fast.column("v__f__event_time").to_pylist()] == [
+        0.0,
+        None,
+        7e-6,
+    ]

@@ -13,10 +13,14 @@ wire-compatible with the public ones but declare the fields so that the protobuf
   occurrences of a singular message field, so the values of every row of every call land
   in one repeated field per kind (`int64_value`, `double_value`, ...); nulls (empty
   `Value`s) add nothing and are placed back from the statuses; `statuses` is
-  `repeated bytes` (one packed run per call, one byte per status), `event_times` is
-  `repeated bytes` (one `Timestamp` body per row), `name` is `repeated string` (one per
-  call, checked);
-* the request's key columns are serialized and parsed the same way (`_Keys`).
+  `repeated bytes` (one packed run per call, one byte per status), `name` is
+  `repeated string` (one per call, checked); a view's event times are read from its
+  first feature only (`_PlainVector`, for the others, leaves them out), through `_Times`,
+  where `event_times` is `repeated uint64`: the parser reads every `Timestamp` body as a
+  packed run and appends all their tags and varints to one array, which numpy assigns
+  to the found rows (`_event_times`; bodies it cannot place are read one by one);
+* the request's key columns are taken from the request's bytes as received
+  (`_Request`, no parse of the whole request) and parsed the same way (`_Keys`).
 
 `decode_batch` returns None whenever the bytes are not exactly what it can read
 (a vector in an unexpected place, a row count that differs from the request's, a value
@@ -103,6 +107,19 @@ def _wire_views() -> dict[str, Any]:
         label=repeated,
         type=field.TYPE_BYTES,
     )
+    # The same vector without its event times (a view's other features: only its first
+    # feature's times are read), and its event times alone, as one run of varints: a
+    # `repeated uint64` field also parses length-delimited (packed) runs, so the parser
+    # appends every `Timestamp` body's tags and values to one array.
+    plain = file.message_type.add(name="PlainVector")
+    plain.field.extend(f for f in vector.field if f.name != "event_times")
+    times = file.message_type.add(name="Times")
+    times.field.add(
+        name="event_times",
+        number=number["event_times"].number,
+        label=repeated,
+        type=field.TYPE_UINT64,
+    )
     response = file.message_type.add(name="Response")
     response.field.add(
         name="results",
@@ -120,6 +137,20 @@ def _wire_views() -> dict[str, Any]:
         type=field.TYPE_MESSAGE,
         type_name=column,
     )
+    # A request's `entities` map as its entries, each value's bytes kept as received.
+    entry = file.message_type.add(name="Entry")
+    entry.field.add(name="key", number=1, label=optional, type=field.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=optional, type=field.TYPE_BYTES)
+    request = file.message_type.add(name="Request")
+    request.field.add(
+        name="entities",
+        number=online_service_pb2.GetOnlineFeaturesRequest.DESCRIPTOR.fields_by_name[
+            "entities"
+        ].number,
+        label=repeated,
+        type=field.TYPE_MESSAGE,
+        type_name=f".{package}.Entry",
+    )
     packed = file.message_type.add(name="Packed")
     packed.field.add(name="values", number=1, label=repeated, type=field.TYPE_UINT64)
     pool = descriptor_pool.DescriptorPool()
@@ -133,6 +164,7 @@ def _wire_views() -> dict[str, Any]:
 _VIEWS = _wire_views()
 _Response, _Vector, _Keys = _VIEWS["Response"], _VIEWS["Vector"], _VIEWS["Keys"]
 _Packed = _VIEWS["Packed"]
+_PlainVector, _Times, _Request = _VIEWS["PlainVector"], _VIEWS["Times"], _VIEWS["Request"]
 
 _NUMPY: dict[int, Any] = {
     VT.VALUE_TYPE_INT32: np.int32,
@@ -259,15 +291,27 @@ def _pieces(responses: Sequence[bytes]) -> list[list[bytes]]:
     return pieces
 
 
-def _keys(plan: FeaturePlan, requests: Sequence[Any], rows: int) -> list[pa.Array] | None:
+def _entities(request: online_service_pb2.GetOnlineFeaturesRequest | bytes) -> dict[str, bytes]:
+    """A request's `entities`: key to its `RepeatedValue` bytes (the last entry wins)."""
+    if isinstance(request, bytes):
+        return {e.key: e.value for e in _Request.FromString(request).entities}
+    return {k: v.SerializeToString() for k, v in request.entities.items()}
+
+
+def _keys(
+    plan: FeaturePlan,
+    requests: Sequence[online_service_pb2.GetOnlineFeaturesRequest | bytes],
+    rows: int,
+) -> list[pa.Array] | None:
+    entities = [_entities(r) for r in requests]
     out = []
     for key in plan.join_keys:
         parts = []
-        for request in requests:
-            given = request.entities.get(key.name)
-            if given is None:
+        for given in entities:
+            part = given.get(key.name)
+            if part is None:
                 return None
-            parts.append(given.SerializeToString())
+            parts.append(part)
         values = _only_kind(_Keys.FromString(b"".join(parts)).values, VALUE_FIELDS[key.value_type])
         if values is None or len(values) != rows:
             return None  # a null key or one of another kind: the general path reads those
@@ -275,10 +319,38 @@ def _keys(plan: FeaturePlan, requests: Sequence[Any], rows: int) -> list[pa.Arra
     return out
 
 
+def _event_times(joined: bytes, found: np.ndarray) -> np.ndarray | None:
+    """A view's served event times in µs (0 where NOT_FOUND), from one feature's vectors.
+
+    The `Timestamp` bodies are read as one run of (tag, value) pairs: a body is a seconds
+    pair, optionally followed by a nanos pair, so each seconds pair starts the next body.
+    Those bodies are the found rows' (status not NOT_FOUND), in order, when there are as
+    many: NOT_FOUND rows carry the unset time (an empty body), as the server sends them.
+    Anything else gives None (a found row within the epoch's first second, whose body has
+    no seconds; another field; fields out of order): the caller then reads the bodies one
+    by one.
+    """
+    varints = np.array(_Times.FromString(joined).event_times, dtype=np.uint64)
+    if len(varints) % 2:
+        return None
+    tags, values = varints[0::2], varints[1::2].view(np.int64)
+    seconds = tags == _SECONDS_TAG
+    if not np.all(seconds | (tags == _NANOS_TAG)):
+        return None
+    found_rows = np.flatnonzero(found)
+    if int(seconds.sum()) != len(found_rows) or (len(seconds) and not seconds[0]):
+        return None
+    owner = found_rows[np.cumsum(seconds) - 1]
+    out = np.zeros(len(found), dtype=np.int64)
+    out[owner[seconds]] = values[seconds] * 1_000_000
+    out[owner[~seconds]] += values[~seconds] // 1000
+    return out
+
+
 def decode_batch(
     plan: FeaturePlan,
     *,
-    requests: Sequence[online_service_pb2.GetOnlineFeaturesRequest],
+    requests: Sequence[online_service_pb2.GetOnlineFeaturesRequest | bytes],
     responses: Sequence[bytes],
     request_ids: Sequence[str],
     request_times_us: Sequence[int],
@@ -289,7 +361,7 @@ def decode_batch(
 
     Args:
         plan: The plan the calls were served with.
-        requests: The parsed requests.
+        requests: The requests, parsed or as received.
         responses: The serialized responses, one per request.
         request_ids: The request ids, one per call.
         request_times_us: The request times, one per call.
@@ -317,7 +389,10 @@ def decode_batch(
     sizes: list[int] | None = None
     rows = 0
     for j, feature in enumerate(features):
-        vector = _Vector.FromString(b"".join(parts[j::width]))
+        joined = b"".join(parts[j::width])
+        first_of_view = feature.view not in times
+        # A view's features share its rows' event times: only its first one's are read.
+        vector = (_Vector if first_of_view else _PlainVector).FromString(joined)
         names = list(vector.name)
         if len(names) != calls or names.count(names[0]) != calls:
             return None
@@ -339,12 +414,13 @@ def decode_batch(
         values = _only_kind(vector.values, VALUE_FIELDS[feature.value_type])
         if values is None or len(values) != count:
             return None
-        if feature.view not in times:
+        found = codes != _NOT_FOUND
+        if first_of_view:
             bodies = vector.event_times
             if len(bodies) != rows:
                 return None
-            times[feature.view] = _times_micros(bodies)
-        found = codes != _NOT_FOUND
+            micros = _event_times(joined, found)
+            times[feature.view] = _times_micros(bodies) if micros is None else micros
         columns.append(_spread(_present_values(values, feature.value_type), present, count))
         columns.append(codes)  # turned into names below
         columns.append(pa.array(times[feature.view], pa.int64(), mask=~found).cast(_UTC_US))

@@ -184,9 +184,15 @@ def _equal_values(
     return _one(pc.or_(both_null, pc.and_(both, same)))
 
 
-def _served_row(status: pa.ChunkedArray) -> pa.Array:
-    found = pc.is_in(status, value_set=pa.array(["PRESENT", "NULL_VALUE"]))
-    return _one(pc.fill_null(found, False))
+_SERVED = pa.array(["PRESENT", "NULL_VALUE"])
+
+
+def _served_row(status: pa.ChunkedArray | pa.Array) -> pa.Array:
+    status = _one(status)
+    if isinstance(status, pa.DictionaryArray):  # as the log is read: test the few names
+        flags = pc.is_in(status.dictionary, value_set=_SERVED)
+        return _one(pc.fill_null(flags.take(status.indices), False))
+    return _one(pc.fill_null(pc.is_in(status, value_set=_SERVED), False))
 
 
 def _cat(c: int) -> pa.Scalar:
@@ -319,7 +325,8 @@ def _time_of(scalar: pa.Scalar) -> timestamp_pb2.Timestamp | None:
 
 def _examples(
     rows: Sequence[int],
-    log: pa.Table,
+    keys: pa.Table,
+    served: pa.Table,
     offline: pa.Table,
     plan: FeaturePlan,
     columns: LogColumns,
@@ -329,24 +336,26 @@ def _examples(
 ) -> list[_pb.SkewExample]:
     """The example rows, read value by value (a `take` would join every chunk first).
 
-    `rows` index the log; the offline rows and categories are those of a batch that
-    starts at log row `offset`.
+    `rows` index a batch that starts at log row `offset`: `served`, `offline` and
+    `category` are the batch's; `keys` (the meta and key columns) is the whole log's.
     """
     f = columns.feature
     view = next(v for v in plan.views if v.name == f.view)
     out = []
-    for row in rows:
-        local = row - offset
+    for local in rows:
+        row = offset + local
         example = _pb.SkewExample(
             category=category[local].as_py(),
-            request_id=log.column("request_id")[row].as_py() or "",
-            served_value=_value(log.column(columns.value)[row].as_py(), f.value_type),
-            served_status=_STATUS_NUMBERS.get(log.column(columns.status)[row].as_py() or "", 0),
+            request_id=keys.column("request_id")[row].as_py() or "",
+            served_value=_value(served.column(columns.value)[local].as_py(), f.value_type),
+            served_status=_STATUS_NUMBERS.get(
+                served.column(columns.status)[local].as_py() or "", 0
+            ),
             offline_value=_value(offline.column(f.output_name)[local].as_py(), f.value_type),
         )
         for target, scalar in (
-            (example.request_time, log.column("request_time")[row]),
-            (example.served_event_time, log.column(columns.event_time)[row]),
+            (example.request_time, keys.column("request_time")[row]),
+            (example.served_event_time, served.column(columns.event_time)[local]),
             (example.offline_event_time, offline.column(_offline_ts_name(f.view))[local]),
         ):
             stamp = _time_of(scalar)
@@ -354,7 +363,7 @@ def _examples(
                 target.CopyFrom(stamp)
         for key in view.join_keys:
             example.entity_key[key.name].CopyFrom(
-                _value(log.column(key.name)[row].as_py(), key.value_type)
+                _value(keys.column(key.name)[row].as_py(), key.value_type)
             )
         out.append(example)
     return out
@@ -467,7 +476,8 @@ class _Tally:
     def pick(
         self,
         wanted: int,
-        log: pa.Table,
+        keys: pa.Table,
+        served: pa.Table,
         offline: pa.Table,
         plan: FeaturePlan,
         columns: LogColumns,
@@ -476,7 +486,8 @@ class _Tally:
     ) -> None:
         """Keeps the batch's newest `wanted` not matching rows as example candidates.
 
-        `log` and `offline` are the batch's rows; `offset` its first row in the log.
+        `served` and `offline` are the batch's rows, `offset` its first row in the log,
+        `keys` the whole log's meta and key columns.
         """
         category = self.category
         assert category is not None
@@ -485,12 +496,13 @@ class _Tally:
         )
         if not len(flagged):
             return
-        times = _micros(log.column("request_time")).take(flagged)
+        batch_times = keys.column("request_time").slice(offset, len(category))
+        times = _micros(batch_times).take(flagged)
         newest = pc.sort_indices(times, sort_keys=[("", "descending")])  # stable: row order
         chosen = newest.slice(0, wanted)
         rows = flagged.take(chosen).to_pylist()
         stamps = times.take(chosen).to_pylist()
-        examples = _examples(rows, log, offline, plan, columns, category)
+        examples = _examples(rows, keys, served, offline, plan, columns, category, offset=offset)
         self.candidates += zip(stamps, [offset + r for r in rows], examples, strict=True)
 
     def examples(self, wanted: int) -> list[_pb.SkewExample]:
@@ -617,7 +629,15 @@ def skew_report(
     # The served columns are read batch by batch beside the join's batches (the same
     # files, so the same rows in the same order): neither side is ever held whole.
     reading = _Prefetch(
-        iter_log(config, service, plan, start_us=start_us, end_us=end_us, files=files)
+        iter_log(
+            config,
+            service,
+            plan,
+            start_us=start_us,
+            end_us=end_us,
+            files=files,
+            served_only=True,  # the meta and key columns are `log`'s
+        )
     )
     served = _Aligned(iter(reading))
     join = _start_join(config, plan, log)
@@ -631,7 +651,7 @@ def skew_report(
             _tally_batch(part, offline, plan, tallies, view_lags, float_tolerance)
             for columns in log_columns(plan):
                 tallies[columns.value].pick(
-                    examples_wanted, part, offline, plan, columns, offset=offset
+                    examples_wanted, log, part, offline, plan, columns, offset=offset
                 )
             offset += offline.num_rows
     finally:

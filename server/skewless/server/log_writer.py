@@ -42,7 +42,6 @@ from typing import IO, Any
 from skewless.core.config import RepoConfig
 from skewless.offline.feature_log import LoggedCall, decode_calls, write_log_file
 from skewless.registry.feature_refs import FeaturePlan
-from skewless.v1 import online_service_pb2
 
 __all__ = ["WriterGoneError", "WriterProcess", "main"]
 
@@ -224,9 +223,9 @@ def write_calls(
 ) -> WriteResult:
     """Decodes and writes sent calls, one table per service and version."""
     groups: dict[tuple[str, int], list[LoggedCall]] = {}
-    parse = online_service_pb2.GetOnlineFeaturesRequest.FromString
     for service, version, request, response, request_time_us, request_id in calls:
-        call = LoggedCall(parse(request), response, request_time_us, request_id, version)
+        # The request stays bytes: the decoder reads its keys from them.
+        call = LoggedCall(request, response, request_time_us, request_id, version)
         groups.setdefault((service, version), []).append(call)
     rows: dict[str, int] = {}
     failed: dict[str, tuple[int, str]] = {}
