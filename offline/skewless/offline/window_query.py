@@ -316,11 +316,14 @@ class WindowQuery:
         """Finds the first column holding a value its cast refuses (after a failure)."""
         for column, sql_type in self._casts:
             q = quote_identifier(column)
-            rows = self._con.sql(
-                f"SELECT count(*) {self._from_where} AND {q} IS NOT NULL "
-                f"AND TRY_CAST({q} AS {sql_type}) IS NULL",
-                params=self._params,
-            ).fetchall()
+            try:
+                rows = self._con.sql(
+                    f"SELECT count(*) {self._from_where} AND {q} IS NOT NULL "
+                    f"AND TRY_CAST({q} AS {sql_type}) IS NULL",
+                    params=self._params,
+                ).fetchall()
+            except duckdb.Error:  # the view's own SQL fails: no declared cast to blame
+                return None
             if rows and rows[0][0]:
                 return column
         return None
@@ -447,7 +450,20 @@ def open_window(
         where = [f"{q(ts_field)} >= $start", f"{q(ts_field)} < $end"]
         where.extend(f"{q(k)} IS NOT NULL" for k in plan.key_names)
         from_where = f"FROM ({body}) AS _view WHERE {' AND '.join(where)}"
-        count_rows = con.sql(f"SELECT count(*) {from_where}", params=params).fetchall()
+        try:
+            count_rows = con.sql(f"SELECT count(*) {from_where}", params=params).fetchall()
+        except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
+            raise DefinitionError(
+                f"feature view {plan.name!r}: a value does not fit its declared type: {exc}",
+                reason="COLUMN_VALUE_OUT_OF_RANGE",
+                metadata={"feature_view": plan.name},
+            ) from exc
+        except duckdb.Error as exc:
+            raise DefinitionError(
+                f"feature view {plan.name!r}: its SQL failed while running: {exc}",
+                reason="VIEW_SQL_FAILED",
+                metadata={"feature_view": plan.name},
+            ) from exc
         select = f"SELECT {', '.join(cols)} {from_where}"
         return WindowQuery(
             plan=plan,
