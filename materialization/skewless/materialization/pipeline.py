@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from skewless.core.config import RepoConfig
+from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -214,7 +214,8 @@ def _open(
     from skewless.offline.spark_session import spark_session
     from skewless.offline.spark_views import spark_view_rows
 
-    session = spark_session(config.spark)
+    settings = config.spark or SparkSettings()
+    session = spark_session(settings)
     rows = spark_view_rows(
         session,
         config,
@@ -222,7 +223,7 @@ def _open(
         plan,
         start,
         end,
-        target=config.spark.target,
+        target=settings.target,
         progress=spark_report,
     )
     return open_window(config, registry, plan, start, end, rows=rows)

@@ -7,8 +7,9 @@ Each piece is cast back to the source's Arrow types before DuckDB sees it (Spark
 types are coarser: a naive timestamp may come back with a time zone), so the SQL runs
 on exactly the types it runs on in the DuckDB engine.
 
-A DuckDB error raises `RuntimeError` with `VIEW_SQL_FAILED_MARK` before DuckDB's first
-message line, which the driver turns into the DuckDB engine's `VIEW_SQL_FAILED`.
+A DuckDB error raises `RuntimeError` with a mark before DuckDB's first message line
+(`VALUE_OUT_OF_RANGE_MARK` for a value a cast refuses, else `VIEW_SQL_FAILED_MARK`),
+which the driver turns into the DuckDB engine's status for the same failure.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-__all__ = ["VIEW_SQL_FAILED_MARK", "BUCKET", "run_on_batches", "run_on_groups"]
+__all__ = [
+    "BUCKET",
+    "VALUE_OUT_OF_RANGE_MARK",
+    "VIEW_SQL_FAILED_MARK",
+    "run_on_batches",
+    "run_on_groups",
+]
 
 #: Precedes DuckDB's message in the error an executor raises for a failing view SQL.
 VIEW_SQL_FAILED_MARK = "skewless-view-sql-failed: "
+#: The same, for a value that does not fit a type (DuckDB's conversion errors).
+VALUE_OUT_OF_RANGE_MARK = "skewless-value-out-of-range: "
 #: The column that holds a row's bucket of entity keys (key-grouped views).
 BUCKET = "_skewless_bucket"
 #: The relation the view's SQL reads.
@@ -32,10 +41,12 @@ _SOURCE = "source"
 def _run(con: Any, table: pa.Table, select: str, params: dict[str, Any]) -> pa.Table:
     con.register(_SOURCE, table)
     try:
-        return con.execute(select, params).to_arrow_table()
+        return con.sql(select, params=params).to_arrow_table()
     except duckdb.Error as exc:
         first = (str(exc).splitlines() or [""])[0][:300]
-        raise RuntimeError(f"{VIEW_SQL_FAILED_MARK}{first}") from None
+        out_of_range = isinstance(exc, duckdb.ConversionException | duckdb.OutOfRangeException)
+        mark = VALUE_OUT_OF_RANGE_MARK if out_of_range else VIEW_SQL_FAILED_MARK
+        raise RuntimeError(f"{mark}{first}") from None
     finally:
         con.unregister(_SOURCE)
 

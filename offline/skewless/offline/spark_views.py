@@ -23,7 +23,7 @@ Progress: a session the server starts reports the Spark application id and the s
 and tasks of the view's jobs (its job group), every half second; a Spark Connect
 session reports the application id only. Failures become our statuses
 (`skewless.offline.spark_errors`); a DuckDB error on an executor is the DuckDB engine's
-`VIEW_SQL_FAILED`.
+status for it (`COLUMN_VALUE_OUT_OF_RANGE`, `VIEW_SQL_FAILED`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from skewless.offline import spark_view_partition
 from skewless.offline.spark_errors import spark_failure
 from skewless.offline.spark_view_partition import (
     BUCKET,
+    VALUE_OUT_OF_RANGE_MARK,
     VIEW_SQL_FAILED_MARK,
     run_on_batches,
     run_on_groups,
@@ -121,22 +122,30 @@ def _application_id(session: Any) -> str:
 
 
 def _stage_progress(session: Any, group: str, application_id: str) -> SparkProgress:
+    """The stages of the group's jobs; a finished job's unrun stages were skipped.
+
+    Spark skips a stage whose output an earlier stage already has; as in Spark's UI,
+    skipped stages are not counted.
+    """
     tracker = session.sparkContext.statusTracker()
-    stage_ids: set[int] = set()
+    stages: dict[int, bool] = {}  # stage id -> its job finished
     for job_id in tracker.getJobIdsForGroup(group):
         info = tracker.getJobInfo(job_id)
         if info is not None:
-            stage_ids.update(info.stageIds)
+            for stage_id in info.stageIds:
+                stages[stage_id] = stages.get(stage_id, False) or info.status == "SUCCEEDED"
     done = total = tasks_done = tasks_total = 0
-    for stage_id in stage_ids:
+    for stage_id, job_done in stages.items():
         stage = tracker.getStageInfo(stage_id)
+        finished = stage is not None and 0 < stage.numTasks <= stage.numCompletedTasks
+        if job_done and not finished:
+            continue  # skipped
+        total += 1
         if stage is None:
             continue
-        total += 1
         tasks_total += stage.numTasks
         tasks_done += stage.numCompletedTasks
-        if stage.numTasks and stage.numCompletedTasks >= stage.numTasks:
-            done += 1
+        done += finished
     return SparkProgress(application_id, done, total, tasks_done, tasks_total)
 
 
@@ -275,13 +284,22 @@ def spark_view_rows(
                 result = (
                     frame.withColumn(BUCKET, F.pmod(F.hash(*keys), F.lit(buckets)))
                     .groupBy(BUCKET)
-                    .applyInArrow(run_on_groups(select, params, source.schema, out_arrow), out_spark)
+                    .applyInArrow(
+                        run_on_groups(select, params, source.schema, out_arrow), out_spark
+                    )
                 )
             table = result.toArrow()
     except SkewlessError:
         raise
     except Exception as exc:
         text = str(exc)
+        if VALUE_OUT_OF_RANGE_MARK in text:
+            detail = text.split(VALUE_OUT_OF_RANGE_MARK, 1)[1].splitlines()[0]
+            raise DefinitionError(
+                f"feature view {plan.name!r}: a value does not fit its declared type: {detail}",
+                reason="COLUMN_VALUE_OUT_OF_RANGE",
+                metadata={"feature_view": plan.name},
+            ) from None
         if VIEW_SQL_FAILED_MARK in text:
             detail = text.split(VIEW_SQL_FAILED_MARK, 1)[1].splitlines()[0]
             raise DefinitionError(

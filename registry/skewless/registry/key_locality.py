@@ -113,9 +113,11 @@ def _check_select(select: Any, keys: Sequence[str], ctes: set[str]) -> bool:
     if from_ is not None:
         source = from_.this
         if isinstance(source, exp.Table):
-            if not isinstance(source.this, exp.Identifier) or (
-                source.name != SOURCE_RELATION and source.name not in ctes
-            ) or source.args.get("db"):
+            if (
+                not isinstance(source.this, exp.Identifier)
+                or (source.name != SOURCE_RELATION and source.name not in ctes)
+                or source.args.get("db")
+            ):
                 raise _NotKeyLocal(
                     f"reading {_sql(source)} (only the relation {SOURCE_RELATION!r} is split)"
                 )
@@ -149,9 +151,7 @@ def _check_select(select: Any, keys: Sequence[str], ctes: set[str]) -> bool:
 def _analyze(tree: Any, keys: Sequence[str]) -> Locality:
     from sqlglot import exp
 
-    if not isinstance(tree, exp.Select) and not (
-        isinstance(tree, exp.Subquery) or isinstance(tree, exp.With)
-    ):
+    if not isinstance(tree, exp.Select | exp.Subquery | exp.With):
         if isinstance(tree, exp.SetOperation):
             raise _NotKeyLocal(f"{type(tree).__name__.upper()} of queries")
         raise _NotKeyLocal(f"a statement that is not one SELECT ({_sql(tree)})")
