@@ -11,15 +11,25 @@ from google.protobuf import duration_pb2
 
 from skewless.core.config import RepoConfig
 from skewless.v1 import registry_pb2, types_pb2
+from tests.helpers.engines import SPARK_TEST_SETTINGS
 
 VT = types_pb2.ValueType
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
-def make_config(root: Path, redis_url: str, project: str = "mat") -> RepoConfig:
+def make_config(
+    root: Path, redis_url: str, project: str = "mat", engine: str = "duckdb"
+) -> RepoConfig:
+    """A repository; `engine: spark` runs views on the test run's local Spark session."""
     root.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
-        root=root, project=project, data_dir=root / ".skewless", redis_url=redis_url, server_port=0
+        root=root,
+        project=project,
+        data_dir=root / ".skewless",
+        redis_url=redis_url,
+        server_port=0,
+        offline_engine=engine,
+        spark=SPARK_TEST_SETTINGS if engine == "spark" else None,
     )
 
 

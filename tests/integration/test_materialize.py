@@ -26,6 +26,7 @@ from skewless.materialization.pipeline import materialize, materialize_increment
 from skewless.materialization.view_state import ViewLocks, read_watermark
 from skewless.offline.offline_store import history_files
 from skewless.online.codec import decode_value
+from tests.helpers.engines import ENGINES
 from tests.integration.matfixtures import (
     T0,
     VT,
@@ -70,7 +71,18 @@ def repo(tmp_path: Path, redis_url: str) -> RepoConfig:
     return config
 
 
-def test_window_twice_equals_once(repo: RepoConfig) -> None:
+@pytest.fixture(params=ENGINES)
+def engine_repo(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> RepoConfig:
+    """The repository on each engine in turn (the view's SQL on DuckDB, then on Spark)."""
+    if request.param == "spark":
+        request.getfixturevalue("spark")  # the test run's one local session
+    config = make_config(tmp_path / "repo", redis_url, engine=request.param)
+    write_source(config, driver_rows())
+    return config
+
+
+def test_window_twice_equals_once(engine_repo: RepoConfig) -> None:
+    repo = engine_repo
     registry = make_registry()
     first = materialize(repo, registry, T0, T0 + DAY)
     assert first.rows_read == 20 * 24
@@ -88,7 +100,8 @@ def test_window_twice_equals_once(repo: RepoConfig) -> None:
     assert read_watermark(repo, "driver_stats") == T0 + DAY
 
 
-def test_older_window_never_overwrites_newer_online(repo: RepoConfig) -> None:
+def test_older_window_never_overwrites_newer_online(engine_repo: RepoConfig) -> None:
+    repo = engine_repo
     registry = make_registry()
     materialize(repo, registry, T0 + DAY, T0 + 2 * DAY)
     newer = online(repo.redis_url)
@@ -98,7 +111,8 @@ def test_older_window_never_overwrites_newer_online(repo: RepoConfig) -> None:
     assert history(repo).num_rows == 20 * 48  # both windows in the history, once each
 
 
-def test_rerun_of_overlapping_window_replaces_only_that_window(repo: RepoConfig) -> None:
+def test_rerun_of_overlapping_window_replaces_only_that_window(engine_repo: RepoConfig) -> None:
+    repo = engine_repo
     registry = make_registry()
     materialize(repo, registry, T0, T0 + 2 * DAY)
     changed = driver_rows()
@@ -113,7 +127,8 @@ def test_rerun_of_overlapping_window_replaces_only_that_window(repo: RepoConfig)
         assert (rate <= 0) == inside or rate == 0.0
 
 
-def test_incremental_runs_continue_from_the_watermark(repo: RepoConfig) -> None:
+def test_incremental_runs_continue_from_the_watermark(engine_repo: RepoConfig) -> None:
+    repo = engine_repo
     registry = make_registry()
     first = materialize_incremental(repo, registry, T0 + timedelta(hours=10))
     assert first.rows_read == 20 * 10
@@ -188,7 +203,7 @@ _KILLED_JOB = textwrap.dedent(
     from tests.integration.matfixtures import T0, make_config, make_registry
     from skewless.materialization import pipeline as m
     from skewless.materialization.jobs import JobStore, JobState
-    config = make_config(Path({repo!r}), {url!r})
+    config = make_config(Path({repo!r}), {url!r}, engine={engine!r})
     marker = Path({marker!r})
     store = JobStore(config)
     job = store.create(["driver_stats"], window_start=T0, window_end=T0 + timedelta(days=2),
@@ -204,10 +219,16 @@ _KILLED_JOB = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("phase", ["compute", "online"])
+@pytest.mark.parametrize(
+    ("phase", "engine"), [("compute", "duckdb"), ("online", "duckdb"), ("online", "spark")]
+)
 def test_sigkill_mid_window_then_rerun_converges(
-    repo: RepoConfig, tmp_path: Path, phase: str
+    tmp_path: Path, redis_url: str, request: pytest.FixtureRequest, phase: str, engine: str
 ) -> None:
+    if engine == "spark":
+        request.getfixturevalue("spark")  # the re-run below uses the test run's session
+    repo = make_config(tmp_path / "repo", redis_url, engine=engine)
+    write_source(repo, driver_rows())
     registry = make_registry()
     materialize(repo, registry, T0, T0 + 2 * DAY)
     before_history = history(repo)
@@ -221,10 +242,11 @@ def test_sigkill_mid_window_then_rerun_converges(
         url=repo.redis_url,
         marker=str(marker),
         phase=phase,
+        engine=engine,
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not marker.exists():
             assert proc.poll() is None, "the job ended before reaching the kill point"
             assert time.monotonic() < deadline

@@ -29,6 +29,7 @@ from skewless.materialization.pipeline import (
     Phase,
     Progress,
     ProgressCallback,
+    check_engine,
     materializable_views,
     materialize,
     materialize_incremental,
@@ -130,6 +131,12 @@ class JobRecord:
         trigger: Who started it (`cli`, `api`, `schedule`).
         host: The machine running it (a data dir on object storage is shared by
             several); a dead process is only detected on its own machine.
+        spark_application_id: On the Spark engine, the Spark application running the
+            job's views ("" otherwise).
+        spark_stages_completed: Stages of the current view's Spark jobs that finished.
+        spark_stages_total: Stages of the current view's Spark jobs known so far.
+        spark_tasks_completed: Tasks of those stages that finished.
+        spark_tasks_total: Tasks of those stages.
 
     """
 
@@ -148,6 +155,11 @@ class JobRecord:
     pid: int = dataclasses.field(default_factory=os.getpid)
     trigger: Trigger = Trigger.API
     host: str = dataclasses.field(default_factory=socket.gethostname)
+    spark_application_id: str = ""
+    spark_stages_completed: int = 0
+    spark_stages_total: int = 0
+    spark_tasks_completed: int = 0
+    spark_tasks_total: int = 0
 
     @property
     def finished(self) -> bool:
@@ -379,13 +391,13 @@ def start_job(
 
     Raises:
         NotFoundError: An unknown view (nothing is locked or recorded).
-        FailedPreconditionError: Another job holds a view's lock.
+        FailedPreconditionError: Another job holds a view's lock, or
+            (`VIEW_NOT_KEY_LOCAL`) the Spark engine cannot split a view's SQL by key.
 
     """
     names = list(dict.fromkeys(views)) or materializable_views(registry)
     try:
-        for name in names:
-            resolve_view(registry, name)
+        check_engine(config, [resolve_view(registry, name) for name in names])
     except BaseException:
         if locks is not None:
             locks.release()
@@ -444,6 +456,17 @@ def run_job(
             last_rows = report.rows_done
         if progress is not None:
             progress(report)
+        if report.spark is not None:
+            spark = report.spark
+            store.update(
+                job_id,
+                spark_application_id=spark.application_id,
+                spark_stages_completed=spark.stages_completed,
+                spark_stages_total=spark.stages_total,
+                spark_tasks_completed=spark.tasks_completed,
+                spark_tasks_total=spark.tasks_total,
+            )
+            return
         if throttle.ready():
             store.update(job_id, rows_read=finished_rows + last_rows, progress=report.fraction)
 

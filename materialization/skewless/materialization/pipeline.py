@@ -33,17 +33,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from skewless.core.config import RepoConfig
+from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
 from skewless.materialization.view_state import ViewLocks, advance_watermark, read_watermark
 from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
+from skewless.offline.spark_views import SparkProgress, SparkProgressCallback
 from skewless.offline.window_query import WindowQuery, open_window
 from skewless.online.layout import online_expiry
 from skewless.online.writer import OnlineWriter, prepare_rows
 from skewless.registry.feature_refs import ResolvedView, resolve_view
+from skewless.registry.key_locality import key_locality
 from skewless.v1 import registry_pb2
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "ViewResult",
+    "check_engine",
     "materializable_views",
     "materialize",
     "materialize_incremental",
@@ -85,6 +88,7 @@ class Progress:
         rows_total: Rows of the view's window.
         view_index: Position of the view in the job (0-based).
         view_count: Number of views in the job.
+        spark: Where the view's Spark jobs are (Spark engine only, else None).
 
     """
 
@@ -94,6 +98,7 @@ class Progress:
     rows_total: int
     view_index: int
     view_count: int
+    spark: SparkProgress | None = None
 
     @property
     def fraction(self) -> float:
@@ -178,6 +183,50 @@ def materializable_views(registry: registry_pb2.Registry) -> list[str]:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def check_engine(config: RepoConfig, plans: Sequence[ResolvedView]) -> None:
+    """Refuses views the configured engine cannot compute (before anything runs).
+
+    Raises:
+        FailedPreconditionError: `VIEW_NOT_KEY_LOCAL`: on the Spark engine, a view's
+            SQL cannot be split by entity key (`skewless.registry.key_locality`).
+
+    """
+    if config.offline_engine != "spark":
+        return
+    for plan in plans:
+        if plan.source.WhichOneof("kind") != "push":
+            key_locality(plan.view.sql, plan.key_names, view=plan.name)
+
+
+def _open(
+    config: RepoConfig,
+    registry: registry_pb2.Registry,
+    plan: ResolvedView,
+    start: datetime,
+    end: datetime,
+    spark_report: SparkProgressCallback | None,
+) -> WindowQuery:
+    """The view's window, its SQL run by the configured engine."""
+    if config.offline_engine != "spark":
+        return open_window(config, registry, plan, start, end)
+    from skewless.offline.spark_session import spark_session
+    from skewless.offline.spark_views import spark_view_rows
+
+    settings = config.spark or SparkSettings()
+    session = spark_session(settings)
+    rows = spark_view_rows(
+        session,
+        config,
+        registry,
+        plan,
+        start,
+        end,
+        target=settings.target,
+        progress=spark_report,
+    )
+    return open_window(config, registry, plan, start, end, rows=rows)
 
 
 def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> list[ResolvedView]:
@@ -304,13 +353,14 @@ def _materialize_online_only(
     end: datetime,
     writer: OnlineWriter | None,
     report: Callable[[Phase, int, int], None],
+    spark_report: SparkProgressCallback | None = None,
 ) -> ViewResult:
     """A view without history: DuckDB keeps the latest row per key; only Redis is written."""
     if writer is None:
         raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
     expire = online_expiry(plan.view)
     written = done = 0
-    with open_window(config, registry, plan, start, end) as window:
+    with _open(config, registry, plan, start, end, spark_report) as window:
         total = window.row_count
         for batch in window.batches(latest_only=True):
             rows = prepare_rows(
@@ -343,12 +393,15 @@ def _materialize_view(
     writer: OnlineWriter | None,
     report: Callable[[Phase, int, int], None],
     fence: Callable[[str], None] | None = None,
+    spark_report: SparkProgressCallback | None = None,
 ) -> ViewResult:
     if not plan.view.offline:
-        return _materialize_online_only(config, registry, plan, start, end, writer, report)
+        return _materialize_online_only(
+            config, registry, plan, start, end, writer, report, spark_report
+        )
     if plan.view.online and writer is None:
         raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
-    with open_window(config, registry, plan, start, end) as window:
+    with _open(config, registry, plan, start, end, spark_report) as window:
         reports = _Reports(report, window.row_count)
         stop = threading.Event()
         latest = window.snapshot() if writer is not None and plan.view.online else None
@@ -432,11 +485,23 @@ def _run(
                 if progress is not None:
                     progress(Progress(_v, phase, done, total, _i, len(windows)))
 
+            def spark_report(spark: SparkProgress, _i: int = index, _v: str = plan.name) -> None:
+                if progress is not None:
+                    progress(Progress(_v, Phase.COMPUTE, 0, 0, _i, len(windows), spark=spark))
+
             if end <= start:
                 result = ViewResult(plan.name, start, end, 0, 0, 0)
             else:
                 result = _materialize_view(
-                    config, registry, plan, start, end, writer, report, fence=held.check
+                    config,
+                    registry,
+                    plan,
+                    start,
+                    end,
+                    writer,
+                    report,
+                    fence=held.check,
+                    spark_report=spark_report,
                 )
             results.append(result)
             report(Phase.DONE, result.rows_read, result.rows_read)
@@ -475,7 +540,8 @@ def materialize(
         InvalidArgumentError: `end` is before `start`.
         NotFoundError: An unknown view.
         DefinitionError: A column is missing or mistyped (nothing is written for that view).
-        FailedPreconditionError: Another job is materializing one of the views.
+        FailedPreconditionError: Another job is materializing one of the views, or
+            (`VIEW_NOT_KEY_LOCAL`) the Spark engine cannot split a view's SQL by key.
 
     """
     start, end = _utc(start), _utc(end)
@@ -487,6 +553,7 @@ def materialize(
             metadata={"start_time": start.isoformat(), "end_time": end.isoformat()},
         )
     plans = _select(registry, views)
+    check_engine(config, plans)
     return _run(config, registry, [(p, start, end) for p in plans], progress, locks, writer)
 
 
@@ -507,6 +574,7 @@ def materialize_incremental(
     """
     end = _utc(end)
     plans = _select(registry, views)
+    check_engine(config, plans)
     held = locks if locks is not None else ViewLocks(config, [p.name for p in plans])
     try:
         windows = [(p, read_watermark(config, p.storage_name) or EPOCH, end) for p in plans]

@@ -48,12 +48,14 @@ from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import ResolvedView
 from skewless.v1 import registry_pb2, types_pb2
 
-__all__ = ["WINDOW_BATCH_ROWS", "WindowQuery", "open_window"]
+__all__ = ["WINDOW_BATCH_ROWS", "WindowQuery", "open_window", "read_source", "view_body"]
 
 #: Rows per record batch streamed out of DuckDB.
 WINDOW_BATCH_ROWS = 131_072
 #: The table `WindowQuery.snapshot` computes the window into.
 _SNAPSHOT = "_skewless_window"
+#: The relation holding rows another engine computed (`open_window(rows=...)`).
+_COMPUTED = "_skewless_computed"
 VT = types_pb2.ValueType
 
 
@@ -124,6 +126,44 @@ def _connect(
             metadata={"source": source.name},
         )
     return con
+
+
+def view_body(plan: ResolvedView) -> str:
+    """The view's SQL over `source` (`SELECT * FROM source` for a view without SQL)."""
+    return plan.view.sql.strip().rstrip(";") or f"SELECT * FROM {SOURCE_RELATION}"
+
+
+def read_source(
+    config: RepoConfig, registry: registry_pb2.Registry, plan: ResolvedView
+) -> tuple[pa.Table, pa.Schema]:
+    """Reads the view's whole source as DuckDB does, and the schema of the view's output.
+
+    Raises:
+        DefinitionError: The source cannot be read or the view's SQL fails.
+
+    """
+    con = _connect(config, registry, plan)
+    try:
+        try:
+            described = con.sql(f"SELECT * FROM ({view_body(plan)}) AS _view LIMIT 0")
+            out_schema = described.to_arrow_table().schema
+        except duckdb.Error as exc:
+            raise DefinitionError(
+                f"feature view {plan.name!r}: its SQL fails: {exc}",
+                reason="VIEW_SQL_INVALID",
+                metadata={"feature_view": plan.name},
+            ) from exc
+        try:
+            table = con.sql(f"SELECT * FROM {SOURCE_RELATION}").to_arrow_table()
+        except duckdb.Error as exc:
+            raise DefinitionError(
+                f"data source {plan.source.name!r}: cannot be read: {exc}",
+                reason="SOURCE_UNREADABLE",
+                metadata={"source": plan.source.name},
+            ) from exc
+        return table, out_schema
+    finally:
+        con.close()
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -276,11 +316,14 @@ class WindowQuery:
         """Finds the first column holding a value its cast refuses (after a failure)."""
         for column, sql_type in self._casts:
             q = quote_identifier(column)
-            rows = self._con.sql(
-                f"SELECT count(*) {self._from_where} AND {q} IS NOT NULL "
-                f"AND TRY_CAST({q} AS {sql_type}) IS NULL",
-                params=self._params,
-            ).fetchall()
+            try:
+                rows = self._con.sql(
+                    f"SELECT count(*) {self._from_where} AND {q} IS NOT NULL "
+                    f"AND TRY_CAST({q} AS {sql_type}) IS NULL",
+                    params=self._params,
+                ).fetchall()
+            except duckdb.Error:  # the view's own SQL fails: no declared cast to blame
+                return None
             if rows and rows[0][0]:
                 return column
         return None
@@ -317,6 +360,7 @@ def open_window(
     end: datetime,
     *,
     batch_rows: int = WINDOW_BATCH_ROWS,
+    rows: pa.Table | None = None,
 ) -> WindowQuery:
     """Prepares the view's rows with event time in [start, end) and checks their columns.
 
@@ -327,6 +371,8 @@ def open_window(
         start: Window start, inclusive; naive means UTC.
         end: Window end, exclusive; naive means UTC.
         batch_rows: Rows per streamed record batch (bounds memory).
+        rows: The view's rows as another engine computed them (the Spark engine): they
+            stand for the view's SQL, and are checked, cast and windowed the same way.
 
     Raises:
         DefinitionError: A column is missing or has a type incompatible with its
@@ -336,9 +382,14 @@ def open_window(
 
     """
     start, end = _to_utc(start), _to_utc(end)
-    con = _connect(config, registry, plan)
+    if rows is None:
+        con = _connect(config, registry, plan)
+        body = view_body(plan)
+    else:
+        con = connect(memory_limit=config.job_memory_limit, spill_dir=config.spill_dir)
+        con.register(_COMPUTED, rows)
+        body = f"SELECT * FROM {_COMPUTED}"
     try:
-        body = plan.view.sql.strip().rstrip(";") or f"SELECT * FROM {SOURCE_RELATION}"
         try:
             described = con.sql(f"SELECT * FROM ({body}) AS _view LIMIT 0")
         except duckdb.Error as exc:
@@ -399,7 +450,20 @@ def open_window(
         where = [f"{q(ts_field)} >= $start", f"{q(ts_field)} < $end"]
         where.extend(f"{q(k)} IS NOT NULL" for k in plan.key_names)
         from_where = f"FROM ({body}) AS _view WHERE {' AND '.join(where)}"
-        count_rows = con.sql(f"SELECT count(*) {from_where}", params=params).fetchall()
+        try:
+            count_rows = con.sql(f"SELECT count(*) {from_where}", params=params).fetchall()
+        except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
+            raise DefinitionError(
+                f"feature view {plan.name!r}: a value does not fit its declared type: {exc}",
+                reason="COLUMN_VALUE_OUT_OF_RANGE",
+                metadata={"feature_view": plan.name},
+            ) from exc
+        except duckdb.Error as exc:
+            raise DefinitionError(
+                f"feature view {plan.name!r}: its SQL failed while running: {exc}",
+                reason="VIEW_SQL_FAILED",
+                metadata={"feature_view": plan.name},
+            ) from exc
         select = f"SELECT {', '.join(cols)} {from_where}"
         return WindowQuery(
             plan=plan,

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)skewless/v1/materialization_service.proto\x12\x0bskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa7\x03\n\x12MaterializationJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfeature_views\x18\x02 \x03(\t\x12\x35\n\x11window_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.skewless.v1.JobState\x12\x11\n\trows_read\x18\x06 \x01(\x03\x12\x14\n\x0crows_written\x18\x07 \x01(\x03\x12\x10\n\x08progress\x18\x08 \x01(\x01\x12\x11\n\x05\x65rror\x18\t \x01(\tB\x02\x18\x01\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x0c\x65rror_status\x18\x0c \x01(\x0b\x32\x12.google.rpc.Status\"\xa7\x01\n\x1bStartMaterializationRequest\x12\x15\n\rfeature_views\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bincremental\x18\x04 \x01(\x08\"L\n\x1cStartMaterializationResponse\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.skewless.v1.MaterializationJob\".\n\x1cGetMaterializationJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"M\n\x1dGetMaterializationJobResponse\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.skewless.v1.MaterializationJob\"]\n\x1eListMaterializationJobsRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1fListMaterializationJobsResponse\x12-\n\x04jobs\x18\x01 \x03(\x0b\x32\x1f.skewless.v1.MaterializationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x1eGetFeatureViewFreshnessRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\"\xb8\x01\n\x1fGetFeatureViewFreshnessResponse\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x32\n\x0ewatermark_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11newest_event_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chistory_rows\x18\x04 \x01(\x03*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xe1\x03\n\x16MaterializationService\x12k\n\x14StartMaterialization\x12(.skewless.v1.StartMaterializationRequest\x1a).skewless.v1.StartMaterializationResponse\x12n\n\x15GetMaterializationJob\x12).skewless.v1.GetMaterializationJobRequest\x1a*.skewless.v1.GetMaterializationJobResponse\x12t\n\x17ListMaterializationJobs\x12+.skewless.v1.ListMaterializationJobsRequest\x1a,.skewless.v1.ListMaterializationJobsResponse\x12t\n\x17GetFeatureViewFreshness\x12+.skewless.v1.GetFeatureViewFreshnessRequest\x1a,.skewless.v1.GetFeatureViewFreshnessResponseBW\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)skewless/v1/materialization_service.proto\x12\x0bskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd5\x03\n\x12MaterializationJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfeature_views\x18\x02 \x03(\t\x12\x35\n\x11window_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.skewless.v1.JobState\x12\x11\n\trows_read\x18\x06 \x01(\x03\x12\x14\n\x0crows_written\x18\x07 \x01(\x03\x12\x10\n\x08progress\x18\x08 \x01(\x01\x12\x11\n\x05\x65rror\x18\t \x01(\tB\x02\x18\x01\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x0c\x65rror_status\x18\x0c \x01(\x0b\x32\x12.google.rpc.Status\x12,\n\x05spark\x18\r \x01(\x0b\x32\x1d.skewless.v1.SparkJobProgress\"\x88\x01\n\x10SparkJobProgress\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x18\n\x10stages_completed\x18\x02 \x01(\x05\x12\x14\n\x0cstages_total\x18\x03 \x01(\x05\x12\x17\n\x0ftasks_completed\x18\x04 \x01(\x03\x12\x13\n\x0btasks_total\x18\x05 \x01(\x03\"\xa7\x01\n\x1bStartMaterializationRequest\x12\x15\n\rfeature_views\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bincremental\x18\x04 \x01(\x08\"L\n\x1cStartMaterializationResponse\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.skewless.v1.MaterializationJob\".\n\x1cGetMaterializationJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"M\n\x1dGetMaterializationJobResponse\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.skewless.v1.MaterializationJob\"]\n\x1eListMaterializationJobsRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1fListMaterializationJobsResponse\x12-\n\x04jobs\x18\x01 \x03(\x0b\x32\x1f.skewless.v1.MaterializationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x1eGetFeatureViewFreshnessRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\"\xb8\x01\n\x1fGetFeatureViewFreshnessResponse\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x32\n\x0ewatermark_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11newest_event_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chistory_rows\x18\x04 \x01(\x03*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xe1\x03\n\x16MaterializationService\x12k\n\x14StartMaterialization\x12(.skewless.v1.StartMaterializationRequest\x1a).skewless.v1.StartMaterializationResponse\x12n\n\x15GetMaterializationJob\x12).skewless.v1.GetMaterializationJobRequest\x1a*.skewless.v1.GetMaterializationJobResponse\x12t\n\x17ListMaterializationJobs\x12+.skewless.v1.ListMaterializationJobsRequest\x1a,.skewless.v1.ListMaterializationJobsResponse\x12t\n\x17GetFeatureViewFreshness\x12+.skewless.v1.GetFeatureViewFreshnessRequest\x1a,.skewless.v1.GetFeatureViewFreshnessResponseBW\n\x0f\x64\x65v.skewless.v1P\x01ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.skewless.v1P\001ZBgithub.com/skewless/skewless/clients/go/gen/skewless/v1;skewlessv1'
   _globals['_MATERIALIZATIONJOB'].fields_by_name['error']._loaded_options = None
   _globals['_MATERIALIZATIONJOB'].fields_by_name['error']._serialized_options = b'\030\001'
-  _globals['_JOBSTATE']._serialized_start=1363
-  _globals['_JOBSTATE']._serialized_end=1493
+  _globals['_JOBSTATE']._serialized_start=1548
+  _globals['_JOBSTATE']._serialized_end=1678
   _globals['_MATERIALIZATIONJOB']._serialized_start=117
-  _globals['_MATERIALIZATIONJOB']._serialized_end=540
-  _globals['_STARTMATERIALIZATIONREQUEST']._serialized_start=543
-  _globals['_STARTMATERIALIZATIONREQUEST']._serialized_end=710
-  _globals['_STARTMATERIALIZATIONRESPONSE']._serialized_start=712
-  _globals['_STARTMATERIALIZATIONRESPONSE']._serialized_end=788
-  _globals['_GETMATERIALIZATIONJOBREQUEST']._serialized_start=790
-  _globals['_GETMATERIALIZATIONJOBREQUEST']._serialized_end=836
-  _globals['_GETMATERIALIZATIONJOBRESPONSE']._serialized_start=838
-  _globals['_GETMATERIALIZATIONJOBRESPONSE']._serialized_end=915
-  _globals['_LISTMATERIALIZATIONJOBSREQUEST']._serialized_start=917
-  _globals['_LISTMATERIALIZATIONJOBSREQUEST']._serialized_end=1010
-  _globals['_LISTMATERIALIZATIONJOBSRESPONSE']._serialized_start=1012
-  _globals['_LISTMATERIALIZATIONJOBSRESPONSE']._serialized_end=1117
-  _globals['_GETFEATUREVIEWFRESHNESSREQUEST']._serialized_start=1119
-  _globals['_GETFEATUREVIEWFRESHNESSREQUEST']._serialized_end=1173
-  _globals['_GETFEATUREVIEWFRESHNESSRESPONSE']._serialized_start=1176
-  _globals['_GETFEATUREVIEWFRESHNESSRESPONSE']._serialized_end=1360
-  _globals['_MATERIALIZATIONSERVICE']._serialized_start=1496
-  _globals['_MATERIALIZATIONSERVICE']._serialized_end=1977
+  _globals['_MATERIALIZATIONJOB']._serialized_end=586
+  _globals['_SPARKJOBPROGRESS']._serialized_start=589
+  _globals['_SPARKJOBPROGRESS']._serialized_end=725
+  _globals['_STARTMATERIALIZATIONREQUEST']._serialized_start=728
+  _globals['_STARTMATERIALIZATIONREQUEST']._serialized_end=895
+  _globals['_STARTMATERIALIZATIONRESPONSE']._serialized_start=897
+  _globals['_STARTMATERIALIZATIONRESPONSE']._serialized_end=973
+  _globals['_GETMATERIALIZATIONJOBREQUEST']._serialized_start=975
+  _globals['_GETMATERIALIZATIONJOBREQUEST']._serialized_end=1021
+  _globals['_GETMATERIALIZATIONJOBRESPONSE']._serialized_start=1023
+  _globals['_GETMATERIALIZATIONJOBRESPONSE']._serialized_end=1100
+  _globals['_LISTMATERIALIZATIONJOBSREQUEST']._serialized_start=1102
+  _globals['_LISTMATERIALIZATIONJOBSREQUEST']._serialized_end=1195
+  _globals['_LISTMATERIALIZATIONJOBSRESPONSE']._serialized_start=1197
+  _globals['_LISTMATERIALIZATIONJOBSRESPONSE']._serialized_end=1302
+  _globals['_GETFEATUREVIEWFRESHNESSREQUEST']._serialized_start=1304
+  _globals['_GETFEATUREVIEWFRESHNESSREQUEST']._serialized_end=1358
+  _globals['_GETFEATUREVIEWFRESHNESSRESPONSE']._serialized_start=1361
+  _globals['_GETFEATUREVIEWFRESHNESSRESPONSE']._serialized_end=1545
+  _globals['_MATERIALIZATIONSERVICE']._serialized_start=1681
+  _globals['_MATERIALIZATIONSERVICE']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,7 @@ class MaterializationJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ERROR_STATUS_FIELD_NUMBER: _builtins.int
+    SPARK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Output only. Unique ID of the job."""
     state: Global___JobState.ValueType
@@ -130,6 +131,13 @@ class MaterializationJob(_message.Message):
         unless the job failed.
         """
 
+    @_builtins.property
+    def spark(self) -> Global___SparkJobProgress:
+        """Output only. For jobs run on the Spark engine (`offline.engine: spark`): the
+        Spark application and the progress of the current view's stages. Unset for jobs
+        run on DuckDB.
+        """
+
     def __init__(
         self,
         *,
@@ -145,14 +153,57 @@ class MaterializationJob(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         error_status: _status_pb2.Status | None = ...,
+        spark: Global___SparkJobProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_status", b"error_status", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_status", b"error_status", "spark", b"spark", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "error_status", b"error_status", "feature_views", b"feature_views", "job_id", b"job_id", "progress", b"progress", "rows_read", b"rows_read", "rows_written", b"rows_written", "state", b"state", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "error_status", b"error_status", "feature_views", b"feature_views", "job_id", b"job_id", "progress", b"progress", "rows_read", b"rows_read", "rows_written", b"rows_written", "spark", b"spark", "state", b"state", "update_time", b"update_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MaterializationJob: _TypeAlias = MaterializationJob  # noqa: Y015
+
+@_typing.final
+class SparkJobProgress(_message.Message):
+    """Where a materialization job's work on Spark is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    STAGES_COMPLETED_FIELD_NUMBER: _builtins.int
+    STAGES_TOTAL_FIELD_NUMBER: _builtins.int
+    TASKS_COMPLETED_FIELD_NUMBER: _builtins.int
+    TASKS_TOTAL_FIELD_NUMBER: _builtins.int
+    application_id: _builtins.str
+    """Output only. The Spark application running the job (its id in the Spark UI and
+    the cluster manager); empty if Spark does not say.
+    """
+    stages_completed: _builtins.int
+    """Output only. Stages of the current view's Spark jobs that finished. Always 0 on
+    Spark Connect, which does not report stages.
+    """
+    stages_total: _builtins.int
+    """Output only. Stages of the current view's Spark jobs known so far."""
+    tasks_completed: _builtins.int
+    """Output only. Tasks of those stages that finished."""
+    tasks_total: _builtins.int
+    """Output only. Tasks of those stages."""
+    def __init__(
+        self,
+        *,
+        application_id: _builtins.str = ...,
+        stages_completed: _builtins.int = ...,
+        stages_total: _builtins.int = ...,
+        tasks_completed: _builtins.int = ...,
+        tasks_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "stages_completed", b"stages_completed", "stages_total", b"stages_total", "tasks_completed", b"tasks_completed", "tasks_total", b"tasks_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SparkJobProgress: _TypeAlias = SparkJobProgress  # noqa: Y015
 
 @_typing.final
 class StartMaterializationRequest(_message.Message):

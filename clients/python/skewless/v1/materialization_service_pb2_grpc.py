@@ -75,7 +75,9 @@ class MaterializationServiceServicer:
         (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
         (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
         (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-        (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+        (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+        split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+        prevents it), or an inconsistent registry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class MaterializationServiceStub:
     (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
     (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
     (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-    (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+    (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+    split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+    prevents it), or an inconsistent registry.
     """
     GetMaterializationJob: _grpc.UnaryUnaryMultiCallable[_materialization_service_pb2.GetMaterializationJobRequest, _materialization_service_pb2.GetMaterializationJobResponse]
     """Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
@@ -89,7 +91,9 @@ class MaterializationServiceAsyncStub(MaterializationServiceStub):
     (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
     (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
     (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-    (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+    (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+    split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+    prevents it), or an inconsistent registry.
     """
     GetMaterializationJob: _aio.UnaryUnaryMultiCallable[_materialization_service_pb2.GetMaterializationJobRequest, _materialization_service_pb2.GetMaterializationJobResponse]  # type: ignore[assignment]
     """Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
@@ -134,7 +138,9 @@ class MaterializationServiceServicer(metaclass=_abc_1.ABCMeta):
         (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
         (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
         (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-        (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+        (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+        split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+        prevents it), or an inconsistent registry.
         """
 
     @_abc_1.abstractmethod

@@ -97,6 +97,19 @@ def job_to_proto(record: JobRecord) -> pb.MaterializationJob:
         error_status=_error_status(record),
         create_time=_timestamp(record.create_time),
         update_time=_timestamp(record.update_time),
+        spark=_spark_progress(record),
+    )
+
+
+def _spark_progress(record: JobRecord) -> pb.SparkJobProgress | None:
+    if not record.spark_application_id and not record.spark_stages_total:
+        return None
+    return pb.SparkJobProgress(
+        application_id=record.spark_application_id,
+        stages_completed=record.spark_stages_completed,
+        stages_total=record.spark_stages_total,
+        tasks_completed=record.spark_tasks_completed,
+        tasks_total=record.spark_tasks_total,
     )
 
 

@@ -118,7 +118,11 @@ type MaterializationJob struct {
 	// exited), `message` says what to do, and `details` holds an `ErrorInfo` with the
 	// reason (e.g. `COLUMN_TYPE_MISMATCH`, `JOB_PROCESS_EXITED`) and its metadata. Unset
 	// unless the job failed.
-	ErrorStatus   *status.Status `protobuf:"bytes,12,opt,name=error_status,json=errorStatus,proto3" json:"error_status,omitempty"`
+	ErrorStatus *status.Status `protobuf:"bytes,12,opt,name=error_status,json=errorStatus,proto3" json:"error_status,omitempty"`
+	// Output only. For jobs run on the Spark engine (`offline.engine: spark`): the
+	// Spark application and the progress of the current view's stages. Unset for jobs
+	// run on DuckDB.
+	Spark         *SparkJobProgress `protobuf:"bytes,13,opt,name=spark,proto3" json:"spark,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +242,97 @@ func (x *MaterializationJob) GetErrorStatus() *status.Status {
 	return nil
 }
 
+func (x *MaterializationJob) GetSpark() *SparkJobProgress {
+	if x != nil {
+		return x.Spark
+	}
+	return nil
+}
+
+// Where a materialization job's work on Spark is.
+type SparkJobProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only. The Spark application running the job (its id in the Spark UI and
+	// the cluster manager); empty if Spark does not say.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// Output only. Stages of the current view's Spark jobs that finished. Always 0 on
+	// Spark Connect, which does not report stages.
+	StagesCompleted int32 `protobuf:"varint,2,opt,name=stages_completed,json=stagesCompleted,proto3" json:"stages_completed,omitempty"`
+	// Output only. Stages of the current view's Spark jobs known so far.
+	StagesTotal int32 `protobuf:"varint,3,opt,name=stages_total,json=stagesTotal,proto3" json:"stages_total,omitempty"`
+	// Output only. Tasks of those stages that finished.
+	TasksCompleted int64 `protobuf:"varint,4,opt,name=tasks_completed,json=tasksCompleted,proto3" json:"tasks_completed,omitempty"`
+	// Output only. Tasks of those stages.
+	TasksTotal    int64 `protobuf:"varint,5,opt,name=tasks_total,json=tasksTotal,proto3" json:"tasks_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SparkJobProgress) Reset() {
+	*x = SparkJobProgress{}
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SparkJobProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SparkJobProgress) ProtoMessage() {}
+
+func (x *SparkJobProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SparkJobProgress.ProtoReflect.Descriptor instead.
+func (*SparkJobProgress) Descriptor() ([]byte, []int) {
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SparkJobProgress) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *SparkJobProgress) GetStagesCompleted() int32 {
+	if x != nil {
+		return x.StagesCompleted
+	}
+	return 0
+}
+
+func (x *SparkJobProgress) GetStagesTotal() int32 {
+	if x != nil {
+		return x.StagesTotal
+	}
+	return 0
+}
+
+func (x *SparkJobProgress) GetTasksCompleted() int64 {
+	if x != nil {
+		return x.TasksCompleted
+	}
+	return 0
+}
+
+func (x *SparkJobProgress) GetTasksTotal() int64 {
+	if x != nil {
+		return x.TasksTotal
+	}
+	return 0
+}
+
 // Request for `MaterializationService.StartMaterialization`.
 type StartMaterializationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -255,7 +350,7 @@ type StartMaterializationRequest struct {
 
 func (x *StartMaterializationRequest) Reset() {
 	*x = StartMaterializationRequest{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[1]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +362,7 @@ func (x *StartMaterializationRequest) String() string {
 func (*StartMaterializationRequest) ProtoMessage() {}
 
 func (x *StartMaterializationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[1]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +375,7 @@ func (x *StartMaterializationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMaterializationRequest.ProtoReflect.Descriptor instead.
 func (*StartMaterializationRequest) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{1}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StartMaterializationRequest) GetFeatureViews() []string {
@@ -322,7 +417,7 @@ type StartMaterializationResponse struct {
 
 func (x *StartMaterializationResponse) Reset() {
 	*x = StartMaterializationResponse{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[2]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +429,7 @@ func (x *StartMaterializationResponse) String() string {
 func (*StartMaterializationResponse) ProtoMessage() {}
 
 func (x *StartMaterializationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[2]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +442,7 @@ func (x *StartMaterializationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMaterializationResponse.ProtoReflect.Descriptor instead.
 func (*StartMaterializationResponse) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{2}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartMaterializationResponse) GetJob() *MaterializationJob {
@@ -369,7 +464,7 @@ type GetMaterializationJobRequest struct {
 
 func (x *GetMaterializationJobRequest) Reset() {
 	*x = GetMaterializationJobRequest{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[3]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +476,7 @@ func (x *GetMaterializationJobRequest) String() string {
 func (*GetMaterializationJobRequest) ProtoMessage() {}
 
 func (x *GetMaterializationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[3]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +489,7 @@ func (x *GetMaterializationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaterializationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMaterializationJobRequest) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{3}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetMaterializationJobRequest) GetJobId() string {
@@ -415,7 +510,7 @@ type GetMaterializationJobResponse struct {
 
 func (x *GetMaterializationJobResponse) Reset() {
 	*x = GetMaterializationJobResponse{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[4]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +522,7 @@ func (x *GetMaterializationJobResponse) String() string {
 func (*GetMaterializationJobResponse) ProtoMessage() {}
 
 func (x *GetMaterializationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[4]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +535,7 @@ func (x *GetMaterializationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaterializationJobResponse.ProtoReflect.Descriptor instead.
 func (*GetMaterializationJobResponse) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{4}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetMaterializationJobResponse) GetJob() *MaterializationJob {
@@ -465,7 +560,7 @@ type ListMaterializationJobsRequest struct {
 
 func (x *ListMaterializationJobsRequest) Reset() {
 	*x = ListMaterializationJobsRequest{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[5]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +572,7 @@ func (x *ListMaterializationJobsRequest) String() string {
 func (*ListMaterializationJobsRequest) ProtoMessage() {}
 
 func (x *ListMaterializationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[5]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +585,7 @@ func (x *ListMaterializationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMaterializationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMaterializationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{5}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListMaterializationJobsRequest) GetFeatureView() string {
@@ -527,7 +622,7 @@ type ListMaterializationJobsResponse struct {
 
 func (x *ListMaterializationJobsResponse) Reset() {
 	*x = ListMaterializationJobsResponse{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[6]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +634,7 @@ func (x *ListMaterializationJobsResponse) String() string {
 func (*ListMaterializationJobsResponse) ProtoMessage() {}
 
 func (x *ListMaterializationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[6]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +647,7 @@ func (x *ListMaterializationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMaterializationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMaterializationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{6}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListMaterializationJobsResponse) GetJobs() []*MaterializationJob {
@@ -580,7 +675,7 @@ type GetFeatureViewFreshnessRequest struct {
 
 func (x *GetFeatureViewFreshnessRequest) Reset() {
 	*x = GetFeatureViewFreshnessRequest{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +687,7 @@ func (x *GetFeatureViewFreshnessRequest) String() string {
 func (*GetFeatureViewFreshnessRequest) ProtoMessage() {}
 
 func (x *GetFeatureViewFreshnessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[7]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +700,7 @@ func (x *GetFeatureViewFreshnessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFeatureViewFreshnessRequest.ProtoReflect.Descriptor instead.
 func (*GetFeatureViewFreshnessRequest) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{7}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetFeatureViewFreshnessRequest) GetFeatureView() string {
@@ -636,7 +731,7 @@ type GetFeatureViewFreshnessResponse struct {
 
 func (x *GetFeatureViewFreshnessResponse) Reset() {
 	*x = GetFeatureViewFreshnessResponse{}
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +743,7 @@ func (x *GetFeatureViewFreshnessResponse) String() string {
 func (*GetFeatureViewFreshnessResponse) ProtoMessage() {}
 
 func (x *GetFeatureViewFreshnessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skewless_v1_materialization_service_proto_msgTypes[8]
+	mi := &file_skewless_v1_materialization_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +756,7 @@ func (x *GetFeatureViewFreshnessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFeatureViewFreshnessResponse.ProtoReflect.Descriptor instead.
 func (*GetFeatureViewFreshnessResponse) Descriptor() ([]byte, []int) {
-	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{8}
+	return file_skewless_v1_materialization_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetFeatureViewFreshnessResponse) GetFeatureView() string {
@@ -696,7 +791,7 @@ var File_skewless_v1_materialization_service_proto protoreflect.FileDescriptor
 
 const file_skewless_v1_materialization_service_proto_rawDesc = "" +
 	"\n" +
-	")skewless/v1/materialization_service.proto\x12\vskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb0\x04\n" +
+	")skewless/v1/materialization_service.proto\x12\vskewless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe5\x04\n" +
 	"\x12MaterializationJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n" +
 	"\rfeature_views\x18\x02 \x03(\tR\ffeatureViews\x12F\n" +
@@ -712,7 +807,15 @@ const file_skewless_v1_materialization_service_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x125\n" +
-	"\ferror_status\x18\f \x01(\v2\x12.google.rpc.StatusR\verrorStatus\"\xd6\x01\n" +
+	"\ferror_status\x18\f \x01(\v2\x12.google.rpc.StatusR\verrorStatus\x123\n" +
+	"\x05spark\x18\r \x01(\v2\x1d.skewless.v1.SparkJobProgressR\x05spark\"\xd1\x01\n" +
+	"\x10SparkJobProgress\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\x12)\n" +
+	"\x10stages_completed\x18\x02 \x01(\x05R\x0fstagesCompleted\x12!\n" +
+	"\fstages_total\x18\x03 \x01(\x05R\vstagesTotal\x12'\n" +
+	"\x0ftasks_completed\x18\x04 \x01(\x03R\x0etasksCompleted\x12\x1f\n" +
+	"\vtasks_total\x18\x05 \x01(\x03R\n" +
+	"tasksTotal\"\xd6\x01\n" +
 	"\x1bStartMaterializationRequest\x12#\n" +
 	"\rfeature_views\x18\x01 \x03(\tR\ffeatureViews\x129\n" +
 	"\n" +
@@ -766,48 +869,50 @@ func file_skewless_v1_materialization_service_proto_rawDescGZIP() []byte {
 }
 
 var file_skewless_v1_materialization_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skewless_v1_materialization_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_skewless_v1_materialization_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_skewless_v1_materialization_service_proto_goTypes = []any{
 	(JobState)(0),                           // 0: skewless.v1.JobState
 	(*MaterializationJob)(nil),              // 1: skewless.v1.MaterializationJob
-	(*StartMaterializationRequest)(nil),     // 2: skewless.v1.StartMaterializationRequest
-	(*StartMaterializationResponse)(nil),    // 3: skewless.v1.StartMaterializationResponse
-	(*GetMaterializationJobRequest)(nil),    // 4: skewless.v1.GetMaterializationJobRequest
-	(*GetMaterializationJobResponse)(nil),   // 5: skewless.v1.GetMaterializationJobResponse
-	(*ListMaterializationJobsRequest)(nil),  // 6: skewless.v1.ListMaterializationJobsRequest
-	(*ListMaterializationJobsResponse)(nil), // 7: skewless.v1.ListMaterializationJobsResponse
-	(*GetFeatureViewFreshnessRequest)(nil),  // 8: skewless.v1.GetFeatureViewFreshnessRequest
-	(*GetFeatureViewFreshnessResponse)(nil), // 9: skewless.v1.GetFeatureViewFreshnessResponse
-	(*timestamppb.Timestamp)(nil),           // 10: google.protobuf.Timestamp
-	(*status.Status)(nil),                   // 11: google.rpc.Status
+	(*SparkJobProgress)(nil),                // 2: skewless.v1.SparkJobProgress
+	(*StartMaterializationRequest)(nil),     // 3: skewless.v1.StartMaterializationRequest
+	(*StartMaterializationResponse)(nil),    // 4: skewless.v1.StartMaterializationResponse
+	(*GetMaterializationJobRequest)(nil),    // 5: skewless.v1.GetMaterializationJobRequest
+	(*GetMaterializationJobResponse)(nil),   // 6: skewless.v1.GetMaterializationJobResponse
+	(*ListMaterializationJobsRequest)(nil),  // 7: skewless.v1.ListMaterializationJobsRequest
+	(*ListMaterializationJobsResponse)(nil), // 8: skewless.v1.ListMaterializationJobsResponse
+	(*GetFeatureViewFreshnessRequest)(nil),  // 9: skewless.v1.GetFeatureViewFreshnessRequest
+	(*GetFeatureViewFreshnessResponse)(nil), // 10: skewless.v1.GetFeatureViewFreshnessResponse
+	(*timestamppb.Timestamp)(nil),           // 11: google.protobuf.Timestamp
+	(*status.Status)(nil),                   // 12: google.rpc.Status
 }
 var file_skewless_v1_materialization_service_proto_depIdxs = []int32{
-	10, // 0: skewless.v1.MaterializationJob.window_start_time:type_name -> google.protobuf.Timestamp
-	10, // 1: skewless.v1.MaterializationJob.window_end_time:type_name -> google.protobuf.Timestamp
+	11, // 0: skewless.v1.MaterializationJob.window_start_time:type_name -> google.protobuf.Timestamp
+	11, // 1: skewless.v1.MaterializationJob.window_end_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: skewless.v1.MaterializationJob.state:type_name -> skewless.v1.JobState
-	10, // 3: skewless.v1.MaterializationJob.create_time:type_name -> google.protobuf.Timestamp
-	10, // 4: skewless.v1.MaterializationJob.update_time:type_name -> google.protobuf.Timestamp
-	11, // 5: skewless.v1.MaterializationJob.error_status:type_name -> google.rpc.Status
-	10, // 6: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
-	10, // 7: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: skewless.v1.StartMaterializationResponse.job:type_name -> skewless.v1.MaterializationJob
-	1,  // 9: skewless.v1.GetMaterializationJobResponse.job:type_name -> skewless.v1.MaterializationJob
-	1,  // 10: skewless.v1.ListMaterializationJobsResponse.jobs:type_name -> skewless.v1.MaterializationJob
-	10, // 11: skewless.v1.GetFeatureViewFreshnessResponse.watermark_time:type_name -> google.protobuf.Timestamp
-	10, // 12: skewless.v1.GetFeatureViewFreshnessResponse.newest_event_time:type_name -> google.protobuf.Timestamp
-	2,  // 13: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
-	4,  // 14: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
-	6,  // 15: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
-	8,  // 16: skewless.v1.MaterializationService.GetFeatureViewFreshness:input_type -> skewless.v1.GetFeatureViewFreshnessRequest
-	3,  // 17: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
-	5,  // 18: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
-	7,  // 19: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
-	9,  // 20: skewless.v1.MaterializationService.GetFeatureViewFreshness:output_type -> skewless.v1.GetFeatureViewFreshnessResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 3: skewless.v1.MaterializationJob.create_time:type_name -> google.protobuf.Timestamp
+	11, // 4: skewless.v1.MaterializationJob.update_time:type_name -> google.protobuf.Timestamp
+	12, // 5: skewless.v1.MaterializationJob.error_status:type_name -> google.rpc.Status
+	2,  // 6: skewless.v1.MaterializationJob.spark:type_name -> skewless.v1.SparkJobProgress
+	11, // 7: skewless.v1.StartMaterializationRequest.start_time:type_name -> google.protobuf.Timestamp
+	11, // 8: skewless.v1.StartMaterializationRequest.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 9: skewless.v1.StartMaterializationResponse.job:type_name -> skewless.v1.MaterializationJob
+	1,  // 10: skewless.v1.GetMaterializationJobResponse.job:type_name -> skewless.v1.MaterializationJob
+	1,  // 11: skewless.v1.ListMaterializationJobsResponse.jobs:type_name -> skewless.v1.MaterializationJob
+	11, // 12: skewless.v1.GetFeatureViewFreshnessResponse.watermark_time:type_name -> google.protobuf.Timestamp
+	11, // 13: skewless.v1.GetFeatureViewFreshnessResponse.newest_event_time:type_name -> google.protobuf.Timestamp
+	3,  // 14: skewless.v1.MaterializationService.StartMaterialization:input_type -> skewless.v1.StartMaterializationRequest
+	5,  // 15: skewless.v1.MaterializationService.GetMaterializationJob:input_type -> skewless.v1.GetMaterializationJobRequest
+	7,  // 16: skewless.v1.MaterializationService.ListMaterializationJobs:input_type -> skewless.v1.ListMaterializationJobsRequest
+	9,  // 17: skewless.v1.MaterializationService.GetFeatureViewFreshness:input_type -> skewless.v1.GetFeatureViewFreshnessRequest
+	4,  // 18: skewless.v1.MaterializationService.StartMaterialization:output_type -> skewless.v1.StartMaterializationResponse
+	6,  // 19: skewless.v1.MaterializationService.GetMaterializationJob:output_type -> skewless.v1.GetMaterializationJobResponse
+	8,  // 20: skewless.v1.MaterializationService.ListMaterializationJobs:output_type -> skewless.v1.ListMaterializationJobsResponse
+	10, // 21: skewless.v1.MaterializationService.GetFeatureViewFreshness:output_type -> skewless.v1.GetFeatureViewFreshnessResponse
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_skewless_v1_materialization_service_proto_init() }
@@ -821,7 +926,7 @@ func file_skewless_v1_materialization_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skewless_v1_materialization_service_proto_rawDesc), len(file_skewless_v1_materialization_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,7 +43,9 @@ type MaterializationServiceClient interface {
 	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
 	// (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
 	// (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+	// split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+	// prevents it), or an inconsistent registry.
 	StartMaterialization(ctx context.Context, in *StartMaterializationRequest, opts ...grpc.CallOption) (*StartMaterializationResponse, error)
 	// Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
 	// that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
@@ -130,7 +132,9 @@ type MaterializationServiceServer interface {
 	// (`FEATURE_VIEW_NOT_FOUND`). FAILED_PRECONDITION: nothing applied yet
 	// (`REGISTRY_NOT_APPLIED`), a job for one of the views is already running
 	// (`MATERIALIZATION_RUNNING`; the metadata names it), a view of a push source
-	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`) or an inconsistent registry.
+	// (`PUSH_SOURCE_NOT_MATERIALIZABLE`), on the Spark engine a view whose SQL cannot be
+	// split by entity key (`VIEW_NOT_KEY_LOCAL`; the metadata's `construct` names what
+	// prevents it), or an inconsistent registry.
 	StartMaterialization(context.Context, *StartMaterializationRequest) (*StartMaterializationResponse, error)
 	// Returns one job with its progress. INVALID_ARGUMENT (`INVALID_JOB_ID`) for a string
 	// that is not a job ID; NOT_FOUND (`JOB_NOT_FOUND`) for an unknown one.
