@@ -217,7 +217,8 @@ class ViewIndex:
         assert self.first is not None
         # Clipped first, so that nothing overflows: before the first event is 0, after
         # the last is the last offset.
-        return np.clip(labels, self.first - 1, self.first + self.span - 2) - (self.first - 1)
+        clipped: np.ndarray = np.clip(labels, self.first - 1, self.first + self.span - 2)
+        return clipped - (self.first - 1)
 
 
 def winner_positions(
