@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skewless.core.types import MAX_TIME_MICROS, MIN_TIME_MICROS
-from skewless.offline.asof import LabelOrder, ViewIndex, align_key, winner_positions
+from skewless.offline.asof import (
+    LabelOrder,
+    ViewIndex,
+    _by_key_and_time,
+    align_key,
+    winner_positions,
+)
 
 INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()]
 
@@ -192,3 +199,33 @@ def test_a_wide_time_span_over_many_keys_is_coded_by_rank() -> None:
         slice_rows=2,
     )
     assert got.tolist() == [3, 43, -1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([pa.int8(), pa.int64(), pa.uint64()]),
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 5, 100, -3, -(2**62), 2**62, 2**63 - 1]),
+            st.one_of(st.integers(0, 50), st.sampled_from([MIN_TIME_MICROS, MAX_TIME_MICROS])),
+        ),
+        max_size=50,
+        unique=True,
+    ),
+)
+def test_the_one_column_sort_orders_like_the_two_column_sort(
+    key_type: pa.DataType, pairs: list[tuple[int, int]]
+) -> None:
+    """An integer key sorts as one combined int64 column when the ranges allow it."""
+    pairs = [(k, t) for k, t in pairs if _fits(k, key_type)]
+    frame = pl.DataFrame(
+        pa.table(
+            {
+                "k": pa.array([k for k, _ in pairs], key_type),
+                "__t": pa.array([t for _, t in pairs], pa.int64()),
+                "__pos": pa.array(range(len(pairs)), pa.int64()),
+            }
+        )
+    )
+    got = _by_key_and_time(frame, ["k"])
+    assert got.equals(frame.sort(["k", "__t"]))

@@ -171,7 +171,7 @@ class ViewIndex:
         assert isinstance(frame, pl.DataFrame)
         # A NULL key never matches (SQL equality): such rows can never win. Sorted by
         # key then time, a key's rows are one run; runs are numbered in order.
-        frame = frame.drop_nulls(keys).sort([*keys, _T])
+        frame = _by_key_and_time(frame.drop_nulls(keys), keys)
         starts = pl.any_horizontal(*(pl.col(k) != pl.col(k).shift(1) for k in keys)).fill_null(True)
         change = frame.select(starts).to_series()
         codes = frame.filter(change).select(keys).with_row_index(_CODE)
@@ -219,6 +219,24 @@ class ViewIndex:
         # the last is the last offset.
         clipped: np.ndarray = np.clip(labels, self.first - 1, self.first + self.span - 2)
         return clipped - (self.first - 1)
+
+
+def _by_key_and_time(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """The frame sorted by its keys, then `__t`.
+
+    One integer key whose range times the time range fits an int64 sorts as one int64
+    column `(key - least key) * time range + (time - first time)`: the same order, ~3x
+    cheaper than a sort on two columns.
+    """
+    if len(keys) == 1 and frame.height and frame.schema[keys[0]].is_integer():
+        key, time = frame.get_column(keys[0]), frame.get_column(_T)
+        k_low, k_high = int(key.min()), int(key.max())  # type: ignore[arg-type]
+        t_low, t_high = int(time.min()), int(time.max())  # type: ignore[arg-type]
+        t_span = t_high - t_low + 1
+        if k_low >= -(2**62) and k_high <= 2**62 and (k_high - k_low + 1) * t_span < _MAX_CODED:
+            combined = (pl.col(keys[0]).cast(pl.Int64) - k_low) * t_span + (pl.col(_T) - t_low)
+            return frame.sort(combined)
+    return frame.sort([*keys, _T])
 
 
 def winner_positions(
