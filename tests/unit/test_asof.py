@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skewless.offline.asof import LabelOrder, ViewIndex, align_key, winner_positions
+from skewless.core.types import MAX_TIME_MICROS, MIN_TIME_MICROS
+from skewless.offline.asof import (
+    LabelOrder,
+    ViewIndex,
+    _by_key_and_time,
+    align_key,
+    winner_positions,
+)
 
 INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()]
 
@@ -134,3 +142,90 @@ def test_an_empty_history_or_input_gives_no_winner() -> None:
         slice_rows=10,
     )
     assert none.tolist() == []
+
+
+@st.composite
+def spread_cases(draw: st.DrawFn) -> tuple:
+    """Event and label times near the ends of what skewless stores, or close together."""
+    wide = draw(st.booleans())
+    low, high = (MIN_TIME_MICROS, MAX_TIME_MICROS) if wide else (0, 40)
+    times = st.one_of(
+        st.integers(low, high), st.sampled_from([low, low + 1, high - 1, high, (low + high) // 2])
+    )
+    pairs = draw(st.lists(st.tuples(st.integers(0, 40), times), max_size=60, unique=True))
+    entity = draw(st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 45)), times), max_size=60))
+    ttl = draw(st.sampled_from([0, 1, 7, 2**40, high - low]))
+    return pairs, entity, ttl, draw(st.sampled_from([1, 4, 1000]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(spread_cases())
+def test_time_offsets_and_time_ranks_find_the_same_winners(case: tuple) -> None:
+    """The index codes times as offsets when key count x time span fits an int64, else as
+    ranks: both must give the reference's winners, at the extremes of the time range."""
+    pairs, entity, ttl, slice_rows = case
+    index = pa.table(
+        {
+            "k": pa.array([k for k, _ in pairs], pa.int64()),
+            "ts": pa.array([t for _, t in pairs], pa.int64()),
+            "pos": pa.array(range(len(pairs)), pa.int64()),
+        }
+    )
+    keys = [pa.array([k for k, _ in entity], pa.int64())]
+    order = LabelOrder.of(pa.array([t for _, t in entity], pa.int64()))
+    expected = reference(entity, pairs, ttl)
+    for ranked in (False, True):
+        view = ViewIndex.of(index, ["k"], "ts", "pos", ranked=ranked)
+        assert not pairs or (view.distinct is not None) == (ranked or view.first is None)
+        got = winner_positions(keys, order, view, ttl, slice_rows=slice_rows)
+        assert got.tolist() == expected
+
+
+def test_a_wide_time_span_over_many_keys_is_coded_by_rank() -> None:
+    index = pa.table(
+        {
+            "k": pa.array(list(range(40)) * 2, pa.int64()),
+            "ts": pa.array([MIN_TIME_MICROS] * 40 + [MAX_TIME_MICROS] * 40, pa.int64()),
+            "pos": pa.array(range(80), pa.int64()),
+        }
+    )
+    view = ViewIndex.of(index, ["k"], "ts", "pos")
+    assert view.first is None and view.distinct is not None
+    got = winner_positions(
+        [pa.array([3, 3, 41], pa.int64())],
+        LabelOrder.of(pa.array([MIN_TIME_MICROS, MAX_TIME_MICROS, MAX_TIME_MICROS], pa.int64())),
+        view,
+        0,
+        slice_rows=2,
+    )
+    assert got.tolist() == [3, 43, -1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([pa.int8(), pa.int64(), pa.uint64()]),
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 5, 100, -3, -(2**62), 2**62, 2**63 - 1]),
+            st.one_of(st.integers(0, 50), st.sampled_from([MIN_TIME_MICROS, MAX_TIME_MICROS])),
+        ),
+        max_size=50,
+        unique=True,
+    ),
+)
+def test_the_one_column_sort_orders_like_the_two_column_sort(
+    key_type: pa.DataType, pairs: list[tuple[int, int]]
+) -> None:
+    """An integer key sorts as one combined int64 column when the ranges allow it."""
+    pairs = [(k, t) for k, t in pairs if _fits(k, key_type)]
+    frame = pl.DataFrame(
+        pa.table(
+            {
+                "k": pa.array([k for k, _ in pairs], key_type),
+                "__t": pa.array([t for _, t in pairs], pa.int64()),
+                "__pos": pa.array(range(len(pairs)), pa.int64()),
+            }
+        )
+    )
+    got = _by_key_and_time(frame, ["k"])
+    assert got.equals(frame.sort(["k", "__t"]))
