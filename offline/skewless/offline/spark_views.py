@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import DefinitionError, FailedPreconditionError, SkewlessError
+from skewless.core.errors import FailedPreconditionError, SkewlessError
 from skewless.core.names import check_identifier, quote_identifier
 from skewless.offline import spark_view_partition
 from skewless.offline.spark_errors import spark_failure
@@ -49,7 +49,12 @@ from skewless.offline.spark_view_partition import (
     run_on_batches,
     run_on_groups,
 )
-from skewless.offline.window_query import read_source, view_body
+from skewless.offline.window_query import (
+    read_source,
+    value_out_of_range,
+    view_body,
+    view_sql_failed,
+)
 from skewless.registry.feature_refs import ResolvedView
 from skewless.registry.key_locality import Locality, key_locality
 from skewless.v1 import registry_pb2
@@ -293,19 +298,11 @@ def spark_view_rows(
         raise
     except Exception as exc:
         text = str(exc)
-        if VALUE_OUT_OF_RANGE_MARK in text:
-            detail = text.split(VALUE_OUT_OF_RANGE_MARK, 1)[1].splitlines()[0]
-            raise DefinitionError(
-                f"feature view {plan.name!r}: a value does not fit its declared type: {detail}",
-                reason="COLUMN_VALUE_OUT_OF_RANGE",
-                metadata={"feature_view": plan.name},
-            ) from None
-        if VIEW_SQL_FAILED_MARK in text:
-            detail = text.split(VIEW_SQL_FAILED_MARK, 1)[1].splitlines()[0]
-            raise DefinitionError(
-                f"feature view {plan.name!r}: its SQL failed while running: {detail}",
-                reason="VIEW_SQL_FAILED",
-                metadata={"feature_view": plan.name},
-            ) from None
+        for mark, error in (
+            (VALUE_OUT_OF_RANGE_MARK, value_out_of_range),
+            (VIEW_SQL_FAILED_MARK, view_sql_failed),
+        ):
+            if mark in text:
+                raise error(plan, text.split(mark, 1)[1].splitlines()[0]) from None
         raise spark_failure(exc, target, view=plan.name) from None
     return table.cast(out_schema) if table.num_rows else out_schema.empty_table()

@@ -48,7 +48,15 @@ from skewless.registry.delta_sources import open_delta_source
 from skewless.registry.feature_refs import ResolvedView
 from skewless.v1 import registry_pb2, types_pb2
 
-__all__ = ["WINDOW_BATCH_ROWS", "WindowQuery", "open_window", "read_source", "view_body"]
+__all__ = [
+    "WINDOW_BATCH_ROWS",
+    "WindowQuery",
+    "open_window",
+    "read_source",
+    "value_out_of_range",
+    "view_body",
+    "view_sql_failed",
+]
 
 #: Rows per record batch streamed out of DuckDB.
 WINDOW_BATCH_ROWS = 131_072
@@ -128,6 +136,36 @@ def _connect(
     return con
 
 
+def _describe(con: duckdb.DuckDBPyConnection, body: str, plan: ResolvedView) -> Any:
+    """The view's output relation with no rows (its columns and types)."""
+    try:
+        return con.sql(f"SELECT * FROM ({body}) AS _view LIMIT 0")
+    except duckdb.Error as exc:
+        raise DefinitionError(
+            f"feature view {plan.name!r}: its SQL fails: {exc}",
+            reason="VIEW_SQL_INVALID",
+            metadata={"feature_view": plan.name},
+        ) from exc
+
+
+def value_out_of_range(plan: ResolvedView, detail: str) -> DefinitionError:
+    """A value of the view's output does not fit its declared type, on whichever engine."""
+    return DefinitionError(
+        f"feature view {plan.name!r}: a value does not fit its declared type: {detail}",
+        reason="COLUMN_VALUE_OUT_OF_RANGE",
+        metadata={"feature_view": plan.name},
+    )
+
+
+def view_sql_failed(plan: ResolvedView, detail: str) -> DefinitionError:
+    """The view's SQL failed while running over the source rows, on whichever engine."""
+    return DefinitionError(
+        f"feature view {plan.name!r}: its SQL failed while running: {detail}",
+        reason="VIEW_SQL_FAILED",
+        metadata={"feature_view": plan.name},
+    )
+
+
 def view_body(plan: ResolvedView) -> str:
     """The view's SQL over `source` (`SELECT * FROM source` for a view without SQL)."""
     return plan.view.sql.strip().rstrip(";") or f"SELECT * FROM {SOURCE_RELATION}"
@@ -144,15 +182,7 @@ def read_source(
     """
     con = _connect(config, registry, plan)
     try:
-        try:
-            described = con.sql(f"SELECT * FROM ({view_body(plan)}) AS _view LIMIT 0")
-            out_schema = described.to_arrow_table().schema
-        except duckdb.Error as exc:
-            raise DefinitionError(
-                f"feature view {plan.name!r}: its SQL fails: {exc}",
-                reason="VIEW_SQL_INVALID",
-                metadata={"feature_view": plan.name},
-            ) from exc
+        out_schema = _describe(con, view_body(plan), plan).to_arrow_table().schema
         try:
             table = con.sql(f"SELECT * FROM {SOURCE_RELATION}").to_arrow_table()
         except duckdb.Error as exc:
@@ -390,14 +420,7 @@ def open_window(
         con.register(_COMPUTED, rows)
         body = f"SELECT * FROM {_COMPUTED}"
     try:
-        try:
-            described = con.sql(f"SELECT * FROM ({body}) AS _view LIMIT 0")
-        except duckdb.Error as exc:
-            raise DefinitionError(
-                f"feature view {plan.name!r}: its SQL fails: {exc}",
-                reason="VIEW_SQL_INVALID",
-                metadata={"feature_view": plan.name},
-            ) from exc
+        described = _describe(con, body, plan)
         types = {
             name: str(t).upper() for name, t in zip(described.columns, described.types, strict=True)
         }
@@ -453,17 +476,9 @@ def open_window(
         try:
             count_rows = con.sql(f"SELECT count(*) {from_where}", params=params).fetchall()
         except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
-            raise DefinitionError(
-                f"feature view {plan.name!r}: a value does not fit its declared type: {exc}",
-                reason="COLUMN_VALUE_OUT_OF_RANGE",
-                metadata={"feature_view": plan.name},
-            ) from exc
+            raise value_out_of_range(plan, str(exc)) from exc
         except duckdb.Error as exc:
-            raise DefinitionError(
-                f"feature view {plan.name!r}: its SQL failed while running: {exc}",
-                reason="VIEW_SQL_FAILED",
-                metadata={"feature_view": plan.name},
-            ) from exc
+            raise view_sql_failed(plan, str(exc)) from exc
         select = f"SELECT {', '.join(cols)} {from_where}"
         return WindowQuery(
             plan=plan,
