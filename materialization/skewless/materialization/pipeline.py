@@ -37,6 +37,7 @@ from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
+    SkewlessError,
 )
 from skewless.materialization.view_state import ViewLocks, advance_watermark, read_watermark
 from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
@@ -56,6 +57,7 @@ __all__ = [
     "ProgressCallback",
     "ViewResult",
     "check_engine",
+    "engine_warnings",
     "materializable_views",
     "materialize",
     "materialize_incremental",
@@ -198,6 +200,26 @@ def check_engine(config: RepoConfig, plans: Sequence[ResolvedView]) -> None:
     for plan in plans:
         if plan.source.WhichOneof("kind") != "push":
             key_locality(plan.view.sql, plan.key_names, view=plan.name)
+
+
+def engine_warnings(config: RepoConfig, registry: registry_pb2.Registry) -> list[str]:
+    """Why the configured engine would refuse some materializable views (never raises).
+
+    On the Spark engine, one message per view whose SQL cannot be split by entity key
+    (`VIEW_NOT_KEY_LOCAL`, naming the view and the construct); empty on DuckDB. `plan`
+    shows them so that the refusal is known before a job starts.
+    """
+    if config.offline_engine != "spark":
+        return []
+    warnings = []
+    for name in materializable_views(registry):
+        try:
+            check_engine(config, [resolve_view(registry, name)])
+        except FailedPreconditionError as exc:
+            warnings.append(exc.message)
+        except SkewlessError:  # an unresolvable view is validation's to report
+            continue
+    return warnings
 
 
 def _open(
