@@ -25,8 +25,8 @@ from tests.integration.test_materialize import history, online
 
 HOUR = timedelta(hours=1)
 #: Row-local and deterministic, but about 50 ms of CPU a row on an executor: the 960
-#: source rows keep the two local cores busy for half a minute or more.
-_SLOW_SQL = (
+#: source rows keep two local cores busy for about half a minute (26.6 s measured).
+SLOW_SQL = (
     "SELECT * FROM source WHERE levenshtein(repeat('a', 4000 + trips % 2), repeat('b', 4000)) >= 0"
 )
 
@@ -42,7 +42,7 @@ def test_cancelling_a_spark_job_stops_its_spark_work_and_writes_nothing(
     watermark_before = read_watermark(config, "driver_stats")
     assert history_before.num_rows > 0 and online_before
 
-    registry = make_registry(sql=_SLOW_SQL)
+    registry = make_registry(sql=SLOW_SQL)
     started = start_job(
         config,
         registry,
@@ -77,7 +77,7 @@ def test_cancelling_a_spark_job_stops_its_spark_work_and_writes_nothing(
     runner.join(30)
     took = time.monotonic() - cancelled_at
     assert not runner.is_alive(), "the job kept running after the cancel"
-    assert took < 15, f"the job took {took:.1f} s to stop after the cancel"
+    assert took < 10, f"the job took {took:.1f} s to stop after the cancel"
 
     record = final[0]
     assert record.state == JobState.CANCELLED and record.finished
