@@ -4,7 +4,8 @@ A job whose view is still computing on the test run's local Spark session is can
 it must end CANCELLED within seconds (not when its Spark job would have finished), its
 running Spark jobs must end cancelled, and the stores must hold what they held before:
 no partial history commit, no Redis write, no staged file, the watermark where it was,
-and the views' locks free for the next job.
+and the views' locks free for the next job. The same guarantees on DuckDB, for a job
+cancelled while its history is being staged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
-from skewless.materialization.pipeline import materialize
+from skewless.materialization.pipeline import Phase, Progress, materialize
 from skewless.materialization.view_state import read_watermark
 from skewless.server.services.materialization import job_to_proto
 from skewless.v1 import materialization_service_pb2 as pb
@@ -108,3 +109,45 @@ def test_cancelling_a_spark_job_stops_its_spark_work_and_writes_nothing(
         trigger=Trigger.API,
     )
     again.locks.release()
+
+
+def test_a_job_cancelled_mid_window_on_duckdb_commits_nothing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = make_config(tmp_path, redis_url, project="cancel_duck")
+    write_source(config, driver_rows())
+    registry = make_registry()
+    materialize(config, registry, T0, T0 + 12 * HOUR)
+    history_before = history(config)
+    online_before = online(redis_url, "cancel_duck")
+    started = start_job(
+        config,
+        registry,
+        ["driver_stats"],
+        window_start=T0,
+        window_end=T0 + 48 * HOUR,
+        incremental=False,
+        trigger=Trigger.API,
+    )
+    cancelled = threading.Event()
+    reports: list[Progress] = []
+
+    def cancel_after_the_first_batch(report: Progress) -> None:
+        reports.append(report)
+        if report.phase == Phase.COMPUTE and report.rows_done > 0:
+            cancelled.set()  # the history is half staged, Redis not yet written
+
+    record = run_job(
+        config,
+        registry,
+        JobStore(config),
+        started.record,
+        locks=started.locks,
+        progress=cancel_after_the_first_batch,
+        cancelled=cancelled,
+    )
+    assert cancelled.is_set() and record.state == JobState.CANCELLED, record.error
+    assert not any(r.phase == Phase.DONE for r in reports)
+    assert history(config).equals(history_before)
+    assert online(redis_url, "cancel_duck") == online_before
+    assert not [p for p in config.data_dir.rglob("*") if p.name.endswith(".tmp")]
