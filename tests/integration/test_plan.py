@@ -178,3 +178,23 @@ def test_plan_repository_over_grpc_gates_a_definitions_change(repo: Path) -> Non
             with pytest.raises(InvalidArgumentError) as info:
                 client.plan_repository({path: "entities: []\n"})
             assert info.value.reason == "INVALID_DEFINITION_PATH", path
+
+
+def test_plan_on_the_spark_engine_warns_of_a_view_it_would_refuse(tmp_path: Path) -> None:
+    ok("init", "repo", "--template", "minimal", cwd=tmp_path)
+    root = tmp_path / "repo"
+    with (root / "skewless.yaml").open("a") as config:
+        config.write("offline:\n  engine: spark\n")
+    path = root / FEATURES
+    path.write_text(
+        path.read_text().replace(
+            "  - name: user_activity\n",
+            "  - name: user_activity\n    sql: SELECT * FROM source LIMIT 10\n",
+            1,
+        )
+    )
+    done = skewless("plan", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr  # a warning, not a failure
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, done.stdout
+    assert "'user_activity'" in warnings[0] and "LIMIT" in warnings[0]

@@ -1,5 +1,5 @@
-"""The Spark offline engine end to end: through a real Spark Connect server, cancellation,
-failures as short statuses, and skewless without PySpark.
+"""The Spark offline engine end to end: through a real Spark Connect server (retrieval and
+materialization), cancellation, failures as short statuses, and skewless without PySpark.
 
 The join's exactness on Spark is proven by the engine-parametrized property tests
 (tests/unit/test_point_in_time.py, tests/integration/test_delta_exactness.py); here the
@@ -8,11 +8,13 @@ server runs with `offline.engine: spark` and must give the DuckDB engine's table
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,15 @@ import pytest
 from skewless.client.historical import get_historical_features
 from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import FailedPreconditionError
+from skewless.materialization.jobs import (
+    JobRecord,
+    JobState,
+    JobStore,
+    Trigger,
+    run_job,
+    start_job,
+)
+from skewless.materialization.pipeline import materialize
 from skewless.offline.history_index import ViewHistory
 from skewless.offline.offline_store import history_files
 from skewless.offline.point_in_time import JoinCancelled
@@ -30,6 +41,8 @@ from skewless.offline.spark_join import spark_point_in_time_join
 from skewless.registry.feature_refs import resolve_feature_service
 from skewless.registry.registry_store import RegistryStore
 from tests.helpers.spark_connect import SparkConnectServer, free_port, running_connect_server
+from tests.integration.matfixtures import T0, driver_rows, make_config, write_source
+from tests.integration.matfixtures import make_registry as make_view_registry
 from tests.integration.served import ServerThread
 from tests.integration.test_historical import (
     entity_rows,
@@ -37,6 +50,8 @@ from tests.integration.test_historical import (
     make_registry,
     write_histories,
 )
+from tests.integration.test_materialize import history, online
+from tests.integration.test_spark_materialize_cancel import SLOW_SQL
 
 _LEAKS = ("org.apache", "Traceback", "Exception", "JVM", "py4j", "/tmp", "/work")
 
@@ -83,6 +98,93 @@ def test_historical_retrieval_through_spark_connect_gives_the_duckdb_table(
     assert table.equals(reference)  # same rows, order, types and nulls
     assert table.column("driver_stats__rating").null_count < rows.num_rows  # not all empty
     assert features_only.column("spend").equals(expected(config, rows.slice(0, 10))["spend"])
+
+
+#: Key-grouped (a window partitioned by the key): runs as `applyInArrow` on the cluster.
+_KEY_GROUPED_SQL = (
+    "SELECT driver_id, ts, created, label, trips, "
+    "conv_rate - coalesce(lag(conv_rate) OVER (PARTITION BY driver_id ORDER BY ts), 0) "
+    "AS conv_rate FROM source"
+)
+
+
+def test_materialization_through_spark_connect_gives_the_duckdb_rows(
+    tmp_path: Path, redis_url: str, connect_server: SparkConnectServer
+) -> None:
+    registry = make_view_registry(sql=_KEY_GROUPED_SQL)
+    rows = driver_rows(n_drivers=6, n_times=12)
+    duck = make_config(tmp_path / "duck", redis_url, project="on_duckdb")
+    write_source(duck, rows)
+    config = make_config(tmp_path / "connect", redis_url, project="on_connect", engine="spark")
+    config = dataclasses.replace(config, spark=SparkSettings(remote=connect_server.url))
+    write_source(config, rows)
+    start, end = T0 + timedelta(hours=3), T0 + timedelta(hours=12)
+    materialize(duck, registry, start, end)
+    started = start_job(
+        config,
+        registry,
+        ["driver_stats"],
+        window_start=start,
+        window_end=end,
+        incremental=False,
+        trigger=Trigger.API,
+    )
+    store = JobStore(config)
+    record = run_job(config, registry, store, started.record, locks=started.locks)
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert record.rows_written == history(duck).num_rows > 0
+    assert history(config).equals(history(duck))
+    assert online(redis_url, "on_connect") == {
+        k.replace(b"on_duckdb:", b"on_connect:"): v
+        for k, v in online(redis_url, "on_duckdb").items()
+    }
+    assert record.spark_application_id.startswith("local-")  # the Connect server's app
+    assert store.get(record.job_id).spark_application_id == record.spark_application_id
+
+
+def test_cancelling_a_job_on_spark_connect_interrupts_it_and_writes_nothing(
+    tmp_path: Path, redis_url: str, connect_server: SparkConnectServer
+) -> None:
+    config = make_config(tmp_path, redis_url, project="connect_cancel", engine="spark")
+    config = dataclasses.replace(config, spark=SparkSettings(remote=connect_server.url))
+    write_source(config, driver_rows())
+    registry = make_view_registry(sql=SLOW_SQL)  # half a minute of executor work or more
+    started = start_job(
+        config,
+        registry,
+        ["driver_stats"],
+        window_start=T0,
+        window_end=T0 + timedelta(hours=48),
+        incremental=False,
+        trigger=Trigger.API,
+    )
+    store = JobStore(config)
+    cancelled = threading.Event()
+    final: list[JobRecord] = []
+    runner = threading.Thread(
+        target=lambda: final.append(
+            run_job(
+                config, registry, store, started.record, locks=started.locks, cancelled=cancelled
+            )
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not store.get(started.record.job_id).spark_application_id:  # on Spark now
+        assert runner.is_alive(), final
+        assert time.monotonic() < deadline, "the job never reached Spark"
+        time.sleep(0.05)
+    time.sleep(3.0)  # its operation is running on the Connect server
+    assert runner.is_alive(), final
+    cancelled_at = time.monotonic()
+    cancelled.set()
+    runner.join(30)
+    took = time.monotonic() - cancelled_at
+    assert not runner.is_alive(), "the job kept running after the cancel"
+    assert took < 10, f"the job took {took:.1f} s to stop after the cancel"
+    assert final[0].state == JobState.CANCELLED, final[0].error
+    assert history(config).num_rows == 0 and online(redis_url, "connect_cancel") == {}
+    assert not [p for p in config.data_dir.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_an_unreachable_spark_cluster_is_unavailable_with_a_short_message(

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 __all__ = [
     "MAX_SHOWN",
+    "CancelledError",
     "DefinitionError",
     "FailedPreconditionError",
     "InvalidArgumentError",
@@ -158,3 +159,10 @@ class StoreUnavailableError(SkewlessError):
 
     code = "UNAVAILABLE"
     reason = "STORE_UNAVAILABLE"
+
+
+class CancelledError(SkewlessError):
+    """The operation was cancelled before it finished (nothing half-done is kept)."""
+
+    code = "CANCELLED"
+    reason = "CANCELLED"

@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import InvalidArgumentError, NotFoundError, SkewlessError, quoted
+from skewless.core.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    NotFoundError,
+    SkewlessError,
+    quoted,
+)
 from skewless.core.heap import release_free_memory_soon
 from skewless.materialization.pipeline import (
     Phase,
@@ -69,6 +75,7 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped on request; `error` says so (code CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -163,8 +170,8 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        """Whether the job succeeded or failed."""
-        return self.state in (JobState.SUCCEEDED, JobState.FAILED)
+        """Whether the job succeeded, failed or was cancelled."""
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
     def to_json(self) -> dict[str, Any]:
         """Returns the record as JSON-ready data."""
@@ -426,6 +433,7 @@ def run_job(
     *,
     locks: ViewLocks | None = None,
     progress: ProgressCallback | None = None,
+    cancelled: threading.Event | None = None,
 ) -> JobRecord:
     """Runs a recorded job to its end, keeping its record up to date; never raises.
 
@@ -436,9 +444,12 @@ def run_job(
         record: The PENDING job (views, window, incremental flag).
         locks: The views' locks if already held (they are released at the end).
         progress: Also called with every progress report.
+        cancelled: Set (from any thread) to cancel the job: the current view's window is
+            not committed, nothing more goes to Redis, its staged files are removed and,
+            on the Spark engine, its running Spark jobs are cancelled.
 
     Returns:
-        The final record (SUCCEEDED or FAILED, with the error).
+        The final record (SUCCEEDED, FAILED with the error, or CANCELLED).
 
     """
     job_id = record.job_id
@@ -480,6 +491,7 @@ def run_job(
                 record.feature_views,
                 on_progress,
                 locks=locks,
+                cancelled=cancelled,
             )
         else:
             assert record.window_start is not None
@@ -491,6 +503,7 @@ def run_job(
                 record.feature_views,
                 on_progress,
                 locks=locks,
+                cancelled=cancelled,
             )
         starts = [v.start for v in result.views]
         return store.update(
@@ -500,6 +513,11 @@ def run_job(
             rows_written=result.rows_written,
             progress=1.0,
             window_start=min(starts) if starts else record.window_start,
+        )
+    except CancelledError as exc:
+        _log.info("materialization job %s cancelled: %s", job_id, exc.message)
+        return store.update(
+            job_id, state=JobState.CANCELLED, error=JobError.from_exception(exc, config)
         )
     except SkewlessError as exc:
         _log.warning("materialization job %s failed: %s", job_id, exc.message)

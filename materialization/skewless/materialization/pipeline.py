@@ -35,8 +35,10 @@ from datetime import UTC, datetime
 
 from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import (
+    CancelledError,
     FailedPreconditionError,
     InvalidArgumentError,
+    SkewlessError,
 )
 from skewless.materialization.view_state import ViewLocks, advance_watermark, read_watermark
 from skewless.offline.offline_store import HistoryWriter, StagedFile, commit_window, discard
@@ -56,6 +58,7 @@ __all__ = [
     "ProgressCallback",
     "ViewResult",
     "check_engine",
+    "engine_warnings",
     "materializable_views",
     "materialize",
     "materialize_incremental",
@@ -200,6 +203,26 @@ def check_engine(config: RepoConfig, plans: Sequence[ResolvedView]) -> None:
             key_locality(plan.view.sql, plan.key_names, view=plan.name)
 
 
+def engine_warnings(config: RepoConfig, registry: registry_pb2.Registry) -> list[str]:
+    """Why the configured engine would refuse some materializable views (never raises).
+
+    On the Spark engine, one message per view whose SQL cannot be split by entity key
+    (`VIEW_NOT_KEY_LOCAL`, naming the view and the construct); empty on DuckDB. `plan`
+    shows them so that the refusal is known before a job starts.
+    """
+    if config.offline_engine != "spark":
+        return []
+    warnings = []
+    for name in materializable_views(registry):
+        try:
+            check_engine(config, [resolve_view(registry, name)])
+        except FailedPreconditionError as exc:
+            warnings.append(exc.message)
+        except SkewlessError:  # an unresolvable view is validation's to report
+            continue
+    return warnings
+
+
 def _open(
     config: RepoConfig,
     registry: registry_pb2.Registry,
@@ -207,6 +230,7 @@ def _open(
     start: datetime,
     end: datetime,
     spark_report: SparkProgressCallback | None,
+    cancelled: threading.Event | None = None,
 ) -> WindowQuery:
     """The view's window, its SQL run by the configured engine."""
     if config.offline_engine != "spark":
@@ -225,6 +249,7 @@ def _open(
         end,
         target=settings.target,
         progress=spark_report,
+        cancelled=cancelled,
     )
     return open_window(config, registry, plan, start, end, rows=rows)
 
@@ -245,6 +270,17 @@ def _select(registry: registry_pb2.Registry, views: Sequence[str] | None) -> lis
 
 class _Stopped(Exception):
     """The other half of a view's job failed: this one stops too."""
+
+
+def _check_cancelled(cancelled: threading.Event | None, view: str) -> None:
+    """Raises `CancelledError` once `cancelled` is set (checked before every write)."""
+    if cancelled is not None and cancelled.is_set():
+        raise CancelledError(
+            f"materializing feature view {view!r} was cancelled before its window was "
+            "committed; nothing more was written, and re-running the window is safe",
+            reason="MATERIALIZATION_CANCELLED",
+            metadata={"feature_view": view},
+        )
 
 
 class _Reports:
@@ -288,6 +324,7 @@ def _write_latest(
     writer: OnlineWriter,
     report: Callable[[int], None],
     stop: threading.Event,
+    cancelled: threading.Event | None = None,
 ) -> int:
     """Writes the latest row per key of the window to Redis; returns the keys replaced.
 
@@ -306,6 +343,7 @@ def _write_latest(
                 join_keys=plan.key_names,
                 features=plan.features,
             )
+            _check_cancelled(cancelled, plan.name)
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
             report(done)
@@ -323,6 +361,7 @@ def _stage_history(
     window: WindowQuery,
     report: Callable[[int], None],
     stop: threading.Event,
+    cancelled: threading.Event | None = None,
 ) -> tuple[list[StagedFile], int]:
     """Stages the window's rows as history files (removed again if anything fails).
 
@@ -336,6 +375,7 @@ def _stage_history(
         for batch in window.batches(time_ordered=True):
             if stop.is_set():
                 raise _Stopped
+            _check_cancelled(cancelled, plan.name)
             history.write(batch)
             rows += batch.num_rows
             report(rows)
@@ -354,13 +394,14 @@ def _materialize_online_only(
     writer: OnlineWriter | None,
     report: Callable[[Phase, int, int], None],
     spark_report: SparkProgressCallback | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ViewResult:
     """A view without history: DuckDB keeps the latest row per key; only Redis is written."""
     if writer is None:
         raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
     expire = online_expiry(plan.view)
     written = done = 0
-    with _open(config, registry, plan, start, end, spark_report) as window:
+    with _open(config, registry, plan, start, end, spark_report, cancelled) as window:
         total = window.row_count
         for batch in window.batches(latest_only=True):
             rows = prepare_rows(
@@ -370,9 +411,11 @@ def _materialize_online_only(
                 join_keys=plan.key_names,
                 features=plan.features,
             )
+            _check_cancelled(cancelled, plan.name)
             written += writer.write(rows, expire_after=expire)
             done += batch.num_rows
             report(Phase.ONLINE, done, total)
+    _check_cancelled(cancelled, plan.name)
     advance_watermark(config, plan.storage_name, start, end)
     return ViewResult(
         view=plan.name,
@@ -394,14 +437,15 @@ def _materialize_view(
     report: Callable[[Phase, int, int], None],
     fence: Callable[[str], None] | None = None,
     spark_report: SparkProgressCallback | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ViewResult:
     if not plan.view.offline:
         return _materialize_online_only(
-            config, registry, plan, start, end, writer, report, spark_report
+            config, registry, plan, start, end, writer, report, spark_report, cancelled
         )
     if plan.view.online and writer is None:
         raise FailedPreconditionError("no online writer", reason="REDIS_NOT_CONFIGURED")
-    with _open(config, registry, plan, start, end, spark_report) as window:
+    with _open(config, registry, plan, start, end, spark_report, cancelled) as window:
         reports = _Reports(report, window.row_count)
         stop = threading.Event()
         latest = window.snapshot() if writer is not None and plan.view.online else None
@@ -415,11 +459,18 @@ def _materialize_view(
                     if overlap:
                         assert latest is not None and writer is not None
                         online = pool.submit(
-                            _write_latest, config, plan, latest, writer, reports.online, stop
+                            _write_latest,
+                            config,
+                            plan,
+                            latest,
+                            writer,
+                            reports.online,
+                            stop,
+                            cancelled,
                         )
                     try:
                         staged, rows_read = _stage_history(
-                            config, plan, window, reports.compute, stop
+                            config, plan, window, reports.compute, stop, cancelled
                         )
                     except _Stopped:
                         assert online is not None
@@ -431,7 +482,7 @@ def _materialize_view(
                             online_written = online.result()
                         elif latest is not None and writer is not None and rows_read:
                             online_written = _write_latest(
-                                config, plan, latest, writer, reports.online, stop
+                                config, plan, latest, writer, reports.online, stop, cancelled
                             )
                         else:
                             online_written = 0
@@ -445,6 +496,7 @@ def _materialize_view(
             if latest is not None:
                 latest.close()  # after the pool has waited for the online half
     try:
+        _check_cancelled(cancelled, plan.name)  # a cancel before the commit keeps none
         if fence is not None:
             fence(plan.name)  # still the view's lock holder (a lease may have expired)
         commit_window(config, plan.storage_name, start, end, staged)
@@ -468,6 +520,7 @@ def _run(
     progress: ProgressCallback | None,
     locks: ViewLocks | None,
     writer: OnlineWriter | None,
+    cancelled: threading.Event | None = None,
 ) -> MaterializeResult:
     held = locks if locks is not None else ViewLocks(config, [p.name for p, _, _ in windows])
     own_writer = writer is None and any(p.view.online for p, _, _ in windows)
@@ -489,6 +542,7 @@ def _run(
                 if progress is not None:
                     progress(Progress(_v, Phase.COMPUTE, 0, 0, _i, len(windows), spark=spark))
 
+            _check_cancelled(cancelled, plan.name)
             if end <= start:
                 result = ViewResult(plan.name, start, end, 0, 0, 0)
             else:
@@ -502,6 +556,7 @@ def _run(
                     report,
                     fence=held.check,
                     spark_report=spark_report,
+                    cancelled=cancelled,
                 )
             results.append(result)
             report(Phase.DONE, result.rows_read, result.rows_read)
@@ -523,6 +578,7 @@ def materialize(
     *,
     locks: ViewLocks | None = None,
     writer: OnlineWriter | None = None,
+    cancelled: threading.Event | None = None,
 ) -> MaterializeResult:
     """Materializes views over [start, end) into both stores.
 
@@ -535,6 +591,9 @@ def materialize(
         progress: Called with a `Progress` after each batch.
         locks: Locks already held for these views (else they are acquired here).
         writer: An online writer to use (else one is opened from the config).
+        cancelled: Set (from any thread) to stop: no history is committed and nothing
+            more is written to Redis after it is seen (a Redis batch under way
+            finishes); on the Spark engine the view's running Spark jobs are cancelled.
 
     Raises:
         InvalidArgumentError: `end` is before `start`.
@@ -542,6 +601,8 @@ def materialize(
         DefinitionError: A column is missing or mistyped (nothing is written for that view).
         FailedPreconditionError: Another job is materializing one of the views, or
             (`VIEW_NOT_KEY_LOCAL`) the Spark engine cannot split a view's SQL by key.
+        CancelledError: `cancelled` was set before the job finished; views before the
+            current one stay committed, the current one's staged files are removed.
 
     """
     start, end = _utc(start), _utc(end)
@@ -554,7 +615,8 @@ def materialize(
         )
     plans = _select(registry, views)
     check_engine(config, plans)
-    return _run(config, registry, [(p, start, end) for p in plans], progress, locks, writer)
+    windows = [(p, start, end) for p in plans]
+    return _run(config, registry, windows, progress, locks, writer, cancelled)
 
 
 def materialize_incremental(
@@ -566,6 +628,7 @@ def materialize_incremental(
     *,
     locks: ViewLocks | None = None,
     writer: OnlineWriter | None = None,
+    cancelled: threading.Event | None = None,
 ) -> MaterializeResult:
     """Materializes each view from its watermark (or the epoch) to `end`.
 
@@ -578,7 +641,7 @@ def materialize_incremental(
     held = locks if locks is not None else ViewLocks(config, [p.name for p in plans])
     try:
         windows = [(p, read_watermark(config, p.storage_name) or EPOCH, end) for p in plans]
-        return _run(config, registry, windows, progress, held, writer)
+        return _run(config, registry, windows, progress, held, writer, cancelled)
     finally:
         if locks is None:
             held.release()

@@ -28,7 +28,9 @@ status for it (`COLUMN_VALUE_OUT_OF_RANGE`, `VIEW_SQL_FAILED`).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 
 from skewless.core.config import RepoConfig
-from skewless.core.errors import FailedPreconditionError, SkewlessError
+from skewless.core.errors import CancelledError, FailedPreconditionError, SkewlessError
 from skewless.core.names import check_identifier, quote_identifier
 from skewless.offline import spark_view_partition
 from skewless.offline.spark_errors import spark_failure
@@ -61,7 +63,11 @@ from skewless.v1 import registry_pb2
 
 __all__ = ["SparkProgress", "SparkProgressCallback", "spark_view_rows"]
 
+_log = logging.getLogger(__name__)
+
 _POLL_SECONDS = 0.5
+#: How often a cancelled view's Spark jobs are cancelled (again) while they run.
+_CANCEL_SECONDS = 0.1
 _by_value_lock = threading.Lock()
 _by_value = False
 
@@ -155,11 +161,23 @@ def _stage_progress(session: Any, group: str, application_id: str) -> SparkProgr
 
 
 class _Progress:
-    """Reports the stages of one job group while the calling thread waits on Spark."""
+    """Runs one view's Spark jobs as a group: reports their stages, and cancels them.
 
-    def __init__(self, session: Any, report: SparkProgressCallback | None) -> None:
+    The jobs carry a job group (a classic session) or an operation tag (Spark
+    Connect). While the calling thread waits on Spark, a thread reports progress every
+    `_POLL_SECONDS` and, once `cancelled` is set, cancels the group's jobs, again every
+    `_CANCEL_SECONDS` while the work goes on (a job may start just after a cancel).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        report: SparkProgressCallback | None,
+        cancelled: threading.Event | None = None,
+    ) -> None:
         self.session = session
         self.report = report
+        self.cancelled = cancelled
         self.group = f"skewless-materialize-{uuid.uuid4().hex}"
         self.application_id = _application_id(session)
         self.classic = not _is_connect(session)
@@ -174,16 +192,34 @@ class _Progress:
         except Exception:  # progress is informational
             return SparkProgress(self.application_id)
 
+    def _cancel_jobs(self) -> None:
+        try:
+            if self.classic:
+                self.session.sparkContext.cancelJobGroup(self.group)
+            else:
+                self.session.interruptTag(self.group)
+        except Exception:  # a session that is gone has nothing to cancel
+            _log.debug("cancelling Spark jobs of %s failed", self.group, exc_info=True)
+
     def _poll(self) -> None:
-        while not self._stop.wait(_POLL_SECONDS):
-            if self.report is not None:
+        next_report = time.monotonic() + _POLL_SECONDS
+        while not self._stop.wait(_CANCEL_SECONDS):
+            if self.cancelled is not None and self.cancelled.is_set():
+                self._cancel_jobs()
+            if self.report is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + _POLL_SECONDS
                 self.report(self._snapshot())
 
     def __enter__(self) -> _Progress:
         if self.classic:
-            self.session.sparkContext.setJobGroup(self.group, "skewless materialization")
+            self.session.sparkContext.setJobGroup(
+                self.group, "skewless materialization", interruptOnCancel=True
+            )
+        else:
+            self.session.addTag(self.group)
         if self.report is not None:
             self.report(SparkProgress(self.application_id))
+        if self.report is not None or self.cancelled is not None:
             self._thread = threading.Thread(
                 target=self._poll, name="skewless-spark-progress", daemon=True
             )
@@ -198,6 +234,8 @@ class _Progress:
             self.report(self._snapshot())
         if self.classic:
             self.session.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+        else:
+            self.session.removeTag(self.group)
 
 
 def _spark_schema(plan: ResolvedView, schema: pa.Schema, what: str) -> Any:
@@ -237,8 +275,12 @@ def spark_view_rows(
     *,
     target: str,
     progress: SparkProgressCallback | None = None,
+    cancelled: threading.Event | None = None,
 ) -> pa.Table:
     """The view's rows with event time in [start, end), computed on Spark.
+
+    Setting `cancelled` (from any thread) cancels the view's running Spark jobs; the
+    call then raises `CancelledError`.
 
     Returns:
         The view's output columns as its DuckDB SQL gives them (before the history
@@ -250,6 +292,7 @@ def spark_view_rows(
             (`skewless.offline.spark_errors`).
         DefinitionError: The source cannot be read, or the view's SQL fails.
         StoreUnavailableError: Spark cannot be reached or the job failed.
+        CancelledError: `cancelled` was set before the rows came back.
 
     """
     locality = key_locality(plan.view.sql, plan.key_names, view=plan.name)
@@ -275,8 +318,19 @@ def spark_view_rows(
 
     out_arrow = to_arrow_schema(out_spark, timezone="UTC")
     _ship_code()
+
+    def check_cancelled() -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise CancelledError(
+                f"materializing feature view {plan.name!r} was cancelled; its Spark jobs "
+                "were cancelled and nothing was written",
+                reason="MATERIALIZATION_CANCELLED",
+                metadata={"feature_view": plan.name},
+            )
+
+    check_cancelled()
     try:
-        with _Progress(session, progress):
+        with _Progress(session, progress, cancelled):
             frame = session.createDataFrame(source)
             if locality == Locality.ROW_LOCAL:
                 result = frame.mapInArrow(
@@ -297,6 +351,7 @@ def spark_view_rows(
     except SkewlessError:
         raise
     except Exception as exc:
+        check_cancelled()  # a cancelled job's failure is the cancel, not an error
         text = str(exc)
         for mark, error in (
             (VALUE_OUT_OF_RANGE_MARK, value_out_of_range),
@@ -305,4 +360,5 @@ def spark_view_rows(
             if mark in text:
                 raise error(plan, text.split(mark, 1)[1].splitlines()[0]) from None
         raise spark_failure(exc, target, view=plan.name) from None
+    check_cancelled()
     return table.cast(out_schema) if table.num_rows else out_schema.empty_table()

@@ -3,7 +3,10 @@
 The plan compares a repository's definitions with its stored registry and asks the
 stores which views hold values (`has_stored_values`). It prints one line per object
 (`+` added, `-` removed, `~` changed), each changed field with its old and new value,
-and `BREAKING:` lines for changes `apply` refuses without `--allow-breaking`. Exit code 0
+and `BREAKING:` lines for changes `apply` refuses without `--allow-breaking`. When
+`offline.engine` is `spark`, a `warning:` line names each view the Spark engine would
+refuse at job start (`VIEW_NOT_KEY_LOCAL`) and its construct; warnings do not change
+the exit code. Exit code 0
 when nothing is breaking, 1 when something is (so CI can gate a definitions change), 2
 for definitions with problems.
 
@@ -24,6 +27,7 @@ from typing import Any
 
 from skewless.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from skewless.core.config import RepoConfig, load_repo_config
+from skewless.materialization.pipeline import engine_warnings
 from skewless.materialization.view_state import has_stored_values
 from skewless.registry.apply import plan_apply, plan_repo
 from skewless.registry.registry_diff import (
@@ -135,6 +139,7 @@ def _remote_plan(args: argparse.Namespace) -> tuple[RegistryPlan, str]:
 def _plan(args: argparse.Namespace) -> int:
     from skewless.client import SkewlessClientError
 
+    warnings: list[str] = []
     if args.target:
         try:
             plan, project = _remote_plan(args)
@@ -145,7 +150,10 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         config = load_repo_config(args.repo)
         plan, project = repo_plan(config), config.project
-    print("\n".join(render_plan(plan, project)))
+        warnings = engine_warnings(config, plan.registry)
+    lines = render_plan(plan, project)
+    lines.extend(f"warning: {w}" for w in warnings)
+    print("\n".join(lines))
     return EXIT_FAILED if plan.breaking else EXIT_OK
 
 

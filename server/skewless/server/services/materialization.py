@@ -38,6 +38,8 @@ _STATES = {
     JobState.RUNNING: pb.JOB_STATE_RUNNING,
     JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
     JobState.FAILED: pb.JOB_STATE_FAILED,
+    # Until the wire has a state of its own: failed, its error_status code CANCELLED.
+    JobState.CANCELLED: pb.JOB_STATE_FAILED,
 }
 
 
