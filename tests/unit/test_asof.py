@@ -298,3 +298,37 @@ def test_a_sparse_integer_key_keeps_the_hash_join() -> None:
         slice_rows=10,
     )
     assert got.tolist() == [1, -1, -1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(-20, 20)), max_size=30, unique=True),
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-1, 6)),
+            st.one_of(st.integers(-30, 30), st.sampled_from([-(2**63), 2**63 - 1])),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([1, 3, 25, 2**62, 2**63 - 1, 2**63, 2**64]),
+    st.booleans(),
+)
+def test_a_huge_ttl_or_an_extreme_label_time_does_not_overflow(
+    pairs: list[tuple[int, int]], entity: list[tuple[int | None, int]], ttl: int, ranked: bool
+) -> None:
+    """`label - TTL` is never computed where it would leave int64: the winners stay exact."""
+    index = pa.table(
+        {
+            "k": pa.array([k for k, _ in pairs], pa.int64()),
+            "ts": pa.array([t for _, t in pairs], pa.int64()),
+            "pos": pa.array(range(len(pairs)), pa.int64()),
+        }
+    )
+    got = winner_positions(
+        [pa.array([k for k, _ in entity], pa.int64())],
+        LabelOrder.of(pa.array([t for _, t in entity], pa.int64())),
+        ViewIndex.of(index, ["k"], "ts", "pos", ranked=ranked),
+        ttl,
+        slice_rows=7,
+    )
+    assert got.tolist() == reference(entity, pairs, ttl)

@@ -226,6 +226,30 @@ class ViewIndex:
         schema = self.codes.head(0).to_arrow().schema
         return [schema.field(k).type for k in self.keys]
 
+    def oldest_codes(self, labels: np.ndarray, ttl_micros: int) -> np.ndarray:
+        """Per label time, the least time code a winner may have.
+
+        That is 1, or with a TTL the code of the oldest event time `>= label - TTL`
+        (`span` when no event time is that new).
+        """
+        if ttl_micros <= 0 or ttl_micros >= 2**64:
+            # No TTL, or one that rules out no int64 time.
+            return np.ones(len(labels), dtype=np.int64)
+        # label - TTL, or the least int64 where that would be below it, without overflow:
+        # `floor` is the least label for which label - TTL is an int64.
+        floor = -(2**63) + ttl_micros
+        if ttl_micros < 2**63:
+            oldest = np.maximum(labels, floor) - ttl_micros
+        else:
+            oldest = (np.maximum(labels, floor) - floor) + np.int64(-(2**63))
+        if self.distinct is not None:
+            ranks: np.ndarray = np.searchsorted(self.distinct, oldest, side="left") + 1
+            return ranks
+        assert self.first is not None
+        last = self.first + self.span - 2
+        offsets = np.clip(oldest, self.first - 1, last) - (self.first - 1)
+        return np.where(oldest > last, self.span, np.maximum(offsets, 1))
+
     def time_codes(self, labels: np.ndarray) -> np.ndarray:
         """Label times (int64 µs) as codes: a history row with code <= it is not later."""
         if self.distinct is not None:
@@ -348,12 +372,15 @@ def winner_positions(
         code = codes[start : start + step]
         labels = order.times[start : start + step]
         known = code >= 0
-        wanted = np.where(known, code * index.span + index.time_codes(labels), -1)
+        base = code * index.span
+        wanted = np.where(known, base + index.time_codes(labels), -1)
+        # The least coded value a winner may have: the same key (time codes are >= 1)
+        # and, with a TTL, not too old. One comparison checks both.
+        least = base + index.oldest_codes(labels, ttl_micros)
         by_wanted = pl.Series(wanted).arg_sort().to_numpy()
         found = np.searchsorted(index.coded, wanted[by_wanted], side="right") - 1
-        # found == -1 (nothing at or below) reads row -1 here, and is masked below.
-        hit = (found >= 0) & (index.code[found] == code[by_wanted])
-        if ttl_micros > 0:
-            hit &= index.times[found] >= labels[by_wanted] - ttl_micros
+        # found == -1 (nothing at or below; so is every unknown key's) reads row -1 here,
+        # and is masked.
+        hit = (found >= 0) & (index.coded[found] >= least[by_wanted])
         out[start + by_wanted] = np.where(hit, index.positions[found], -1)
     return out
