@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from skewless.core.types import MAX_TIME_MICROS, MIN_TIME_MICROS
 from skewless.offline.asof import (
+    DIRECT_SPREAD,
     LabelOrder,
     ViewIndex,
     _by_key_and_time,
@@ -229,3 +230,105 @@ def test_the_one_column_sort_orders_like_the_two_column_sort(
     )
     got = _by_key_and_time(frame, ["k"])
     assert got.equals(frame.sort(["k", "__t"]))
+
+
+@st.composite
+def dense_cases(draw: st.DrawFn) -> tuple:
+    """One dense integer key (direct addressing applies), in any width, around any origin."""
+    history_type = draw(st.sampled_from(INT_TYPES))
+    entity_type = draw(st.sampled_from(INT_TYPES))
+    origin = draw(st.sampled_from([0, 1, -3, 100, 250, -128, 2**31 - 5, 2**63 - 20, -(2**63)]))
+    offsets = st.integers(0, 12)
+    history_key = offsets.map(lambda o: origin + o).filter(lambda k: _fits(k, history_type))
+    pairs = draw(st.lists(st.tuples(history_key, st.integers(0, 30)), max_size=40, unique=True))
+    # Keys inside the range but absent, outside it on both sides, and far away.
+    entity_key = st.one_of(
+        st.none(),
+        st.integers(-4, 16).map(lambda o: origin + o),
+        st.sampled_from([0, -1, 2**63 - 1, -(2**63), 2**64 - 1]),
+    ).filter(lambda k: k is None or _fits(k, entity_type))
+    entity = draw(st.lists(st.tuples(entity_key, st.integers(-5, 35)), max_size=60))
+    ttl = draw(st.sampled_from([0, 1, 5, 100]))
+    slice_rows = draw(st.sampled_from([1, 3, 1000]))
+    return history_type, entity_type, pairs, entity, ttl, slice_rows, draw(st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(dense_cases())
+def test_direct_addressing_finds_the_hash_joins_winners(case: tuple) -> None:
+    """A dense integer key coded by a table finds what the hash join finds, and the reference."""
+    history_type, entity_type, pairs, entity, ttl, slice_rows, chunked = case
+    index = pa.table(
+        {
+            "k": pa.array([k for k, _ in pairs], history_type),
+            "ts": pa.array([t for _, t in pairs], pa.int64()),
+            "pos": pa.array(range(len(pairs)), pa.int64()),
+        }
+    )
+    column = pa.array([k for k, _ in entity], entity_type)
+    keys = [pa.chunked_array([column[:3], column[3:]], entity_type) if chunked else column]
+    order = LabelOrder.of(pa.array([t for _, t in entity], pa.int64()))
+    direct = ViewIndex.of(index, ["k"], "ts", "pos")
+    hashed = ViewIndex.of(index, ["k"], "ts", "pos", direct=False)
+    distinct = {k for k, _ in pairs}
+    dense = bool(distinct) and max(distinct) - min(distinct) + 1 <= DIRECT_SPREAD * len(distinct)
+    assert (direct.direct is not None) == dense
+    assert hashed.direct is None
+    got = winner_positions(keys, order, direct, ttl, slice_rows=slice_rows)
+    general = winner_positions(keys, order, hashed, ttl, slice_rows=slice_rows)
+    assert got.tolist() == general.tolist()
+    assert got.tolist() == reference(entity, pairs, ttl)
+
+
+def test_a_sparse_integer_key_keeps_the_hash_join() -> None:
+    index = pa.table(
+        {
+            "k": pa.array([0, 100], pa.int64()),
+            "ts": pa.array([1, 1], pa.int64()),
+            "pos": pa.array([0, 1], pa.int64()),
+        }
+    )
+    view = ViewIndex.of(index, ["k"], "ts", "pos")
+    assert view.direct is None
+    got = winner_positions(
+        [pa.array([100, 50, 0], pa.int64())],
+        LabelOrder.of(pa.array([1, 1, 0], pa.int64())),
+        view,
+        0,
+        slice_rows=10,
+    )
+    assert got.tolist() == [1, -1, -1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(-20, 20)), max_size=30, unique=True),
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-1, 6)),
+            st.one_of(st.integers(-30, 30), st.sampled_from([-(2**63), 2**63 - 1])),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([1, 3, 25, 2**62, 2**63 - 1, 2**63, 2**64]),
+    st.booleans(),
+)
+def test_a_huge_ttl_or_an_extreme_label_time_does_not_overflow(
+    pairs: list[tuple[int, int]], entity: list[tuple[int | None, int]], ttl: int, ranked: bool
+) -> None:
+    """`label - TTL` is never computed where it would leave int64: the winners stay exact."""
+    index = pa.table(
+        {
+            "k": pa.array([k for k, _ in pairs], pa.int64()),
+            "ts": pa.array([t for _, t in pairs], pa.int64()),
+            "pos": pa.array(range(len(pairs)), pa.int64()),
+        }
+    )
+    got = winner_positions(
+        [pa.array([k for k, _ in entity], pa.int64())],
+        LabelOrder.of(pa.array([t for _, t in entity], pa.int64())),
+        ViewIndex.of(index, ["k"], "ts", "pos", ranked=ranked),
+        ttl,
+        slice_rows=7,
+    )
+    assert got.tolist() == reference(entity, pairs, ttl)

@@ -8,7 +8,9 @@ there is none, the key is NULL, or the TTL rules that row out (`event time < lab
 TTL`: the newest candidate is too old, so every other one is too).
 
 It runs on integers: the distinct history keys are numbered once per view (a Polars hash
-join codes the entity rows' keys with the same numbers; an unknown or NULL key has none),
+join codes the entity rows' keys with the same numbers; an unknown or NULL key has none;
+one integer key whose range is at most `DIRECT_SPREAD` times its distinct count is coded
+by direct addressing instead, a NumPy table indexed by `key - least key`),
 each history row becomes one sortable integer `code * span + time` (the time offset from
 the view's first event time, or, when that product could overflow, the rank of the time
 among the view's distinct event times), sorted once. Each slice of entity rows becomes
@@ -28,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["LabelOrder", "ViewIndex", "align_key", "winner_positions"]
+__all__ = ["DIRECT_SPREAD", "LabelOrder", "ViewIndex", "align_key", "winner_positions"]
 
 _ROW = "__row"
 _T = "__t"
@@ -115,6 +117,10 @@ class LabelOrder:
 #: A product `code * span` at or above this would not fit an int64 (with room to spare).
 _MAX_CODED = 2**62
 
+#: One integer key is coded by direct addressing when its range (max - min + 1) is at most
+#: this many times its distinct count: the table costs at most 4 bytes x this per key.
+DIRECT_SPREAD = 4
+
 
 @dataclass
 class ViewIndex:
@@ -131,6 +137,9 @@ class ViewIndex:
             the time codes are ranks among `distinct` instead.
         distinct: The distinct event times, sorted (when ranked).
         span: Time codes lie in `[0, span)`.
+        direct: For one integer key coded by direct addressing: per `key - direct_low`,
+            the key's code or -1 (no such key); else None.
+        direct_low: The least key (when `direct` is set).
 
     """
 
@@ -143,6 +152,8 @@ class ViewIndex:
     first: int | None
     distinct: np.ndarray | None
     span: int
+    direct: np.ndarray | None = None
+    direct_low: int = 0
 
     @classmethod
     def of(
@@ -153,10 +164,12 @@ class ViewIndex:
         position: str,
         *,
         ranked: bool = False,
+        direct: bool = True,
     ) -> ViewIndex:
         """Builds it from an index table with the given key, time and position columns.
 
         `ranked`: code times by rank even when offsets would fit (tests compare the two).
+        `direct`: False keeps the hash join even where direct addressing applies (tests).
         """
         keys = list(keys)
         columns = {k: _plain(index.column(k)) for k in keys}
@@ -193,6 +206,7 @@ class ViewIndex:
                 distinct = np.unique(times)
                 span = len(distinct) + 1
                 offsets = np.searchsorted(distinct, times, side="left") + 1
+        table, table_low = _direct_table(codes, keys) if direct else (None, 0)
         return cls(
             codes=codes,
             coded=code * span + offsets,
@@ -203,12 +217,38 @@ class ViewIndex:
             first=first,
             distinct=distinct,
             span=span,
+            direct=table,
+            direct_low=table_low,
         )
 
     def key_types(self) -> list[pa.DataType]:
         """The Arrow type of each join key column."""
         schema = self.codes.head(0).to_arrow().schema
         return [schema.field(k).type for k in self.keys]
+
+    def oldest_codes(self, labels: np.ndarray, ttl_micros: int) -> np.ndarray:
+        """Per label time, the least time code a winner may have.
+
+        That is 1, or with a TTL the code of the oldest event time `>= label - TTL`
+        (`span` when no event time is that new).
+        """
+        if ttl_micros <= 0 or ttl_micros >= 2**64:
+            # No TTL, or one that rules out no int64 time.
+            return np.ones(len(labels), dtype=np.int64)
+        # label - TTL, or the least int64 where that would be below it, without overflow:
+        # `floor` is the least label for which label - TTL is an int64.
+        floor = -(2**63) + ttl_micros
+        if ttl_micros < 2**63:
+            oldest = np.maximum(labels, floor) - ttl_micros
+        else:
+            oldest = (np.maximum(labels, floor) - floor) + np.int64(-(2**63))
+        if self.distinct is not None:
+            ranks: np.ndarray = np.searchsorted(self.distinct, oldest, side="left") + 1
+            return ranks
+        assert self.first is not None
+        last = self.first + self.span - 2
+        offsets = np.clip(oldest, self.first - 1, last) - (self.first - 1)
+        return np.where(oldest > last, self.span, np.maximum(offsets, 1))
 
     def time_codes(self, labels: np.ndarray) -> np.ndarray:
         """Label times (int64 µs) as codes: a history row with code <= it is not later."""
@@ -219,6 +259,49 @@ class ViewIndex:
         # the last is the last offset.
         clipped: np.ndarray = np.clip(labels, self.first - 1, self.first + self.span - 2)
         return clipped - (self.first - 1)
+
+
+def _direct_table(codes: pl.DataFrame, keys: list[str]) -> tuple[np.ndarray | None, int]:
+    """Per `key - least key`, the key's code or -1, for one dense integer key; else None.
+
+    The codes number the distinct keys in sorted order, so they are `0..len(codes) - 1`.
+    """
+    if len(keys) != 1 or not codes.height or not codes.schema[keys[0]].is_integer():
+        return None, 0
+    values = codes.get_column(keys[0]).to_numpy()
+    low, high = int(values.min()), int(values.max())
+    if high - low + 1 > DIRECT_SPREAD * codes.height:
+        return None, 0
+    dtype = np.int32 if codes.height < 2**31 else np.int64
+    table = np.full(high - low + 1, -1, dtype=dtype)
+    # In the keys' own type the differences fit (they are below the table's length).
+    table[(values - values.dtype.type(low)).astype(np.intp)] = np.arange(codes.height, dtype=dtype)
+    return table, low
+
+
+def _direct_codes(column: pa.Array | pa.ChunkedArray, index: ViewIndex) -> np.ndarray:
+    """The entity rows' key codes (int64, -1 for unknown or NULL) by direct addressing.
+
+    `column` is already in the history key's type (`align_key`), so the comparisons with
+    the least and greatest key are exact and the differences cannot overflow.
+    """
+    assert index.direct is not None
+    table = index.direct
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    low = index.direct_low
+    valid = None
+    if column.null_count:
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        column = column.fill_null(pa.scalar(low, column.type))
+    values = column.to_numpy(zero_copy_only=False)
+    first = values.dtype.type(low)
+    inside = (values >= first) & (values <= values.dtype.type(low + len(table) - 1))
+    if valid is not None:
+        inside &= valid
+    offsets = np.where(inside, values, first) - first
+    found = table[offsets.astype(np.intp)].astype(np.int64)
+    return np.where(inside, found, -1)
 
 
 def _by_key_and_time(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -268,17 +351,20 @@ def winner_positions(
         name: align_key(column, target)
         for name, column, target in zip(index.keys, keys, index.key_types(), strict=True)
     }
-    key_frame = pl.from_arrow(pa.table(aligned))
-    assert isinstance(key_frame, pl.DataFrame)
     # Unknown and NULL keys (no match: SQL equality) get code -1, below every row's.
-    codes = (
-        key_frame.join(index.codes, on=index.keys, how="left", maintain_order="left")
-        .get_column(_CODE)
-        .cast(pl.Int64)
-        .fill_null(-1)
-        .to_numpy()
-    )
-    del key_frame
+    if index.direct is not None:
+        codes = _direct_codes(aligned[index.keys[0]], index)
+    else:
+        key_frame = pl.from_arrow(pa.table(aligned))
+        assert isinstance(key_frame, pl.DataFrame)
+        codes = (
+            key_frame.join(index.codes, on=index.keys, how="left", maintain_order="left")
+            .get_column(_CODE)
+            .cast(pl.Int64)
+            .fill_null(-1)
+            .to_numpy()
+        )
+        del key_frame
     step = max(1, slice_rows)
     for start in range(0, n, step):
         if cancelled():
@@ -286,12 +372,15 @@ def winner_positions(
         code = codes[start : start + step]
         labels = order.times[start : start + step]
         known = code >= 0
-        wanted = np.where(known, code * index.span + index.time_codes(labels), -1)
+        base = code * index.span
+        wanted = np.where(known, base + index.time_codes(labels), -1)
+        # The least coded value a winner may have: the same key (time codes are >= 1)
+        # and, with a TTL, not too old. One comparison checks both.
+        least = base + index.oldest_codes(labels, ttl_micros)
         by_wanted = pl.Series(wanted).arg_sort().to_numpy()
         found = np.searchsorted(index.coded, wanted[by_wanted], side="right") - 1
-        # found == -1 (nothing at or below) reads row -1 here, and is masked below.
-        hit = (found >= 0) & (index.code[found] == code[by_wanted])
-        if ttl_micros > 0:
-            hit &= index.times[found] >= labels[by_wanted] - ttl_micros
+        # found == -1 (nothing at or below; so is every unknown key's) reads row -1 here,
+        # and is masked.
+        hit = (found >= 0) & (index.coded[found] >= least[by_wanted])
         out[start + by_wanted] = np.where(hit, index.positions[found], -1)
     return out
