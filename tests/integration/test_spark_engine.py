@@ -26,7 +26,6 @@ from skewless.client.historical import get_historical_features
 from skewless.core.config import RepoConfig, SparkSettings
 from skewless.core.errors import FailedPreconditionError
 from skewless.materialization.jobs import (
-    JobRecord,
     JobState,
     JobStore,
     Trigger,
@@ -51,7 +50,7 @@ from tests.integration.test_historical import (
     write_histories,
 )
 from tests.integration.test_materialize import history, online
-from tests.integration.test_spark_materialize_cancel import SLOW_SQL
+from tests.integration.test_spark_materialize_cancel import SLOW_SQL, start_in_thread
 
 _LEAKS = ("org.apache", "Traceback", "Exception", "JVM", "py4j", "/tmp", "/work")
 
@@ -148,41 +147,18 @@ def test_cancelling_a_job_on_spark_connect_interrupts_it_and_writes_nothing(
     config = make_config(tmp_path, redis_url, project="connect_cancel", engine="spark")
     config = dataclasses.replace(config, spark=SparkSettings(remote=connect_server.url))
     write_source(config, driver_rows())
-    registry = make_view_registry(sql=SLOW_SQL)  # half a minute of executor work or more
-    started = start_job(
-        config,
-        registry,
-        ["driver_stats"],
-        window_start=T0,
-        window_end=T0 + timedelta(hours=48),
-        incremental=False,
-        trigger=Trigger.API,
-    )
-    store = JobStore(config)
-    cancelled = threading.Event()
-    final: list[JobRecord] = []
-    runner = threading.Thread(
-        target=lambda: final.append(
-            run_job(
-                config, registry, store, started.record, locks=started.locks, cancelled=cancelled
-            )
-        )
-    )
-    runner.start()
+    # half a minute of executor work or more
+    job = start_in_thread(config, make_view_registry(sql=SLOW_SQL))
+    assert job.thread is not None
     deadline = time.monotonic() + 120
-    while not store.get(started.record.job_id).spark_application_id:  # on Spark now
-        assert runner.is_alive(), final
+    while not job.store.get(job.started.record.job_id).spark_application_id:  # on Spark now
+        assert job.thread.is_alive(), job.final
         assert time.monotonic() < deadline, "the job never reached Spark"
         time.sleep(0.05)
     time.sleep(3.0)  # its operation is running on the Connect server
-    assert runner.is_alive(), final
-    cancelled_at = time.monotonic()
-    cancelled.set()
-    runner.join(30)
-    took = time.monotonic() - cancelled_at
-    assert not runner.is_alive(), "the job kept running after the cancel"
-    assert took < 10, f"the job took {took:.1f} s to stop after the cancel"
-    assert final[0].state == JobState.CANCELLED, final[0].error
+    assert job.thread.is_alive(), job.final
+    record = job.cancel_and_wait()
+    assert record.state == JobState.CANCELLED, record.error
     assert history(config).num_rows == 0 and online(redis_url, "connect_cancel") == {}
     assert not [p for p in config.data_dir.rglob("*") if p.name.endswith(".tmp")]
 

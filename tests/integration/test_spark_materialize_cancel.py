@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from skewless.materialization.jobs import JobRecord, JobState, JobStore, Trigger, run_job, start_job
+from skewless.core.config import RepoConfig
+from skewless.materialization.jobs import (
+    JobRecord,
+    JobState,
+    JobStore,
+    StartedJob,
+    Trigger,
+    run_job,
+    start_job,
+)
 from skewless.materialization.pipeline import Phase, Progress, materialize
 from skewless.materialization.view_state import read_watermark
 from skewless.server.services.materialization import job_to_proto
 from skewless.v1 import materialization_service_pb2 as pb
+from skewless.v1 import registry_pb2
 from tests.integration.matfixtures import T0, driver_rows, make_config, make_registry, write_source
 from tests.integration.test_materialize import history, online
 
@@ -30,6 +41,56 @@ HOUR = timedelta(hours=1)
 SLOW_SQL = (
     "SELECT * FROM source WHERE levenshtein(repeat('a', 4000 + trips % 2), repeat('b', 4000)) >= 0"
 )
+
+
+@dataclass
+class JobInThread:
+    """A materialization job of `driver_stats` running in a thread, and its cancel event."""
+
+    started: StartedJob
+    store: JobStore
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    final: list[JobRecord] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def cancel_and_wait(self) -> JobRecord:
+        """Cancels the job; it must stop within 10 s of the cancel. Returns its record."""
+        assert self.thread is not None
+        cancelled_at = time.monotonic()
+        self.cancelled.set()
+        self.thread.join(30)
+        took = time.monotonic() - cancelled_at
+        assert not self.thread.is_alive(), "the job kept running after the cancel"
+        assert took < 10, f"the job took {took:.1f} s to stop after the cancel"
+        return self.final[0]
+
+
+def start_in_thread(config: RepoConfig, registry: registry_pb2.Registry) -> JobInThread:
+    """Starts a 48-hour window job of `driver_stats` and runs it in a thread."""
+    started = start_job(
+        config,
+        registry,
+        ["driver_stats"],
+        window_start=T0,
+        window_end=T0 + 48 * HOUR,
+        incremental=False,
+        trigger=Trigger.API,
+    )
+    job = JobInThread(started=started, store=JobStore(config))
+    job.thread = threading.Thread(
+        target=lambda: job.final.append(
+            run_job(
+                config,
+                registry,
+                job.store,
+                started.record,
+                locks=started.locks,
+                cancelled=job.cancelled,
+            )
+        )
+    )
+    job.thread.start()
+    return job
 
 
 def test_cancelling_a_spark_job_stops_its_spark_work_and_writes_nothing(
@@ -43,49 +104,22 @@ def test_cancelling_a_spark_job_stops_its_spark_work_and_writes_nothing(
     watermark_before = read_watermark(config, "driver_stats")
     assert history_before.num_rows > 0 and online_before
 
-    registry = make_registry(sql=SLOW_SQL)
-    started = start_job(
-        config,
-        registry,
-        ["driver_stats"],
-        window_start=T0,
-        window_end=T0 + 48 * HOUR,
-        incremental=False,
-        trigger=Trigger.API,
-    )
-    store = JobStore(config)
-    cancelled = threading.Event()
-    final: list[JobRecord] = []
-    runner = threading.Thread(
-        target=lambda: final.append(
-            run_job(
-                config, registry, store, started.record, locks=started.locks, cancelled=cancelled
-            )
-        )
-    )
     tracker = spark.sparkContext.statusTracker()
-    runner.start()
+    job = start_in_thread(config, make_registry(sql=SLOW_SQL))
     deadline = time.monotonic() + 120
     while not tracker.getActiveJobsIds():
-        assert runner.is_alive(), final
+        assert job.thread is not None and job.thread.is_alive(), job.final
         assert time.monotonic() < deadline, "no Spark job started"
         time.sleep(0.05)
     time.sleep(1.0)  # the job's tasks are running the view's SQL
     running = set(tracker.getActiveJobsIds())
-    assert store.get(started.record.job_id).state == JobState.RUNNING
-    cancelled_at = time.monotonic()
-    cancelled.set()
-    runner.join(30)
-    took = time.monotonic() - cancelled_at
-    assert not runner.is_alive(), "the job kept running after the cancel"
-    assert took < 10, f"the job took {took:.1f} s to stop after the cancel"
-
-    record = final[0]
+    assert job.store.get(job.started.record.job_id).state == JobState.RUNNING
+    record = job.cancel_and_wait()
     assert record.state == JobState.CANCELLED and record.finished
     assert record.error is not None and record.error.code == "CANCELLED"
     assert record.error.reason == "MATERIALIZATION_CANCELLED"
-    assert store.get(record.job_id).state == JobState.CANCELLED
-    wire = job_to_proto(store.get(record.job_id))
+    assert job.store.get(record.job_id).state == JobState.CANCELLED
+    wire = job_to_proto(job.store.get(record.job_id))
     assert wire.state == pb.JOB_STATE_FAILED and wire.error_status.code == 1  # CANCELLED
     assert wire.spark.application_id == spark.sparkContext.applicationId
 
