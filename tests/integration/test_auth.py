@@ -735,7 +735,18 @@ def test_mtls_subject_comes_from_the_client_certificate(
                 "action": "read_registry",
                 "resource": "project",
             }
-        lines = [line for line in served.lines if "audit: permission denied" in line]
+        subjects = ("subject='spiffe://skewless.test/reader'", "subject='stranger.skewless.test'")
+
+        def denials() -> list[str]:
+            return [line for line in served.lines if "audit: permission denied" in line]
+
+        # The server's log is read by a thread: wait for the lines, not just the answers.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            any(s in line for line in denials()) for s in subjects
+        ):
+            time.sleep(0.05)
+        lines = denials()
         assert any("subject='spiffe://skewless.test/reader'" in line for line in lines)
         assert any("subject='stranger.skewless.test'" in line for line in lines)
 
